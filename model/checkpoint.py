@@ -1,0 +1,149 @@
+"""Lazy, pickle-free access to safetensors checkpoints: single files, sharded indexes, HF folders.
+
+Opening never unpickles anything; anything that is not a valid safetensors file is refused
+with a ``ValueError`` naming the file and what it looks like instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from safetensors import safe_open
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+FOLDER_FILENAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+                    "model.safetensors.index.json", "model.safetensors")
+
+
+def _describe_non_safetensors(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        return "a zip archive (a PyTorch .pt/.ckpt pickle checkpoint?)"
+    if head[:1] == b"\x80":
+        return "a Python pickle (a PyTorch .bin/.ckpt checkpoint?)"
+    if head.startswith(b"GGUF"):
+        return "a GGUF file"
+    return "not a safetensors file"
+
+
+def _check_safetensors_file(path: Path) -> None:
+    """Validate the header and the file length before any tensor is read."""
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size < 8:
+        raise ValueError(f"{path}: file is {size} bytes — truncated or not a safetensors file")
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len <= 0 or header_len > min(size - 8, 100_000_000):
+            raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors checkpoints are supported "
+                             "(pickle checkpoints are never loaded)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path}: corrupt safetensors header ({_describe_non_safetensors(path)})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise ValueError(f"{path}: truncated — header describes {8 + header_len + end} bytes, file has {size}"
+                         " (incomplete download?)")
+
+
+class CheckpointReader:
+    """Keys, shapes and dtypes of a (possibly sharded) safetensors checkpoint; tensors on demand."""
+
+    def __init__(self, files: Iterable[Path], label: str) -> None:
+        self.label = label
+        self._handles: dict[Path, object] = {}
+        self._where: dict[str, Path] = {}
+        self.metadata: dict[str, str] = {}
+        for path in files:
+            _check_safetensors_file(path)
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as exc:  # safetensors raises its own error type for a bad file
+                raise ValueError(f"{path}: cannot be read as safetensors ({exc})") from None
+            self._handles[path] = handle
+            self.metadata.update(handle.metadata() or {})
+            for key in handle.keys():
+                self._where[key] = path
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def _slice(self, key: str):
+        return self._handles[self._where[key]].get_slice(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        name = self._slice(key).get_dtype()
+        if name not in _ST_DTYPES:
+            raise ValueError(f"{self.label}: tensor {key} has unsupported dtype {name}")
+        return _ST_DTYPES[name]
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handles[self._where[key]].get_tensor(key)
+
+    def file_size(self) -> int:
+        return sum(p.stat().st_size for p in self._handles)
+
+
+def _files_from_index(index_path: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {exc}") from None
+    files = sorted({index_path.parent / name for name in weight_map.values()})
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise ValueError(f"{index_path}: shard(s) missing: {', '.join(missing[:5])}")
+    return files
+
+
+def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str] = None) -> list[Path]:
+    """A ``.safetensors`` file, a ``.safetensors.index.json`` or an HF-layout folder → shard files.
+
+    For a folder, ``component`` picks the subfolder (``transformer``, ``unconditional_transformer``,
+    ``text_encoder``...); the sharded index is preferred over the single file, as the reference does.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        candidates = [path / component] if component and (path / component).is_dir() else []
+        candidates.append(path)
+        for folder in candidates:
+            for name in FOLDER_FILENAMES:
+                if (folder / name).is_file():
+                    return resolve_checkpoint_files(folder / name)
+        where = f"{path}/{component}" if component else str(path)
+        raise ValueError(f"{where}: no checkpoint found (expected one of {', '.join(FOLDER_FILENAMES)})")
+    if not path.exists():
+        raise ValueError(f"{path}: file not found")
+    if path.name.endswith(".index.json"):
+        return _files_from_index(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors files, "
+                         ".safetensors.index.json shard indexes or Hugging Face folders are supported")
+    return [path]
+
+
+def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None) -> CheckpointReader:
+    files = resolve_checkpoint_files(source, component)
+    label = str(Path(source)) + (f" [{component}]" if component and Path(source).is_dir() else "")
+    return CheckpointReader(files, label)

@@ -1,0 +1,232 @@
+"""The Ideogram 4 DiT (spec §2): one single-stream transformer over ``[text ; image]`` tokens.
+
+Numerics follow the official reference: bf16 compute with float32 output, t rounded to the
+compute dtype before the sinusoid, sandwich RMSNorms, QK-norm before RoPE, scale-only tanh-gated
+modulation, SwiGLU, fp32 interleaved MRoPE, a second SiLU in the final layer.  Differences that
+do not change the maths: ``llm_cond_proj`` runs on text rows only, ``input_proj`` on image rows
+only, and the segment mask is built once per forward and only when a batch has padding (so the
+unmasked path can use fused attention).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import DiTConfig
+from .constants import IMAGE_POSITION_OFFSET
+from .ops import TorchOps
+from .rope import apply_rope, mrope_cos_sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        e = cfg.emb_dim
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.qkv = operations.Linear(e, 3 * e, bias=False, dtype=dtype, device=device)
+        self.norm_q = operations.RMSNorm(self.head_dim, eps=cfg.norm_eps, elementwise_affine=True, dtype=dtype, device=device)
+        self.norm_k = operations.RMSNorm(self.head_dim, eps=cfg.norm_eps, elementwise_affine=True, dtype=dtype, device=device)
+        self.o = operations.Linear(e, e, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(dim=2)  # rows q | k | v, heads contiguous
+        q = self.norm_q(q).transpose(1, 2)
+        k = self.norm_k(k).transpose(1, 2)
+        v = v.transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        e, i = cfg.emb_dim, cfg.intermediate_size
+        self.w1 = operations.Linear(e, i, bias=False, dtype=dtype, device=device)
+        self.w2 = operations.Linear(i, e, bias=False, dtype=dtype, device=device)
+        self.w3 = operations.Linear(e, i, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        e = cfg.emb_dim
+        kw = dict(dtype=dtype, device=device)
+        self.attention = Attention(cfg, operations=operations, **kw)
+        self.feed_forward = FeedForward(cfg, operations=operations, **kw)
+        self.attention_norm1 = operations.RMSNorm(e, eps=cfg.norm_eps, elementwise_affine=True, **kw)
+        self.attention_norm2 = operations.RMSNorm(e, eps=cfg.norm_eps, elementwise_affine=True, **kw)
+        self.ffn_norm1 = operations.RMSNorm(e, eps=cfg.norm_eps, elementwise_affine=True, **kw)
+        self.ffn_norm2 = operations.RMSNorm(e, eps=cfg.norm_eps, elementwise_affine=True, **kw)
+        self.adaln_modulation = operations.Linear(cfg.adaln_dim, 4 * e, bias=True, **kw)
+
+    def forward(self, h: torch.Tensor, a: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaln_modulation(a).chunk(4, dim=-1)
+        attn = self.attention(self.attention_norm1(h) * (1.0 + scale_msa), cos, sin, attn_mask)
+        h = h + torch.tanh(gate_msa) * self.attention_norm2(attn)
+        ff = self.feed_forward(self.ffn_norm1(h) * (1.0 + scale_mlp))
+        return h + torch.tanh(gate_mlp) * self.ffn_norm2(ff)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp_in = operations.Linear(dim, dim, bias=True, dtype=dtype, device=device)
+        self.mlp_out = operations.Linear(dim, dim, bias=True, dtype=dtype, device=device)
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+        """[sin, cos] (sin half first) of 1e4·t against exp(-k ln(1e4)/(half-1)), float32."""
+        s = 1e4 * t.to(torch.float32)
+        half = dim // 2
+        freq = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(1e4) / (half - 1)))
+        angles = s.unsqueeze(-1) * freq
+        emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+    def forward(self, t: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+        e = self.sinusoid(t, self.dim).to(compute_dtype)
+        return self.mlp_out(F.silu(self.mlp_in(e)))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        self.norm_final = operations.LayerNorm(cfg.emb_dim, eps=cfg.final_norm_eps, elementwise_affine=False,
+                                               dtype=dtype, device=device)
+        self.linear = operations.Linear(cfg.emb_dim, cfg.in_channels, bias=True, dtype=dtype, device=device)
+        self.adaln_modulation = operations.Linear(cfg.adaln_dim, cfg.emb_dim, bias=True, dtype=dtype, device=device)
+
+    def forward(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + self.adaln_modulation(F.silu(a))  # second SiLU: `a` is already SiLU'd
+        return self.linear(self.norm_final(h) * scale)
+
+
+def image_position_ids(grid_h: int, grid_w: int, device=None) -> torch.Tensor:
+    """(N, 3) positions (65536, 65536 + r, 65536 + c) for row-major image tokens."""
+    r = torch.arange(grid_h, device=device).view(-1, 1).expand(grid_h, grid_w).reshape(-1)
+    c = torch.arange(grid_w, device=device).view(1, -1).expand(grid_h, grid_w).reshape(-1)
+    return torch.stack([torch.zeros_like(r), r, c], dim=1) + IMAGE_POSITION_OFFSET
+
+
+def text_position_ids(text_lengths: Sequence[int], max_len: int, device=None) -> torch.Tensor:
+    """(B, L_max, 3): left padding gets 0, real token k gets (k, k, k)."""
+    out = torch.zeros(len(text_lengths), max_len, 3, dtype=torch.long, device=device)
+    for b, n in enumerate(text_lengths):
+        k = torch.arange(n, device=device)
+        out[b, max_len - n:] = k.unsqueeze(1).expand(n, 3)
+    return out
+
+
+class Ideogram4DiT(nn.Module):
+    """Ideogram 4 flow-matching transformer (conditional or unconditional weights; same class)."""
+
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+        super().__init__()
+        self.config = cfg
+        kw = dict(dtype=dtype, device=device)
+        e = cfg.emb_dim
+        self.input_proj = operations.Linear(cfg.in_channels, e, bias=True, **kw)
+        self.llm_cond_norm = operations.RMSNorm(cfg.llm_features_dim, eps=cfg.llm_norm_eps, elementwise_affine=True, **kw)
+        self.llm_cond_proj = operations.Linear(cfg.llm_features_dim, e, bias=True, **kw)
+        self.t_embedding = TimestepEmbedding(e, operations=operations, **kw)
+        self.adaln_proj = operations.Linear(e, cfg.adaln_dim, bias=True, **kw)
+        self.embed_image_indicator = operations.Embedding(2, e, **kw)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, operations=operations, **kw) for _ in range(cfg.num_layers))
+        self.final_layer = FinalLayer(cfg, operations=operations, **kw)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Dtype of activations: the (dequantised) dtype of ``input_proj`` as in the reference."""
+        layer = self.input_proj
+        return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_features: Optional[torch.Tensor] = None, *,
+                grid_hw: tuple[int, int], text_lengths: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+        """Velocity for image tokens.
+
+        Args:
+            x: (B, N, 128) image tokens, row-major over the ``grid_hw`` token grid.
+            t: (B,) model time, 0 = noise, 1 = clean.
+            text_features: (B, L, F) left-padded text-encoder features, or ``None`` for the
+                image-only unconditional pass.
+            grid_hw: token grid (gh, gw) with gh·gw = N (pixels / 16).
+            text_lengths: real token count per caption when the batch is left-padded;
+                ``None`` means every row of ``text_features`` is a real token.
+
+        Returns:
+            (B, N, 128) float32 velocity; the update is ``z ← z + v·(s − t)``.
+        """
+        cfg = self.config
+        b, n, c = x.shape
+        gh, gw = grid_hw
+        if gh * gw != n:
+            raise ValueError(f"grid_hw {grid_hw} has {gh * gw} tokens but x has {n}")
+        if c != cfg.in_channels:
+            raise ValueError(f"x has {c} channels per token, the model expects {cfg.in_channels}")
+        cd = self.compute_dtype
+        device = x.device
+
+        # Time: rounded to the compute dtype (bf16) before the sinusoid, as the reference does.
+        t_cd = t.to(device=device, dtype=cd).reshape(b)
+        t_cond = self.t_embedding(t_cd, cd).unsqueeze(1)  # (B, 1, E)
+        a = F.silu(self.adaln_proj(t_cond))  # (B, 1, adaln_dim)
+
+        h_img = self.input_proj(x.to(cd))
+        img_pos = image_position_ids(gh, gw, device).unsqueeze(0).expand(b, n, 3)
+
+        attn_mask = None
+        if text_features is None:
+            h = h_img + self.embed_image_indicator.weight[1].to(cd)
+            position_ids = img_pos
+            n_txt = 0
+        else:
+            if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
+                raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
+            n_txt = text_features.shape[1]
+            lengths = self._lengths(text_lengths, b, n_txt)
+            real = torch.arange(n_txt, device=device).unsqueeze(0) >= (n_txt - torch.tensor(lengths, device=device)).unsqueeze(1)
+            m_txt = real.to(cd).unsqueeze(-1)  # (B, L, 1)
+            feats = text_features.to(device=device, dtype=cd) * m_txt
+            h_txt = self.llm_cond_proj(self.llm_cond_norm(feats)) * m_txt
+            # Indicator rows: text and padding use row 0, image rows use row 1.
+            emb = self.embed_image_indicator.weight.to(cd)
+            h = torch.cat([h_txt + emb[0], h_img + emb[1]], dim=1)
+            position_ids = torch.cat([text_position_ids(lengths, n_txt, device), img_pos], dim=1)
+            if min(lengths) != n_txt:  # padding present: block padding from real tokens
+                seg = torch.cat([torch.where(real, 1, -1), torch.ones(b, n, dtype=torch.long, device=device)], dim=1)
+                attn_mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1)
+
+        cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cd)
+        cos, sin = cos.to(cd), sin.to(cd)
+        for layer in self.layers:
+            h = layer(h, a, cos, sin, attn_mask)
+        out = self.final_layer(h[:, n_txt:], a)
+        return out.to(torch.float32)
+
+    @staticmethod
+    def _lengths(text_lengths, batch: int, max_len: int) -> list[int]:
+        if text_lengths is None:
+            return [max_len] * batch
+        lengths = [int(v) for v in (text_lengths.tolist() if torch.is_tensor(text_lengths) else text_lengths)]
+        if len(lengths) != batch:
+            raise ValueError(f"text_lengths has {len(lengths)} entries for a batch of {batch}")
+        for i, v in enumerate(lengths):
+            if not 1 <= v <= max_len:
+                raise ValueError(f"text_lengths[{i}] = {v} is outside 1..{max_len} (the padded text length)")
+        return lengths

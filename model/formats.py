@@ -1,0 +1,202 @@
+"""The one format-detection function for DiT checkpoints, and the logical view it yields.
+
+Naming (official fused ``qkv`` / diffusers split ``to_q,to_k,to_v`` + ``to_out.0``, with an optional
+``model.diffusion_model.`` prefix) and quantisation (none / official fp8 per-row / ComfyUI
+``comfy_quant`` fp8 per-tensor / bitsandbytes nf4) are detected independently, so every
+combination goes through one code path.  The result maps each *official* tensor name to the
+source tensors it is made of.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .checkpoint import CheckpointReader
+from .quant import FP8_DTYPE, NF4_BLOCKSIZE, parse_nf4_quant_state
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+_DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention\.)to_([qkv])\.(.+)$")
+_DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention\.)to_out\.0\.(.+)$")
+_NESTED_SUFFIXES = (".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__fp4")
+
+# Characteristic keys of other model families, for a helpful "this is not Ideogram 4" error.
+_OTHER_FAMILIES = (
+    ("double_blocks.0.img_attn", "a FLUX-family diffusion model"),
+    ("input_blocks.0.0.weight", "a Stable Diffusion / SDXL UNet"),
+    ("joint_blocks.0", "a Stable Diffusion 3 MMDiT"),
+    ("transformer_blocks.0.img_mod", "a Qwen-Image diffusion model"),
+    ("noise_refiner.0", "a Lumina 2 / Z-Image diffusion model"),
+    ("blocks.0.self_attn", "a Wan video model"),
+    ("self_attn.q_proj.weight", "a language / text-encoder model (e.g. Qwen), not a diffusion model"),
+    ("decoder.conv_in.weight", "a VAE"),
+    ("decoder.up_blocks.0", "a VAE"),
+    ("visual.blocks.0", "a vision-language model"),
+)
+
+
+@dataclass
+class LinearSpec:
+    """How one official Linear weight is stored."""
+    scheme: Optional[str]  # None, "fp8_rowwise", "fp8_tensorwise", "nf4"
+    shape: tuple[int, int]  # logical (out, in)
+
+
+@dataclass
+class CheckpointFormat:
+    naming: str  # "official" | "diffusers"
+    quantization: str  # "none" | "fp8_rowwise" | "fp8_tensorwise" | "nf4" | "mixed"
+    prefix: str  # stripped key prefix ("" if none)
+    storage_dtype: Optional[torch.dtype]  # dtype of unquantised float tensors
+    # official key -> list of source keys (3 for diffusers q/k/v, else 1); includes quant siblings
+    sources: dict[str, list[str]] = field(repr=False, default_factory=dict)
+    linears: dict[str, LinearSpec] = field(repr=False, default_factory=dict)  # "<module>" -> spec
+    logical_shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        q = {"none": str(self.storage_dtype).replace("torch.", ""), "fp8_rowwise": "official fp8 (per-row scales)",
+             "fp8_tensorwise": "ComfyUI fp8_scaled (per-tensor scales)", "nf4": "bitsandbytes nf4",
+             "mixed": "mixed quantisation"}[self.quantization]
+        return f"{q}, {self.naming} key names"
+
+
+def _describe_other_family(keys: list[str]) -> str:
+    for marker, what in _OTHER_FAMILIES:
+        if any(marker in k for k in keys):
+            return what
+    sample = ", ".join(sorted(keys)[:4])
+    return f"an unknown model (first keys: {sample})"
+
+
+def _strip_prefix(keys: list[str]) -> str:
+    for p in PREFIXES:
+        if keys and all(k.startswith(p) for k in keys):
+            return p
+    return ""
+
+
+def _official_name(key: str) -> tuple[str, Optional[str]]:
+    """Map a (prefix-stripped) key to (official key, q/k/v letter or None)."""
+    m = _DIFFUSERS_QKV.match(key)
+    if m:
+        return f"{m.group(1)}qkv.{m.group(3)}", m.group(2)
+    m = _DIFFUSERS_OUT.match(key)
+    if m:
+        return f"{m.group(1)}o.{m.group(2)}", None
+    return key, None
+
+
+def _module_of(official_key: str) -> tuple[str, str]:
+    """'layers.0.attention.qkv.weight.absmax' -> ('layers.0.attention.qkv', 'weight.absmax')."""
+    for tail in ("weight.quant_state.bitsandbytes__nf4", "weight.absmax", "weight.quant_map", "weight_scale",
+                 "input_scale", "comfy_quant", "weight", "bias"):
+        if official_key.endswith("." + tail):
+            return official_key[: -len(tail) - 1], tail
+    return official_key.rpartition(".")[0], official_key.rpartition(".")[2]
+
+
+def _linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
+                   sources: dict[str, list[str]]) -> Optional[str]:
+    """None for a plain weight, else the quantisation scheme of module ``mod`` (validated)."""
+    wdtype = reader.dtype(sources[tails["weight"]][0])
+    if "weight.quant_state.bitsandbytes__nf4" in tails:
+        for need in ("weight.absmax", "weight.quant_map"):
+            if need not in tails:
+                raise ValueError(f"{label}: nf4 layer {mod} lacks its {need} tensor")
+        for key in sources[tails["weight.quant_state.bitsandbytes__nf4"]]:
+            state = parse_nf4_quant_state(reader.get(key))
+            if state.get("quant_type") != "nf4" or int(state.get("blocksize", 0)) != NF4_BLOCKSIZE:
+                raise ValueError(f"{label}: {mod} is bitsandbytes {state.get('quant_type')} with blocksize "
+                                 f"{state.get('blocksize')}; only nf4 with blocksize {NF4_BLOCKSIZE} is supported")
+        return "nf4"
+    if wdtype == FP8_DTYPE:
+        if "weight_scale" not in tails:
+            raise ValueError(f"{label}: {mod}.weight is float8 but has no weight_scale")
+        scale_shapes = [reader.shape(s) for s in sources[tails["weight_scale"]]]
+        if all(int(torch.Size(s).numel()) == 1 for s in scale_shapes):
+            if len(scale_shapes) > 1:
+                raise ValueError(f"{label}: {mod}: split q/k/v fp8 weights with per-tensor scales cannot be fused; "
+                                 "use the official fused-qkv file")
+            return "fp8_tensorwise"
+        return "fp8_rowwise"
+    if wdtype == torch.uint8:
+        raise ValueError(f"{label}: {mod}.weight is packed uint8 without a bitsandbytes quant_state")
+    if wdtype.is_floating_point:
+        return None
+    raise ValueError(f"{label}: {mod}.weight has dtype {wdtype}, expected a float, float8 or nf4 weight")
+
+
+def detect_format(reader: CheckpointReader) -> CheckpointFormat:
+    """Recognise naming + quantisation of an Ideogram 4 DiT checkpoint, or explain what it is instead."""
+    raw_keys = reader.keys()
+    label = reader.label
+    if not raw_keys:
+        raise ValueError(f"{label}: the checkpoint contains no tensors")
+    prefix = _strip_prefix(raw_keys)
+    keys = [k[len(prefix):] for k in raw_keys]
+    if "embed_image_indicator.weight" not in keys or not any(k.startswith("llm_cond_proj.") for k in keys):
+        raise ValueError(f"{label}: not an Ideogram 4 diffusion model — it looks like {_describe_other_family(keys)}")
+    nested = [k for k in keys if k.endswith(_NESTED_SUFFIXES)]
+    if nested:
+        raise ValueError(f"{label}: bitsandbytes nested statistics / fp4 ({nested[0]}) are not used by the official "
+                         "nf4 files and are not supported; re-export with compress_statistics=False")
+
+    sources: dict[str, list[str]] = {}
+    letters: dict[str, dict[str, str]] = {}
+    naming = "official"
+    for raw, key in zip(raw_keys, keys):
+        official, letter = _official_name(key)
+        if official != key:
+            naming = "diffusers"
+        if letter:
+            letters.setdefault(official, {})[letter] = raw
+        else:
+            sources.setdefault(official, []).append(raw)
+    for official, parts in letters.items():
+        if set(parts) != {"q", "k", "v"}:
+            missing = sorted({"q", "k", "v"} - set(parts))
+            raise ValueError(f"{label}: split attention weights incomplete for {official} (missing to_{', to_'.join(missing)})")
+        sources[official] = [parts["q"], parts["k"], parts["v"]]
+    dup = [k for k, v in sources.items() if len(v) > 1 and k not in letters]
+    if dup:
+        raise ValueError(f"{label}: tensor {dup[0]} appears under two names ({', '.join(sources[dup[0]])})")
+
+    # Group by module and classify each Linear weight.
+    modules: dict[str, dict[str, str]] = {}
+    for official in sources:
+        mod, tail = _module_of(official)
+        modules.setdefault(mod, {})[tail] = official
+    linears: dict[str, LinearSpec] = {}
+    logical: dict[str, tuple[int, ...]] = {}
+    float_dtypes: set[torch.dtype] = set()
+    schemes: set[str] = set()
+    for mod, tails in modules.items():
+        for tail in ("weight", "bias"):
+            if tail in tails:
+                src = sources[tails[tail]]
+                shapes = [reader.shape(s) for s in src]
+                logical[tails[tail]] = (sum(s[0] for s in shapes), *shapes[0][1:]) if len(src) > 1 else shapes[0]
+                dtype = reader.dtype(src[0])
+                if dtype.is_floating_point and dtype != FP8_DTYPE:
+                    float_dtypes.add(dtype)
+        if "weight" not in tails:
+            continue
+        scheme = _linear_scheme(reader, label, mod, tails, sources)
+        if scheme == "nf4":
+            state_keys = sources[tails["weight.quant_state.bitsandbytes__nf4"]]
+            parts = [tuple(parse_nf4_quant_state(reader.get(s))["shape"]) for s in state_keys]
+            logical[tails["weight"]] = (sum(p[0] for p in parts), *parts[0][1:])
+        if scheme:
+            schemes.add(scheme)
+        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]))
+
+    quantization = "none" if not schemes else (schemes.pop() if len(schemes) == 1 else "mixed")
+    storage = None
+    if float_dtypes:
+        storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits)
+    return CheckpointFormat(naming=naming, quantization=quantization, prefix=prefix, storage_dtype=storage,
+                            sources=sources, linears=linears, logical_shapes=logical)

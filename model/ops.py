@@ -1,0 +1,22 @@
+"""Layer factories for the DiT (the ``operations`` contract shared with ComfyUI's ``comfy.ops``).
+
+``model/`` never imports ComfyUI.  Every layer of the DiT is built through an ``operations``
+namespace with ``Linear``, ``RMSNorm``, ``LayerNorm``, ``Embedding`` (the ``comfy.ops``
+signatures: ``dtype=`` / ``device=`` keywords) plus ``QuantizedLinear`` for packed weights.
+``TorchOps`` is the plain-torch default; the node layer passes a ComfyUI-backed namespace so
+ModelPatcher can cast, offload and partially load every layer.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .quant import QuantizedLinear
+
+
+class TorchOps:
+    Linear = nn.Linear
+    RMSNorm = nn.RMSNorm  # forward is F.rms_norm, the reference's primitive
+    LayerNorm = nn.LayerNorm
+    Embedding = nn.Embedding
+    QuantizedLinear = QuantizedLinear

@@ -1,0 +1,184 @@
+"""Weight-only quantised Linear layers and their exact codecs (pure torch).
+
+Three storage schemes, all dequantised per layer on the fly (never the whole model):
+
+* ``fp8_rowwise`` — official Ideogram fp8: ``weight`` float8_e4m3fn [out, in] and a float32
+  ``weight_scale`` [out]; ``W = bf16(W8) * bf16(scale)[:, None]`` (both cast first, as the reference).
+* ``fp8_tensorwise`` — ComfyUI ``fp8_scaled`` (``comfy_quant``): one float32 scale for the tensor.
+* ``nf4`` — bitsandbytes NF4, blocksize 64, no nested statistics: packed uint8 (out*in/2, 1), high
+  nibble first, float32 ``absmax`` per 64 elements; ``W = quant_map[code] * absmax`` in float32,
+  then cast once to the compute dtype (what bitsandbytes does on every backend).
+
+On CUDA with bitsandbytes installed the nf4 dequantisation uses its kernel (identical numbers);
+everywhere else the pure-torch codec below runs, so CPU users and CI can run every format.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+NF4_BLOCKSIZE = 64
+# bitsandbytes' NF4 code book (float32), index = 4-bit code.
+NF4_CODE = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4")
+
+
+# --------------------------------------------------------------------------- fp8
+
+def quantize_fp8_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official per-row e4m3 quantisation: scale = max|row| / 448 (clamped >= 1e-12)."""
+    w = weight.detach().to(torch.float32)
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale.squeeze(1)
+
+
+def quantize_fp8_tensorwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI ``fp8_scaled`` style: one float32 scale per tensor."""
+    w = weight.detach().to(torch.float32)
+    scale = w.abs().amax().clamp(min=1e-12) / FP8_MAX
+    q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale.reshape(())
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight.to(dtype) * scale.to(dtype)`` broadcast per row (1-D scale) or per tensor (scalar)."""
+    s = scale.to(device=weight.device, dtype=dtype)
+    if s.ndim == 1 and s.numel() == weight.shape[0] and weight.shape[0] != 1:
+        s = s.unsqueeze(1)
+    elif s.numel() == 1:
+        s = s.reshape(())
+    return weight.to(dtype) * s
+
+
+# --------------------------------------------------------------------------- nf4
+
+def _nf4_code(device) -> torch.Tensor:
+    return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
+
+
+def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes-compatible NF4: returns (packed uint8 (n/2, 1), absmax float32 (n/blocksize,))."""
+    flat = weight.detach().reshape(-1).to(torch.float32)
+    n = flat.numel()
+    if n % blocksize or n % 2:
+        raise ValueError(f"nf4 needs a weight whose size ({n}) is a multiple of the blocksize {blocksize}")
+    blocks = flat.view(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    code = _nf4_code(flat.device)
+    bounds = (code[:-1] + code[1:]) / 2
+    q = torch.bucketize(scaled, bounds, out_int32=True).to(torch.uint8)
+    packed = ((q[::2] << 4) | q[1::2]).unsqueeze(1)
+    return packed, absmax
+
+
+def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
+                             shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """Pure-torch NF4 decode: element 2k = high nibble of byte k; float32 product, one cast."""
+    flat = packed.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    n = shape[0] * shape[1]
+    codes = torch.empty(flat.numel() * 2, dtype=torch.long, device=flat.device)
+    codes[0::2] = (flat >> 4).long()
+    codes[1::2] = (flat & 0xF).long()
+    values = quant_map.to(device=flat.device, dtype=torch.float32)[codes[:n]]
+    out = (values.view(-1, NF4_BLOCKSIZE) * absmax.to(device=flat.device, dtype=torch.float32).view(-1, 1))
+    return out.reshape(shape).to(dtype)
+
+
+def _bnb_functional():
+    try:
+        import bitsandbytes.functional as bnbf  # noqa: WPS433 (optional dependency)
+    except Exception:  # not installed, or no usable native library
+        return None
+    return bnbf
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
+                   shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """NF4 decode: bitsandbytes' CUDA kernel when on CUDA and available, else the pure-torch codec."""
+    if packed.is_cuda:
+        bnbf = _bnb_functional()
+        if bnbf is not None:
+            state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32),
+                                    shape=torch.Size(shape), code=quant_map.to(packed.device),
+                                    blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=dtype)
+            return bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+    return dequantize_nf4_reference(packed, absmax, quant_map, shape, dtype)
+
+
+def nf4_quant_state_json(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """The ``quant_state.bitsandbytes__nf4`` tensor bitsandbytes writes (UTF-8 JSON as uint8)."""
+    text = json.dumps({"quant_type": "nf4", "blocksize": NF4_BLOCKSIZE,
+                       "dtype": str(dtype).replace("torch.", ""), "shape": list(shape)})
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def parse_nf4_quant_state(raw: torch.Tensor) -> dict:
+    return json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
+
+
+# --------------------------------------------------------------------------- layer
+
+class QuantizedLinear(nn.Module):
+    """A Linear whose weight is stored quantised and dequantised on each call.
+
+    Storage is registered as parameters/buffers (so ``.to()``, ``state_dict`` sizes and ComfyUI's
+    module-size accounting see it).  ``dequantized_weight(dtype, device)`` is the one decode entry
+    point; ``forward`` is ``F.linear(x, dequantized_weight(x.dtype), bias)`` — the reference's
+    dequantise-then-linear numerics.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scheme: str,
+                 device=None, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown quantisation scheme {scheme!r}; expected one of {SCHEMES}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.scheme = scheme
+        self.compute_dtype = dtype or torch.bfloat16
+        if scheme == "nf4":
+            n = in_features * out_features
+            self.weight = nn.Parameter(torch.empty(n // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
+            self.register_buffer("absmax", torch.empty(n // NF4_BLOCKSIZE, dtype=torch.float32, device=device))
+            self.register_buffer("quant_map", torch.empty(16, dtype=torch.float32, device=device))
+        else:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device),
+                                       requires_grad=False)
+            scale_shape = (out_features,) if scheme == "fp8_rowwise" else ()
+            self.register_buffer("weight_scale", torch.empty(scale_shape, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=self.compute_dtype, device=device),
+                                     requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"
+
+    def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
+        device = device or self.weight.device
+        if self.scheme == "nf4":
+            return dequantize_nf4(self.weight.to(device), self.absmax.to(device), self.quant_map.to(device),
+                                  (self.out_features, self.in_features), dtype)
+        return dequantize_fp8(self.weight.to(device), self.weight_scale.to(device), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight(x.dtype, x.device)
+        b = self.bias.to(device=x.device, dtype=x.dtype) if self.bias is not None else None
+        return F.linear(x, w, b)

@@ -1,0 +1,1 @@
+"""ComfyUI adapters (thin). All model math lives in ``model/`` and ``sampling/``."""

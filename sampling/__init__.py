@@ -1,0 +1,13 @@
+"""Pure-torch Ideogram 4 sampling: logit-normal schedule, presets, dual-model Euler loop.
+
+Independent of ``model/`` and of ComfyUI: the loop takes any two callables with the DiT's
+``forward(x, t, text_features, *, grid_hw, text_lengths)`` signature.
+"""
+
+from .presets import PRESETS, SamplerSettings, custom_settings, resolve_settings
+from .resolution import check_resolution, token_grid
+from .schedule import sigmas, time_grid
+from .euler import draw_noise, sample
+
+__all__ = ["PRESETS", "SamplerSettings", "custom_settings", "resolve_settings", "check_resolution", "token_grid",
+           "time_grid", "sigmas", "draw_noise", "sample"]

@@ -1,0 +1,1 @@
+"""Developer tools of the pack (test-checkpoint writer, golden recipes)."""
