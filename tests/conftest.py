@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny DiT checkpoints written by the project's own tool, in every format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.make_test_checkpoints import FORMATS, convert, random_state_dict, tiny_config, write_file
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+DATA = Path(__file__).parent / "data"
+COND_SEED, UNCOND_SEED = 0, 1
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_cfg):
+    """Seeded float32 official-layout weights: (conditional, unconditional)."""
+    return random_state_dict(tiny_cfg, COND_SEED), random_state_dict(tiny_cfg, UNCOND_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory, tiny_weights) -> dict[str, dict[str, Path]]:
+    """{format: {"cond": path, "uncond": path}} for every supported file format."""
+    root = tmp_path_factory.mktemp("dit_ckpts")
+    cond, uncond = tiny_weights
+    return {fmt: {"cond": write_file(convert(cond, fmt), root / f"cond_{fmt}.safetensors", fmt),
+                  "uncond": write_file(convert(uncond, fmt), root / f"uncond_{fmt}.safetensors", fmt)}
+            for fmt in FORMATS}

@@ -1,0 +1,208 @@
+"""load_transformer: every checkpoint format through one path, and actionable errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model import load_transformer
+from model.quant import QuantizedLinear
+from tools.make_test_checkpoints import convert, write_file, write_hf_folder, write_sharded
+
+QUANT_TOL = {"fp32": 0.0, "bf16": 2 ** -8, "diffusers": 2 ** -8, "fp8": 0.07, "comfy_fp8_scaled": 0.07, "nf4": 0.15}
+EXPECTED_SCHEME = {"fp8": "fp8_rowwise", "comfy_fp8_scaled": "fp8_tensorwise", "nf4": "nf4"}
+
+
+def _effective_weights(model) -> dict[str, torch.Tensor]:
+    """Official-layout float32 view of a loaded model (quantised layers dequantised)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantizedLinear):
+            out[f"{name}.weight"] = mod.dequantized_weight(torch.float32)
+            if mod.bias is not None:
+                out[f"{name}.bias"] = mod.bias.float()
+        else:
+            for leaf, p in mod.named_parameters(recurse=False):
+                out[f"{name}.{leaf}" if name else leaf] = p.float()
+    return out
+
+
+@pytest.mark.parametrize("fmt", list(QUANT_TOL))
+def test_every_format_loads_to_the_source_weights(fmt, tiny_files, tiny_weights):
+    model = load_transformer(tiny_files[fmt]["cond"], dtype=torch.float32)
+    weights = _effective_weights(model)
+    source = tiny_weights[0]
+    assert set(weights) == set(source)
+    for key, ref in source.items():
+        err = float((weights[key] - ref).abs().max() / ref.abs().max())
+        assert err <= QUANT_TOL[fmt], (key, err)
+    schemes = {m.scheme for m in model.modules() if isinstance(m, QuantizedLinear)}
+    assert schemes == ({EXPECTED_SCHEME[fmt]} if fmt in EXPECTED_SCHEME else set())
+    if fmt in EXPECTED_SCHEME:  # all 211-equivalent Linears quantised, norms/biases/embedding not
+        n_linear = sum(1 for k in source if k.endswith(".weight") and source[k].ndim == 2) - 1
+        assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == n_linear
+
+
+def test_diffusers_split_qkv_equals_fused_bf16_exactly(tiny_files):
+    a = load_transformer(tiny_files["bf16"]["cond"], dtype=torch.bfloat16).state_dict()
+    b = load_transformer(tiny_files["diffusers"]["cond"], dtype=torch.bfloat16).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp8_layers_dequantise_like_the_reference(tiny_files):
+    from safetensors.torch import load_file
+    raw = load_file(str(tiny_files["fp8"]["cond"]))
+    model = load_transformer(tiny_files["fp8"]["cond"], dtype=torch.bfloat16)
+    layer = model.layers[0].attention.qkv
+    expected = raw["layers.0.attention.qkv.weight"].to(torch.bfloat16) * \
+        raw["layers.0.attention.qkv.weight_scale"].to(torch.bfloat16).unsqueeze(1)
+    assert torch.equal(layer.dequantized_weight(torch.bfloat16), expected)
+
+
+def test_nf4_layers_dequantise_like_bitsandbytes(tiny_files):
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    from safetensors.torch import load_file
+    raw = load_file(str(tiny_files["nf4"]["cond"]))
+    model = load_transformer(tiny_files["nf4"]["cond"], dtype=torch.bfloat16)
+    key = "layers.1.feed_forward.w2.weight"
+    state = bnbf.QuantState.from_dict({k[len(key) + 1:]: v for k, v in raw.items() if k.startswith(key + ".")},
+                                      device=torch.device("cpu"))
+    expected = bnbf.dequantize_4bit(raw[key], state)
+    assert expected.dtype == torch.bfloat16
+    assert torch.equal(model.layers[1].feed_forward.w2.dequantized_weight(torch.bfloat16), expected)
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "fp8", "comfy_fp8_scaled", "nf4"])
+def test_quantised_formats_give_close_velocity(fmt, tiny_files, tiny_cfg):
+    """Same compute dtype (bf16) as the bf16 file, so only the weight quantisation differs."""
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(1, 15, 128, generator=g), torch.tensor([0.4])
+    feats = torch.randn(1, 6, tiny_cfg.llm_features_dim, generator=g)
+    ref = load_transformer(tiny_files["bf16"]["cond"])(x, t, feats, grid_hw=(3, 5))
+    out = load_transformer(tiny_files[fmt]["cond"])(x, t, feats, grid_hw=(3, 5))
+    err = float((out - ref).abs().max() / ref.abs().max())
+    bound = {"diffusers": 0.0, "fp8": 0.1, "comfy_fp8_scaled": 0.1, "nf4": 0.3}[fmt]
+    assert err <= bound
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_hf_folder_layout_picks_component(tmp_path, tiny_weights, sharded):
+    cond, uncond = tiny_weights
+    root = write_hf_folder(tmp_path / "ideogram-4", cond, uncond, "bf16", sharded=sharded)
+    a = load_transformer(root, component="transformer", dtype=torch.float32)
+    b = load_transformer(root, component="unconditional_transformer", dtype=torch.float32)
+    assert torch.equal(a.input_proj.weight, cond["input_proj.weight"].to(torch.bfloat16).float())
+    assert torch.equal(b.input_proj.weight, uncond["input_proj.weight"].to(torch.bfloat16).float())
+    if sharded:
+        index = root / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
+        c = load_transformer(index, dtype=torch.float32)
+        assert torch.equal(c.input_proj.weight, a.input_proj.weight)
+
+
+def test_comfy_prefixed_keys_are_accepted(tmp_path, tiny_weights):
+    tensors = {"model.diffusion_model." + k: v for k, v in convert(tiny_weights[0], "bf16").items()}
+    path = write_file(tensors, tmp_path / "prefixed.safetensors", "bf16")
+    assert load_transformer(path).config.num_layers == 2
+
+
+def test_meta_build_leaves_no_meta_tensors_and_no_grad(tiny_files):
+    model = load_transformer(tiny_files["nf4"]["cond"])
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert all(not t.is_meta for t in tensors)
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- errors
+
+def _err(path, **kw) -> str:
+    with pytest.raises(ValueError) as info:
+        load_transformer(path, **kw)
+    return str(info.value)
+
+
+def test_truncated_file(tmp_path, tiny_files):
+    data = tiny_files["bf16"]["cond"].read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    msg = _err(bad)
+    assert str(bad) in msg and "truncated" in msg
+
+
+def test_pickle_checkpoint_is_refused_without_unpickling(tmp_path, monkeypatch):
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(pickle.dumps({"x": 1}))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle was loaded"))
+    msg = _err(bad)
+    assert str(bad) in msg and "pickle" in msg
+
+
+def test_pickle_bytes_renamed_to_safetensors(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(pickle.dumps({"x": list(range(100))}))
+    msg = _err(bad)
+    assert "only .safetensors" in msg and str(bad) in msg
+
+
+@pytest.mark.parametrize("keys,looks_like", [
+    ({"decoder.conv_in.weight": (4, 4), "encoder.conv_in.weight": (4, 4)}, "a VAE"),
+    ({"double_blocks.0.img_attn.qkv.weight": (4, 4)}, "FLUX"),
+    ({"model.layers.0.self_attn.q_proj.weight": (4, 4)}, "language / text-encoder"),
+    ({"foo.bar": (2,)}, "unknown model"),
+])
+def test_other_model_family_is_named(tmp_path, keys, looks_like):
+    path = tmp_path / "other.safetensors"
+    save_file({k: torch.zeros(s) for k, s in keys.items()}, str(path))
+    msg = _err(path)
+    assert "not an Ideogram 4 diffusion model" in msg and looks_like in msg and str(path) in msg
+
+
+def test_missing_unexpected_and_wrong_shape_keys(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "bf16"))
+    del sd["layers.1.ffn_norm2.weight"]
+    sd["layers.0.attention.extra.weight"] = torch.zeros(3)
+    sd["layers.0.attention.norm_k.weight"] = torch.zeros(255)
+    path = write_file(sd, tmp_path / "broken.safetensors", "bf16")
+    msg = _err(path)
+    assert "missing keys (1): layers.1.ffn_norm2.weight" in msg
+    assert "unexpected keys (1): layers.0.attention.extra.weight" in msg
+    assert re.search(r"layers\.0\.attention\.norm_k\.weight: expected \[256\], file has \[255\]", msg)
+
+
+def test_nested_nf4_statistics_are_rejected(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "nf4"))
+    sd["input_proj.weight.nested_absmax"] = torch.zeros(2)
+    msg = _err(write_file(sd, tmp_path / "nested.safetensors", "nf4"))
+    assert "nested statistics" in msg
+
+
+def test_incomplete_diffusers_split(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "diffusers"))
+    del sd["layers.0.attention.to_v.weight"]
+    assert "missing to_v" in _err(write_file(sd, tmp_path / "split.safetensors", "diffusers"))
+
+
+def test_folder_without_checkpoint_and_missing_file(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    assert "no checkpoint found" in _err(tmp_path)
+    assert "file not found" in _err(tmp_path / "nope.safetensors")
+    assert "component must be one of" in _err(tmp_path, component="vae")
+
+
+def test_index_with_missing_shard(tmp_path, tiny_weights):
+    index = write_sharded(convert(tiny_weights[0], "bf16"), tmp_path / "t", "bf16")
+    data = json.loads(index.read_text())
+    next(iter(data["weight_map"].values()))
+    (tmp_path / "t" / sorted(set(data["weight_map"].values()))[0]).unlink()
+    assert "shard(s) missing" in _err(index)
+
+
+def test_source_file_untouched(tiny_files):
+    path = tiny_files["nf4"]["cond"]
+    before = (path.stat().st_mtime_ns, path.read_bytes())
+    load_transformer(path)
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before
