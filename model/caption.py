@@ -1,4 +1,4 @@
-"""Ideogram 4 caption JSON: validation, normalisation, canonical form, builders.
+"""Ideogram 4 caption JSON: validation, normalisation and canonical form (the model's input contract).
 
 Pure Python (no torch, no ComfyUI). The rules are those of the reference
 ``CaptionVerifier`` (spec section 6.3); structure and types are checked with a
@@ -33,124 +33,18 @@ from typing import Any, Iterable, Sequence
 
 import jsonschema
 
-# --------------------------------------------------------------------------- #
-# Schema facts (spec 6.1 / 6.3, reference CaptionVerifier).
-# --------------------------------------------------------------------------- #
-
-TOP_LEVEL_ORDER = ("high_level_description", "style_description", "compositional_deconstruction")
-STYLE_ORDER_PHOTO = ("aesthetics", "lighting", "photo", "medium", "color_palette")
-STYLE_ORDER_ART = ("aesthetics", "lighting", "medium", "art_style", "color_palette")
-COMPOSITION_ORDER = ("background", "elements")
-ELEMENT_ORDER = {
-    "obj": ("type", "bbox", "desc", "color_palette"),
-    "text": ("type", "bbox", "text", "desc", "color_palette"),
-}
-ELEMENT_TYPES = ("obj", "text")
-BBOX_MIN, BBOX_MAX = 0, 1000
-STYLE_PALETTE_MAX = 16
-ELEMENT_PALETTE_MAX = 5
-MEDIA = ("photograph", "illustration", "3d_render", "painting", "graphic_design")
-DIALECTS = ("auto", "documented", "magic_prompt")
-
-#: Inputs the reference verifier accepts but we reject, with the reason.
-STRICTER_THAN_REFERENCE = {
-    "non_string_text_fields": "desc, text, aesthetics, lighting, photo, medium and art_style must be strings "
-    "(the reference only type-checks high_level_description and background)",
-    "boolean_bbox": "true/false are not bbox integers (the reference accepts them because bool is an int "
-    "subclass in Python)",
-    "lone_surrogate": "unpaired UTF-16 surrogates (\\ud800-\\udfff) are not valid Unicode text",
-    "nan_infinity": "NaN / Infinity are not JSON (Python's json module accepts them)",
-}
-
-_HEX_COLOR_RULE = "an uppercase #RRGGBB hex colour"
-_BBOX_RULE = f"exactly 4 integers [y_min, x_min, y_max, x_max] in {BBOX_MIN}..{BBOX_MAX}"
-
-
-def _string(rule: str = "a string") -> dict:
-    return {"type": "string", "description": rule}
-
-
-def _palette(max_colors: int) -> dict:
-    return {
-        "type": "array",
-        "maxItems": max_colors,
-        "description": f"a list of at most {max_colors} uppercase #RRGGBB colours",
-        "items": {
-            "type": "string",
-            "minLength": 7,
-            "maxLength": 7,
-            "pattern": "^#[0-9A-F]{6}$",
-            "description": _HEX_COLOR_RULE,
-        },
-    }
-
-
-_ELEMENT_SCHEMA = {
-    "type": "object",
-    "description": "an element object",
-    "required": ["type", "desc"],
-    "properties": {
-        "type": {"enum": list(ELEMENT_TYPES), "description": "'obj' or 'text'"},
-        "bbox": {
-            "type": "array",
-            "minItems": 4,
-            "maxItems": 4,
-            "description": _BBOX_RULE,
-            "items": {
-                "type": "integer",
-                "minimum": BBOX_MIN,
-                "maximum": BBOX_MAX,
-                "description": f"an integer in {BBOX_MIN}..{BBOX_MAX}",
-            },
-        },
-        "text": _string("a string (the literal characters to render)"),
-        "desc": _string(),
-        "color_palette": _palette(ELEMENT_PALETTE_MAX),
-    },
-    "additionalProperties": False,
-    "if": {"properties": {"type": {"const": "text"}}, "required": ["type"]},
-    "then": {"required": ["text"]},
-}
-
-#: The caption schema (structure and types). Key order, photo xor art_style,
-#: bbox min <= max and "text only on text elements" are checked in code.
-CAPTION_SCHEMA: dict = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Ideogram 4 caption (documented dialect)",
-    "type": "object",
-    "description": "a JSON object",
-    "required": ["compositional_deconstruction"],
-    "properties": {
-        "high_level_description": _string(),
-        "style_description": {
-            "type": "object",
-            "description": "an object",
-            "required": ["aesthetics", "lighting", "medium"],
-            "properties": {
-                "aesthetics": _string(),
-                "lighting": _string(),
-                "photo": _string(),
-                "medium": _string(),
-                "art_style": _string(),
-                "color_palette": _palette(STYLE_PALETTE_MAX),
-            },
-            "additionalProperties": False,
-        },
-        "compositional_deconstruction": {
-            "type": "object",
-            "description": "an object",
-            "required": list(COMPOSITION_ORDER),
-            "properties": {
-                "background": _string(),
-                "elements": {"type": "array", "description": "a list of elements", "items": _ELEMENT_SCHEMA},
-            },
-            "additionalProperties": False,
-        },
-    },
-    "additionalProperties": False,
-}
-
-_VALIDATOR = jsonschema.Draft202012Validator(CAPTION_SCHEMA)
+from .caption_schema import (
+    BBOX_MAX,
+    BBOX_MIN,
+    COMPOSITION_ORDER,
+    DIALECTS,
+    ELEMENT_ORDER,
+    STYLE_ORDER_ART,
+    STYLE_ORDER_PHOTO,
+    TOP_LEVEL_ORDER,
+    HEX_COLOR_RULE,
+    VALIDATOR,
+)
 
 # --------------------------------------------------------------------------- #
 # Report types.
@@ -219,7 +113,7 @@ def json_path(parts: Iterable[Any]) -> str:
     return out
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def show_value(value: Any, limit: int = 60) -> str:
     """A short JSON rendering of a value for messages."""
     try:
         text = json.dumps(value, ensure_ascii=False)
@@ -228,7 +122,7 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -254,7 +148,7 @@ def _path_sort_key(parts: Sequence[Any]) -> tuple:
     return tuple((0, p, "") if isinstance(p, int) else (1, _KEY_RANK.get(p, 99), p) for p in parts)
 
 
-def _reordered(obj: dict, order: Sequence[str]) -> dict:
+def reordered(obj: dict, order: Sequence[str]) -> dict:
     """Known keys in ``order``, unknown ones after them in their original order."""
     known = [k for k in order if k in obj]
     extra = [k for k in obj if k not in order]
@@ -320,14 +214,14 @@ class _Parsed:
         return obj
 
 
-def _reject_constant(name: str) -> Any:
+def reject_nan_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
 def _parse(text: str, report: CaptionReport) -> tuple[bool, Any, _Parsed]:
     parsed = _Parsed()
     try:
-        value = json.loads(text, object_pairs_hook=parsed.pairs_hook, parse_constant=_reject_constant)
+        value = json.loads(text, object_pairs_hook=parsed.pairs_hook, parse_constant=reject_nan_constant)
     except json.JSONDecodeError as exc:
         hint = ""
         if not text.strip().startswith(("{", "[")):
@@ -378,13 +272,13 @@ class _Normaliser:
             return data
         if "aspect_ratio" in data and self.dialect != "documented":
             self.report.aspect_ratio = data["aspect_ratio"]
-            self.fix(("aspect_ratio",), f"dropped the magic-prompt key (value {_show(data['aspect_ratio'])}); "
+            self.fix(("aspect_ratio",), f"dropped the magic-prompt key (value {show_value(data['aspect_ratio'])}); "
                      "the image size comes from width/height, not from the caption")
             data = {k: v for k, v in data.items() if k != "aspect_ratio"}
         if _known_order_differs(data, TOP_LEVEL_ORDER):
             self.report.formatting.append("$: top-level keys put in canonical order "
                                           "(high_level_description, style_description, compositional_deconstruction)")
-        data = _reordered(data, TOP_LEVEL_ORDER)
+        data = reordered(data, TOP_LEVEL_ORDER)
         if isinstance(data.get("style_description"), dict):
             data["style_description"] = self.style(data["style_description"], ("style_description",))
         if isinstance(data.get("compositional_deconstruction"), dict):
@@ -400,7 +294,7 @@ class _Normaliser:
             if _known_order_differs(style, order):
                 was = ", ".join(k for k in style if k in order)
                 self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in style)} (was {was})")
-                style = _reordered(style, order)
+                style = reordered(style, order)
         if isinstance(style.get("color_palette"), list):
             self.palette(style["color_palette"], parts + ("color_palette",))
         return style
@@ -408,7 +302,7 @@ class _Normaliser:
     def composition(self, comp: dict, parts: tuple) -> dict:
         if _known_order_differs(comp, COMPOSITION_ORDER):
             self.fix(parts, "keys reordered to background, elements")
-            comp = _reordered(comp, COMPOSITION_ORDER)
+            comp = reordered(comp, COMPOSITION_ORDER)
         elements = comp.get("elements")
         if isinstance(elements, list):
             comp["elements"] = [
@@ -424,7 +318,7 @@ class _Normaliser:
         if order and _known_order_differs(element, order):
             was = ", ".join(k for k in element if k in order)
             self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in element)} (was {was})")
-            element = _reordered(element, order)
+            element = reordered(element, order)
         if isinstance(element.get("bbox"), list):
             self.bbox(element["bbox"], parts + ("bbox",))
         if isinstance(element.get("color_palette"), list):
@@ -448,7 +342,7 @@ class _Normaliser:
         if (len(numbers) == len(bbox) and any(isinstance(v, float) and not v.is_integer() for v in numbers)
                 and all(0 <= v <= 1 for v in numbers)):
             scaled = [int(math.floor(v * 1000 + 0.5)) for v in numbers]
-            self.errors.append((parts, f"{json_path(parts)}: got {_show(bbox)}, which looks like 0..1 fractions; "
+            self.errors.append((parts, f"{json_path(parts)}: got {show_value(bbox)}, which looks like 0..1 fractions; "
                                        f"expected integers in {BBOX_MIN}..{BBOX_MAX} (multiply by 1000: {scaled})"))
             self.explained.add(parts)
             return
@@ -499,13 +393,13 @@ def _schema_error_message(err: jsonschema.ValidationError) -> tuple[tuple, str]:
                 lines.append(f"'{key}' ({hint})")
         return parts, f"{path}: unknown key {', '.join(lines)}; allowed here: {', '.join(allowed)}"
     if kind == "type":
-        return parts, f"{path}: got {_show(inst)} ({_json_type(inst)}); expected {rule or err.validator_value}"
+        return parts, f"{path}: got {show_value(inst)} ({json_type_name(inst)}); expected {rule or err.validator_value}"
     if kind in ("maxItems", "minItems") and isinstance(inst, list):
-        return parts, f"{path}: got {len(inst)} entries {_show(inst)}; expected {rule}"
-    if kind in ("pattern", "minLength", "maxLength") and rule == _HEX_COLOR_RULE:
+        return parts, f"{path}: got {len(inst)} entries {show_value(inst)}; expected {rule}"
+    if kind in ("pattern", "minLength", "maxLength") and rule == HEX_COLOR_RULE:
         suggestion = _hex_suggestion(inst)
-        return parts, f"{path}: got {_show(inst)}; expected {rule}{suggestion}"
-    return parts, f"{path}: got {_show(inst)}; expected {rule or err.message}"
+        return parts, f"{path}: got {show_value(inst)}; expected {rule}{suggestion}"
+    return parts, f"{path}: got {show_value(inst)}; expected {rule or err.message}"
 
 
 def _hex_suggestion(value: str) -> str:
@@ -598,7 +492,7 @@ def _advice(data: dict) -> list[str]:
     if style:
         medium = style.get("medium", "")
         if "photo" in style and medium != "photograph":
-            out.append(f"$.style_description.medium: {_show(medium)} with 'photo'; "
+            out.append(f"$.style_description.medium: {show_value(medium)} with 'photo'; "
                        "documented photo captions use medium 'photograph'")
         if "art_style" in style and medium == "photograph":
             out.append("$.style_description.medium: 'photograph' with 'art_style'; "
@@ -616,7 +510,7 @@ def _advice(data: dict) -> list[str]:
                 out.append(f"{path}.{key}: empty")
         bbox = element.get("bbox")
         if bbox and (bbox[0] == bbox[2] or bbox[1] == bbox[3]):
-            out.append(f"{path}.bbox: {_show(bbox)} has zero area")
+            out.append(f"{path}.bbox: {show_value(bbox)} has zero area")
     return out
 
 
@@ -698,7 +592,7 @@ def _check_text(text: str, dialect: str, report: CaptionReport) -> None:
     data = normaliser.caption(data)
 
     problems = list(normaliser.errors)
-    for error in _VALIDATOR.iter_errors(data):
+    for error in VALIDATOR.iter_errors(data):
         parts = tuple(error.absolute_path)
         if not any(parts[: len(p)] == p for p in normaliser.explained):
             problems.append(_schema_error_message(error))
@@ -731,191 +625,3 @@ def require_caption(text: Any, *, dialect: str = "auto", context: str = "Ideogra
     if report.errors:
         raise CaptionError(report, context)
     return report.canonical
-
-
-# --------------------------------------------------------------------------- #
-# Serialisation and builders (used by the nodes and the canvas editor).
-# --------------------------------------------------------------------------- #
-
-
-def canonical_order(caption: dict) -> dict:
-    """A copy of ``caption`` with every object's keys in canonical schema order.
-
-    Unknown keys are kept after the known ones. Does not validate.
-    """
-    out = _reordered(dict(caption), TOP_LEVEL_ORDER)
-    style = out.get("style_description")
-    if isinstance(style, dict):
-        order = STYLE_ORDER_ART if "art_style" in style and "photo" not in style else STYLE_ORDER_PHOTO
-        out["style_description"] = _reordered(style, order)
-    comp = out.get("compositional_deconstruction")
-    if isinstance(comp, dict):
-        comp = _reordered(comp, COMPOSITION_ORDER)
-        if isinstance(comp.get("elements"), list):
-            comp["elements"] = [
-                _reordered(e, ELEMENT_ORDER.get(e.get("type"), ELEMENT_ORDER["text"]))
-                if isinstance(e, dict) else e
-                for e in comp["elements"]
-            ]
-        out["compositional_deconstruction"] = comp
-    return out
-
-
-def canonical_json(caption: dict) -> str:
-    """Canonical serialisation (spec 6.4): canonical key order, minified, literal UTF-8."""
-    return json.dumps(canonical_order(caption), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def pretty_json(caption: dict) -> str:
-    """Indented form for display only (never feed this to the model)."""
-    return json.dumps(canonical_order(caption), indent=2, ensure_ascii=False)
-
-
-_PALETTE_SPLIT = re.compile(r"[\s,;]+")
-
-
-def parse_palette(text: str | None) -> list[str]:
-    """Parse a palette widget: ``"#ff0000, #00FF00"``, one per line, or a JSON list.
-
-    Well-formed colours (with or without ``#``, any case) become ``#RRGGBB``
-    uppercase; anything else is kept verbatim so validation can name it.
-    """
-    if not text:
-        return []
-    tokens = _PALETTE_SPLIT.split(text.strip().strip("[]"))
-    colors = []
-    for token in tokens:
-        token = token.strip().strip("\"'")
-        if not token:
-            continue
-        body = token[1:] if token.startswith("#") else token
-        colors.append("#" + body.upper() if re.fullmatch(r"[0-9a-fA-F]{6}", body) else token)
-    return colors
-
-
-def build_element(kind: str, desc: str, *, text: str | None = None, bbox: Sequence[int] | None = None,
-                  palette: Sequence[str] | None = None) -> dict:
-    """One element in canonical key order. ``text`` is used for text elements only."""
-    element: dict[str, Any] = {"type": kind}
-    if bbox is not None:
-        element["bbox"] = list(bbox)
-    if kind == "text":
-        element["text"] = "" if text is None else text
-    element["desc"] = desc
-    if palette:
-        element["color_palette"] = list(palette)
-    return element
-
-
-def build_style(mode: str, *, aesthetics: str, lighting: str, medium: str, value: str,
-                palette: Sequence[str] | None = None) -> dict | None:
-    """``style_description`` for ``mode`` 'photo' / 'art_style'; None for 'none'."""
-    if mode == "none":
-        return None
-    if mode == "photo":
-        style = {"aesthetics": aesthetics, "lighting": lighting, "photo": value, "medium": medium}
-    elif mode == "art_style":
-        style = {"aesthetics": aesthetics, "lighting": lighting, "medium": medium, "art_style": value}
-    else:
-        raise ValueError(f"style_mode {mode!r} is not one of photo, art_style, none")
-    if palette:
-        style["color_palette"] = list(palette)
-    return style
-
-
-def build_caption(high_level_description: str | None, style: dict | None, background: str,
-                  elements: Sequence[dict], palette: Sequence[str] | None = None) -> dict:
-    """Assemble a caption dict in canonical order (does not validate).
-
-    ``palette`` is the global palette; it lives in ``style_description`` and so
-    needs a ``style`` (ValueError otherwise).
-    """
-    caption: dict[str, Any] = {}
-    if high_level_description and high_level_description.strip():
-        caption["high_level_description"] = high_level_description
-    if palette:
-        if style is None:
-            raise ValueError("color_palette needs a style (style_mode 'photo' or 'art_style'): "
-                             "the global palette lives in style_description")
-        style = {**style, "color_palette": list(palette)}
-    if style is not None:
-        caption["style_description"] = style
-    caption["compositional_deconstruction"] = {"background": background, "elements": list(elements)}
-    return canonical_order(caption)
-
-
-def parse_layout(text: str | None) -> tuple[list, list[str]]:
-    """Parse the Caption Builder's ``layout`` widget (a JSON list of elements).
-
-    Returns (elements, errors); element contents are validated with the caption.
-    """
-    if text is None or not text.strip():
-        return [], []
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        return [], [f"layout: invalid JSON: {exc}; expected a JSON list of element objects"]
-    if not isinstance(value, list):
-        return [], [f"layout: got {_show(value)} ({_json_type(value)}); expected a JSON list of element objects"]
-    return value, []
-
-
-_ELEMENT_PATH = re.compile(r"^\$\.compositional_deconstruction\.elements\[(\d+)\]")
-
-
-def _name_element_source(message: str, layout_count: int) -> str:
-    """Append where an element came from: ``(layout[2])`` or ``(elements input[0])``."""
-    match = _ELEMENT_PATH.match(message)
-    if not match:
-        return message
-    index = int(match.group(1))
-    source = f"layout[{index}]" if index < layout_count else f"elements input[{index - layout_count}]"
-    return f"{message} ({source})"
-
-
-def compose_caption(*, high_level_description: str, style_mode: str, aesthetics: str, lighting: str,
-                    medium: str, style_value: str, color_palette: str, background: str, layout: str,
-                    extra_elements: Sequence[dict] | None = None) -> CaptionReport:
-    """Everything the Caption Builder node does, as one testable function.
-
-    Elements are the ``layout`` list followed by ``extra_elements`` (the
-    Element chain). Returns the report of the assembled caption; builder-level
-    problems (bad layout JSON, palette without a style) are added to its errors.
-    """
-    errors: list[str] = []
-    layout_elements, layout_errors = parse_layout(layout)
-    errors += layout_errors
-    palette = parse_palette(color_palette)
-    if style_mode not in ("photo", "art_style", "none"):
-        errors.append(f"style_mode: got {style_mode!r}; expected photo, art_style or none")
-        style_mode = "none"
-    if palette and style_mode == "none":
-        errors.append("color_palette: a global palette needs style_mode 'photo' or 'art_style' "
-                      "(it lives in style_description); clear it or pick a style")
-        palette = []
-    style = build_style(style_mode, aesthetics=aesthetics, lighting=lighting, medium=medium, value=style_value)
-    elements = list(layout_elements) + list(extra_elements or [])
-    caption = build_caption(high_level_description, style, background, elements, palette)
-    try:
-        text = json.dumps(caption, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        report = CaptionReport(errors=errors + [f"$: cannot serialise caption: {exc}"])
-        return report
-    report = check_caption(text, dialect="documented")
-    report.errors = [_name_element_source(m, len(layout_elements)) for m in report.errors]
-    report.fixes = [_name_element_source(m, len(layout_elements)) for m in report.fixes]
-    if errors:
-        report.errors[:0] = errors
-        report.canonical = report.data = None
-    return report
-
-
-def check_element(element: dict) -> list[str]:
-    """Errors for one element on its own (paths start at ``element``)."""
-    wrapper = {"compositional_deconstruction": {"background": "", "elements": [element]}}
-    try:
-        text = json.dumps(wrapper, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return [f"element: cannot serialise: {exc}"]
-    prefix = "$.compositional_deconstruction.elements[0]"
-    return [m.replace(prefix, "element", 1) for m in check_caption(text, dialect="documented").errors]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..model import caption as cap
+from ..model import caption_builders as builders
 from ..model import magic_prompt as mp
 
 CATEGORY = "Ideogram4 Native/caption"
@@ -74,14 +75,14 @@ class Ideogram4NativeCaptionBuilder(io.ComfyNode):
     def execute(cls, high_level_description: str, style_mode: str, aesthetics: str, lighting: str, medium: str,
                 style_value: str, color_palette: str, background: str, layout: str, width: int, height: int,
                 elements: list | None = None) -> io.NodeOutput:
-        report = cap.compose_caption(
+        report = builders.compose_caption(
             high_level_description=high_level_description, style_mode=style_mode, aesthetics=aesthetics,
             lighting=lighting, medium=medium, style_value=style_value, color_palette=color_palette,
             background=background, layout=layout, extra_elements=elements,
         )
         if report.errors:
             raise cap.CaptionError(report, "Ideogram4 Caption Builder")
-        return io.NodeOutput(report.canonical, cap.pretty_json(report.data), ui=_ui(report))
+        return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))
 
 
 class Ideogram4NativeCaptionElement(io.ComfyNode):
@@ -122,9 +123,9 @@ class Ideogram4NativeCaptionElement(io.ComfyNode):
     @classmethod
     def execute(cls, type: str, text: str, desc: str, use_bbox: bool, y_min: int, x_min: int, y_max: int,
                 x_max: int, color_palette: str, elements: list | None = None) -> io.NodeOutput:
-        element = cap.build_element(type, desc, text=text, bbox=[y_min, x_min, y_max, x_max] if use_bbox else None,
-                                    palette=cap.parse_palette(color_palette))
-        errors = cap.check_element(element)
+        element = builders.build_element(type, desc, text=text, bbox=[y_min, x_min, y_max, x_max] if use_bbox else None,
+                                    palette=builders.parse_palette(color_palette))
+        errors = builders.check_element(element)
         if errors:
             raise ValueError("Ideogram4 Caption Element: " + "; ".join(errors))
         return io.NodeOutput(list(elements or []) + [element])
@@ -161,7 +162,7 @@ class Ideogram4NativeCaptionFromJSON(io.ComfyNode):
             report.errors = report.errors + [f"strict: {m}" for m in report.fixes]
         if report.errors:
             raise cap.CaptionError(report, "Ideogram4 Caption From JSON")
-        return io.NodeOutput(report.canonical, cap.pretty_json(report.data), ui=_ui(report))
+        return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))
 
 
 class Ideogram4NativeMagicPrompt(io.ComfyNode):

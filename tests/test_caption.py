@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from model import caption as cap
+from model import caption_builders as builders
+from model import caption_schema as schema
 from model.caption import CaptionError, check_caption, require_caption
 
 GOLDEN = Path(__file__).parent / "data" / "caption_golden.json"
@@ -84,8 +85,8 @@ def test_canonical_caption_passes_untouched(caption):
 
 
 def test_schema_is_valid_draft_2020_12():
-    jsonschema.Draft202012Validator.check_schema(cap.CAPTION_SCHEMA)
-    assert cap.CAPTION_SCHEMA["$schema"].endswith("2020-12/schema")
+    jsonschema.Draft202012Validator.check_schema(schema.CAPTION_SCHEMA)
+    assert schema.CAPTION_SCHEMA["$schema"].endswith("2020-12/schema")
 
 
 # --------------------------------------------------------------------------- #
@@ -126,7 +127,7 @@ def test_top_level_key_order_is_canonicalised_as_formatting():
     shuffled = {k: PHOTO[k] for k in reversed(list(PHOTO))}
     report = check_caption(mini(shuffled))
     assert report.fixes == [] and report.errors == []
-    assert list(json.loads(report.canonical)) == list(cap.TOP_LEVEL_ORDER)
+    assert list(json.loads(report.canonical)) == list(schema.TOP_LEVEL_ORDER)
     assert any("top-level" in m for m in report.formatting)
 
 
@@ -155,11 +156,11 @@ def test_canonicalisation_is_idempotent():
 def test_canonical_json_and_pretty_json_from_dicts():
     shuffled = {"compositional_deconstruction": {"elements": [{"desc": "d", "type": "obj"}], "background": "b"},
                 "style_description": {"art_style": "s", "medium": "m", "lighting": "l", "aesthetics": "a"}}
-    assert cap.canonical_json(shuffled) == (
+    assert builders.canonical_json(shuffled) == (
         '{"style_description":{"aesthetics":"a","lighting":"l","medium":"m","art_style":"s"},'
         '"compositional_deconstruction":{"background":"b","elements":[{"type":"obj","desc":"d"}]}}')
-    assert json.loads(cap.pretty_json(shuffled)) == json.loads(cap.canonical_json(shuffled))
-    assert "\n  " in cap.pretty_json(shuffled)
+    assert json.loads(builders.pretty_json(shuffled)) == json.loads(builders.canonical_json(shuffled))
+    assert "\n  " in builders.pretty_json(shuffled)
 
 
 # --------------------------------------------------------------------------- #
@@ -463,36 +464,36 @@ def test_summary_lines_prefixes():
     ("#fff, red", ["#fff", "red"]),  # kept verbatim so validation names them
 ])
 def test_parse_palette(text, expected):
-    assert cap.parse_palette(text) == expected
+    assert builders.parse_palette(text) == expected
 
 
 def test_build_caption_orders_keys_and_places_palette_in_style():
-    style = cap.build_style("photo", aesthetics="a", lighting="l", medium="photograph", value="35mm")
-    element = cap.build_element("text", "sign", text="HI", bbox=[1, 2, 3, 4], palette=["#000000"])
-    caption = cap.build_caption("A sign.", style, "wall", [element], ["#FFFFFF"])
-    assert cap.canonical_json(caption) == (
+    style = builders.build_style("photo", aesthetics="a", lighting="l", medium="photograph", value="35mm")
+    element = builders.build_element("text", "sign", text="HI", bbox=[1, 2, 3, 4], palette=["#000000"])
+    caption = builders.build_caption("A sign.", style, "wall", [element], ["#FFFFFF"])
+    assert builders.canonical_json(caption) == (
         '{"high_level_description":"A sign.","style_description":{"aesthetics":"a","lighting":"l","photo":"35mm",'
         '"medium":"photograph","color_palette":["#FFFFFF"]},"compositional_deconstruction":{"background":"wall",'
         '"elements":[{"type":"text","bbox":[1,2,3,4],"text":"HI","desc":"sign","color_palette":["#000000"]}]}}')
-    assert require_caption(cap.canonical_json(caption)) == cap.canonical_json(caption)
+    assert require_caption(builders.canonical_json(caption)) == builders.canonical_json(caption)
 
 
 def test_build_caption_palette_without_style_is_an_error():
     with pytest.raises(ValueError, match="color_palette needs a style"):
-        cap.build_caption("x", None, "b", [], ["#FFFFFF"])
+        builders.build_caption("x", None, "b", [], ["#FFFFFF"])
 
 
 def test_build_element_obj_ignores_text_and_optional_parts():
-    assert cap.build_element("obj", "d", text="ignored") == {"type": "obj", "desc": "d"}
-    assert list(cap.build_element("obj", "d", bbox=(1, 2, 3, 4), palette=["#000000"])) == [
+    assert builders.build_element("obj", "d", text="ignored") == {"type": "obj", "desc": "d"}
+    assert list(builders.build_element("obj", "d", bbox=(1, 2, 3, 4), palette=["#000000"])) == [
         "type", "bbox", "desc", "color_palette"]
 
 
 def test_build_style_modes():
-    assert cap.build_style("none", aesthetics="a", lighting="l", medium="m", value="v") is None
-    assert list(cap.build_style("art_style", aesthetics="a", lighting="l", medium="m", value="v")) == list(cap.STYLE_ORDER_ART[:4])
+    assert builders.build_style("none", aesthetics="a", lighting="l", medium="m", value="v") is None
+    assert list(builders.build_style("art_style", aesthetics="a", lighting="l", medium="m", value="v")) == list(schema.STYLE_ORDER_ART[:4])
     with pytest.raises(ValueError, match="style_mode"):
-        cap.build_style("oil", aesthetics="a", lighting="l", medium="m", value="v")
+        builders.build_style("oil", aesthetics="a", lighting="l", medium="m", value="v")
 
 
 def compose(**overrides):
@@ -500,11 +501,11 @@ def compose(**overrides):
                 medium="illustration", style_value="watercolour", color_palette="#ff0000", background="A rug.",
                 layout='[{"type":"obj","bbox":[100,100,900,900],"desc":"A cat."}]', extra_elements=None)
     args.update(overrides)
-    return cap.compose_caption(**args)
+    return builders.compose_caption(**args)
 
 
 def test_compose_caption_happy_path_with_layout_and_chain():
-    chain = [cap.build_element("text", "Small label.", text="MIAU")]
+    chain = [builders.build_element("text", "Small label.", text="MIAU")]
     report = compose(extra_elements=chain)
     assert report.errors == []
     assert report.canonical == (
@@ -540,8 +541,8 @@ def test_compose_caption_layout_parsing(layout, expected):
 
 
 def test_check_element_paths_start_at_element():
-    assert cap.check_element(cap.build_element("obj", "d", bbox=[0, 0, 10, 10])) == []
-    errors = cap.check_element(cap.build_element("obj", "d", bbox=[0, 0, 10, 1001], palette=["#ffffff", "blue"]))
+    assert builders.check_element(builders.build_element("obj", "d", bbox=[0, 0, 10, 10])) == []
+    errors = builders.check_element(builders.build_element("obj", "d", bbox=[0, 0, 10, 1001], palette=["#ffffff", "blue"]))
     assert errors == ["element.bbox[3]: got 1001; expected an integer in 0..1000",
                       'element.color_palette[1]: got "blue"; expected an uppercase #RRGGBB hex colour']
 
@@ -577,7 +578,7 @@ def test_golden_corpus_covers_both_verdicts_and_dialects():
     accepted = [c for c in cases if c["reference"]["accepted"]]
     assert len(accepted) >= 15 and len(cases) - len(accepted) >= 40
     assert any("aspect_ratio" in c["text"] for c in cases)
-    assert {c["divergence"] for c in cases if "divergence" in c} <= set(cap.STRICTER_THAN_REFERENCE)
+    assert {c["divergence"] for c in cases if "divergence" in c} <= set(schema.STRICTER_THAN_REFERENCE)
 
 
 @pytest.mark.parametrize("case", _golden_cases(), ids=lambda c: c["name"])
@@ -595,7 +596,7 @@ def test_golden_agreement(case):
     reference = case["reference"]
     if "divergence" in case:
         assert reference["accepted"], "divergence cases document inputs the reference accepts"
-        assert report.errors, f"we are deliberately stricter here: {cap.STRICTER_THAN_REFERENCE[case['divergence']]}"
+        assert report.errors, f"we are deliberately stricter here: {schema.STRICTER_THAN_REFERENCE[case['divergence']]}"
         return
     if reference["accepted"]:
         assert report.errors == [] and report.fixes == [], (report.errors, report.fixes)
