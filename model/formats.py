@@ -90,7 +90,7 @@ def _official_name(key: str) -> tuple[str, Optional[str]]:
     return key, None
 
 
-def _module_of(official_key: str) -> tuple[str, str]:
+def module_of(official_key: str) -> tuple[str, str]:
     """'layers.0.attention.qkv.weight.absmax' -> ('layers.0.attention.qkv', 'weight.absmax')."""
     for tail in ("weight.quant_state.bitsandbytes__nf4", "weight.absmax", "weight.quant_map", "weight_scale",
                  "input_scale", "comfy_quant", "weight", "bias"):
@@ -99,7 +99,7 @@ def _module_of(official_key: str) -> tuple[str, str]:
     return official_key.rpartition(".")[0], official_key.rpartition(".")[2]
 
 
-def _linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
+def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
                    sources: dict[str, list[str]]) -> Optional[str]:
     """None for a plain weight, else the quantisation scheme of module ``mod`` (validated)."""
     wdtype = reader.dtype(sources[tails["weight"]][0])
@@ -168,7 +168,7 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
     # Group by module and classify each Linear weight.
     modules: dict[str, dict[str, str]] = {}
     for official in sources:
-        mod, tail = _module_of(official)
+        mod, tail = module_of(official)
         modules.setdefault(mod, {})[tail] = official
     linears: dict[str, LinearSpec] = {}
     logical: dict[str, tuple[int, ...]] = {}
@@ -185,7 +185,7 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
                     float_dtypes.add(dtype)
         if "weight" not in tails:
             continue
-        scheme = _linear_scheme(reader, label, mod, tails, sources)
+        scheme = linear_scheme(reader, label, mod, tails, sources)
         if scheme == "nf4":
             state_keys = sources[tails["weight.quant_state.bitsandbytes__nf4"]]
             parts = [tuple(parse_nf4_quant_state(reader.get(s))["shape"]) for s in state_keys]

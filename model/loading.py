@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -70,7 +69,7 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
         raise KeyError(name)
 
 
-def _swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dtype: torch.dtype, operations) -> None:
+def swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dtype: torch.dtype, operations) -> None:
     for mod_name, spec in linears.items():
         if spec.scheme is None:
             continue
@@ -82,7 +81,7 @@ def _swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dt
         setattr(parent, leaf, new)
 
 
-def _assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFormat, device, dtype: torch.dtype) -> None:
+def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFormat, device, dtype: torch.dtype) -> None:
     src = fmt.sources
     for mod_name, module in model.named_modules():
         scheme = getattr(module, "scheme", None)
@@ -137,8 +136,8 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     _check_keys(fmt, cfg, reader.label)
     with torch.device("meta"):
         model = Ideogram4DiT(cfg, dtype=dtype, operations=operations)
-    _swap_quantized_linears(model, fmt.linears, dtype, operations)
-    _assign_weights(model, reader, fmt, torch.device(device), dtype)
+    swap_quantized_linears(model, fmt.linears, dtype, operations)
+    assign_weights(model, reader, fmt, torch.device(device), dtype)
     model.eval().requires_grad_(False)
     model.checkpoint_format = fmt.description
     log.info("Loaded Ideogram 4 DiT from %s (%s, %d layers, width %d)", reader.label, fmt.description,
