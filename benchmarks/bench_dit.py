@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import torch  # noqa: E402
 from model import DiTConfig, Ideogram4DiT, load_transformer  # noqa: E402
 from model.config import expected_shapes  # noqa: E402
 from model.quant import NF4_CODE, QuantizedLinear, quantize_fp8_rowwise, quantize_nf4  # noqa: E402
-from sampling import PRESETS, sample  # noqa: E402
+from sampling import sample  # noqa: E402
 
 
 def _status_mb(field: str) -> float:
@@ -183,7 +182,6 @@ def bench_gpu(args) -> None:
         uncond = _random_full_model(fmt, dev)
         weights_gb = torch.cuda.memory_allocated() / 1e9
         for res in args.resolutions:
-            gh = gw = res // 16
             feats = torch.randn(1, args.text_tokens, DiTConfig().llm_features_dim, device=dev)
             torch.cuda.reset_peak_memory_stats()
             steps = 3
