@@ -1,0 +1,142 @@
+"""The pure-torch pipeline (model.pipeline) and the README's main job (python -m tools.demo)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from PIL import Image
+
+from model.pipeline import Ideogram4Pipeline, generate, load_pipeline, prepare_caption
+from sampling import custom_settings, sample
+from tools.demo import DEFAULT_CAPTION, TINY_TE_LAYERS, build_tiny_models, main
+
+CAPTION = json.dumps({  # valid but not canonical: pretty-printed, style keys out of order
+    "high_level_description": "A lighthouse on a cliff at dusk.",
+    "style_description": {"photo": "landscape photograph", "aesthetics": "moody", "lighting": "dusk",
+                          "medium": "photograph"},
+    "compositional_deconstruction": {"background": "stormy sea", "elements": [{"type": "obj", "desc": "a lighthouse"}]},
+}, indent=2)
+
+
+FAST = custom_settings(steps=2, mu=0.5, std=1.75, guidance=7.0, polish_steps=1)  # keeps the tests quick
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.mktemp("ideogram4"))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    return load_pipeline(tiny_models, dtype=torch.bfloat16, taps=range(TINY_TE_LAYERS))
+
+
+def test_demo_main_writes_png(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = main([])
+    assert out.name == "ideogram4_demo.png" and (tmp_path / "ideogram4_demo.png").is_file()
+    with Image.open(tmp_path / "ideogram4_demo.png") as im:
+        assert im.size == (256, 256) and im.mode == "RGB"
+    printed = capsys.readouterr().out
+    for stage in ("load models", "encode", "sample", "decode", "wrote"):
+        assert stage in printed
+
+
+def test_demo_options(tmp_path):
+    cap = tmp_path / "caption.json"
+    cap.write_text(CAPTION)
+    out = main(["--width", "320", "--height", "256", "--preset", "V4_TURBO_12", "--seed", "3", "--caption", str(cap),
+                "--tile", "16", "--out", str(tmp_path / "sub" / "x.png")])
+    with Image.open(out) as im:
+        assert im.size == (320, 256)
+
+
+def test_pipeline_matches_manual_composition(pipe):
+    """generate() = encode(canonical caption) → sampling.sample → VAE decode with REF rounding."""
+    canonical = prepare_caption(CAPTION)
+    assert canonical != CAPTION and "\n" not in canonical
+    images = pipe.generate(CAPTION, width=256, height=256, settings=FAST, seed=5)
+    enc = pipe.text_encoder.encode([canonical])
+    z = sample(pipe.cond, pipe.uncond, enc.features, height=256, width=256, settings=FAST, seed=5,
+               text_lengths=enc.lengths)
+    import numpy as np
+
+    expect = pipe.vae.decode_to_uint8(z, 16, 16)
+    assert len(images) == 1 and images[0].size == (256, 256)
+    assert torch.equal(torch.from_numpy(np.array(images[0])), expect[0])
+    assert set(pipe.last_timings) == {"caption", "encode", "sample", "decode", "safety"}
+    assert len(pipe.last_safety) == 1
+
+
+def test_seed_and_batch(pipe):
+    import numpy as np
+
+    run = lambda caps, seed: pipe.generate(caps, width=256, height=256, settings=FAST, seed=seed)  # noqa: E731
+    a, b, c = run(DEFAULT_CAPTION, 1), run(DEFAULT_CAPTION, 1), run(DEFAULT_CAPTION, 2)
+    assert a[0].tobytes() == b[0].tobytes() != c[0].tobytes()
+    batch = run([DEFAULT_CAPTION, CAPTION], 1)
+    assert len(batch) == 2
+    # sample 0 of a batch of (different-length) captions = the single run (left padding is masked)
+    diff = np.abs(np.array(batch[0], np.int16) - np.array(a[0], np.int16))
+    assert diff.max() <= 2
+
+
+def test_caption_and_size_errors_raise(pipe):
+    with pytest.raises(ValueError, match="invalid JSON"):
+        pipe.generate("a cat on a mat", width=256, height=256, settings=FAST)
+    with pytest.raises(ValueError):
+        pipe.generate("{}", width=256, height=256, settings=FAST)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        pipe.generate(CAPTION, width=300, height=256, settings=FAST)
+    assert prepare_caption("a cat", validate=False) == "a cat"
+    assert prepare_caption(CAPTION, canonicalize=False) == CAPTION
+
+
+@dataclass
+class _Encoded:
+    features: torch.Tensor
+    lengths: list
+
+
+class _StubEncoder:
+    """The text-encoder interface: .encode(captions) -> (features, lengths)."""
+    def __init__(self, width):
+        self.feature_dim = width
+        self.seen = []
+
+    def encode(self, captions):
+        self.seen.extend(captions)
+        g = torch.Generator().manual_seed(len(captions[0]))
+        return _Encoded(torch.randn(len(captions), 7, self.feature_dim, generator=g), [7] * len(captions))
+
+
+def test_functional_generate_with_stub_encoder(pipe):
+    stub = _StubEncoder(pipe.cond.config.llm_features_dim)
+    images = generate(CAPTION, cond=pipe.cond, uncond=pipe.uncond, text_encoder=stub, vae=pipe.vae,
+                      width=256, height=256, settings=FAST, seed=0)
+    assert images[0].size == (256, 256)
+    assert stub.seen == [prepare_caption(CAPTION)]
+    with pytest.raises(ValueError, match="features but the transformer expects"):
+        Ideogram4Pipeline(pipe.cond, pipe.uncond, _StubEncoder(12), pipe.vae)
+    with pytest.raises(ValueError, match="either preset or settings"):
+        from sampling import PRESETS
+        pipe.generate(CAPTION, width=256, height=256, preset="V4_TURBO_12", settings=PRESETS["V4_TURBO_12"])
+
+
+def test_load_pipeline_sources(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        load_pipeline(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no source for"):
+        load_pipeline({"transformer": tiny_models})
+    with pytest.raises(ValueError, match="unknown component"):
+        load_pipeline({"transformers": tiny_models})
+    # mapping + an explicit VAE file in BFL naming (like ComfyUI's flux2-vae.safetensors)
+    from tools.make_test_vae import write_vae
+
+    vae_file = write_vae(tmp_path / "flux2-vae.safetensors", "bfl")
+    p = load_pipeline({"transformer": tiny_models, "unconditional": tiny_models, "text_encoder": tiny_models,
+                       "vae": tiny_models}, vae=vae_file, taps=range(TINY_TE_LAYERS), vae_dtype=torch.float32)
+    assert "BFL" in p.vae.checkpoint_format and p.vae.dtype == torch.float32
