@@ -9,6 +9,7 @@ source tensors it is made of.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -130,6 +131,71 @@ def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[st
     raise ValueError(f"{label}: {mod}.weight has dtype {wdtype}, expected a float, float8 or nf4 weight")
 
 
+def _check_comfy_quant(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
+                       sources: dict[str, list[str]]) -> None:
+    """A ``comfy_quant`` layer must be float8_e4m3fn stored as float8 (not the legacy uint8 view)."""
+    raw = reader.get(sources[tails["comfy_quant"]][0])
+    conf = json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
+    if conf.get("format") != "float8_e4m3fn":
+        raise ValueError(f"{label}: {mod} uses ComfyUI quantisation format {conf.get('format')!r}; only "
+                         "float8_e4m3fn (fp8_scaled) is supported")
+    if reader.dtype(sources[tails["weight"]][0]) == torch.uint8:
+        raise ValueError(f"{label}: {mod}.weight stores float8 data as uint8 (legacy ComfyUI layout), which is not "
+                         "supported; re-save it with float8_e4m3fn tensors")
+
+
+def _nf4_logical_shape(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
+                       sources: dict[str, list[str]]) -> tuple[int, int]:
+    """(out, in) from the quant_state JSON (summed over split q/k/v parts), checked against the packed size."""
+    shapes = []
+    for state_key, weight_key in zip(sources[tails["weight.quant_state.bitsandbytes__nf4"]], sources[tails["weight"]]):
+        shape = tuple(int(v) for v in parse_nf4_quant_state(reader.get(state_key))["shape"])
+        packed = reader.shape(weight_key)
+        if len(shape) != 2 or int(torch.Size(packed).numel()) * 2 != shape[0] * shape[1]:
+            raise ValueError(f"{label}: {mod}: packed nf4 size {list(packed)} does not match its shape {list(shape)}")
+        shapes.append(shape)
+    return sum(p[0] for p in shapes), shapes[0][1]
+
+
+def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, list[str]]
+                     ) -> tuple[dict[str, LinearSpec], dict[str, tuple[int, ...]], str, Optional[torch.dtype]]:
+    """Group official keys by module and classify every Linear weight.
+
+    Returns (linears, logical shapes of weights/biases, overall quantisation, storage dtype of unquantised
+    floats).  Shared by the DiT and text-encoder format detection.
+    """
+    modules: dict[str, dict[str, str]] = {}
+    for official in sources:
+        mod, tail = module_of(official)
+        modules.setdefault(mod, {})[tail] = official
+    linears: dict[str, LinearSpec] = {}
+    logical: dict[str, tuple[int, ...]] = {}
+    float_dtypes: set[torch.dtype] = set()
+    schemes: set[str] = set()
+    for mod, tails in modules.items():
+        for tail in ("weight", "bias"):
+            if tail in tails:
+                src = sources[tails[tail]]
+                shapes = [reader.shape(s) for s in src]
+                logical[tails[tail]] = (sum(s[0] for s in shapes), *shapes[0][1:]) if len(src) > 1 else shapes[0]
+                dtype = reader.dtype(src[0])
+                if dtype.is_floating_point and dtype.itemsize > 1:
+                    float_dtypes.add(dtype)
+        if "weight" not in tails:
+            continue
+        if "comfy_quant" in tails:
+            _check_comfy_quant(reader, label, mod, tails, sources)
+        scheme = linear_scheme(reader, label, mod, tails, sources)
+        if scheme == "nf4":
+            logical[tails["weight"]] = _nf4_logical_shape(reader, label, mod, tails, sources)
+        if scheme:
+            schemes.add(scheme)
+        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]))
+    quantization = "none" if not schemes else (next(iter(schemes)) if len(schemes) == 1 else "mixed")
+    storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits) if float_dtypes else None
+    return linears, logical, quantization, storage
+
+
 def detect_format(reader: CheckpointReader) -> CheckpointFormat:
     """Recognise naming + quantisation of an Ideogram 4 DiT checkpoint, or explain what it is instead."""
     raw_keys = reader.keys()
@@ -165,38 +231,6 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
     if dup:
         raise ValueError(f"{label}: tensor {dup[0]} appears under two names ({', '.join(sources[dup[0]])})")
 
-    # Group by module and classify each Linear weight.
-    modules: dict[str, dict[str, str]] = {}
-    for official in sources:
-        mod, tail = module_of(official)
-        modules.setdefault(mod, {})[tail] = official
-    linears: dict[str, LinearSpec] = {}
-    logical: dict[str, tuple[int, ...]] = {}
-    float_dtypes: set[torch.dtype] = set()
-    schemes: set[str] = set()
-    for mod, tails in modules.items():
-        for tail in ("weight", "bias"):
-            if tail in tails:
-                src = sources[tails[tail]]
-                shapes = [reader.shape(s) for s in src]
-                logical[tails[tail]] = (sum(s[0] for s in shapes), *shapes[0][1:]) if len(src) > 1 else shapes[0]
-                dtype = reader.dtype(src[0])
-                if dtype.is_floating_point and dtype != FP8_DTYPE:
-                    float_dtypes.add(dtype)
-        if "weight" not in tails:
-            continue
-        scheme = linear_scheme(reader, label, mod, tails, sources)
-        if scheme == "nf4":
-            state_keys = sources[tails["weight.quant_state.bitsandbytes__nf4"]]
-            parts = [tuple(parse_nf4_quant_state(reader.get(s))["shape"]) for s in state_keys]
-            logical[tails["weight"]] = (sum(p[0] for p in parts), *parts[0][1:])
-        if scheme:
-            schemes.add(scheme)
-        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]))
-
-    quantization = "none" if not schemes else (schemes.pop() if len(schemes) == 1 else "mixed")
-    storage = None
-    if float_dtypes:
-        storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits)
+    linears, logical, quantization, storage = classify_modules(reader, label, sources)
     return CheckpointFormat(naming=naming, quantization=quantization, prefix=prefix, storage_dtype=storage,
                             sources=sources, linears=linears, logical_shapes=logical)

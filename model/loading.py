@@ -58,7 +58,8 @@ def _read(reader: CheckpointReader, keys: list[str]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+def set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter or buffer ``name`` of ``model`` by ``value`` (assign, no copy, no grad)."""
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if leaf in parent._parameters:
@@ -107,7 +108,7 @@ def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFo
                 value = _read(reader, src[name])
                 if value.is_floating_point():
                     value = value.to(dtype)
-            _set_tensor(model, name, value.to(device))
+            set_tensor(model, name, value.to(device))
 
 
 def load_transformer(source: str | os.PathLike, *, device: torch.device | str = "cpu",

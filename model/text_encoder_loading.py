@@ -33,10 +33,9 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointReader, open_checkpoint, resolve_checkpoint_files
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
-from .formats import CheckpointFormat, LinearSpec, linear_scheme, module_of
+from .formats import CheckpointFormat, classify_modules
 from .loading import assign_weights, swap_quantized_linears
 from .ops import TorchOps
-from .quant import parse_nf4_quant_state
 
 log = logging.getLogger(__name__)
 
@@ -192,47 +191,7 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
     if kept > num_layers:
         raise ValueError(f"{label}: has {num_layers} decoder layers, but the requested taps need layer {kept - 1}")
 
-    modules: dict[str, dict[str, str]] = {}
-    for official in sources:
-        mod, tail = module_of(official)
-        modules.setdefault(mod, {})[tail] = official
-    linears: dict[str, LinearSpec] = {}
-    logical: dict[str, tuple[int, ...]] = {}
-    float_dtypes: set[torch.dtype] = set()
-    schemes: set[str] = set()
-    for mod, tails in modules.items():
-        for tail in ("weight", "bias"):
-            if tail in tails:
-                src = sources[tails[tail]][0]
-                logical[tails[tail]] = reader.shape(src)
-                dt = reader.dtype(src)
-                if dt.is_floating_point and dt.itemsize > 1:
-                    float_dtypes.add(dt)
-        if "weight" not in tails:
-            continue
-        if "comfy_quant" in tails:
-            conf = json.loads(bytes(reader.get(sources[tails["comfy_quant"]][0]).to(torch.uint8).tolist()).decode("utf-8"))
-            fmt_name = conf.get("format")
-            if fmt_name != "float8_e4m3fn":
-                raise ValueError(f"{label}: {mod} uses ComfyUI quantisation format {fmt_name!r}; only float8_e4m3fn "
-                                 "(fp8_scaled) is supported for the text encoder")
-            if reader.dtype(sources[tails["weight"]][0]) == torch.uint8:
-                raise ValueError(f"{label}: {mod}.weight stores float8 data as uint8 (legacy ComfyUI layout), "
-                                 "which is not supported; re-save it with float8_e4m3fn tensors")
-        scheme = linear_scheme(reader, label, mod, tails, sources)
-        if scheme == "nf4":
-            state = parse_nf4_quant_state(reader.get(sources[tails["weight.quant_state.bitsandbytes__nf4"]][0]))
-            shape = tuple(int(s) for s in state["shape"])
-            packed = reader.shape(sources[tails["weight"]][0])
-            if len(shape) != 2 or int(torch.Size(packed).numel()) * 2 != shape[0] * shape[1]:
-                raise ValueError(f"{label}: {mod}: packed nf4 size {list(packed)} does not match its shape {list(shape)}")
-            logical[tails["weight"]] = shape
-        if scheme:
-            schemes.add(scheme)
-        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]))
-
-    quantization = "none" if not schemes else (next(iter(schemes)) if len(schemes) == 1 else "mixed")
-    storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits) if float_dtypes else None
+    linears, logical, quantization, storage = classify_modules(reader, label, sources)
     ckpt = CheckpointFormat(naming=_NAMINGS.get(prefix, prefix), quantization=quantization, prefix=prefix,
                             storage_dtype=storage, sources=sources, linears=linears, logical_shapes=logical)
     return TextEncoderFormat(label=label, prefix=prefix, quantization=quantization, storage_dtype=storage,

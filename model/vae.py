@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointReader, open_checkpoint
 from .latents import denormalise, unpatchify
+from .loading import set_tensor
 
 log = logging.getLogger(__name__)
 
@@ -532,17 +533,6 @@ def _check_keys(model: nn.Module, shapes: dict[str, tuple[int, ...]], fmt: VAEFo
         raise ValueError(f"{label}: not a loadable FLUX.2 VAE decoder ({fmt.description}): " + " | ".join(problems))
 
 
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if leaf in parent._parameters:
-        parent._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-    elif leaf in parent._buffers:
-        parent._buffers[leaf] = value
-    else:  # pragma: no cover - guarded by _check_keys
-        raise KeyError(name)
-
-
 def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
              operations=VAEOps, require_z_channels: Optional[int] = LATENT_Z) -> Flux2VAEDecoder:
     """Load the decoder of a FLUX.2 VAE from a ``.safetensors`` file or an HF-layout folder (``vae/``).
@@ -571,7 +561,7 @@ def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", d
         value = reader.get(fmt.sources[name])
         if name in fmt.linear_to_conv and value.ndim == 2:
             value = value.reshape(*value.shape, 1, 1)
-        _set_tensor(model, name, value.to(dtype).contiguous().to(device))
+        set_tensor(model, name, value.to(dtype).contiguous().to(device))
     if fmt.bn:
         if set(fmt.bn) != {"running_mean", "running_var"}:
             raise ValueError(f"{reader.label}: incomplete bn statistics (has {sorted(fmt.bn)})")

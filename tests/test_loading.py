@@ -206,3 +206,18 @@ def test_source_file_untouched(tiny_files):
     before = (path.stat().st_mtime_ns, path.read_bytes())
     load_transformer(path)
     assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+
+
+def test_comfy_quant_other_formats_are_rejected(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "comfy_fp8_scaled"))
+    sd["input_proj.comfy_quant"] = torch.tensor(list(json.dumps({"format": "int8_tensorwise"}).encode()),
+                                                dtype=torch.uint8)
+    msg = _err(write_file(sd, tmp_path / "int8.safetensors", "comfy_fp8_scaled"))
+    assert "input_proj uses ComfyUI quantisation format 'int8_tensorwise'" in msg
+
+
+def test_nf4_packed_size_must_match_quant_state(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "nf4"))
+    sd["final_layer.linear.weight"] = sd["final_layer.linear.weight"][:-32].contiguous()
+    msg = _err(write_file(sd, tmp_path / "short.safetensors", "nf4"))
+    assert "final_layer.linear: packed nf4 size" in msg
