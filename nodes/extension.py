@@ -1,25 +1,28 @@
-"""V3 registration: collects every node list of the pack into one ComfyExtension."""
+"""V3 registration: collects every node list of the pack into one ComfyExtension.
+
+A node module that fails to import is a real error (shown by ComfyUI as a failed custom node),
+never silently skipped.
+"""
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import caption_nodes, latent_nodes, loader_nodes, sampler_nodes, text_encoder_nodes
 
-def _all_nodes() -> list[type[io.ComfyNode]]:
+NODE_MODULES = (caption_nodes, loader_nodes, text_encoder_nodes, sampler_nodes, latent_nodes)
+
+
+def all_nodes() -> list[type[io.ComfyNode]]:
     nodes: list[type[io.ComfyNode]] = []
-    # Each module exposes NODES: list[type[io.ComfyNode]].
-    from . import caption_nodes
-
-    nodes += caption_nodes.NODES
-    for name in ("loader_nodes", "text_encoder_nodes", "sampler_nodes", "latent_nodes"):
-        try:
-            module = __import__(f"{__package__}.{name}", fromlist=["NODES"])
-        except ModuleNotFoundError as exc:  # module not written yet in this checkout
-            if exc.name and exc.name.endswith(name):
-                continue
-            raise
+    for module in NODE_MODULES:
         nodes += module.NODES
     return nodes
 
 
 class Ideogram4NativeExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        from . import folders
+
+        folders.register()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return _all_nodes()
+        return all_nodes()

@@ -1,0 +1,368 @@
+"""The Ideogram 4 DiT as a ComfyUI model: operations, model config, BaseModel, ModelPatcher, loading.
+
+ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
+
+* :class:`ComfyOps` — the ``operations`` namespace the DiT is built with: ComfyUI's cast-aware
+  layers (``comfy.ops.disable_weight_init``: the weights are stored in the compute dtype, so no
+  manual cast is needed when resident), plus a :class:`ComfyQuantizedLinear` that is both our
+  ``QuantizedLinear`` (packed fp8 / nf4 storage, one decode entry point) and a
+  ``comfy.ops.CastWeightBiasOp``.  Under partial loading ComfyUI sets ``comfy_cast_weights`` on
+  layers that stay in system RAM; their forward then moves the *packed* storage to the compute
+  device and dequantises there, so streaming costs packed bytes, and ``module_size`` /
+  ``model_size`` count packed bytes (storage is registered as parameters/buffers).  Every forward
+  calls ``comfy.ops.run_every_op()``, ComfyUI's per-op interrupt check.
+* :class:`Ideogram4NativeConfig` / :class:`Ideogram4NativeModel` — a ``supported_models_base.BASE``
+  (flow, ``multiplier = shift = 1`` → ``ModelSamplingDiscreteFlow`` + ``CONST``: σ = timestep,
+  Flux2 128-channel latent format) and a ``model_base.BaseModel`` whose ``apply_model`` follows
+  ComfyUI's convention: x is a (B, 128, gh, gw) Flux2-layout latent, the model time is
+  ``t = 1 − σ`` and the model output is the negated velocity (``denoised = x + σ·v``).
+* :func:`load_model_patcher` — any supported checkpoint → a plain ``ModelPatcher`` (not the
+  dynamic-VRAM patcher: our packed layers use the classic lowvram path).
+* :func:`load_pair` — applies ``nodes.memory_policy.plan_memory`` through ``load_models_gpu``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.supported_models_base
+
+from ..model import latents as lat
+from ..model.loading import load_transformer
+from ..model.quant import QuantizedLinear
+from . import memory_policy as mp
+
+log = logging.getLogger("ideogram4_native")
+
+IMAGE_MODEL_ID = "ideogram4_native"
+DTYPE_CHOICES = ("auto", "bf16", "fp32")
+
+
+# --------------------------------------------------------------------------- operations
+
+class _EagerInit:
+    """Makes ComfyUI build real (meta) parameters even when dynamic VRAM ("aimdo") is on.
+
+    With aimdo ComfyUI's Linear/Embedding leave ``weight = None`` until its own state-dict
+    loader runs; our loader assigns tensors directly, so it needs the parameters to exist.
+    Overriding ``_load_from_state_dict`` is ComfyUI's documented opt-out.
+    """
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
+class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
+    """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch."""
+
+    comfy_cast_weights = False
+    weight_function: list = []
+    bias_function: list = []
+
+    def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
+        # Streamed (or patched) layer: move the packed storage, decode on the compute device.
+        weight = self.dequantized_weight(x.dtype, x.device)
+        for fn in self.weight_function:
+            weight = fn(weight)
+        bias = None
+        if self.bias is not None:
+            bias = mm.cast_to(self.bias, x.dtype, x.device, copy=bool(self.bias_function))
+            for fn in self.bias_function:
+                bias = fn(bias)
+        return F.linear(x, weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        comfy.ops.run_every_op()
+        if self.comfy_cast_weights or self.weight_function or self.bias_function:
+            return self.forward_comfy_cast_weights(x)
+        return super().forward(x)
+
+
+class ComfyOps:
+    """``operations`` namespace for ``model.load_transformer`` (see ``model/ops.py``)."""
+
+    class Linear(_EagerInit, comfy.ops.disable_weight_init.Linear):
+        pass
+
+    class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
+        pass
+
+    class LayerNorm(comfy.ops.disable_weight_init.LayerNorm):
+        pass
+
+    class Embedding(_EagerInit, comfy.ops.disable_weight_init.Embedding):
+        pass
+
+    QuantizedLinear = ComfyQuantizedLinear
+
+
+# --------------------------------------------------------------------------- model config / BaseModel
+
+class Ideogram4NativeConfig(comfy.supported_models_base.BASE):
+    unet_config = {"image_model": IMAGE_MODEL_ID, "disable_unet_model_creation": True}
+    unet_extra_config = {}
+    sampling_settings = {"multiplier": 1.0, "shift": 1.0}  # flow/CONST, σ = timestep = 1 − t
+    latent_format = comfy.latent_formats.Flux2
+    memory_usage_factor = 11.6  # core's figure for this architecture (only used by core heuristics)
+    supported_inference_dtypes = [torch.bfloat16, torch.float32]
+
+
+class Ideogram4NativeModel(comfy.model_base.BaseModel):
+    """ComfyUI model wrapper around an ``Ideogram4DiT`` (conditional or unconditional weights).
+
+    Conditioning: ``cross_attn`` (B, L, 53248) left-padded text features and ``text_lengths``;
+    no ``cross_attn`` ⇒ the image-only unconditional pass.  Extra keyword arguments understood by
+    ``apply_model``: ``ideogram4_time`` — the exact model time (B,) to use instead of ``1 − σ``
+    (the reference's float32 t values are not recoverable from float32 σ), and
+    ``ideogram4_velocity=True`` — return the velocity v instead of the denoised latent.
+    """
+
+    def __init__(self, model_config: Ideogram4NativeConfig, dit: torch.nn.Module, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = dit
+        mm.archive_model_dtypes(self.diffusion_model)
+
+    # ComfyUI asks the model for its dtype in many places; ours is the compute dtype.
+    def get_dtype(self):
+        return self.diffusion_model.compute_dtype
+
+    def extra_conds(self, **kwargs):
+        out = {}
+        cross_attn = kwargs.get("cross_attn", None)
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
+            lengths = kwargs.get("text_lengths", None)
+            if lengths is not None:
+                out["text_lengths"] = comfy.conds.CONDRegular(torch.as_tensor(list(lengths), dtype=torch.long))
+        return out
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        sigma = t
+        b, _, gh, gw = x.shape
+        time = kwargs.get("ideogram4_time", None)
+        if time is None:
+            time = (1.0 - sigma.to(torch.float64)).to(torch.float32)  # t = 1 − σ
+        time = time.to(device=x.device, dtype=torch.float32).reshape(-1)
+        if time.numel() != b:
+            time = time[:1].expand(b)
+        lengths = kwargs.get("text_lengths", None)
+        feats = c_crossattn
+        if feats is not None:
+            feats = feats.to(device=x.device)
+            if lengths is not None:
+                lengths = [int(v) for v in torch.as_tensor(lengths).reshape(-1).tolist()]
+        tokens = lat.comfy_to_tokens(x.to(torch.float32))
+        with direct_weights_on(self.diffusion_model, x.device):
+            v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths)
+        v = lat.tokens_to_comfy(v, gh, gw)
+        if kwargs.get("ideogram4_velocity", False):
+            return v
+        # ComfyUI's flow model output is ε − x0 = −v; CONST: denoised = x − σ·out.
+        return self.model_sampling.calculate_denoised(sigma, -v, x)
+
+    def extra_conds_shapes(self, **kwargs):
+        cross_attn = kwargs.get("cross_attn", None)
+        return {"ideogram4_text": list(cross_attn.shape)} if cross_attn is not None else {}
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        # Peak of one pass with batch input_shape[0] (ComfyUI asks for 2·B — a CFG batch — and for B;
+        # our two passes run on two models, so the B figure is the real one, the 2·B one only
+        # makes ComfyUI evict more).
+        b = max(1, int(input_shape[0]))
+        n_img = int(input_shape[-1] * input_shape[-2])
+        n_txt = max((int(s[1]) for s in cond_shapes.get("ideogram4_text", [])), default=0)
+        return activation_estimate(self.diffusion_model, b, n_img, n_txt, self.current_device())
+
+    def current_device(self):
+        patcher = self.current_patcher
+        return patcher.load_device if patcher is not None else None
+
+
+# --------------------------------------------------------------------------- loading
+
+def resolve_dtype(choice: str, load_device) -> torch.dtype:
+    if choice not in DTYPE_CHOICES:
+        raise ValueError(f"weight_dtype {choice!r} is not one of {DTYPE_CHOICES}")
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16":
+        return torch.bfloat16
+    # auto: the reference computes in bf16; fall back to fp32 only on GPUs without bf16.
+    if mm.is_device_cpu(load_device) or mm.should_use_bf16(load_device):
+        return torch.bfloat16
+    log.warning("Ideogram4: %s has no usable bf16; computing in fp32 (slower, slightly different numerics)",
+                load_device)
+    return torch.float32
+
+
+def load_model_patcher(source: str | Path, *, component: str = "transformer",
+                       weight_dtype: str = "auto") -> comfy.model_patcher.ModelPatcher:
+    """Load one DiT (any supported format) and wrap it for ComfyUI model management."""
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    dtype = resolve_dtype(weight_dtype, load_device)
+    dit = load_transformer(source, device=offload_device, dtype=dtype, component=component, operations=ComfyOps)
+    config = Ideogram4NativeConfig(dict(Ideogram4NativeConfig.unet_config))
+    config.set_inference_dtype(dtype, None)
+    model = Ideogram4NativeModel(config, dit, device=offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.ideogram4_info = {"source": str(source), "component": component,
+                              "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}
+    return patcher
+
+
+@contextlib.contextmanager
+def direct_weights_on(dit: torch.nn.Module, device):
+    """Make parameters the DiT reads directly (not through a layer's forward) live on ``device``.
+
+    ``Ideogram4DiT`` indexes ``embed_image_indicator.weight`` itself; when ComfyUI leaves that
+    (18 KB) layer offloaded under partial loading / ``--novram``, its weight would sit in system
+    RAM while the activations are on the GPU.  For the duration of one forward the parameter is
+    replaced by a copy on ``device`` (the layer's ``comfy_cast_weights`` streaming in spirit) and
+    put back afterwards, so ComfyUI's bookkeeping never sees a moved weight.  No-op when resident.
+    """
+    swaps = []
+    for module in (dit.embed_image_indicator,):
+        w = module._parameters.get("weight")
+        if w is not None and w.device != torch.device(device):
+            module._parameters["weight"] = torch.nn.Parameter(w.detach().to(device), requires_grad=False)
+            swaps.append((module, w))
+    try:
+        yield
+    finally:
+        for module, w in swaps:
+            module._parameters["weight"] = w
+
+
+class DeviceGuardedDiT:
+    """Callable with the DiT's forward signature that applies :func:`direct_weights_on` per call."""
+
+    def __init__(self, dit: torch.nn.Module):
+        self.dit = dit
+
+    def __call__(self, x, t, text_features=None, **kwargs):
+        with direct_weights_on(self.dit, x.device):
+            return self.dit(x, t, text_features, **kwargs)
+
+
+def is_ideogram4(patcher) -> bool:
+    return isinstance(getattr(patcher, "model", None), Ideogram4NativeModel)
+
+
+def require_ideogram4(patcher, what: str):
+    if not is_ideogram4(patcher):
+        kind = type(getattr(patcher, "model", patcher)).__name__
+        raise ValueError(f"{what} must come from the Ideogram4 Native Model Loader (got a {kind}); core "
+                         "UNETLoader models use ComfyUI's own Ideogram 4 code, not this pack's")
+    return patcher
+
+
+def dit_of(patcher) -> torch.nn.Module:
+    return patcher.model.diffusion_model
+
+
+# --------------------------------------------------------------------------- memory
+
+def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
+    """Largest temporary a single Linear needs when its weight is decoded or cast on the fly."""
+    worst = 0
+    bnb_kernel = False
+    if device is not None and torch.device(device).type == "cuda":
+        from ..model.quant import _bnb_functional
+
+        bnb_kernel = _bnb_functional() is not None
+    act = torch.finfo(dit.compute_dtype).bits // 8
+    for module in dit.modules():
+        if isinstance(module, QuantizedLinear):
+            n = module.in_features * module.out_features
+            if module.scheme == "nf4":
+                # pure-torch codec: int64 codes + fp32 values + fp32 product + output
+                per = act if bnb_kernel else 8 + 4 + 4 + act
+            else:
+                per = 2 * act  # fp8 → compute dtype copy, then the scaled result
+            worst = max(worst, n * per)
+        elif isinstance(module, torch.nn.Linear):
+            worst = max(worst, module.in_features * module.out_features * act)
+    return worst
+
+
+def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None) -> int:
+    cfg = dit.config
+    act = torch.finfo(dit.compute_dtype).bits // 8
+    flash = device is None or torch.device(device).type == "cuda"
+    return mp.activation_bytes(batch, n_img, n_txt, emb_dim=cfg.emb_dim, intermediate=cfg.intermediate_size,
+                               num_heads=cfg.num_heads, llm_features_dim=cfg.llm_features_dim, act_bytes=act,
+                               dequant_bytes=dequant_temp_bytes(dit, device), flash_attention=flash)
+
+
+def memory_constants(device) -> mp.ComfyMemoryConstants:
+    if mm.is_device_cpu(device):
+        state = "disabled"
+    else:
+        state = mm.vram_state.name.lower().replace("_vram", "")
+    return mp.ComfyMemoryConstants(extra_reserved=int(mm.extra_reserved_memory()),
+                                   minimum_inference=int(mm.minimum_inference_memory()),
+                                   min_weight_ratio=float(mm.MIN_WEIGHT_MEMORY_RATIO), vram_state=state)
+
+
+def available_memory(device) -> int:
+    """Free memory on ``device`` plus what ComfyUI could free by unloading every loaded model."""
+    if mm.is_device_cpu(device):
+        return int(mm.get_total_memory(device))
+    loaded = sum(lm.model_loaded_memory() for lm in mm.current_loaded_models
+                 if lm.device == device and lm.model is not None)
+    return int(mm.get_free_memory(device)) + int(loaded)
+
+
+def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
+    device = cond.load_device
+    act = max(activation_estimate(dit_of(cond), batch, n_img, n_txt, device),
+              activation_estimate(dit_of(uncond), batch, n_img, 0, device))
+    models = [mp.ModelSize("conditional", int(cond.model_size()), int(cond.loaded_size())),
+              mp.ModelSize("unconditional", int(uncond.model_size()), int(uncond.loaded_size()))]
+    return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+
+
+def check_patches(patcher, what: str) -> None:
+    """Refuse weight patches (LoRA…) on packed fp8/nf4 layers: ComfyUI would add them to the packed bytes."""
+    dit = dit_of(patcher)
+    for key in getattr(patcher, "patches", {}) or {}:
+        module_name, _, leaf = key.rpartition(".")
+        module_name = module_name.removeprefix("diffusion_model.")
+        try:
+            module = dit.get_submodule(module_name)
+        except AttributeError:
+            continue
+        if isinstance(module, QuantizedLinear) and leaf == "weight":
+            raise ValueError(f"{what}: a weight patch (LoRA?) targets {module_name}, which is stored as "
+                             f"{module.scheme}; patching packed weights is not supported — load a bf16 checkpoint "
+                             "to use LoRAs")
+
+
+def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
+    """Load both DiTs for one sampling run as :func:`memory_policy.plan_memory` decides."""
+    check_patches(cond, "model")
+    check_patches(uncond, "unconditional_model")
+    plan = plan_pair(cond, uncond, batch=batch, n_img=n_img, n_txt=n_txt)
+    mm.load_models_gpu([cond, uncond], memory_required=plan.memory_required,
+                       minimum_memory_required=plan.minimum_memory_required, force_full_load=plan.force_full_load)
+    log.info("Ideogram4 %s", plan.summary().replace("\n", " |"))
+    return plan
+
+
+def loaded_summary(patchers: Sequence, names: Sequence[str]) -> str:
+    parts = [f"{n} {mp.gib(p.loaded_size())}/{mp.gib(p.model_size())} on {p.load_device}"
+             for p, n in zip(patchers, names)]
+    return "loaded: " + ", ".join(parts)

@@ -1,0 +1,283 @@
+"""Reference sampling inside ComfyUI: the one-node sampler and the SamplerCustomAdvanced blocks.
+
+``run_reference_sampler`` — what ``Ideogram4NativeKSampler`` runs: both DiTs loaded together
+through the memory policy, then ``sampling.sample`` (the reference loop, unchanged) with a
+progress/preview/interrupt callback.
+
+Building blocks for ``SamplerCustomAdvanced`` (together they reproduce ``sampling.sample``
+bit for bit — ``tests/comfyui/test_inprocess.py``):
+
+* :class:`Ideogram4Noise` (NOISE) — (B, N, 128) float32 from a seeded ``torch.Generator`` on the
+  compute device, exactly the reference's draw, reshaped to the (B, 128, gh, gw) latent layout.
+* :class:`Ideogram4Guider` (GUIDER, a ``CFGGuider``) — conditional pass with text, unconditional
+  image-only pass, ``v = g·v_cond + (1 − g)·v_uncond`` with ``g`` looked up by step index (the
+  step is found by matching the σ passed in against the SIGMAS being sampled; no cfg = 1
+  shortcut).  Returns ComfyUI's denoised estimate ``x + σ·v`` and keeps the exact velocity for
+  :func:`sample_ideogram4_euler`.
+* :class:`Ideogram4KSampler` (SAMPLER, a ``KSAMPLER``) — starts from the raw noise (no CONST
+  ``noise_scaling`` by σ₀ for an empty latent) and skips ``inverse_noise_scaling`` (the reference
+  ends at σ = 1 − t_max ≈ 5.5e-4 without rescaling).  Its Euler step uses the guider's exact
+  velocity and the reference's float32 times when available, else the standard
+  ``x + (x − denoised)/σ · (σ_next − σ)``.
+* SIGMAS come from ``sampling.sigmas``; the exact float32 model times ride along as the tensor
+  attribute ``ideogram4_time`` (float32 σ cannot give back t exactly: t is rounded to bf16 inside
+  the model, so 1 ulp matters).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+from tqdm.auto import trange
+
+import comfy.model_management as mm
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..model import latents as lat
+from ..sampling import draw_noise, sample, time_grid, token_grid
+from .comfy_model import DeviceGuardedDiT, check_patches, dit_of, load_pair, loaded_summary, plan_pair
+from .conditioning import batch_text, text_from_conditioning
+from .sampler_settings import GuidanceSpec
+
+log = logging.getLogger("ideogram4_native")
+
+TIME_ATTR = "ideogram4_time"
+
+
+# --------------------------------------------------------------------------- SIGMAS
+
+def make_sigmas(settings, width: int, height: int) -> torch.Tensor:
+    """Reference σ list (descending, ends at 1 − t_max) with the exact times attached."""
+    t = time_grid(settings.steps, settings.mu, settings.std, width, height)  # ascending in loop index
+    times = t.flip(0).contiguous()  # sampling order: t_0 (≈ t_min) … t_N (= t_max)
+    sig = (1.0 - times.to(torch.float64)).to(torch.float32)
+    setattr(sig, TIME_ATTR, times)
+    return sig
+
+
+# --------------------------------------------------------------------------- NOISE
+
+class Ideogram4Noise:
+    """NOISE: the reference's token-layout draw on the compute device, in ComfyUI latent layout."""
+
+    def __init__(self, seed: int, device=None):
+        self.seed = int(seed)
+        self.device = device
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        samples = input_latent["samples"]
+        if samples.ndim != 4 or samples.shape[1] != lat.LATENT_CHANNELS:
+            raise ValueError(f"Ideogram4 Noise needs a (B, 128, H/16, W/16) latent, got {tuple(samples.shape)}")
+        b, _, gh, gw = samples.shape
+        device = self.device if self.device is not None else mm.get_torch_device()
+        z = draw_noise(b, gh, gw, self.seed, device)
+        return lat.tokens_to_comfy(z, gh, gw)
+
+
+# --------------------------------------------------------------------------- GUIDER
+
+class Ideogram4Guider(comfy.samplers.CFGGuider):
+    """Dual-model guider with the reference's step-indexed guidance and image-only unconditional pass."""
+
+    def __init__(self, cond_patcher, uncond_patcher, guidance: GuidanceSpec):
+        patcher = cond_patcher.clone()
+        # Both models are then loaded by one load_models_gpu call (ComfyUI's prepare_sampling),
+        # the unconditional one first — the same placement as nodes.memory_policy plans.
+        patcher.set_additional_models("ideogram4_unconditional", [uncond_patcher])
+        super().__init__(patcher)
+        self.uncond_patcher = uncond_patcher
+        self.guidance = guidance
+        self.features: Optional[torch.Tensor] = None
+        self.lengths: Optional[list[int]] = None
+        self._reset_run()
+
+    def _reset_run(self):
+        self._sigma_index: dict[float, int] = {}
+        self._sigmas: list[float] = []
+        self._times: Optional[list[float]] = None
+        self._g: Optional[torch.Tensor] = None
+        self._last = None
+
+    def set_positive(self, positive) -> None:
+        feats, lengths, _ = text_from_conditioning(positive)
+        self.features, self.lengths = feats, lengths
+        self.inner_set_conds({"positive": positive})
+
+    # -- schedule bookkeeping
+    def _prepare(self, sigmas: torch.Tensor) -> None:
+        self._reset_run()
+        n = int(sigmas.shape[-1]) - 1
+        sig = sigmas.detach().to("cpu", torch.float32)
+        self._sigmas = sig.tolist()
+        for k, s in enumerate(self._sigmas[:-1]):
+            self._sigma_index.setdefault(s, k)
+        times = getattr(sigmas, TIME_ATTR, None)
+        if times is not None and times.shape[-1] == n + 1 and torch.equal(
+                (1.0 - times.to(torch.float64)).to(torch.float32).cpu(), sig):
+            self._times = times.tolist()
+        self._values = self.guidance.values(n)
+
+    def _step(self, timestep: torch.Tensor) -> tuple[int, float]:
+        sigma = float(timestep.reshape(-1)[0].to(torch.float32))
+        k = self._sigma_index.get(sigma)
+        if k is not None and self._times is not None:
+            return k, self._times[k]
+        if k is None:  # a σ between list entries (multi-stage samplers): the step in progress
+            k = 0
+            for j, s in enumerate(self._sigmas[:-1]):
+                if s >= sigma:
+                    k = j
+        return k, float(torch.tensor(1.0 - sigma, dtype=torch.float32))
+
+    def step_times(self, k: int) -> tuple[float, float]:
+        """(t, s) of step k: the reference's float32 times, or 1 − σ."""
+        if self._times is not None:
+            return self._times[k], self._times[k + 1]
+        return 1.0 - self._sigmas[k], 1.0 - self._sigmas[k + 1]
+
+    # -- ComfyUI entry points
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
+        if self.features is None:
+            raise ValueError("Ideogram4 Guider has no positive conditioning")
+        check_patches(self.model_patcher, "model")
+        check_patches(self.uncond_patcher, "unconditional_model")
+        self._prepare(sigmas)  # before ComfyUI moves the sigmas (the time attribute lives on this tensor)
+        gh, gw = latent_image.shape[-2:]
+        plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),
+                         n_img=int(gh * gw), n_txt=int(self.features.shape[1]))
+        log.info("Ideogram4 guider %s", plan.summary().replace("\n", " |"))
+        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
+                              disable_pbar=disable_pbar, seed=seed)
+
+    def outer_sample(self, *args, **kwargs):
+        self.uncond_patcher.pre_run()
+        try:
+            return super().outer_sample(*args, **kwargs)
+        finally:
+            self._last = None
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        k, t_val = self._step(timestep)
+        b = x.shape[0]
+        if self._g is None or self._g.device != x.device:
+            self._g = torch.tensor(self._values, dtype=torch.float32, device=x.device)
+        g = self._g[k]
+        feats, lengths = batch_text(self.features, self.lengths, b)
+        t = torch.full((b,), t_val, dtype=torch.float32, device=x.device)
+        opts = model_options.get("transformer_options", {})
+        v_pos = self.inner_model.apply_model(x, timestep, c_crossattn=feats.to(x.device),
+                                             text_lengths=torch.tensor(lengths, dtype=torch.long),
+                                             transformer_options=opts, ideogram4_time=t, ideogram4_velocity=True)
+        v_neg = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=opts, ideogram4_time=t,
+                                                      ideogram4_velocity=True)
+        v = g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
+        self._last = (x, k, v)
+        sigma = timestep.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        return x + sigma * v  # ComfyUI's x0 = x − σ·(−v)
+
+    def exact_update(self, x: torch.Tensor, k: int):
+        """The reference update for step k if the guider just evaluated exactly this x."""
+        last = self._last
+        if last is None or last[0] is not x or last[1] != k:
+            return None
+        t, s = self.step_times(k)
+        return last[2], t, s
+
+
+# --------------------------------------------------------------------------- SAMPLER
+
+@torch.no_grad()
+def sample_ideogram4_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """k-diffusion-style Euler over ``sigmas`` (flow: σ = 1 − t); reference-exact with our guider."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    guider = getattr(model, "inner_model", None)
+    exact_guider = guider if isinstance(guider, Ideogram4Guider) else None
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma = sigmas[i]
+        denoised = model(x, sigma * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        exact = exact_guider.exact_update(x, i) if exact_guider is not None else None
+        if exact is not None:
+            v, t_val, s_val = exact
+            x = x + v * (s_val - t_val)  # z ← z + v·(s − t), (s − t) in float64 as the reference
+        else:
+            d = (x - denoised) / sigma
+            x = x + d * (sigmas[i + 1] - sigma)
+    return x
+
+
+class Ideogram4KSampler(comfy.samplers.KSAMPLER):
+    """KSAMPLER without CONST noise scaling of an empty latent and without inverse noise scaling."""
+
+    def __init__(self):
+        super().__init__(sample_ideogram4_euler)
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        extra_args["denoise_mask"] = denoise_mask
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image = latent_image
+        model_k.noise = noise
+        if latent_image is None or not bool(torch.count_nonzero(latent_image)):
+            x = noise  # the reference starts from the unscaled noise
+        else:  # a non-empty latent: start from the usual flow interpolation at σ₀
+            x = model_wrap.inner_model.model_sampling.noise_scaling(sigmas[0], noise, latent_image,
+                                                                     self.max_denoise(model_wrap, sigmas))
+        total_steps = len(sigmas) - 1
+
+        def k_callback(d):
+            if callback is not None:
+                callback(d["i"], d["denoised"], d["x"], total_steps)
+
+        return self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                     disable=disable_pbar, **self.extra_options)
+
+
+# --------------------------------------------------------------------------- one-node sampler
+
+def run_reference_sampler(cond, uncond, positive, settings, *, width: int, height: int, batch: int, seed: int):
+    """Run ``sampling.sample`` on the two loaded DiTs. Returns (latent (B,128,gh,gw) float32, info lines)."""
+    gh, gw = token_grid(width, height)
+    feats, lengths, ours = text_from_conditioning(positive)
+    feats, lengths = batch_text(feats, lengths, batch)
+    info = []
+    if not ours:
+        info.append("warning: the conditioning was not made by Ideogram4 Native Text Encode; parity not guaranteed")
+    t0 = time.perf_counter()
+    plan = load_pair(cond, uncond, batch=batch, n_img=gh * gw, n_txt=int(feats.shape[1]))
+    info += [plan.summary(), loaded_summary([cond, uncond], ["conditional", "unconditional"])]
+    device = cond.load_device
+    n = settings.steps
+    ts = time_grid(n, settings.mu, settings.std, width, height).tolist()
+    preview = latent_preview.prepare_callback(cond, n)
+    noise = draw_noise(batch, gh, gw, seed, device)
+    prev = {"z": noise}
+
+    def callback(k: int, total: int, z: torch.Tensor) -> None:
+        i = total - 1 - k
+        t, s = ts[i + 1], ts[i]
+        z_prev = prev["z"]
+        x0 = z_prev + (1.0 - t) * (z - z_prev) / (s - t)  # the guided x0 prediction of step k (preview only)
+        prev["z"] = z
+        preview(k, lat.tokens_to_comfy(x0, gh, gw), lat.tokens_to_comfy(z, gh, gw), total)
+        mm.throw_exception_if_processing_interrupted()
+
+    cond.pre_run()
+    uncond.pre_run()
+    try:
+        z = sample(DeviceGuardedDiT(dit_of(cond)), DeviceGuardedDiT(dit_of(uncond)), feats.to(device), height=height, width=width, settings=settings,
+                   seed=seed, text_lengths=lengths, callback=callback, noise=noise, device=device)
+    finally:
+        cond.cleanup()
+        uncond.cleanup()
+    elapsed = time.perf_counter() - t0
+    info.append(f"sampled {batch}×{width}×{height} in {elapsed:.1f} s ({elapsed / n:.2f} s/step) on {device}")
+    return lat.tokens_to_comfy(z, gh, gw).to(mm.intermediate_device()), info

@@ -1,0 +1,106 @@
+"""The Qwen3-VL text encoder (``model.text_encoder``) as a ComfyUI-managed model.
+
+The encoder is wrapped in a ``ModelPatcher`` so ComfyUI can put it on the GPU for encoding and
+evict it when the DiTs need the memory (``load_models_gpu`` for the DiT pair frees other models
+first).  Its transformers layers are plain ``nn.Linear`` (only quantised Linears use our
+operations), so it is always loaded whole (``force_full_load``) — or encoded on the CPU when
+:func:`memory_policy.plan_text_encoder` says it does not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from ..model.text_encoder import load_text_encoder
+from . import memory_policy as mp
+from .comfy_model import ComfyOps, resolve_dtype
+
+log = logging.getLogger("ideogram4_native")
+
+DEVICE_CHOICES = ("auto", "cpu")
+
+
+def comfy_bundled_tokenizer() -> Optional[Path]:
+    """ComfyUI's own Qwen tokenizer (what core uses for Ideogram 4), if this ComfyUI has it."""
+    import comfy.text_encoders
+
+    folder = Path(comfy.text_encoders.__file__).resolve().parent / "qwen25_tokenizer"
+    return folder if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file() else None
+
+
+class TextEncoderHolder(torch.nn.Module):
+    """ModelPatcher target (ComfyUI writes ``model.device``, the encoder exposes it read-only)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def get_dtype(self):
+        return self.encoder.dtype
+
+
+def load_text_encoder_patcher(source: str | Path, *, tokenizer: Optional[str | Path], dtype_choice: str = "auto",
+                              device_choice: str = "auto") -> comfy.model_patcher.ModelPatcher:
+    if device_choice not in DEVICE_CHOICES:
+        raise ValueError(f"device {device_choice!r} is not one of {DEVICE_CHOICES}")
+    load_device = torch.device("cpu") if device_choice == "cpu" else mm.text_encoder_device()
+    offload_device = mm.text_encoder_offload_device()
+    dtype = resolve_dtype(dtype_choice, load_device)
+    encoder = load_text_encoder(source, device=offload_device, dtype=dtype, tokenizer=tokenizer, operations=ComfyOps)
+    patcher = comfy.model_patcher.ModelPatcher(TextEncoderHolder(encoder), load_device=load_device,
+                                               offload_device=offload_device)
+    patcher.ideogram4_info = {"source": str(source), "format": encoder.description,
+                              "dtype": str(dtype).replace("torch.", ""), "tokenizer": str(tokenizer or "auto")}
+    return patcher
+
+
+def encoder_of(patcher):
+    model = getattr(patcher, "model", None)
+    if not isinstance(model, TextEncoderHolder):
+        raise ValueError("text_encoder must come from the Ideogram4 Text Encoder Loader")
+    return model.encoder
+
+
+def activation_bytes(encoder, n_tokens: int) -> int:
+    cfg = encoder.language_model.config
+    act = torch.finfo(encoder.dtype).bits // 8
+    hidden, inter, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    per_layer = n_tokens * (4 * hidden + 3 * inter) * act + heads * n_tokens * n_tokens * act
+    taps = len(encoder.taps) * n_tokens * hidden * act
+    features = n_tokens * hidden * len(encoder.taps) * 4 * 2
+    return int((per_layer + taps + features) * 1.25) + 64 * mp.MiB
+
+
+def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
+    """(features (1, L, F) float32 on the CPU, lengths, info) — loads/offloads through ComfyUI."""
+    encoder = encoder_of(patcher)
+    ids = encoder.tokenize([caption])
+    n_tokens = len(ids[0])
+    device = patcher.load_device
+    t0 = time.perf_counter()
+    where = "cpu"
+    if not mm.is_device_cpu(device):
+        act = activation_bytes(encoder, n_tokens)
+        from .comfy_model import available_memory, memory_constants
+
+        plan = mp.plan_text_encoder(int(patcher.model_size()), available_memory(device), act,
+                                    memory_constants(device))
+        if plan == "device":
+            mm.load_models_gpu([patcher], memory_required=act, force_full_load=True)
+            where = str(device)
+        else:
+            mm.unload_model_and_clones(patcher)  # run where the weights live: system RAM
+            log.warning("Ideogram4: text encoder (%s) does not fit next to %s of activations; encoding on the CPU",
+                        mp.gib(patcher.model_size()), mp.gib(act))
+    encoded = encoder.encode([caption])
+    info = (f"{n_tokens} tokens (limit {encoder.max_text_tokens}), encoded on {where} in "
+            f"{time.perf_counter() - t0:.2f} s")
+    return encoded.features, list(encoded.lengths), info

@@ -1,0 +1,117 @@
+"""The pack's FLUX.2 VAE decoder under ComfyUI model management, and reference-exact IMAGE values.
+
+The decoder is ``model.vae.Flux2VAEDecoder`` (pure torch, the reference's numerics: bf16 decode,
+reference latent de-normalisation — not the file's BatchNorm statistics), built with ComfyUI's
+cast-aware Conv2d/GroupNorm so a ``ModelPatcher`` can load and offload it.
+
+IMAGE values: see ``nodes/image_values.py`` (SaveImage truncates, the reference rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+
+from ..model import latents as lat
+from ..model.vae import Flux2VAEDecoder, load_vae
+from . import memory_policy as mp
+
+log = logging.getLogger("ideogram4_native")
+
+VAE_DTYPES = ("auto", "bf16", "fp32")
+
+
+class VAEOpsComfy:
+    class Conv2d(comfy.ops.disable_weight_init.Conv2d):
+        pass
+
+    class GroupNorm(comfy.ops.disable_weight_init.GroupNorm):
+        pass
+
+
+class VAEHolder(torch.nn.Module):
+    """ModelPatcher target (ComfyUI writes ``model.device``; the decoder exposes it read-only)."""
+
+    def __init__(self, decoder: Flux2VAEDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def get_dtype(self):
+        return self.decoder.dtype
+
+
+def load_vae_patcher(source: str | Path, dtype_choice: str = "auto") -> comfy.model_patcher.ModelPatcher:
+    if dtype_choice not in VAE_DTYPES:
+        raise ValueError(f"vae dtype {dtype_choice!r} is not one of {VAE_DTYPES}")
+    dtype = torch.float32 if dtype_choice == "fp32" else torch.bfloat16  # REF decodes in bf16
+    load_device = mm.vae_device()
+    offload_device = mm.vae_offload_device()
+    decoder = load_vae(source, device=offload_device, dtype=dtype, operations=VAEOpsComfy)
+    holder = VAEHolder(decoder)
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    patcher.ideogram4_info = {"source": str(source), "format": decoder.checkpoint_format,
+                              "dtype": str(dtype).replace("torch.", "")}
+    return patcher
+
+
+def decoder_of(patcher) -> Flux2VAEDecoder:
+    model = getattr(patcher, "model", None)
+    if not isinstance(model, VAEHolder):
+        raise ValueError("vae must come from the Ideogram4 VAE Loader (core VAE objects: use core VAEDecode after "
+                         "Ideogram4 Latent To Flux2 VAE)")
+    return model.decoder
+
+
+def decode_bytes_per_pixel(decoder: Flux2VAEDecoder) -> int:
+    """Peak activation bytes per output pixel of an untiled decode (full-resolution level dominates)."""
+    act = torch.finfo(decoder.dtype).bits // 8
+    c0 = decoder.cfg.block_channels[0]
+    c1 = decoder.cfg.block_channels[1] if len(decoder.cfg.block_channels) > 1 else c0
+    # at full resolution: input, GroupNorm/swish temporaries, conv output, residual (≈5 × c0), plus the
+    # upsampled input of the last level (c1) and the float32 output (3 × 4 bytes)
+    return (5 * c0 + c1) * act + 12
+
+
+def plan_decode(decoder: Flux2VAEDecoder, batch: int, height: int, width: int, available: int) -> tuple[Optional[int], int]:
+    """(tile in latent pixels or None, bytes needed) for decoding ``batch`` images of height×width."""
+    per_px = decode_bytes_per_pixel(decoder)
+    need = int(batch * height * width * per_px * 1.25)
+    halo = decoder.tile_halo()
+    tile = mp.vae_tile(height // 8, width // 8, batch=batch, bytes_per_latent_px=per_px * 64, halo=halo,
+                       available=available)
+    return tile, need
+
+
+def decode(patcher, latent: torch.Tensor, *, tile_mode: str = "auto") -> tuple[torch.Tensor, str]:
+    """Model-space latent (B, 128, gh, gw) → (uint8 images (B, H, W, 3) on the CPU, info text)."""
+    decoder = decoder_of(patcher)
+    if latent.ndim != 4 or latent.shape[1] != lat.LATENT_CHANNELS:
+        raise ValueError(f"expected an Ideogram 4 latent (B, 128, H/16, W/16), got {tuple(latent.shape)}")
+    b, _, gh, gw = latent.shape
+    height, width = gh * 16, gw * 16
+    mm.load_models_gpu([patcher], force_full_load=True)
+    device = patcher.load_device
+    if mm.is_device_cpu(device):
+        available = int(mm.get_free_memory(device))
+    else:
+        available = int(mm.get_free_memory(device)) - int(mm.extra_reserved_memory())
+    auto_tile, need = plan_decode(decoder, b, height, width, max(0, available))
+    if tile_mode == "off":
+        tile = None
+    elif tile_mode == "auto":
+        tile = auto_tile
+    else:
+        tile = int(tile_mode)
+    tokens = lat.comfy_to_tokens(latent.to(torch.float32))
+    images = decoder.decode_to_uint8(tokens, gh, gw, tile=tile)
+    how = f"tiled ({tile}×{tile} latent px)" if tile else "untiled"
+    info = (f"decoded {b}×{width}×{height} {how} on {device} (untiled needs ≈{mp.gib(need)}, "
+            f"{mp.gib(max(0, available))} free)")
+    return images, info

@@ -1,0 +1,63 @@
+"""The pack's CONDITIONING contract (pure: torch only, no ComfyUI import).
+
+``Ideogram4NativeTextEncode`` returns a standard ComfyUI CONDITIONING list with one entry::
+
+    [[features, {"text_lengths": [n_0, …], "ideogram4": True, "ideogram4_captions": [...]}]]
+
+``features`` is (B, L, 53248) float32, **left-padded** to the longest caption (padding rows are
+zero), interleaved 13-tap Qwen3-VL features exactly as the reference's ``_encode_text`` returns
+them; ``text_lengths[b]`` is caption b's real token count.  ComfyUI turns the tensor into
+``cross_attn`` and passes ``text_lengths`` to ``extra_conds``; the unconditional model gets no
+conditioning at all (image-only pass) — there is no negative prompt in Ideogram 4.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+MARKER = "ideogram4"
+
+
+def make_conditioning(features: torch.Tensor, lengths: Sequence[int], captions: Optional[Sequence[str]] = None) -> list:
+    if features.ndim != 3:
+        raise ValueError(f"text features must be (B, L, F), got {tuple(features.shape)}")
+    lengths = [int(v) for v in lengths]
+    if len(lengths) != features.shape[0]:
+        raise ValueError(f"{len(lengths)} text lengths for a batch of {features.shape[0]}")
+    extra = {"text_lengths": lengths, MARKER: True}
+    if captions is not None:
+        extra["ideogram4_captions"] = list(captions)
+    return [[features, extra]]
+
+
+def text_from_conditioning(conditioning, what: str = "positive") -> tuple[torch.Tensor, list[int], bool]:
+    """(features (B, L, F) float32, lengths, made_by_this_pack) from a CONDITIONING list."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError(f"{what}: empty conditioning; connect an Ideogram4 Text Encode node")
+    if len(conditioning) != 1:
+        raise ValueError(f"{what}: {len(conditioning)} conditioning entries (combined conditionings?); Ideogram 4 "
+                         "takes one caption per image — put everything into one JSON caption")
+    entry = conditioning[0]
+    features, extra = entry[0], (entry[1] if len(entry) > 1 else {})
+    if features is None or not torch.is_tensor(features) or features.ndim != 3:
+        raise ValueError(f"{what}: conditioning has no text features")
+    lengths = extra.get("text_lengths")
+    if lengths is None:
+        mask = extra.get("attention_mask")
+        if mask is not None and int(mask.sum()) != mask.numel():
+            raise ValueError(f"{what}: padded conditioning without text_lengths is not supported; use the "
+                             "Ideogram4 Native Text Encode node")
+        lengths = [features.shape[1]] * features.shape[0]
+    return features.to(torch.float32), [int(v) for v in lengths], bool(extra.get(MARKER, False))
+
+
+def batch_text(features: torch.Tensor, lengths: list[int], batch: int, what: str = "positive") -> tuple[torch.Tensor, list[int]]:
+    """Broadcast one caption to ``batch`` images (or check that there is one caption per image)."""
+    if features.shape[0] == batch:
+        return features, lengths
+    if features.shape[0] == 1:
+        return features.expand(batch, -1, -1), lengths * batch
+    raise ValueError(f"{what}: {features.shape[0]} captions for a batch of {batch} images; use one caption or "
+                     "one per image")

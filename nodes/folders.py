@@ -1,0 +1,156 @@
+"""Model locations: ComfyUI's folders plus the pack's ``ideogram4`` folder for Hugging Face layouts.
+
+* Single files come from ComfyUI's usual keys: ``diffusion_models`` (``models/diffusion_models``,
+  ``models/unet``), ``text_encoders`` (``models/text_encoders``, ``models/clip``), ``vae``.
+* Whole official repositories (``ideogram-ai/ideogram-4-fp8`` / ``-nf4`` …, with ``transformer/``,
+  ``unconditional_transformer/``, ``text_encoder/``, ``tokenizer/``, ``vae/``) go under
+  ``models/ideogram4/<name>/`` (folder key ``ideogram4``, also settable in
+  ``extra_model_paths.yaml``).  They are listed in the combos as ``<name>/`` (trailing slash).
+  A plain Hugging Face Qwen3-VL folder (``config.json`` + weights) or a tokenizer folder may also
+  sit directly under ``models/text_encoders/``.
+
+Only ``folder_paths`` is used (imported lazily), so this module imports without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+FOLDER_KEY = "ideogram4"
+FOLDER_SUFFIX = "/"
+WEIGHT_EXTENSIONS = (".safetensors", ".sft")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+# Components of an official HF-layout folder and how to recognise each.
+COMPONENT_DIRS = {
+    "transformer": ("transformer", "unconditional_transformer"),
+    "text_encoder": ("text_encoder",),
+    "vae": ("vae",),
+    "tokenizer": ("tokenizer",),
+}
+
+
+def _folder_paths():
+    import folder_paths  # ComfyUI
+
+    return folder_paths
+
+
+def register() -> None:
+    """Add the ``ideogram4`` folder key (``models/ideogram4``), keeping paths from extra_model_paths.yaml."""
+    fp = _folder_paths()
+    default = os.path.join(fp.models_dir, FOLDER_KEY)
+    if FOLDER_KEY in fp.folder_names_and_paths:
+        paths, exts = fp.folder_names_and_paths[FOLDER_KEY]
+        if default not in paths:
+            paths.append(default)
+        fp.folder_names_and_paths[FOLDER_KEY] = (paths, set(exts))
+    else:
+        fp.folder_names_and_paths[FOLDER_KEY] = ([default], set())
+
+
+def _base_dirs(keys: Iterable[str]) -> list[Path]:
+    fp = _folder_paths()
+    out: list[Path] = []
+    for key in keys:
+        if key not in fp.folder_names_and_paths:
+            continue
+        for d in fp.get_folder_paths(key):
+            p = Path(d)
+            if p.is_dir() and p not in out:
+                out.append(p)
+    return out
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(f.suffix in WEIGHT_EXTENSIONS or f.name.endswith(".safetensors.index.json")
+               for f in folder.iterdir() if f.is_file())
+
+
+def is_hf_folder(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` can supply ``kind`` ("transformer", "text_encoder", "vae", "tokenizer")."""
+    if not folder.is_dir():
+        return False
+    for sub in COMPONENT_DIRS[kind]:
+        if (folder / sub).is_dir():
+            return True
+    if kind == "text_encoder":  # a plain Qwen3-VL folder
+        return (folder / "config.json").is_file() and _has_weights(folder)
+    if kind == "tokenizer":
+        return any((folder / n).is_file() for n in TOKENIZER_FILES)
+    return False
+
+
+def list_folders(kind: str, keys: Iterable[str]) -> list[str]:
+    """Sub-folders (one level) of the ``keys`` folders that can supply ``kind``, as ``name/``."""
+    names: list[str] = []
+    for base in _base_dirs(keys):
+        for child in sorted(base.iterdir()):
+            if child.is_dir() and not child.name.startswith(".") and is_hf_folder(child, kind):
+                name = child.name + FOLDER_SUFFIX
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def list_files(key: str) -> list[str]:
+    """Weight files of a ComfyUI folder key (safetensors only: pickles are never loaded)."""
+    fp = _folder_paths()
+    if key not in fp.folder_names_and_paths:
+        return []
+    return [n for n in fp.get_filename_list(key) if n.lower().endswith(WEIGHT_EXTENSIONS)]
+
+
+def resolve(name: str, *, file_key: Optional[str], folder_keys: Iterable[str]) -> Path:
+    """A combo value back to a path: ``name/`` is a folder under ``folder_keys``, else a file of ``file_key``."""
+    if not name:
+        raise ValueError("no model selected")
+    if name.endswith(FOLDER_SUFFIX):
+        stem = name[: -len(FOLDER_SUFFIX)]
+        for base in _base_dirs(folder_keys):
+            candidate = base / stem
+            if candidate.is_dir():
+                return candidate
+        where = ", ".join(str(b) for b in _base_dirs(folder_keys)) or "(no folder configured)"
+        raise ValueError(f"folder {name!r} not found in {where}")
+    if file_key is None:
+        raise ValueError(f"{name!r} is not a folder (folder names end with '/')")
+    path = _folder_paths().get_full_path(file_key, name)
+    if path is None:
+        raise ValueError(f"file {name!r} not found in the {file_key!r} model folders "
+                         f"({', '.join(str(b) for b in _base_dirs([file_key]))})")
+    return Path(path)
+
+
+def auto_unconditional(conditional: str, files: list[str]) -> Optional[str]:
+    """The unconditional file that pairs with a conditional single file, by Comfy-Org naming.
+
+    ``ideogram4_fp8_scaled.safetensors`` → ``ideogram4_unconditional_fp8_scaled.safetensors``;
+    also ``…_conditional…`` → ``…_unconditional…`` and ``cond`` → ``uncond``.
+    """
+    directory, _, base = conditional.replace("\\", "/").rpartition("/")
+    prefix = f"{directory}/" if directory else ""
+    candidates = []
+    lower = base.lower()
+    if "_conditional" in lower:
+        i = lower.index("_conditional")
+        candidates.append(base[:i] + "_unconditional" + base[i + len("_conditional"):])
+    if "ideogram4" in lower and "unconditional" not in lower:
+        i = lower.index("ideogram4") + len("ideogram4")
+        candidates.append(base[:i] + "_unconditional" + base[i:])
+    if "cond" in lower and "uncond" not in lower:
+        i = lower.index("cond")
+        candidates.append(base[:i] + "un" + base[i:])
+    stem, dot, ext = base.rpartition(".")
+    if "unconditional" not in lower and dot:
+        cuts = [0] + [i + 1 for i, ch in enumerate(stem) if ch in "_-"]
+        candidates += [stem[:i] + "unconditional" + ("_" if i == 0 or stem[i - 1] == "_" else "-") + stem[i:] + "." + ext
+                       for i in cuts]
+        candidates.append(stem + "_unconditional." + ext)
+    normalised = {f.replace("\\", "/"): f for f in files}
+    for c in candidates:
+        if prefix + c in normalised:
+            return normalised[prefix + c]
+    return None

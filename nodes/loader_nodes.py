@@ -1,0 +1,142 @@
+"""Loader nodes: the two DiTs and the FLUX.2 VAE decoder (V3). Thin adapters over model/ and comfy glue."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import folders
+
+CATEGORY = "Ideogram4 Native/loaders"
+AUTO = "auto"
+DIFFUSION_KEYS = ("diffusion_models",)
+FOLDER_KEYS_DIT = (folders.FOLDER_KEY, "diffusion_models")
+FOLDER_KEYS_VAE = (folders.FOLDER_KEY, "vae")
+
+Vae = io.Custom("IDEOGRAM4_VAE")
+
+
+def _dit_options() -> list[str]:
+    return folders.list_folders("transformer", FOLDER_KEYS_DIT) + folders.list_files("diffusion_models")
+
+
+def _vae_options() -> list[str]:
+    return folders.list_folders("vae", FOLDER_KEYS_VAE) + folders.list_files("vae")
+
+
+def _source(name: str, role: str):
+    """(path, component) for a combo value; folders supply ``transformer/`` or ``unconditional_transformer/``."""
+    path = folders.resolve(name, file_key="diffusion_models", folder_keys=FOLDER_KEYS_DIT)
+    component = "transformer" if role == "conditional" else "unconditional_transformer"
+    return path, component
+
+
+class Ideogram4NativeModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        options = _dit_options()
+        return io.Schema(
+            node_id="Ideogram4NativeModelLoader",
+            display_name="Ideogram4 Model Loader",
+            category=CATEGORY,
+            description="Load the conditional and the unconditional Ideogram 4 DiTs (both are needed every step). "
+                        "Formats: official bf16/fp32, diffusers split q/k/v, official fp8 (per-row), ComfyUI "
+                        "fp8_scaled, bitsandbytes nf4 (decoded without bitsandbytes off CUDA). Files come from "
+                        "models/diffusion_models; whole Hugging Face repositories (ending in '/') from "
+                        "models/ideogram4/<name>/.",
+            inputs=[
+                io.Combo.Input("conditional", options=options,
+                               tooltip="Conditional DiT: a single file (e.g. ideogram4_fp8_scaled.safetensors) or an "
+                                       "official repository folder 'name/' (uses its transformer/ and "
+                                       "unconditional_transformer/)."),
+                io.Combo.Input("unconditional", options=[AUTO] + options, default=AUTO,
+                               tooltip="Unconditional DiT (separate weights, image-only pass). auto: the same "
+                                       "folder's unconditional_transformer/, or the file named like the conditional "
+                                       "one with 'unconditional' (ideogram4_unconditional_fp8_scaled.safetensors)."),
+                io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp32"], default="auto",
+                               tooltip="Compute dtype; unquantised weights are stored in it. auto = bf16 (the "
+                                       "reference's numerics; fp32 only on GPUs without bf16). fp32 doubles the "
+                                       "memory of bf16 files. fp8/nf4 weights stay packed and are decoded per layer."),
+            ],
+            outputs=[
+                io.Model.Output("model", display_name="model",
+                                tooltip="Conditional DiT (ModelPatcher; plugs into model management)."),
+                io.Model.Output("unconditional_model", display_name="unconditional_model",
+                                tooltip="Unconditional DiT (ModelPatcher)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, conditional: str, unconditional: str, weight_dtype: str) -> io.NodeOutput:
+        from .comfy_model import load_model_patcher, plan_pair
+
+        cond_path, cond_component = _source(conditional, "conditional")
+        if unconditional == AUTO:
+            if conditional.endswith(folders.FOLDER_SUFFIX):
+                uncond_path, uncond_component = cond_path, "unconditional_transformer"
+            else:
+                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models"))
+                if match is None:
+                    raise ValueError(f"unconditional = auto found no unconditional file matching {conditional!r} "
+                                     "(expected e.g. ideogram4_unconditional_fp8_scaled.safetensors next to "
+                                     "ideogram4_fp8_scaled.safetensors); choose the unconditional file explicitly")
+                uncond_path, uncond_component = _source(match, "unconditional")
+        else:
+            uncond_path, uncond_component = _source(unconditional, "unconditional")
+        if (cond_path, cond_component) == (uncond_path, uncond_component):
+            raise ValueError(f"conditional and unconditional are the same checkpoint ({cond_path}); Ideogram 4 uses "
+                             "two different weight sets")
+        try:
+            cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
+        except ValueError as exc:
+            raise ValueError(f"conditional model: {exc}") from exc
+        try:
+            uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype)
+        except ValueError as exc:
+            raise ValueError(f"unconditional model: {exc}") from exc
+        lines = []
+        for role, p in (("conditional", cond), ("unconditional", uncond)):
+            info = p.ideogram4_info
+            lines.append(f"{role}: {info['source']} [{info['component']}] — {info['format']}, compute "
+                         f"{info['dtype']}, {p.model_size() / 2**30:.2f} GiB")
+        if "unconditional" in str(cond_path).lower() and cond_component == "transformer":
+            lines.append("warning: the conditional input looks like an unconditional checkpoint")
+        plan = plan_pair(cond, uncond, batch=1, n_img=4096, n_txt=512)
+        lines.append("expected at 1024×1024, batch 1 (decided again when sampling):")
+        lines.append(plan.summary())
+        return io.NodeOutput(cond, uncond, ui={"text": ["\n".join(lines)]})
+
+
+class Ideogram4NativeVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeVAELoader",
+            display_name="Ideogram4 VAE Loader",
+            category=CATEGORY,
+            description="Load the FLUX.2 VAE decoder for the reference decode (flux2-vae.safetensors in BFL naming, "
+                        "or an official repository's vae/ in diffusers naming). Decoding uses the reference latent "
+                        "statistics, not the file's BatchNorm buffers.",
+            inputs=[
+                io.Combo.Input("vae_name", options=_vae_options(),
+                               tooltip="models/vae file (e.g. flux2-vae.safetensors) or an official repository "
+                                       "folder 'name/' (uses its vae/)."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp32"], default="auto",
+                               tooltip="Decoder compute dtype. auto = bf16, as the reference decodes; fp32 is "
+                                       "slightly different from the reference pixels."),
+            ],
+            outputs=[Vae.Output("vae", display_name="vae",
+                                tooltip="Ideogram 4 VAE decoder (model-managed) for Ideogram4 VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:
+        from .comfy_vae import load_vae_patcher
+
+        path = folders.resolve(vae_name, file_key="vae", folder_keys=FOLDER_KEYS_VAE)
+        patcher = load_vae_patcher(path, dtype)
+        info = patcher.ideogram4_info
+        text = f"{info['source']} — {info['format']}, compute {info['dtype']}, {patcher.model_size() / 2**20:.1f} MiB"
+        return io.NodeOutput(patcher, ui={"text": [text]})
+
+
+NODES: list[type[io.ComfyNode]] = [Ideogram4NativeModelLoader, Ideogram4NativeVAELoader]

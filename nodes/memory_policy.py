@@ -1,0 +1,225 @@
+"""GPU memory policy for the two Ideogram 4 DiTs — a pure function of sizes and free memory.
+
+No torch and no ComfyUI import: the numbers come in as arguments, so the decision is unit-tested
+with simulated cards (``tests/test_memory_policy.py``) and shown verbatim in the nodes' UI text.
+
+Policy
+------
+Both DiTs run at every step (conditional pass, then image-only unconditional pass), so evicting
+one to make room for the other would copy a whole 9.3 B model over PCIe twice per step.  The
+policy therefore always loads the pair *together, once per run*, through ComfyUI's
+``load_models_gpu`` (which also evicts the text encoder / VAE / other models first):
+
+* ``resident`` — both fit next to the activation reserve: both fully on the device
+  (``force_full_load``), nothing is copied during sampling (the dominant speed lever).
+* ``partial`` — they do not both fit: every byte of the device budget holds weights, the rest
+  stays in host memory and only that remainder is streamed layer by layer each step
+  (ComfyUI's lowvram ``comfy_cast_weights`` path, which our operations support, packed fp8 /
+  nf4 weights included).  ComfyUI fills models in reverse list order; we pass
+  ``[conditional, unconditional]`` so the unconditional model (the cheaper pass) is made
+  resident first and the streamed remainder belongs to the conditional pass, whose longer
+  ``[text ; image]`` sequence hides more of the copy time.  The streamed bytes per step are
+  the same for any split: ``total − budget``.
+* ``stream`` — (almost) nothing fits (``--novram`` or a tiny card): every layer is streamed.
+* ``cpu`` — the compute device is the CPU: weights stay where they are.
+
+The budget arithmetic mirrors ``comfy.model_management.load_models_gpu`` (ComfyUI 0.33):
+``min_req = max(minimum_inference, reserve + extra_reserved)`` and, per model in load order,
+``budget = max(0, free − min_req, min(free · MIN_WEIGHT_MEMORY_RATIO, free − minimum_inference))``
+(NORMAL/LOW VRAM).  The constants are passed in (:class:`ComfyMemoryConstants`) so the function
+stays pure; ``nodes/comfy_model.py`` reads the live values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1024 ** 2
+GiB = 1024 ** 3
+
+VRAM_STATES = ("disabled", "no", "low", "normal", "high", "shared")
+
+
+@dataclass(frozen=True)
+class ComfyMemoryConstants:
+    """The ComfyUI knobs ``load_models_gpu`` uses (defaults: ComfyUI 0.33 on Linux/NVIDIA)."""
+
+    extra_reserved: int = 400 * MiB  # model_management.EXTRA_RESERVED_VRAM
+    minimum_inference: int = int(0.8 * GiB) + 400 * MiB  # model_management.minimum_inference_memory()
+    min_weight_ratio: float = 0.0  # model_management.MIN_WEIGHT_MEMORY_RATIO (0.4 on non-NVIDIA)
+    vram_state: str = "normal"  # VRAMState of the load device, lower case ("disabled" = CPU)
+
+    def __post_init__(self) -> None:
+        if self.vram_state not in VRAM_STATES:
+            raise ValueError(f"vram_state {self.vram_state!r} is not one of {VRAM_STATES}")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """One DiT as the policy sees it."""
+
+    name: str
+    total: int  # bytes of all weights/buffers (packed sizes for fp8 / nf4)
+    loaded: int = 0  # bytes of it already on the device
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: str  # "cpu" | "resident" | "partial" | "stream"
+    available: int  # bytes ComfyUI can make available on the device (free + evictable models)
+    reserve: int  # bytes kept free for activations (ComfyUI's min_req)
+    resident: dict = field(default_factory=dict)  # name -> bytes of weights kept on the device
+    totals: dict = field(default_factory=dict)  # name -> total bytes
+    load_order: tuple = ()  # order in which ComfyUI fills the device
+    force_full_load: bool = False
+    memory_required: int = 0  # argument for load_models_gpu
+    minimum_memory_required: int = 0  # argument for load_models_gpu
+    notes: tuple = ()
+
+    @property
+    def streamed_per_step(self) -> int:
+        """Bytes copied to the device per sampling step (both passes together)."""
+        if self.mode == "cpu":
+            return 0
+        return sum(self.totals[n] - self.resident.get(n, 0) for n in self.totals)
+
+    @property
+    def weights_resident(self) -> int:
+        return sum(self.resident.values())
+
+    def summary(self) -> str:
+        if self.mode == "cpu":
+            lines = ["memory: cpu — weights stay in system RAM, nothing is streamed"]
+        else:
+            head = {"resident": "both models resident (nothing streamed)",
+                    "partial": "partial — the part that does not fit is streamed every step",
+                    "stream": "stream — almost nothing fits, every layer is streamed (slow)"}[self.mode]
+            lines = [f"memory: {head}",
+                     f"  {gib(self.available)} available on the device, {gib(self.reserve)} kept for activations"]
+            for name in self.load_order:
+                lines.append(f"  {name}: {gib(self.resident.get(name, 0))} of {gib(self.totals[name])} resident")
+            if self.streamed_per_step:
+                lines.append(f"  streamed per step: {gib(self.streamed_per_step)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def comfy_budget(free: int, min_req: int, constants: ComfyMemoryConstants) -> int:
+    """Bytes of weights ComfyUI's NORMAL/LOW-VRAM path lets one model load with ``free`` bytes free."""
+    return int(max(0, free - min_req, min(free * constants.min_weight_ratio, free - constants.minimum_inference)))
+
+
+def plan_memory(models: list[ModelSize], available: int, activation: int,
+                constants: ComfyMemoryConstants = ComfyMemoryConstants()) -> MemoryPlan:
+    """Decide how the DiT pair is placed for one sampling run.
+
+    Args:
+        models: the models in the order they are passed to ``load_models_gpu``
+            (``[conditional, unconditional]``); ComfyUI fills the device in reverse order.
+        available: bytes ComfyUI can obtain on the device: free memory plus the memory of every
+            model it may evict (other models and the parts of these two already loaded).
+        activation: estimated peak activation bytes of the largest pass (see
+            :func:`activation_bytes`).
+        constants: ComfyUI's allocation knobs.
+    """
+    if not models:
+        raise ValueError("plan_memory needs at least one model")
+    if available < 0 or activation < 0:
+        raise ValueError("available and activation must be >= 0")
+    totals = {m.name: int(m.total) for m in models}
+    load_order = tuple(m.name for m in reversed(models))
+    min_req = int(max(constants.minimum_inference, activation + constants.extra_reserved))
+    common = dict(available=int(available), reserve=min_req, totals=totals, load_order=load_order,
+                  memory_required=int(activation), minimum_memory_required=int(activation))
+    total = sum(totals.values())
+
+    if constants.vram_state == "disabled":
+        return MemoryPlan(mode="cpu", resident=dict(totals), **common)
+    if constants.vram_state in ("high", "shared"):
+        notes = ()
+        if total + min_req > available:
+            notes = (f"--highvram/--gpu-only keeps every weight on the device although "
+                     f"{gib(total + min_req)} are needed and {gib(available)} are available: expect out-of-memory",)
+        return MemoryPlan(mode="resident", resident=dict(totals), force_full_load=True, notes=notes, **common)
+    if constants.vram_state == "no":
+        return MemoryPlan(mode="stream", resident={n: 0 for n in totals},
+                          notes=("--novram: every layer is streamed from system RAM each step",), **common)
+
+    if total + min_req <= available:
+        return MemoryPlan(mode="resident", resident=dict(totals), force_full_load=True, **common)
+
+    free = int(available)
+    resident: dict[str, int] = {}
+    for name in load_order:
+        budget = comfy_budget(free, min_req, constants)
+        res = min(totals[name], budget)
+        resident[name] = res
+        free -= res
+    notes = []
+    if sum(resident.values()) == 0:
+        mode = "stream"
+        notes.append(f"only {gib(available)} available and {gib(min_req)} are needed for activations")
+    else:
+        mode = "partial"
+    notes.append(f"to keep both models resident {gib(total + min_req)} would be needed")
+    return MemoryPlan(mode=mode, resident=resident, notes=tuple(notes), **common)
+
+
+def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, intermediate: int, num_heads: int,
+                     llm_features_dim: int, act_bytes: int = 2, dequant_bytes: int = 0,
+                     flash_attention: bool = True) -> int:
+    """Peak activation memory of the conditional pass (the larger one) for ``batch`` images.
+
+    Per block the MLP phase dominates: ``w1``, SiLU, ``w3`` and their product (4 × L × I) next
+    to the residual stream and the normalised input (≈ 3 × L × E).  Text features arrive as
+    float32 (B, L_txt, F) and are cast/normalised (≈ 12 bytes per element in flight).  Without
+    a fused attention kernel the score matrix (heads × L² in the compute dtype, ×2 for softmax)
+    is materialised.  ``dequant_bytes`` is the largest per-layer temporary of a quantised or
+    streamed weight (see ``nodes.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the
+    allocator's fragmentation.
+    """
+    if min(batch, n_img) < 1 or n_txt < 0:
+        raise ValueError("batch and n_img must be >= 1, n_txt >= 0")
+    length = n_img + n_txt
+    block = length * (3 * emb_dim + 4 * intermediate) * act_bytes
+    text = n_txt * llm_features_dim * 12
+    attn = 0 if flash_attention else 2 * num_heads * length * length * act_bytes
+    io = 6 * n_img * 128 * 4  # z, noise, both velocities, the combination, the update (fp32)
+    peak = batch * (block + text + attn + io) + dequant_bytes
+    return int(peak * 1.25) + 64 * MiB
+
+
+def vae_tile(latent_h: int, latent_w: int, *, batch: int, bytes_per_latent_px: int, halo: int, available: int,
+             min_tile: int = 16, margin: float = 1.25) -> "int | None":
+    """Tile edge (latent pixels, multiple of 8) for the exact tiled VAE decode, or None if untiled fits.
+
+    ``bytes_per_latent_px``: peak activation bytes per latent pixel of an untiled decode; a tile
+    of edge ``t`` holds ``(t + 2·halo)²`` latent pixels of activations at a time.
+    """
+    if min(latent_h, latent_w, batch) < 1:
+        raise ValueError("latent size and batch must be >= 1")
+    per = batch * bytes_per_latent_px * margin
+    if latent_h * latent_w * per <= available:
+        return None
+    side = int((max(available, 0) / per) ** 0.5) - 2 * halo
+    tile = max(min_tile, (side // 8) * 8)
+    return min(tile, max(latent_h, latent_w))
+
+
+def plan_text_encoder(te_bytes: int, available: int, activation: int,
+                      constants: ComfyMemoryConstants = ComfyMemoryConstants()) -> str:
+    """"device" if the whole text encoder plus its activations fit on the device, else "cpu".
+
+    The encoder's transformers layers cannot be streamed per layer, so it is never partially
+    loaded; after encoding ComfyUI evicts it as soon as the DiTs need the memory.
+    """
+    if constants.vram_state == "disabled":
+        return "cpu"
+    if constants.vram_state in ("high", "shared"):
+        return "device"
+    reserve = max(constants.minimum_inference, activation + constants.extra_reserved)
+    return "device" if te_bytes + reserve <= available else "cpu"

@@ -1,0 +1,268 @@
+"""Sampling nodes (V3): the one-node reference sampler and the SamplerCustomAdvanced building blocks.
+
+Latents are ComfyUI Flux2-layout LATENTs (B, 128, H/16, W/16) holding the model's *normalised*
+space (the reference's ``z``, before ``z·scale + shift``) — decode them with Ideogram4 VAE Decode,
+or convert them with Ideogram4 Latent To Flux2 VAE before core VAEDecode.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..sampling import check_resolution
+from .sampler_settings import (DEFAULT_PRESET, MAX_STEPS, PRESET_CHOICES, GuidanceSpec, describe_settings,
+                               settings_from_inputs)
+
+CATEGORY = "Ideogram4 Native/sampling"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+LATENT_SPACE_KEY = "ideogram4_space"  # "model": normalised model space; "flux2_vae": VAE BatchNorm space
+
+
+def _preset_input() -> io.Combo.Input:
+    return io.Combo.Input("preset", options=list(PRESET_CHOICES), default=DEFAULT_PRESET,
+                          tooltip="Reference presets: V4_QUALITY_48 (48 steps, the CLI default), V4_DEFAULT_20, "
+                                  "V4_TURBO_12; the last 3/2/1 steps use guidance 3. custom: use the fields below.")
+
+
+def _guidance_inputs() -> list:
+    return [
+        io.Float.Input("guidance", default=7.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="custom only: guidance g in v = g·v_cond + (1 − g)·v_uncond (presets use 7)."),
+        io.Int.Input("polish_steps", default=2, min=0, max=MAX_STEPS,
+                     tooltip="custom only: the last N steps use polish_guidance (presets: 3 / 2 / 1)."),
+        io.Float.Input("polish_guidance", default=3.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="custom only: guidance of the polish steps (presets use 3)."),
+        io.String.Input("guidance_schedule", default="", multiline=False, dynamic_prompts=False,
+                        tooltip="custom only, optional: one guidance per step in sampling order (first step first), "
+                                "comma separated, e.g. '7,7,7,3'. Overrides guidance/polish when not empty."),
+    ]
+
+
+def _schedule_inputs() -> list:
+    return [
+        io.Int.Input("steps", default=20, min=1, max=MAX_STEPS, tooltip="custom only: number of steps."),
+        io.Float.Input("mu", default=0.0, min=-10.0, max=10.0, step=0.05, round=0.001,
+                       tooltip="custom only: mean of the logit-normal schedule before the resolution shift "
+                               "(presets: 0, 0, 0.5)."),
+        io.Float.Input("std", default=1.75, min=0.05, max=10.0, step=0.05, round=0.001,
+                       tooltip="custom only: spread of the logit-normal schedule (presets: 1.5, 1.75, 1.75)."),
+    ]
+
+
+def _size_inputs(prefix_tooltip: str) -> list:
+    return [
+        io.Int.Input("width", default=1024, min=256, max=2048, step=16,
+                     tooltip=f"{prefix_tooltip}Image width in pixels: a multiple of 16 from 256 to 2048, aspect "
+                             "ratio at most 6:1."),
+        io.Int.Input("height", default=1024, min=256, max=2048, step=16,
+                     tooltip=f"{prefix_tooltip}Image height in pixels: a multiple of 16 from 256 to 2048, aspect "
+                             "ratio at most 6:1."),
+    ]
+
+
+def check_size(node: str, width, height) -> None:
+    if width is None or height is None:  # linked inputs are checked when the node runs
+        return
+    try:
+        check_resolution(int(width), int(height))
+    except ValueError as exc:
+        raise ValueError(f"{node}: {exc} (supported: multiples of 16 from 256 to 2048 px, aspect ratio up to 6:1)") \
+            from None
+
+
+def validation_message(node: str, width, height):
+    try:
+        check_size(node, width, height)
+    except ValueError as exc:
+        return str(exc)
+    return True
+
+
+def size_from_latent(latent: dict) -> tuple[int, int, int]:
+    samples = latent["samples"]
+    if samples.ndim != 4 or samples.shape[1] != 128:
+        raise ValueError(f"latent must be an Ideogram 4 / Flux2 latent (B, 128, H/16, W/16), got "
+                         f"{tuple(samples.shape)}; use Ideogram4 Empty Latent")
+    b, _, gh, gw = samples.shape
+    return int(b), int(gw * 16), int(gh * 16)
+
+
+class Ideogram4NativeKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeKSampler",
+            display_name="Ideogram4 KSampler",
+            category=CATEGORY,
+            description="The reference dual-model Euler sampler: both DiTs every step (conditional with text, "
+                        "unconditional image-only), step-indexed guidance, token-layout noise drawn on the compute "
+                        "device from the seed (same seed, same device type ⇒ the reference's image). Output: the "
+                        "model's normalised latent in ComfyUI Flux2 layout.",
+            inputs=[
+                io.Model.Input("model", tooltip="Conditional DiT from Ideogram4 Model Loader."),
+                io.Model.Input("unconditional_model", tooltip="Unconditional DiT from Ideogram4 Model Loader."),
+                io.Conditioning.Input("positive", tooltip="From Ideogram4 Text Encode (there is no negative)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Noise seed; the noise is drawn with a torch.Generator on the compute device "
+                                     "(CPU and CUDA give different images for the same seed, as in the reference)."),
+                _preset_input(),
+                *_size_inputs("Used when no latent is connected. "),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Used when no latent is connected: images per run (one noise draw, the "
+                                     "reference's batch)."),
+                *_schedule_inputs(),
+                *_guidance_inputs(),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional: only its size and batch are used (Ideogram 4 has no img2img); "
+                                        "e.g. from Ideogram4 Empty Latent."),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent",
+                                      tooltip="(B, 128, H/16, W/16) latent in the model's normalised space.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None):
+        return validation_message("Ideogram4 KSampler", width, height)
+
+    @classmethod
+    def execute(cls, model, unconditional_model, positive, seed: int, preset: str, width: int, height: int,
+                batch_size: int, steps: int, mu: float, std: float, guidance: float, polish_steps: int,
+                polish_guidance: float, guidance_schedule: str, latent: dict | None = None) -> io.NodeOutput:
+        import torch
+
+        from .comfy_model import require_ideogram4
+        from .comfy_sampling import run_reference_sampler
+
+        require_ideogram4(model, "model")
+        require_ideogram4(unconditional_model, "unconditional_model")
+        notes = []
+        if latent is not None:
+            batch_size, width, height = size_from_latent(latent)
+            if bool(torch.count_nonzero(latent["samples"])):
+                notes.append("note: the input latent is not empty; only its size is used (no img2img)")
+        check_size("Ideogram4 KSampler", width, height)
+        settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=guidance,
+                                        polish_steps=polish_steps, polish_guidance=polish_guidance,
+                                        guidance_schedule=guidance_schedule)
+        samples, info = run_reference_sampler(model, unconditional_model, positive, settings, width=width,
+                                              height=height, batch=batch_size, seed=seed)
+        text = "\n".join([describe_settings(settings), f"seed {seed}"] + notes + info)
+        return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, ui={"text": [text]})
+
+
+class Ideogram4NativeSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeSigmas",
+            display_name="Ideogram4 Sigmas",
+            category=CATEGORY,
+            description="The reference schedule as SIGMAS (σ = 1 − t, descending, ending at 1 − t_max ≈ 5.5e-4, not 0), "
+                        "resolution-shifted. Carries the exact float32 times for Ideogram4 Guider/Sampler.",
+            inputs=[
+                _preset_input(),
+                *_size_inputs("Used when no latent is connected. "),
+                *_schedule_inputs(),
+                io.Latent.Input("latent", optional=True, tooltip="Optional: take width/height from this latent."),
+            ],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="steps + 1 values.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None):
+        return validation_message("Ideogram4 Sigmas", width, height)
+
+    @classmethod
+    def execute(cls, preset: str, width: int, height: int, steps: int, mu: float, std: float,
+                latent: dict | None = None) -> io.NodeOutput:
+        from .comfy_sampling import make_sigmas
+
+        if latent is not None:
+            _, width, height = size_from_latent(latent)
+        check_size("Ideogram4 Sigmas", width, height)
+        settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=7.0, polish_steps=0,
+                                        polish_guidance=3.0)
+        sigmas = make_sigmas(settings, width, height)
+        text = f"{settings.steps} steps at {width}×{height}: σ " + ", ".join(f"{v:.6f}" for v in sigmas.tolist())
+        return io.NodeOutput(sigmas, ui={"text": [text]})
+
+
+class Ideogram4NativeGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeGuider",
+            display_name="Ideogram4 Guider",
+            category=CATEGORY,
+            description="Dual-model guider for SamplerCustomAdvanced: v = g·v_cond + (1 − g)·v_uncond with the "
+                        "unconditional model on image tokens only and g chosen by step index (found from the σ "
+                        "being sampled). No cfg = 1 shortcut: both models run every step, as in the reference.",
+            inputs=[
+                io.Model.Input("model", tooltip="Conditional DiT from Ideogram4 Model Loader."),
+                io.Model.Input("unconditional_model", tooltip="Unconditional DiT from Ideogram4 Model Loader."),
+                io.Conditioning.Input("positive", tooltip="From Ideogram4 Text Encode."),
+                io.Combo.Input("preset", options=list(PRESET_CHOICES), default=DEFAULT_PRESET,
+                               tooltip="Guidance schedule of a preset (must match the SIGMAS' step count), or custom."),
+                *_guidance_inputs(),
+            ],
+            outputs=[io.Guider.Output("guider", display_name="guider", tooltip="GUIDER for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, unconditional_model, positive, preset: str, guidance: float, polish_steps: int,
+                polish_guidance: float, guidance_schedule: str) -> io.NodeOutput:
+        from .comfy_model import require_ideogram4
+        from .comfy_sampling import Ideogram4Guider
+
+        require_ideogram4(model, "model")
+        require_ideogram4(unconditional_model, "unconditional_model")
+        spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
+        guider = Ideogram4Guider(model, unconditional_model, spec)
+        guider.set_positive(positive)
+        return io.NodeOutput(guider, ui={"text": [spec.describe()]})
+
+
+class Ideogram4NativeSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeSampler",
+            display_name="Ideogram4 Sampler",
+            category=CATEGORY,
+            description="Reference Euler SAMPLER for SamplerCustomAdvanced: starts from the raw noise (no σ₀ noise "
+                        "scaling), no inverse noise scaling at the end, z ← z + v·(s − t). Bit-exact with Ideogram4 "
+                        "Guider + Sigmas + Noise.",
+            inputs=[],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler", tooltip="SAMPLER.")],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        from .comfy_sampling import Ideogram4KSampler
+
+        return io.NodeOutput(Ideogram4KSampler())
+
+
+class Ideogram4NativeNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeNoise",
+            display_name="Ideogram4 Noise",
+            category=CATEGORY,
+            description="NOISE as the reference draws it: (B, N, 128) float32 from a seeded torch.Generator on the "
+                        "compute device, reshaped to the (B, 128, H/16, W/16) latent layout.",
+            inputs=[io.Int.Input("noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                                 tooltip="Seed of the device generator.")],
+            outputs=[io.Noise.Output("noise", display_name="noise", tooltip="NOISE for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, noise_seed: int) -> io.NodeOutput:
+        from .comfy_sampling import Ideogram4Noise
+
+        return io.NodeOutput(Ideogram4Noise(noise_seed))
+
+
+NODES: list[type[io.ComfyNode]] = [Ideogram4NativeKSampler, Ideogram4NativeSigmas, Ideogram4NativeGuider,
+                                   Ideogram4NativeSampler, Ideogram4NativeNoise]

@@ -1,0 +1,111 @@
+"""Node widget values → sampling settings (pure: no ComfyUI import).
+
+Presets are the reference's three (``sampling.PRESETS``); ``custom`` uses steps / mu / std and a
+guidance that is a constant with an optional polish tail (the presets' pattern: the last
+``polish_steps`` steps at ``polish_guidance``) or an explicit per-step list in sampling order
+(first step first, e.g. ``"7, 7, 7, 3"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..sampling import PRESETS, SamplerSettings, custom_settings
+from ..sampling.presets import parse_guidance_list
+
+CUSTOM = "custom"
+PRESET_CHOICES = ("V4_QUALITY_48", "V4_DEFAULT_20", "V4_TURBO_12", CUSTOM)
+DEFAULT_PRESET = "V4_DEFAULT_20"
+MAX_STEPS = 1000
+
+
+def _schedule(text: Optional[str]) -> Optional[list[float]]:
+    if text is None or not text.strip():
+        return None
+    values = parse_guidance_list(text)
+    if not values:
+        raise ValueError("guidance_schedule has no numbers")
+    return values
+
+
+def settings_from_inputs(preset: str, *, steps: int, mu: float, std: float, guidance: float,
+                         polish_steps: int, polish_guidance: float, guidance_schedule: str = "") -> SamplerSettings:
+    """The sampler node's widgets → ``SamplerSettings`` (custom fields are ignored for a preset)."""
+    if preset != CUSTOM:
+        if preset not in PRESETS:
+            raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESET_CHOICES)}")
+        return PRESETS[preset]
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps = {steps!r} is outside the allowed range 1–{MAX_STEPS}")
+    values = _schedule(guidance_schedule)
+    if values is None:
+        return custom_settings(steps, float(mu), float(std), float(guidance), polish_steps=int(polish_steps),
+                               polish_guidance=float(polish_guidance))
+    if len(values) == 1:
+        return custom_settings(steps, float(mu), float(std), values[0])
+    if len(values) != steps:
+        raise ValueError(f"guidance_schedule has {len(values)} values but steps = {steps}; give one value per step "
+                         "in sampling order (first step first), or a single number")
+    return custom_settings(steps, float(mu), float(std), values)
+
+
+@dataclass(frozen=True)
+class GuidanceSpec:
+    """Guidance of the GUIDER node; the step count comes from the SIGMAS at sampling time."""
+
+    preset: str
+    guidance: float = 7.0
+    polish_steps: int = 0
+    polish_guidance: float = 3.0
+    schedule: Optional[tuple[float, ...]] = None
+
+    @classmethod
+    def from_inputs(cls, preset: str, guidance: float, polish_steps: int, polish_guidance: float,
+                    guidance_schedule: str = "") -> "GuidanceSpec":
+        if preset not in PRESET_CHOICES:
+            raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESET_CHOICES)}")
+        values = _schedule(guidance_schedule) if preset == CUSTOM else None
+        return cls(preset=preset, guidance=float(guidance), polish_steps=int(polish_steps),
+                   polish_guidance=float(polish_guidance), schedule=tuple(values) if values else None)
+
+    def values(self, steps: int) -> tuple[float, ...]:
+        """Guidance per step in sampling order for a schedule of ``steps`` steps."""
+        if self.preset != CUSTOM:
+            p = PRESETS[self.preset]
+            if p.steps != steps:
+                raise ValueError(f"the guider uses preset {self.preset} ({p.steps} steps) but the SIGMAS have "
+                                 f"{steps} steps; use the same preset in Ideogram4 Sigmas, or preset 'custom'")
+            return p.guidance
+        if self.schedule is not None:
+            if len(self.schedule) == 1:
+                return (self.schedule[0],) * steps
+            if len(self.schedule) != steps:
+                raise ValueError(f"guidance_schedule has {len(self.schedule)} values but the SIGMAS have {steps} "
+                                 "steps; give one value per step (sampling order) or a single number")
+            return self.schedule
+        if self.polish_steps > steps:
+            raise ValueError(f"polish_steps = {self.polish_steps} is more than the {steps} steps of the SIGMAS")
+        return custom_settings(steps, 0.0, 1.0, self.guidance, polish_steps=self.polish_steps,
+                               polish_guidance=self.polish_guidance).guidance
+
+    def describe(self, steps: Optional[int] = None) -> str:
+        if self.preset != CUSTOM:
+            return f"preset {self.preset}"
+        if self.schedule is not None:
+            return "custom per-step guidance " + ", ".join(f"{g:g}" for g in self.schedule)
+        return (f"custom guidance {self.guidance:g}"
+                + (f", last {self.polish_steps} steps at {self.polish_guidance:g}" if self.polish_steps else ""))
+
+
+def describe_settings(s: SamplerSettings) -> str:
+    runs: list[str] = []
+    prev, count = None, 0
+    for g in s.guidance + (None,):
+        if g == prev:
+            count += 1
+            continue
+        if prev is not None:
+            runs.append(f"{count}×{prev:g}")
+        prev, count = g, 1
+    return f"{s.name}: {s.steps} steps, mu {s.mu:g}, std {s.std:g}, guidance {' then '.join(runs)}"

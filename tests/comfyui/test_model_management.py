@@ -1,0 +1,181 @@
+"""Model-management behaviour of the pack's ComfyUI models that can be checked on a CPU.
+
+Runs inside ComfyUI's Python in a subprocess (clean ``sys.path``: ComfyUI first, then the pack as
+a package, then the repo for ``tools``), ComfyUI in ``--cpu`` mode:
+
+* lowvram / partial loading — ``ModelPatcher.load(lowvram_model_memory=…)`` leaves most layers
+  "offloaded" with ``comfy_cast_weights`` set, packed fp8 / nf4 ``ComfyQuantizedLinear`` layers
+  included; their forward then moves the packed storage and decodes it per call.  On a CPU the
+  copy is CPU→CPU, but it is the same code path a GPU streams through: outputs must equal the
+  fully loaded model bit for bit, for every checkpoint format;
+* ``model_size()`` counts packed bytes (== the checkpoint's tensor bytes, compute-dtype biases);
+* ComfyUI's dynamic-VRAM mode (``aimdo_enabled``) makes its Linear/Embedding lazily skip
+  parameter creation — our operations opt out, so loading still works;
+* the BaseModel convention: ``apply_model`` with x in Flux2 layout and σ returns
+  ``x + σ·v`` (negated velocity, t = 1 − σ), and the memory plan read from live ComfyUI constants.
+
+Skipped unless ``COMFYUI_PATH`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+
+pytestmark = [pytest.mark.comfyui,
+              pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "main.py").is_file(),
+                                 reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
+
+WORKER = r'''
+import json, sys, importlib, importlib.util
+comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
+sys.path[:0] = [comfy_path]
+sys.path.append(pack_parent)
+sys.path.append(repo)
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+torch.set_num_threads(2)
+import comfy.model_management as mm
+import comfy.memory_management
+pack = importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.comfy_model")
+from safetensors import safe_open
+from pathlib import Path
+from tools.make_test_checkpoints import FORMATS, convert, random_state_dict, tiny_config, write_file
+
+res = {}
+cfg = tiny_config()
+sd = random_state_dict(cfg, 0)
+g = torch.Generator().manual_seed(3)
+gh, gw = 3, 4
+x = torch.randn(2, 128, gh, gw, generator=g)
+feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
+feats[1, :3] = 0
+sigma = torch.tensor([0.7, 0.3])
+
+def run(patcher):
+    m = patcher.model
+    v = m.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]), ideogram4_velocity=True)
+    d = m.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]))
+    u = m.apply_model(x, sigma)
+    return v, d, u
+
+for fmt in FORMATS:
+    path = write_file(convert(sd, fmt), Path(out_dir) / f"{fmt}.safetensors", fmt)
+    p = cm.load_model_patcher(path, weight_dtype="bf16")
+    with safe_open(str(path), "pt") as f:
+        file_bytes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    p.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
+    full = run(p)
+    p.detach()
+    budget = 64 * 1024
+    p.load(torch.device("cpu"), lowvram_model_memory=budget)
+    streamed = [n for n, mod in p.model.diffusion_model.named_modules() if getattr(mod, "comfy_cast_weights", False)]
+    quant_streamed = [n for n, mod in p.model.diffusion_model.named_modules()
+                      if getattr(mod, "comfy_cast_weights", False) and type(mod).__name__ == "ComfyQuantizedLinear"]
+    part = run(p)
+    p.detach()
+    res[fmt] = {
+        "size": int(p.model_size()),
+        "streamed": len(streamed), "quant_streamed": len(quant_streamed),
+        "equal": [bool(torch.equal(a, b)) for a, b in zip(full, part)],
+        "denoised_ok": bool(torch.allclose(full[1], x + sigma.view(-1, 1, 1, 1) * full[0], atol=1e-6)),
+        "quant_layers": sum(type(m).__name__ == "ComfyQuantizedLinear" for m in p.model.diffusion_model.modules()),
+        "dtype": str(p.model_dtype()),
+    }
+
+# dynamic VRAM ("aimdo") makes comfy's Linear skip parameter creation unless opted out
+comfy.memory_management.aimdo_enabled = True
+try:
+    p = cm.load_model_patcher(Path(out_dir) / "bf16.safetensors", weight_dtype="bf16")
+    v = p.model.apply_model(x, sigma, ideogram4_velocity=True)
+    res["aimdo"] = {"ok": bool(torch.isfinite(v).all()), "params": sum(t.numel() for t in p.model.parameters())}
+finally:
+    comfy.memory_management.aimdo_enabled = False
+
+# weight patches (LoRA) on packed layers are refused, on bf16 layers accepted
+key = "diffusion_model.layers.0.attention.qkv.weight"
+guard = {}
+for fmt in ("bf16", "nf4"):
+    p = cm.load_model_patcher(Path(out_dir) / f"{fmt}.safetensors")
+    shape = p.model.diffusion_model.layers[0].attention.qkv.weight.shape
+    added = p.add_patches({key: (torch.zeros(shape),)}, 1.0)
+    try:
+        cm.check_patches(p, "model")
+        guard[fmt] = ("ok", len(added))
+    except ValueError as exc:
+        guard[fmt] = (str(exc), len(added))
+res["guard"] = guard
+
+cond = cm.load_model_patcher(Path(out_dir) / "bf16.safetensors")
+uncond = cm.load_model_patcher(Path(out_dir) / "fp8.safetensors")
+plan = cm.plan_pair(cond, uncond, batch=1, n_img=4096, n_txt=512)
+res["plan"] = {"mode": plan.mode, "summary": plan.summary(), "state": cm.memory_constants(cond.load_device).vram_state}
+loaded = cm.load_pair(cond, uncond, batch=1, n_img=12, n_txt=7)
+res["load_pair"] = {"mode": loaded.mode, "loaded": [l.model is cond or l.model is uncond for l in mm.current_loaded_models]}
+print("RESULT " + json.dumps(res))
+'''
+
+
+@pytest.fixture(scope="module")
+def worker_result():
+    with tempfile.TemporaryDirectory() as tmp:
+        pack_parent = Path(tmp) / "pkgs"
+        pack_parent.mkdir()
+        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
+        out = Path(tmp) / "ckpt"
+        out.mkdir()
+        script = Path(tmp) / "worker.py"
+        script.write_text(WORKER)
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
+                              capture_output=True, text=True, timeout=600, cwd=tmp)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "diffusers", "fp8", "comfy_fp8_scaled", "nf4"])
+def test_partial_loading_streams_every_format_bit_exactly(worker_result, fmt):
+    r = worker_result[fmt]
+    assert r["streamed"] > 10, r
+    if fmt in ("fp8", "comfy_fp8_scaled", "nf4"):
+        assert r["quant_layers"] > 0 and r["quant_streamed"] > 0, r
+    assert r["equal"] == [True, True, True], r  # velocity, denoised (cond pass), image-only pass
+    assert r["denoised_ok"], r  # ComfyUI convention: denoised = x − σ·(−v)
+    assert r["dtype"] == "torch.bfloat16"
+
+
+def test_model_size_counts_packed_bytes(worker_result):
+    sizes = {f: worker_result[f]["size"] for f in ("bf16", "fp8", "comfy_fp8_scaled", "nf4")}
+    assert sizes["fp8"] < 0.6 * sizes["bf16"], sizes
+    assert sizes["comfy_fp8_scaled"] < sizes["fp8"]  # per-tensor scales instead of per-row
+    assert sizes["nf4"] < 0.4 * sizes["bf16"], sizes
+
+
+def test_dynamic_vram_layers_still_load(worker_result):
+    assert worker_result["aimdo"]["ok"] and worker_result["aimdo"]["params"] > 0
+
+
+def test_memory_plan_with_live_constants(worker_result):
+    assert worker_result["plan"]["state"] == "disabled"
+    assert worker_result["plan"]["mode"] == "cpu"
+    assert worker_result["load_pair"]["mode"] == "cpu"
+    assert worker_result["load_pair"]["loaded"].count(True) == 2  # both registered with ComfyUI
+
+
+def test_weight_patches_on_packed_layers_are_refused(worker_result):
+    assert worker_result["guard"]["bf16"][0] == "ok"
+    message, added = worker_result["guard"]["nf4"]
+    assert added == 1 and "LoRA" in message and "nf4" in message

@@ -1,0 +1,173 @@
+"""The DiT-pair memory policy (nodes/memory_policy.py) on simulated cards — pure, no ComfyUI, no GPU.
+
+Sizes are the real checkpoints' (spec §2.9/§2.10/§8.1): Comfy-Org fp8_scaled 9,280,741,285 /
+9,280,741,293 B, bf16 18,558,576,896 B per DiT, nf4 ≈ 5.22 GB per DiT.  Activation reserves come
+from ``activation_bytes`` with the full 9.3 B configuration.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nodes.memory_policy import (GiB, MiB, ComfyMemoryConstants, ModelSize, activation_bytes, comfy_budget,
+                                 plan_memory, plan_text_encoder, vae_tile)
+
+FP8 = (9_280_741_285, 9_280_741_293)
+BF16 = (18_558_576_896, 18_558_576_896)
+NF4 = (5_221_550_336, 5_221_550_336)
+FULL = dict(emb_dim=4608, intermediate=12288, num_heads=18, llm_features_dim=53248)
+NVIDIA = ComfyMemoryConstants()
+OTHER_GPU = ComfyMemoryConstants(min_weight_ratio=0.4)
+
+
+def pair(sizes, loaded=(0, 0)):
+    return [ModelSize("conditional", sizes[0], loaded[0]), ModelSize("unconditional", sizes[1], loaded[1])]
+
+
+def act_1024(dequant=245_366_784 * 4):
+    return activation_bytes(1, 4096, 512, **FULL, dequant_bytes=dequant)
+
+
+def test_activation_estimate_is_in_the_expected_range():
+    a = act_1024()
+    # MLP phase 4608 tokens × (3·4608 + 4·12288) × 2 B ≈ 0.58 GB, text 512 × 53248 × 12 ≈ 0.33 GB,
+    # fp8 decode of llm_cond_proj ≈ 0.98 GB; ×1.25 + 64 MiB.
+    assert 2.0 * GiB < a < 3.0 * GiB
+    assert activation_bytes(2, 4096, 512, **FULL) > activation_bytes(1, 4096, 512, **FULL)
+    assert activation_bytes(1, 16384, 512, **FULL) > 3 * activation_bytes(1, 4096, 512, **FULL) / 2
+    no_flash = activation_bytes(1, 4096, 512, **FULL, flash_attention=False)
+    assert no_flash - activation_bytes(1, 4096, 512, **FULL) >= 2 * 18 * 4608 ** 2 * 2  # the score matrix
+    with pytest.raises(ValueError):
+        activation_bytes(0, 4096, 0, **FULL)
+
+
+@pytest.mark.parametrize("name,sizes,card_gib,mode", [
+    ("H100 80GB bf16", BF16, 79.0, "resident"),
+    ("H200 141GB bf16", BF16, 139.0, "resident"),
+    ("48GB bf16", BF16, 47.0, "resident"),
+    ("40GB bf16", BF16, 39.0, "resident"),
+    ("36GB bf16", BF16, 35.0, "partial"),
+    ("24GB fp8: fits once the text encoder is evicted", FP8, 22.5, "resident"),
+    ("20GB fp8", FP8, 19.0, "partial"),
+    ("32GB fp8", FP8, 31.0, "resident"),
+    ("16GB nf4", NF4, 15.0, "resident"),
+    ("12GB nf4", NF4, 11.0, "partial"),
+    ("8GB fp8", FP8, 7.5, "partial"),
+    ("2GB fp8", FP8, 2.0, "stream"),
+])
+def test_simulated_cards(name, sizes, card_gib, mode):
+    plan = plan_memory(pair(sizes), int(card_gib * GiB), act_1024(), NVIDIA)
+    assert plan.mode == mode, plan.summary()
+    assert plan.load_order == ("unconditional", "conditional")
+    total = sum(sizes)
+    if mode == "resident":
+        assert plan.force_full_load and plan.streamed_per_step == 0
+        assert total + plan.reserve <= plan.available
+    else:
+        assert not plan.force_full_load
+        assert plan.streamed_per_step == total - plan.weights_resident > 0
+        assert plan.weights_resident + plan.reserve <= plan.available or plan.weights_resident == 0
+    assert plan.memory_required == plan.minimum_memory_required == act_1024()
+    assert mode in plan.summary().splitlines()[0]
+
+
+def test_partial_fills_the_unconditional_model_first_and_streams_only_the_rest():
+    avail = 19 * GiB
+    plan = plan_memory(pair(FP8), avail, act_1024(), NVIDIA)
+    budget = avail - plan.reserve
+    assert plan.resident["unconditional"] == FP8[1]  # fully resident
+    assert plan.resident["conditional"] == budget - FP8[1]  # the rest of the budget
+    assert plan.streamed_per_step == sum(FP8) - budget
+    assert "streamed per step" in plan.summary()
+
+
+def test_both_partially_loaded_when_neither_fits_alone():
+    plan = plan_memory(pair(FP8), 8 * GiB, act_1024(), NVIDIA)
+    assert 0 < plan.resident["unconditional"] < FP8[1]
+    assert plan.resident["conditional"] == 0
+    assert plan.weights_resident == 8 * GiB - plan.reserve
+
+
+def test_reserve_follows_comfyui_min_req():
+    small = plan_memory(pair(NF4), 40 * GiB, 10 * MiB, NVIDIA)
+    assert small.reserve == NVIDIA.minimum_inference  # never below ComfyUI's minimum inference memory
+    big = plan_memory(pair(NF4), 40 * GiB, 5 * GiB, NVIDIA)
+    assert big.reserve == 5 * GiB + NVIDIA.extra_reserved
+
+
+def test_non_nvidia_weight_ratio_mirrors_comfyui():
+    avail = 10 * GiB
+    act = 6 * GiB  # large reserve: ComfyUI still grants min(free·0.4, free − minimum_inference) to weights
+    plan = plan_memory(pair(FP8), avail, act, OTHER_GPU)
+    first = comfy_budget(avail, plan.reserve, OTHER_GPU)
+    assert first == int(avail * 0.4)
+    assert plan.resident["unconditional"] == first
+    assert plan.resident["conditional"] == comfy_budget(avail - first, plan.reserve, OTHER_GPU)
+
+
+@pytest.mark.parametrize("state,mode", [("disabled", "cpu"), ("no", "stream"), ("high", "resident"),
+                                        ("shared", "resident")])
+def test_vram_states(state, mode):
+    c = ComfyMemoryConstants(vram_state=state)
+    plan = plan_memory(pair(BF16), 24 * GiB, act_1024(), c)
+    assert plan.mode == mode
+    if state == "disabled":
+        assert plan.streamed_per_step == 0 and "cpu" in plan.summary()
+    if state == "high":
+        assert "out-of-memory" in plan.summary()  # does not fit, but --highvram forces it
+    if state == "no":
+        assert plan.streamed_per_step == sum(BF16)
+
+
+def test_invariants_over_a_grid():
+    acts = [0, 512 * MiB, act_1024(), 8 * GiB]
+    cards = [int(g * GiB) for g in (0, 1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 141)]
+    for sizes, act, constants in itertools.product((FP8, BF16, NF4, (7 * GiB, 3 * GiB)), acts, (NVIDIA, OTHER_GPU)):
+        prev_streamed = None
+        for avail in cards:
+            plan = plan_memory(pair(sizes), avail, act, constants)
+            for name, total in zip(("conditional", "unconditional"), sizes):
+                assert 0 <= plan.resident[name] <= total
+            assert plan.streamed_per_step == sum(sizes) - plan.weights_resident
+            assert (plan.mode == "resident") == (plan.streamed_per_step == 0)
+            if constants.min_weight_ratio == 0.0 and plan.mode != "resident":
+                # correct by construction: weights never eat the activation reserve
+                assert plan.weights_resident <= max(0, avail - plan.reserve)
+            if prev_streamed is not None:
+                assert plan.streamed_per_step <= prev_streamed  # more memory never streams more
+            prev_streamed = plan.streamed_per_step
+
+
+def test_already_loaded_parts_count_as_available():
+    # available = free + evictable; a pair already resident plans as resident again
+    plan = plan_memory(pair(FP8, loaded=FP8), sum(FP8) + 4 * GiB, act_1024(), NVIDIA)
+    assert plan.mode == "resident"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        plan_memory([], GiB, 0)
+    with pytest.raises(ValueError):
+        plan_memory(pair(FP8), -1, 0)
+    with pytest.raises(ValueError):
+        ComfyMemoryConstants(vram_state="medium")
+
+
+def test_text_encoder_plan():
+    te_fp8 = 10_588_637_512
+    assert plan_text_encoder(te_fp8, 23 * GiB, GiB, NVIDIA) == "device"
+    assert plan_text_encoder(te_fp8, 10 * GiB, GiB, NVIDIA) == "cpu"
+    assert plan_text_encoder(te_fp8, 80 * GiB, GiB, ComfyMemoryConstants(vram_state="disabled")) == "cpu"
+    assert plan_text_encoder(te_fp8, GiB, GiB, ComfyMemoryConstants(vram_state="high")) == "device"
+
+
+def test_vae_tile():
+    per = 1000  # bytes per latent pixel
+    assert vae_tile(128, 128, batch=1, bytes_per_latent_px=per, halo=8, available=10 ** 9) is None
+    tile = vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=8 * 10 ** 6)
+    assert tile is not None and tile % 8 == 0 and tile >= 16
+    assert (tile + 16) ** 2 * per * 1.25 <= 8 * 10 ** 6
+    assert vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=0) == 16
+    assert vae_tile(20, 20, batch=4, bytes_per_latent_px=per, halo=8, available=1) == 16
