@@ -190,9 +190,12 @@ class Ideogram4DiT(nn.Module):
         h_img = self.input_proj(x.to(cd))
         img_pos = image_position_ids(gh, gw, device).unsqueeze(0).expand(b, n, 3)
 
+        # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
+        # text and padding rows, row 1 by image rows.
+        emb = self.embed_image_indicator(torch.arange(2, device=device)).to(cd)
         attn_mask = None
         if text_features is None:
-            h = h_img + self.embed_image_indicator.weight[1].to(cd)
+            h = h_img + emb[1]
             position_ids = img_pos
             n_txt = 0
         else:
@@ -204,8 +207,6 @@ class Ideogram4DiT(nn.Module):
             m_txt = real.to(cd).unsqueeze(-1)  # (B, L, 1)
             feats = text_features.to(device=device, dtype=cd) * m_txt
             h_txt = self.llm_cond_proj(self.llm_cond_norm(feats)) * m_txt
-            # Indicator rows: text and padding use row 0, image rows use row 1.
-            emb = self.embed_image_indicator.weight.to(cd)
             h = torch.cat([h_txt + emb[0], h_img + emb[1]], dim=1)
             position_ids = torch.cat([text_position_ids(lengths, n_txt, device), img_pos], dim=1)
             if min(lengths) != n_txt:  # padding present: block padding from real tokens

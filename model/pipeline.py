@@ -29,8 +29,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from sampling import resolve_settings, sample, token_grid
-from sampling.presets import SamplerSettings
+# ``model`` and ``sampling`` are sibling packages: top-level on sys.path for scripts and tests, or
+# subpackages of the pack when ComfyUI imports it as ``<pack folder>.model``.
+if __package__ and "." in __package__:
+    from ..sampling import resolve_settings, sample, token_grid
+    from ..sampling.presets import SamplerSettings
+else:
+    from sampling import resolve_settings, sample, token_grid
+    from sampling.presets import SamplerSettings
 
 from .vae import Flux2VAEDecoder, load_vae, to_pil
 

@@ -85,19 +85,41 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[
     return packed, absmax
 
 
+_NF4_CHUNK_BYTES = 1 << 22  # packed bytes decoded per chunk (8M weights): bounds the temporaries
+
+
+def _nf4_byte_table(quant_map: torch.Tensor, device) -> torch.Tensor:
+    """(256, 2) float32: the two code values of every packed byte (high nibble first)."""
+    code = quant_map.to(device=device, dtype=torch.float32)
+    byte = torch.arange(256, device=device)
+    return torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)
+
+
 def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
                              shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """Pure-torch NF4 decode: element 2k = high nibble of byte k; float32 product, one cast."""
+    """Pure-torch NF4 decode: element 2k = high nibble of byte k; float32 product, one cast.
+
+    Decoded in chunks through a 256-entry byte table so temporaries stay small (a few tens of MB)
+    even for the 245M-weight ``llm_cond_proj``; the arithmetic (code · absmax in float32, then one
+    cast) is exactly bitsandbytes'.
+    """
     flat = packed.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
     n = shape[0] * shape[1]
-    codes = torch.empty(flat.numel() * 2, dtype=torch.long, device=flat.device)
-    codes[0::2] = (flat >> 4).long()
-    codes[1::2] = (flat & 0xF).long()
-    values = quant_map.to(device=flat.device, dtype=torch.float32)[codes[:n]]
-    out = (values.view(-1, NF4_BLOCKSIZE) * absmax.to(device=flat.device, dtype=torch.float32).view(-1, 1))
-    return out.reshape(shape).to(dtype)
+    if flat.numel() * 2 != n or n % NF4_BLOCKSIZE:
+        raise ValueError(f"nf4: {flat.numel()} packed bytes cannot hold a {list(shape)} weight in blocks of {NF4_BLOCKSIZE}")
+    table = _nf4_byte_table(quant_map, flat.device)
+    scales = absmax.to(device=flat.device, dtype=torch.float32)
+    out = torch.empty(n, dtype=dtype, device=flat.device)
+    step = _NF4_CHUNK_BYTES  # a multiple of NF4_BLOCKSIZE / 2, so chunks hold whole blocks
+    for start in range(0, flat.numel(), step):
+        chunk = flat[start:start + step]
+        values = table[chunk.long()].view(-1, NF4_BLOCKSIZE)  # (blocks, 64) float32
+        first_block = start * 2 // NF4_BLOCKSIZE
+        values *= scales[first_block:first_block + values.shape[0]].unsqueeze(1)
+        out[start * 2:start * 2 + values.numel()] = values.reshape(-1)
+    return out.view(shape)
 
 
 def _bnb_functional():

@@ -23,7 +23,6 @@ ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -164,8 +163,7 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
             if lengths is not None:
                 lengths = [int(v) for v in torch.as_tensor(lengths).reshape(-1).tolist()]
         tokens = lat.comfy_to_tokens(x.to(torch.float32))
-        with direct_weights_on(self.diffusion_model, x.device):
-            v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths)
+        v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths)
         v = lat.tokens_to_comfy(v, gh, gw)
         if kwargs.get("ideogram4_velocity", False):
             return v
@@ -221,40 +219,6 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer",
     patcher.ideogram4_info = {"source": str(source), "component": component,
                               "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}
     return patcher
-
-
-@contextlib.contextmanager
-def direct_weights_on(dit: torch.nn.Module, device):
-    """Make parameters the DiT reads directly (not through a layer's forward) live on ``device``.
-
-    ``Ideogram4DiT`` indexes ``embed_image_indicator.weight`` itself; when ComfyUI leaves that
-    (18 KB) layer offloaded under partial loading / ``--novram``, its weight would sit in system
-    RAM while the activations are on the GPU.  For the duration of one forward the parameter is
-    replaced by a copy on ``device`` (the layer's ``comfy_cast_weights`` streaming in spirit) and
-    put back afterwards, so ComfyUI's bookkeeping never sees a moved weight.  No-op when resident.
-    """
-    swaps = []
-    for module in (dit.embed_image_indicator,):
-        w = module._parameters.get("weight")
-        if w is not None and w.device != torch.device(device):
-            module._parameters["weight"] = torch.nn.Parameter(w.detach().to(device), requires_grad=False)
-            swaps.append((module, w))
-    try:
-        yield
-    finally:
-        for module, w in swaps:
-            module._parameters["weight"] = w
-
-
-class DeviceGuardedDiT:
-    """Callable with the DiT's forward signature that applies :func:`direct_weights_on` per call."""
-
-    def __init__(self, dit: torch.nn.Module):
-        self.dit = dit
-
-    def __call__(self, x, t, text_features=None, **kwargs):
-        with direct_weights_on(self.dit, x.device):
-            return self.dit(x, t, text_features, **kwargs)
 
 
 def is_ideogram4(patcher) -> bool:

@@ -40,7 +40,7 @@ import latent_preview
 
 from ..model import latents as lat
 from ..sampling import draw_noise, sample, time_grid, token_grid
-from .comfy_model import DeviceGuardedDiT, check_patches, dit_of, load_pair, loaded_summary, plan_pair
+from .comfy_model import check_patches, dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
 
@@ -273,7 +273,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     cond.pre_run()
     uncond.pre_run()
     try:
-        z = sample(DeviceGuardedDiT(dit_of(cond)), DeviceGuardedDiT(dit_of(uncond)), feats.to(device), height=height, width=width, settings=settings,
+        z = sample(dit_of(cond), dit_of(uncond), feats.to(device), height=height, width=width, settings=settings,
                    seed=seed, text_lengths=lengths, callback=callback, noise=noise, device=device)
     finally:
         cond.cleanup()

@@ -89,3 +89,13 @@ def test_dequantize_nf4_dispatch_on_cpu_uses_pure_torch():
 def test_nf4_rejects_sizes_not_multiple_of_blocksize():
     with pytest.raises(ValueError, match="multiple of the blocksize 64"):
         quantize_nf4(torch.randn(3, 10))
+
+
+def test_nf4_chunked_decode_is_bit_exact_across_chunk_boundaries(monkeypatch):
+    import model.quant as quant
+    monkeypatch.setattr(quant, "_NF4_CHUNK_BYTES", 96)  # 3 blocks per chunk, forces many chunks
+    w = _weight(40, 256).to(torch.bfloat16)
+    packed, absmax = quantize_nf4(w)
+    bnb_packed, state = bnb_functional.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    ours = quant.dequantize_nf4_reference(packed, absmax, torch.tensor(NF4_CODE), (40, 256), torch.bfloat16)
+    assert torch.equal(ours, bnb_functional.dequantize_4bit(bnb_packed, state))

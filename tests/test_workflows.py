@@ -18,7 +18,7 @@ from workflow_check import CORE, FRONTEND_ONLY, check_api, check_ui, compare_twi
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 UI_TEMPLATE = WORKFLOWS / "image_ideogram4_t2i.json"
-API_TEMPLATE = WORKFLOWS / "image_ideogram4_t2i_api.json"
+API_TEMPLATE = WORKFLOWS / "api" / "image_ideogram4_t2i_api.json"
 TAKEN_IDS = {"Ideogram4Scheduler", "DualModelGuider", "CFGOverride", "BuildJsonPromptIdeogram", "CreateBoundingBoxes",
              "JsonExtractString", "EmptyFlux2LatentImage", "IdeogramV3", "IdeogramV4", "IdeogramPImage",
              "Ideogram4PromptBuilderKJ", "Ideogram4OptimizationsKJ"}
@@ -42,7 +42,7 @@ def _is_ui(data: dict) -> bool:
 
 
 def workflow_files() -> list[Path]:
-    return sorted(WORKFLOWS.glob("*.json"))
+    return sorted(WORKFLOWS.rglob("*.json"))
 
 
 def test_the_required_workflows_exist():

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "main.py").is_file(),
                                  reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
 
-API_TEMPLATE = REPO / "workflows" / "image_ideogram4_t2i_api.json"
+API_TEMPLATE = REPO / "workflows" / "api" / "image_ideogram4_t2i_api.json"
 UI_TEMPLATE = REPO / "workflows" / "image_ideogram4_t2i.json"
 CAPTION = json.dumps({
     "high_level_description": "A red fox sitting in fresh snow under a pink dawn sky.",
@@ -156,6 +156,8 @@ def test_object_info_lists_every_node_with_declared_inputs(comfy_server, comfy_m
 def test_templates_are_discovered(comfy_server):
     listing = comfy_server.get("/workflow_templates")
     assert "image_ideogram4_t2i" in listing.get(PACK_DIR_NAME, []), listing
+    # The API twin (workflows/api/) is for POST /prompt, not the UI template browser.
+    assert listing.get(PACK_DIR_NAME) == ["image_ideogram4_t2i"], listing
     served = json.loads(comfy_server.get_bytes(f"/api/workflow_templates/{PACK_DIR_NAME}/image_ideogram4_t2i.json"))
     assert served == json.loads(UI_TEMPLATE.read_text(encoding="utf-8"))
 
@@ -496,7 +498,7 @@ def test_ui_template_loads_without_missing_nodes_and_matches_the_api_twin(comfy_
         assert node["type"] == want["type"]
         values = [v for _, v in node["widgets"]]
         assert values == want["widgets_values"], (node["type"], node["widgets"], want["widgets_values"])
-    api = json.loads((REPO / "workflows" / "image_ideogram4_t2i_api.json").read_text(encoding="utf-8"))
+    api = json.loads((REPO / "workflows" / "api" / "image_ideogram4_t2i_api.json").read_text(encoding="utf-8"))
     got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["prompt"].items()}
     want = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
     assert got == want
