@@ -27,6 +27,7 @@ Run directly with ``python tests/comfyui/test_frontend_editor.py`` too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -293,9 +294,9 @@ def comfy_url(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def page(comfy_url, tmp_path_factory):
-    profile = tmp_path_factory.mktemp("chromium-profile")
+@contextlib.contextmanager
+def chromium_page(profile: Path, **metrics):
+    """Start headless Chromium (offline flags, fresh profile) and yield a DevTools connection to its page."""
     proc = subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -317,7 +318,8 @@ def page(comfy_url, tmp_path_factory):
         cdp = CDP(target["webSocketDebuggerUrl"])
         cdp.call("Runtime.enable")
         cdp.call("Page.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=1600, height=1200, deviceScaleFactor=2, mobile=False)
+        if metrics:
+            cdp.call("Emulation.setDeviceMetricsOverride", **metrics)
         yield cdp
     finally:
         if cdp:
@@ -327,6 +329,13 @@ def page(comfy_url, tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(comfy_url, tmp_path_factory):
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), width=1600, height=1200, deviceScaleFactor=2,
+                       mobile=False) as cdp:
+        yield cdp
 
 
 # --------------------------------------------------------------------------- page scripts

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from functools import lru_cache
@@ -440,35 +439,8 @@ APP = "window.comfyAPI.app.app"
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     frontend = _frontend()
-    profile = tmp_path_factory.mktemp("chromium-profile-template")
-    proc = subprocess.Popen(
-        [frontend.CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1600,1200", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cdp = None
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.time() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("chromium did not start its DevTools endpoint")
-            time.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        _, targets = frontend._http_json(f"http://127.0.0.1:{port}/json/list")
-        target = next(t for t in targets if t.get("type") == "page")
-        cdp = frontend.CDP(target["webSocketDebuggerUrl"])
-        cdp.call("Runtime.enable")
-        cdp.call("Page.enable")
+    with frontend.chromium_page(tmp_path_factory.mktemp("chromium-profile-template")) as cdp:
         yield cdp
-    finally:
-        if cdp:
-            cdp.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.mark.slow
