@@ -131,15 +131,17 @@ def _bnb_functional():
 
 
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
-                   shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """NF4 decode: bitsandbytes' CUDA kernel when on CUDA and available, else the pure-torch codec."""
-    if packed.is_cuda:
-        bnbf = _bnb_functional()
-        if bnbf is not None:
-            state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32),
-                                    shape=torch.Size(shape), code=quant_map.to(packed.device),
-                                    blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=dtype)
-            return bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+                   shape: tuple[int, int], dtype: torch.dtype, *, use_bitsandbytes: Optional[bool] = None) -> torch.Tensor:
+    """NF4 decode. ``use_bitsandbytes=None`` (auto): bitsandbytes' kernel on CUDA when it is installed,
+    else the pure-torch codec (identical numbers)."""
+    bnbf = _bnb_functional() if use_bitsandbytes is not False and (use_bitsandbytes or packed.is_cuda) else None
+    if use_bitsandbytes and bnbf is None:
+        raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
+    if bnbf is not None:
+        state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32),
+                                shape=torch.Size(shape), code=quant_map.to(packed.device),
+                                blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=dtype)
+        return bnbf.dequantize_4bit(packed, state, quant_type="nf4")
     return dequantize_nf4_reference(packed, absmax, quant_map, shape, dtype)
 
 

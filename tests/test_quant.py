@@ -99,3 +99,12 @@ def test_nf4_chunked_decode_is_bit_exact_across_chunk_boundaries(monkeypatch):
     bnb_packed, state = bnb_functional.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
     ours = quant.dequantize_nf4_reference(packed, absmax, torch.tensor(NF4_CODE), (40, 256), torch.bfloat16)
     assert torch.equal(ours, bnb_functional.dequantize_4bit(bnb_packed, state))
+
+
+def test_bitsandbytes_branch_of_dequantize_nf4_matches_pure_torch():
+    """The branch used on CUDA, run through bitsandbytes' CPU backend: same call, same numbers."""
+    w = _weight(32, 128).to(torch.bfloat16)
+    packed, absmax = quantize_nf4(w)
+    code = torch.tensor(NF4_CODE)
+    via_bnb = dequantize_nf4(packed, absmax, code, (32, 128), torch.bfloat16, use_bitsandbytes=True)
+    assert torch.equal(via_bnb, dequantize_nf4(packed, absmax, code, (32, 128), torch.bfloat16, use_bitsandbytes=False))
