@@ -27,8 +27,9 @@ def inverse_frequencies(head_dim: int, theta: float, weight_dtype: torch.dtype, 
     for the angles.  At image positions ≥ 65536 that rounding moves angles by whole radians, so
     it is part of the reference numerics and reproduced here.
     """
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-    return inv.to(weight_dtype).to(torch.float32)
+    # Built on the CPU like the reference's buffer (then moved), so the device's pow cannot differ by an ulp.
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    return inv.to(weight_dtype).to(device=device, dtype=torch.float32)
 
 
 def mrope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float,
