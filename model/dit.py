@@ -134,16 +134,23 @@ def text_position_ids(text_lengths: Sequence[int], max_len: int, device=None) ->
 
 
 class Ideogram4DiT(nn.Module):
-    """Ideogram 4 flow-matching transformer (conditional or unconditional weights; same class)."""
+    """Ideogram 4 flow-matching transformer (conditional or unconditional weights; same class).
 
-    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps) -> None:
+    ``image_only=True`` builds the model without ``llm_cond_norm``/``llm_cond_proj`` (245M parameters,
+    ≈0.49 GB in bf16): the unconditional model only ever runs the image-only pass, where those layers
+    cannot influence the output (spec §2.9.6).
+    """
+
+    def __init__(self, cfg: DiTConfig, *, dtype=None, device=None, operations=TorchOps, image_only: bool = False) -> None:
         super().__init__()
         self.config = cfg
+        self.image_only = image_only
         kw = dict(dtype=dtype, device=device)
         e = cfg.emb_dim
         self.input_proj = operations.Linear(cfg.in_channels, e, bias=True, **kw)
-        self.llm_cond_norm = operations.RMSNorm(cfg.llm_features_dim, eps=cfg.llm_norm_eps, elementwise_affine=True, **kw)
-        self.llm_cond_proj = operations.Linear(cfg.llm_features_dim, e, bias=True, **kw)
+        if not image_only:
+            self.llm_cond_norm = operations.RMSNorm(cfg.llm_features_dim, eps=cfg.llm_norm_eps, elementwise_affine=True, **kw)
+            self.llm_cond_proj = operations.Linear(cfg.llm_features_dim, e, bias=True, **kw)
         self.t_embedding = TimestepEmbedding(e, operations=operations, **kw)
         self.adaln_proj = operations.Linear(e, cfg.adaln_dim, bias=True, **kw)
         self.embed_image_indicator = operations.Embedding(2, e, **kw)
@@ -199,6 +206,9 @@ class Ideogram4DiT(nn.Module):
             position_ids = img_pos
             n_txt = 0
         else:
+            if self.image_only:
+                raise ValueError("this DiT was loaded image_only (as the unconditional model) and has no text "
+                                 "projection; pass text_features=None or load it with image_only=False")
             if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
                 raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
             n_txt = text_features.shape[1]

@@ -201,7 +201,8 @@ def load_pipeline(models: str | os.PathLike | Mapping[str, Any] | None = None, *
                                     "text_encoder": text_encoder, "vae": vae})
     device = torch.device(device)
     cond = load_transformer(src["transformer"], device=device, dtype=dtype, component="transformer")
-    uncond = load_transformer(src["unconditional"], device=device, dtype=dtype, component="unconditional_transformer")
+    uncond = load_transformer(src["unconditional"], device=device, dtype=dtype, component="unconditional_transformer",
+                              image_only=True)
     te_kwargs: dict[str, Any] = {"device": device, "dtype": text_encoder_dtype or dtype}
     if tokenizer is not None:
         te_kwargs["tokenizer"] = tokenizer

@@ -205,13 +205,14 @@ def resolve_dtype(choice: str, load_device) -> torch.dtype:
     return torch.float32
 
 
-def load_model_patcher(source: str | Path, *, component: str = "transformer",
-                       weight_dtype: str = "auto") -> comfy.model_patcher.ModelPatcher:
+def load_model_patcher(source: str | Path, *, component: str = "transformer", weight_dtype: str = "auto",
+                       image_only: bool = False) -> comfy.model_patcher.ModelPatcher:
     """Load one DiT (any supported format) and wrap it for ComfyUI model management."""
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     dtype = resolve_dtype(weight_dtype, load_device)
-    dit = load_transformer(source, device=offload_device, dtype=dtype, component=component, operations=ComfyOps)
+    dit = load_transformer(source, device=offload_device, dtype=dtype, component=component, operations=ComfyOps,
+                           image_only=image_only)
     config = Ideogram4NativeConfig(dict(Ideogram4NativeConfig.unet_config))
     config.set_inference_dtype(dtype, None)
     model = Ideogram4NativeModel(config, dit, device=offload_device)

@@ -90,7 +90,8 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         except ValueError as exc:
             raise ValueError(f"conditional model: {exc}") from exc
         try:
-            uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype)
+            uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype,
+                                        image_only=True)
         except ValueError as exc:
             raise ValueError(f"unconditional model: {exc}") from exc
         lines = []

@@ -115,3 +115,12 @@ def test_bf16_sample_reproduces_reference_bit_for_bit(tiny_files, tiny_cfg):
     feats, _ = _inputs(12, [9], 1, tiny_cfg.llm_features_dim)
     z = sample(cond, uncond, feats, height=256, width=384, preset="V4_TURBO_12", seed=1234)
     assert _rel_err(z, GOLDEN["bf16.sample.V4_TURBO_12"]) <= TOL["bf16"]
+
+
+def test_image_only_unconditional_model_matches_reference(models, tiny_cfg, tiny_files):
+    """Loading the unconditional model without its (unused) text projection changes nothing."""
+    name = models[0]
+    uncond = load_transformer(tiny_files["fp32"]["uncond"], dtype=DTYPES[name], image_only=True)
+    feats, x = _inputs(10, [7], 15, tiny_cfg.llm_features_dim)
+    out = uncond(x, torch.tensor([0.8989259]), None, grid_hw=(3, 5))
+    assert _rel_err(out, GOLDEN[f"{name}.uncond"]) <= TOL[name]

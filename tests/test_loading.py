@@ -221,3 +221,22 @@ def test_nf4_packed_size_must_match_quant_state(tmp_path, tiny_weights):
     sd["final_layer.linear.weight"] = sd["final_layer.linear.weight"][:-32].contiguous()
     msg = _err(write_file(sd, tmp_path / "short.safetensors", "nf4"))
     assert "final_layer.linear: packed nf4 size" in msg
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "nf4"])
+def test_image_only_load_skips_the_text_projection(fmt, tiny_files, tiny_cfg):
+    full = load_transformer(tiny_files[fmt]["uncond"])
+    lean = load_transformer(tiny_files[fmt]["uncond"], component="unconditional_transformer", image_only=True)
+
+    def nbytes(m):
+        return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+
+    assert not hasattr(lean, "llm_cond_proj") and not hasattr(lean, "llm_cond_norm")
+    saved = nbytes(full) - nbytes(lean)
+    expected = sum(t.numel() * t.element_size() for n, t in list(full.named_parameters()) + list(full.named_buffers())
+                   if n.startswith(("llm_cond_norm.", "llm_cond_proj.")))
+    assert saved == expected > 0
+    x, t = torch.randn(1, 15, 128), torch.tensor([0.3])
+    assert torch.equal(full(x, t, None, grid_hw=(3, 5)), lean(x, t, None, grid_hw=(3, 5)))
+    with pytest.raises(ValueError, match="loaded image_only"):
+        lean(x, t, torch.randn(1, 4, tiny_cfg.llm_features_dim), grid_hw=(3, 5))
