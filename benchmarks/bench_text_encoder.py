@@ -5,7 +5,7 @@ Writes a ~1.4 GB bf16 Qwen3-VL checkpoint in the stock Hugging Face layout (``mo
 same weights in the official fp8 weight-only layout, then — each in a fresh process — loads them
 with ``load_text_encoder`` and reports:
 
-* peak RSS (``getrusage`` ru_maxrss) above the pre-load baseline, against the file size and the
+* peak RSS (``VmHWM``) above the pre-load baseline, against the file size and the
   bytes actually materialised (LM tensors only), plus anonymous vs file-backed RSS after loading
   and after encoding (safetensors hands out tensors backed by its file mapping, so a weight's pages
   only become resident once it is used);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,9 @@ def _rss_breakdown() -> dict[str, int]:
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """Peak RSS of this process (VmHWM: unlike ru_maxrss it is not inherited across execve)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
 
 
 def _configs(args) -> tuple[dict, dict]:
