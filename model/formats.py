@@ -108,12 +108,7 @@ def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[st
         for need in ("weight.absmax", "weight.quant_map"):
             if need not in tails:
                 raise ValueError(f"{label}: nf4 layer {mod} lacks its {need} tensor")
-        for key in sources[tails["weight.quant_state.bitsandbytes__nf4"]]:
-            state = parse_nf4_quant_state(reader.get(key))
-            if state.get("quant_type") != "nf4" or int(state.get("blocksize", 0)) != NF4_BLOCKSIZE:
-                raise ValueError(f"{label}: {mod} is bitsandbytes {state.get('quant_type')} with blocksize "
-                                 f"{state.get('blocksize')}; only nf4 with blocksize {NF4_BLOCKSIZE} is supported")
-        return "nf4"
+        return "nf4"  # its quant_state is parsed and checked once, in _nf4_logical_shape
     if wdtype == FP8_DTYPE:
         if "weight_scale" not in tails:
             raise ValueError(f"{label}: {mod}.weight is float8 but has no weight_scale")
@@ -146,10 +141,17 @@ def _check_comfy_quant(reader: CheckpointReader, label: str, mod: str, tails: di
 
 def _nf4_logical_shape(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
                        sources: dict[str, list[str]]) -> tuple[int, int]:
-    """(out, in) from the quant_state JSON (summed over split q/k/v parts), checked against the packed size."""
+    """(out, in) from the quant_state JSON (summed over split q/k/v parts), checked against the packed size.
+
+    Also the one place the state itself is validated: nf4 with blocksize 64 only.
+    """
     shapes = []
     for state_key, weight_key in zip(sources[tails["weight.quant_state.bitsandbytes__nf4"]], sources[tails["weight"]]):
-        shape = tuple(int(v) for v in parse_nf4_quant_state(reader.get(state_key))["shape"])
+        state = parse_nf4_quant_state(reader.get(state_key))
+        if state.get("quant_type") != "nf4" or int(state.get("blocksize", 0)) != NF4_BLOCKSIZE:
+            raise ValueError(f"{label}: {mod} is bitsandbytes {state.get('quant_type')} with blocksize "
+                             f"{state.get('blocksize')}; only nf4 with blocksize {NF4_BLOCKSIZE} is supported")
+        shape = tuple(int(v) for v in state["shape"])
         packed = reader.shape(weight_key)
         if len(shape) != 2 or int(torch.Size(packed).numel()) * 2 != shape[0] * shape[1]:
             raise ValueError(f"{label}: {mod}: packed nf4 size {list(packed)} does not match its shape {list(shape)}")

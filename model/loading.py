@@ -23,8 +23,6 @@ from .quant import FP8_DTYPE, NF4_CODE
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("transformer", "unconditional_transformer")
-
-
 TEXT_PROJECTION_MODULES = ("llm_cond_norm", "llm_cond_proj")
 
 

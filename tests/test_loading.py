@@ -240,3 +240,12 @@ def test_image_only_load_skips_the_text_projection(fmt, tiny_files, tiny_cfg):
     assert torch.equal(full(x, t, None, grid_hw=(3, 5)), lean(x, t, None, grid_hw=(3, 5)))
     with pytest.raises(ValueError, match="loaded image_only"):
         lean(x, t, torch.randn(1, 4, tiny_cfg.llm_features_dim), grid_hw=(3, 5))
+
+
+def test_nf4_state_with_other_blocksize_is_rejected(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "nf4"))
+    key = "layers.0.attention.o.weight.quant_state.bitsandbytes__nf4"
+    state = json.loads(bytes(sd[key].tolist()).decode())
+    sd[key] = torch.tensor(list(json.dumps({**state, "blocksize": 128}).encode()), dtype=torch.uint8)
+    msg = _err(write_file(sd, tmp_path / "bs128.safetensors", "nf4"))
+    assert "layers.0.attention.o is bitsandbytes nf4 with blocksize 128" in msg
