@@ -15,6 +15,7 @@ everywhere else the pure-torch codec below runs, so CPU users and CI can run eve
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Optional
 
@@ -122,6 +123,7 @@ def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_m
     return out.view(shape)
 
 
+@functools.cache
 def _bnb_functional():
     try:
         import bitsandbytes.functional as bnbf  # noqa: WPS433 (optional dependency)
@@ -134,7 +136,8 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.
                    shape: tuple[int, int], dtype: torch.dtype, *, use_bitsandbytes: Optional[bool] = None) -> torch.Tensor:
     """NF4 decode. ``use_bitsandbytes=None`` (auto): bitsandbytes' kernel on CUDA when it is installed,
     else the pure-torch codec (identical numbers)."""
-    bnbf = _bnb_functional() if use_bitsandbytes is not False and (use_bitsandbytes or packed.is_cuda) else None
+    wanted = packed.is_cuda if use_bitsandbytes is None else use_bitsandbytes
+    bnbf = _bnb_functional() if wanted else None
     if use_bitsandbytes and bnbf is None:
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
     if bnbf is not None:
