@@ -38,6 +38,8 @@ else:
     from sampling import resolve_settings, sample, token_grid
     from sampling.presets import SamplerSettings
 
+from .caption import CaptionError, check_caption
+from .safety import check_batch
 from .vae import Flux2VAEDecoder, load_vae, to_pil
 
 log = logging.getLogger(__name__)
@@ -49,36 +51,28 @@ COMPONENT_KEYS = ("transformer", "unconditional", "text_encoder", "vae")
 def prepare_caption(caption: str, *, canonicalize: bool = True, validate: bool = True) -> str:
     """Validate a caption with ``model.caption.check_caption`` and return the text the encoder sees.
 
-    Raises ``ValueError`` (``model.caption.CaptionError`` when available) with every error of the report.
-    Without ``model.caption`` (or with ``validate=False``) the caption is returned unchanged.
+    Raises ``CaptionError`` (a ``ValueError``) with every error of the report.  With ``validate=False``
+    the caption is returned unchanged.
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a string, got {type(caption).__name__}")
     if not validate:
         return caption
-    try:
-        from . import caption as caption_module
-    except ImportError:  # pragma: no cover - the caption module is part of the pack
-        return caption
-    report = caption_module.check_caption(caption)
+    report = check_caption(caption)
     if report.errors:
-        error_cls = getattr(caption_module, "CaptionError", None)
-        if error_cls is not None:
-            raise error_cls(report)
-        raise ValueError("Ideogram 4 caption: " + "; ".join(report.errors))
-    for fix in getattr(report, "fixes", []):
+        raise CaptionError(report)
+    for fix in report.fixes:
         log.info("caption: %s", fix)
     return report.canonical if canonicalize and report.canonical is not None else caption
 
 
 @contextmanager
-def _timed(timings: Optional[dict], name: str):
+def _timed(timings: dict, name: str):
     start = time.perf_counter()
     try:
         yield
     finally:
-        if timings is not None:
-            timings[name] = time.perf_counter() - start
+        timings[name] = time.perf_counter() - start
 
 
 @dataclass
@@ -136,11 +130,7 @@ class Ideogram4Pipeline:
 
 
 def _safety_reports(pixels: torch.Tensor) -> list:
-    try:
-        from .safety import placeholder_score
-    except ImportError:  # pragma: no cover
-        return []
-    reports = [placeholder_score(p.numpy()) for p in pixels]
+    reports = check_batch(pixels)
     for i, r in enumerate(reports):
         if r.blocked:
             log.warning("image %d: %s", i, r.message)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 THRESHOLD = 0.5
 MAX_SIDE = 256
@@ -68,8 +69,9 @@ def _to_array(image: Any) -> np.ndarray:
             scale = MAX_SIDE / max(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BOX)
         return np.asarray(img, dtype=np.float32) / 255.0
-    if hasattr(image, "detach"):  # torch tensor, e.g. one ComfyUI IMAGE (H, W, C) float in [0, 1]
-        image = image.detach().float().cpu().numpy()
+    if hasattr(image, "detach"):  # torch tensor: uint8 pixels, or one ComfyUI IMAGE (H, W, C) float in [0, 1]
+        t = image.detach().cpu()
+        image = (t if t.dtype == torch.uint8 else t.float()).numpy()
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)

@@ -39,7 +39,7 @@ def safety_warnings(images_u8) -> list[str]:
     """UI lines (and a log warning) for decoded images that look like the grey safety placeholder."""
     from ..model import safety
 
-    reports = [safety.placeholder_score(images_u8[i].numpy()) for i in range(images_u8.shape[0])]
+    reports = safety.check_batch(images_u8)
     blocked = [i for i, r in enumerate(reports) if r.blocked]
     if not blocked:
         return []

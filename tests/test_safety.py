@@ -113,3 +113,9 @@ def test_plain_grey_without_text_is_reported_but_not_flagged():
 def test_bad_input_shape():
     with pytest.raises(ValueError):
         placeholder_score(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_uint8_tensor_is_scaled_like_its_numpy_array():
+    """A (H, W, 3) uint8 torch tensor (the pipeline's decoded pixels) scores like the same numpy array."""
+    arr = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    assert placeholder_score(torch.from_numpy(arr)).features == placeholder_score(arr).features

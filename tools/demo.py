@@ -42,13 +42,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def build_tiny_models(root: Path, seed: int = 0) -> Path:
     """Write tiny random Ideogram 4 parts in the official HF layout under ``root``; returns the folder."""
     from tools.make_test_checkpoints import random_state_dict, tiny_config, write_hf_folder
+    from tools.make_test_text_encoder import tiny_text_config, write_layout
     from tools.make_test_vae import write_vae
 
     root = Path(root)
-    try:
-        from tools.make_test_text_encoder import tiny_text_config, write_layout
-    except ImportError as exc:  # pragma: no cover - the text-encoder tool ships with the pack
-        raise RuntimeError(f"tools.make_test_text_encoder is needed for the tiny demo: {exc}") from None
     text = tiny_text_config(num_layers=TINY_TE_LAYERS)
     te_width = int(text["hidden_size"])
     folder = write_layout("official_bf16", root, text=text, seed=seed)  # text_encoder/ + tokenizer/
