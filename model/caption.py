@@ -255,10 +255,18 @@ def _walk(value: Any):
 # --------------------------------------------------------------------------- #
 
 
+def element_order(element: dict) -> tuple[str, ...] | None:
+    """Canonical key order for an element of a known ``type`` (None for a missing or invalid type)."""
+    kind = element.get("type")
+    return ELEMENT_ORDER.get(kind) if isinstance(kind, str) else None
+
+
 class _Normaliser:
-    def __init__(self, report: CaptionReport, dialect: str) -> None:
+    def __init__(self, report: CaptionReport, dialect: str, drop_bboxes: bool = False) -> None:
         self.report = report
         self.dialect = dialect
+        self.drop_bboxes = drop_bboxes
+        self.dropped_bboxes = 0
         #: Errors found while normalising, and the paths they fully explain
         #: (schema errors at or below those paths are redundant).
         self.errors: list[tuple[tuple, str]] = []
@@ -312,9 +320,11 @@ class _Normaliser:
         return comp
 
     def element(self, element: dict, parts: tuple) -> dict:
+        if self.drop_bboxes and "bbox" in element:
+            element = {k: v for k, v in element.items() if k != "bbox"}
+            self.dropped_bboxes += 1
         element = self.british_palette(element, parts)
-        kind = element.get("type")
-        order = ELEMENT_ORDER.get(kind) if isinstance(kind, str) else None
+        order = element_order(element)
         if order and _known_order_differs(element, order):
             was = ", ".join(k for k in element if k in order)
             self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in element)} (was {was})")
@@ -541,11 +551,13 @@ def _sorted_unique(items: list[tuple[tuple, str]]) -> list[str]:
 # --------------------------------------------------------------------------- #
 
 
-def check_caption(text: Any, *, dialect: str = "auto") -> CaptionReport:
+def check_caption(text: Any, *, dialect: str = "auto", drop_bboxes: bool = False) -> CaptionReport:
     """Validate and canonicalise caption text. Never raises for any ``text``.
 
     ``dialect``: ``"auto"`` (accept both), ``"documented"`` (``aspect_ratio`` is
     an error) or ``"magic_prompt"`` (``aspect_ratio`` is expected and dropped).
+    ``drop_bboxes``: remove every element's ``bbox`` (reported as a fix), for
+    layout-free Magic Prompt output.
     """
     if dialect not in DIALECTS:
         raise ValueError(f"dialect {dialect!r} is not one of {', '.join(DIALECTS)}")
@@ -554,7 +566,7 @@ def check_caption(text: Any, *, dialect: str = "auto") -> CaptionReport:
         report.errors.append(f"$: expected caption text (a string), got {type(text).__name__}")
         return report
     try:
-        _check_text(text, dialect, report)
+        _check_text(text, dialect, report, drop_bboxes)
     except RecursionError:  # pathological nesting inside a known field
         report.errors.append("$: caption is nested too deeply")
     if report.errors:
@@ -562,7 +574,7 @@ def check_caption(text: Any, *, dialect: str = "auto") -> CaptionReport:
     return report
 
 
-def _check_text(text: str, dialect: str, report: CaptionReport) -> None:
+def _check_text(text: str, dialect: str, report: CaptionReport, drop_bboxes: bool = False) -> None:
     raw = text
     if raw.startswith("\ufeff"):
         raw = raw[1:]
@@ -588,8 +600,11 @@ def _check_text(text: str, dialect: str, report: CaptionReport) -> None:
         as_is = None
 
     report.warnings.extend(_duplicate_warnings(data, parsed))
-    normaliser = _Normaliser(report, dialect)
+    normaliser = _Normaliser(report, dialect, drop_bboxes)
     data = normaliser.caption(data)
+    if normaliser.dropped_bboxes:
+        report.fixes.append(f"$.compositional_deconstruction.elements: removed {normaliser.dropped_bboxes} "
+                            "bbox(es) (keep_bboxes is off)")
 
     problems = list(normaliser.errors)
     for error in VALIDATOR.iter_errors(data):

@@ -13,6 +13,7 @@ from .caption import (
     reordered,
     show_value,
     check_caption,
+    element_order,
 )
 from .caption_schema import (
     COMPOSITION_ORDER,
@@ -37,7 +38,7 @@ def canonical_order(caption: dict) -> dict:
         comp = reordered(comp, COMPOSITION_ORDER)
         if isinstance(comp.get("elements"), list):
             comp["elements"] = [
-                reordered(e, ELEMENT_ORDER.get(e.get("type"), ELEMENT_ORDER["text"]))
+                reordered(e, element_order(e) or ELEMENT_ORDER["text"])
                 if isinstance(e, dict) else e
                 for e in comp["elements"]
             ]
@@ -181,7 +182,7 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
     elements = list(layout_elements) + list(extra_elements or [])
     caption = build_caption(high_level_description, style, background, elements, palette)
     try:
-        text = json.dumps(caption, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = canonical_json(caption)
     except (TypeError, ValueError) as exc:
         report = CaptionReport(errors=errors + [f"$: cannot serialise caption: {exc}"])
         return report

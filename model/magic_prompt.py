@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .caption import CaptionError, CaptionReport, check_caption, strip_code_fences
+from .caption import CaptionError, CaptionReport, check_caption
 
 PROVIDERS = ("none", "ideogram", "openai_compatible")
 IDEOGRAM_URL = "https://api.ideogram.ai/v1/ideogram-v4/magic-prompt"
@@ -322,32 +322,9 @@ def _ideogram(endpoint: Endpoint, key: ApiKey, prompt: str, width: int, height: 
 # --------------------------------------------------------------------------- #
 
 
-def drop_bboxes(text: str) -> tuple[str, int]:
-    """Remove every element's ``bbox`` from caption text (unparseable text is returned as is)."""
-    body, _ = strip_code_fences(text)
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return text, 0
-    elements = data.get("compositional_deconstruction", {}) if isinstance(data, dict) else {}
-    elements = elements.get("elements") if isinstance(elements, dict) else None
-    if not isinstance(elements, list):
-        return text, 0
-    count = sum(1 for e in elements if isinstance(e, dict) and e.pop("bbox", None) is not None)
-    if not count:
-        return text, 0
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")), count
-
-
 def finish_reply(reply: str, *, keep_bboxes: bool = True) -> CaptionReport:
     """Validate a provider's reply (fences stripped, ``aspect_ratio`` dropped, bboxes kept or removed)."""
-    dropped = 0
-    if not keep_bboxes:
-        reply, dropped = drop_bboxes(reply)
-    report = check_caption(reply, dialect="magic_prompt")
-    if dropped:
-        report.fixes.append(f"$.compositional_deconstruction.elements: removed {dropped} bbox(es) (keep_bboxes is off)")
-    return report
+    return check_caption(reply, dialect="magic_prompt", drop_bboxes=not keep_bboxes)
 
 
 def _note_aspect_ratio(report: CaptionReport, width: int, height: int) -> None:

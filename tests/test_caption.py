@@ -621,3 +621,11 @@ def test_golden_agreement(case):
             if listed:
                 for key in ast.literal_eval(listed.group(1)):
                     assert any(f"'{key}'" in m or _under(m, f"{path}.{key}") for m in ours), (key, ours)
+
+
+def test_builder_reports_a_non_string_element_type_instead_of_crashing():
+    report = builders.compose_caption(high_level_description="", style_mode="none", aesthetics="", lighting="",
+                                      medium="", style_value="", color_palette="", background="bg",
+                                      layout='[{"type": [], "desc": "a"}]')
+    assert report.canonical is None
+    assert any("elements[0].type" in e and "got []" in e for e in report.errors), report.errors

@@ -394,3 +394,15 @@ def test_keys_file_is_git_ignored():
     gitignore = Path(__file__).resolve().parent.parent / ".gitignore"
     assert "/magic_prompt_keys.json" in gitignore.read_text().splitlines()
     assert mp.KEYS_FILE == Path(__file__).resolve().parent.parent / "magic_prompt_keys.json"
+
+
+def test_dropping_bboxes_uses_the_checkers_own_parsing():
+    """A byte-order mark, fences and escapes are handled the same with and without bbox dropping."""
+    caption = ('{"compositional_deconstruction":{"background":"caf\\u00e9","elements":'
+               '[{"type":"obj","bbox":[0,0,10,10],"desc":"a cup"}]}}')
+    reply = "\ufeff```json\n" + caption + "\n```"
+    kept, dropped = mp.finish_reply(reply, keep_bboxes=True), mp.finish_reply(reply, keep_bboxes=False)
+    assert not dropped.errors and '"bbox"' not in dropped.canonical and '"bbox"' in kept.canonical
+    assert dropped.fixes == kept.fixes + ["$.compositional_deconstruction.elements: removed 1 bbox(es) "
+                                          "(keep_bboxes is off)"]
+    assert dropped.formatting == kept.formatting
