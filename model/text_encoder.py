@@ -298,9 +298,21 @@ class Ideogram4TextEncoder(nn.Module):
             features = self(tokens.to(dev), mask.to(dev), positions.to(dev))
             return [features[b, length - len(ids):].to("cpu", copy=True) for b, ids in enumerate(batch_ids)]
 
-    def cache_key(self) -> tuple:
-        """Identity of this encoder for the encoding cache (files, tokenizer, taps, dtype, device)."""
-        return self.identity + (str(self.dtype), str(self.device), self.taps)
+    def cache_key(self, device: torch.device | str | None = None) -> tuple:
+        """Identity of this encoder for the encoding cache (files, tokenizer, taps, dtype and the device the
+        encoding runs on — ``device`` or, by default, where the weights are now)."""
+        return self.identity + (str(self.dtype), str(torch.device(device) if device is not None else self.device),
+                                self.taps)
+
+    def cached(self, caption: str, device: torch.device | str | None = None) -> Optional[EncodedText]:
+        """The cached encoding of one caption as computed on ``device`` (default: the weights' device), or None.
+
+        Lets a caller skip moving the encoder to an accelerator when the caption is already encoded.
+        """
+        feats = _CACHE.get((self.cache_key(device), caption))
+        if feats is None:
+            return None
+        return EncodedText(features=feats.to(torch.float32).unsqueeze(0), lengths=[int(feats.shape[0])])
 
     def encode(self, captions: Sequence[str] | str, *, device: torch.device | str | None = None,
                use_cache: bool = True) -> EncodedText:

@@ -20,8 +20,9 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..model.text_encoder import load_text_encoder
+from ..model.text_encoder_loading import has_tokenizer
 from . import memory_policy as mp
-from .comfy_model import ComfyOps, resolve_dtype
+from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_dtype
 
 log = logging.getLogger("ideogram4_native")
 
@@ -33,7 +34,7 @@ def comfy_bundled_tokenizer() -> Optional[Path]:
     import comfy.text_encoders
 
     folder = Path(comfy.text_encoders.__file__).resolve().parent / "qwen25_tokenizer"
-    return folder if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file() else None
+    return folder if has_tokenizer(folder) else None
 
 
 class TextEncoderHolder(torch.nn.Module):
@@ -86,20 +87,19 @@ def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
     n_tokens = len(ids[0])
     device = patcher.load_device
     t0 = time.perf_counter()
-    where = "cpu"
-    if not mm.is_device_cpu(device):
-        act = activation_bytes(encoder, n_tokens)
-        from .comfy_model import available_memory, memory_constants
-
-        plan = mp.plan_text_encoder(int(patcher.model_size()), available_memory(device), act,
-                                    memory_constants(device))
-        if plan == "device":
-            mm.load_models_gpu([patcher], memory_required=act, force_full_load=True)
-            where = str(device)
-        else:
-            mm.unload_model_and_clones(patcher)  # run where the weights live: system RAM
-            log.warning("Ideogram4: text encoder (%s) does not fit next to %s of activations; encoding on the CPU",
-                        mp.gib(patcher.model_size()), mp.gib(act))
+    act = activation_bytes(encoder, n_tokens)
+    on_device = not mm.is_device_cpu(device) and mp.plan_text_encoder(
+        int(patcher.model_size()), available_memory(device), act, memory_constants(device)) == "device"
+    where = str(device) if on_device else "cpu"
+    hit = encoder.cached(caption, device if on_device else "cpu")
+    if hit is not None:  # re-queued caption: no need to move 8B parameters onto the GPU
+        return hit.features, hit.lengths, f"{n_tokens} tokens (limit {encoder.max_text_tokens}), cached ({where})"
+    if on_device:
+        mm.load_models_gpu([patcher], memory_required=act, force_full_load=True)
+    elif not mm.is_device_cpu(device):
+        mm.unload_model_and_clones(patcher)  # run where the weights live: system RAM
+        log.warning("Ideogram4: text encoder (%s) does not fit next to %s of activations; encoding on the CPU",
+                    mp.gib(patcher.model_size()), mp.gib(act))
     encoded = encoder.encode([caption])
     info = (f"{n_tokens} tokens (limit {encoder.max_text_tokens}), encoded on {where} in "
             f"{time.perf_counter() - t0:.2f} s")

@@ -458,3 +458,14 @@ def test_encoded_text_contract(bf16):
     out = bf16.encode("a cat", device="cpu")
     assert isinstance(out, EncodedText) and out.features.shape == (1, out.lengths[0], 192)
     assert out.features.dtype == torch.float32 and out.attention_mask.all()
+
+
+def test_cached_lookup_by_target_device(layouts):
+    """``cached`` answers for the device the encoding would run on, so callers can skip loading the model."""
+    te.clear_cache()
+    enc = load_text_encoder(layouts["official_bf16"], taps=TAPS)
+    assert enc.cached(MORE[0]) is None
+    single = enc.encode([MORE[0]])
+    hit = enc.cached(MORE[0], "cpu")
+    assert hit is not None and hit.lengths == single.lengths and torch.equal(hit.features, single.features)
+    assert enc.cached(MORE[0], "meta") is None  # computed elsewhere: not the same numbers

@@ -412,7 +412,11 @@ def test_free_models_then_run_again(comfy_server, comfy_models):
 
 
 def test_text_encoder_cpu_option_and_ui_reports(comfy_server):
-    prompt = template(Ideogram4NativeTextEncoderLoader={"device": "cpu"}, Ideogram4NativeKSampler={"seed": 3})
+    # A caption no other test encodes, so the node really encodes it (a re-queued caption reports "cached").
+    caption = json.dumps({**json.loads(CAPTION), "high_level_description": "A caption only this test encodes."},
+                         separators=(",", ":"), ensure_ascii=False)
+    prompt = template(Ideogram4NativeTextEncoderLoader={"device": "cpu"}, Ideogram4NativeKSampler={"seed": 3},
+                      Ideogram4NativeTextEncode={"caption": caption})
     entry = comfy_server.run(prompt)
     assert_success(entry, comfy_server)
     out = entry["outputs"]
