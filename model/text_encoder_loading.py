@@ -318,10 +318,8 @@ def _check_shapes(model: nn.Module, fmt: TextEncoderFormat) -> None:
 
 # ----------------------------------------------------------------------------------- tokenizer
 
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-
-
-def _has_tokenizer(folder: Path) -> bool:
+def has_tokenizer(folder: Path) -> bool:
+    """A folder holding a Qwen tokenizer (``tokenizer.json`` or ``vocab.json``)."""
     return folder.is_dir() and ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file())
 
 
@@ -360,10 +358,10 @@ def resolve_tokenizer(tokenizer: Any, source: Path, files: list[Path], label: st
         folder = Path(tokenizer).expanduser()
         if folder.is_file():
             folder = folder.parent
-        if not _has_tokenizer(folder):
+        if not has_tokenizer(folder):
             raise ValueError(f"{folder}: no tokenizer there (expected tokenizer.json, or vocab.json + merges.txt)")
     else:
-        folder = next((c for c in _tokenizer_candidates(source, files) if _has_tokenizer(c)), None)
+        folder = next((c for c in _tokenizer_candidates(source, files) if has_tokenizer(c)), None)
         if folder is None:
             raise ValueError(f"{label}: no tokenizer found next to the text encoder; pass tokenizer=<folder with "
                              "tokenizer.json, or vocab.json + merges.txt> (e.g. the official repo's tokenizer/ folder, "

@@ -41,6 +41,7 @@ import comfy.supported_models_base
 from ..model import latents as lat
 from ..model.loading import load_transformer
 from ..model.quant import QuantizedLinear
+from ..sampling import sigma_from_time
 from . import memory_policy as mp
 
 log = logging.getLogger("ideogram4_native")
@@ -152,7 +153,7 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         b, _, gh, gw = x.shape
         time = kwargs.get("ideogram4_time", None)
         if time is None:
-            time = (1.0 - sigma.to(torch.float64)).to(torch.float32)  # t = 1 − σ
+            time = sigma_from_time(sigma)  # t = 1 − σ (the map is its own inverse)
         time = time.to(device=x.device, dtype=torch.float32).reshape(-1)
         if time.numel() != b:
             time = time[:1].expand(b)
@@ -295,8 +296,8 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
     device = cond.load_device
     act = max(activation_estimate(dit_of(cond), batch, n_img, n_txt, device),
               activation_estimate(dit_of(uncond), batch, n_img, 0, device))
-    models = [mp.ModelSize("conditional", int(cond.model_size()), int(cond.loaded_size())),
-              mp.ModelSize("unconditional", int(uncond.model_size()), int(uncond.loaded_size()))]
+    models = [mp.ModelSize("conditional", int(cond.model_size())),
+              mp.ModelSize("unconditional", int(uncond.model_size()))]
     return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
 
 

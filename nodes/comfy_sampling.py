@@ -39,7 +39,7 @@ import comfy.utils
 import latent_preview
 
 from ..model import latents as lat
-from ..sampling import draw_noise, sample, time_grid, token_grid
+from ..sampling import draw_noise, sample, sigma_from_time, time_grid, token_grid
 from .comfy_model import check_patches, dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
@@ -55,7 +55,7 @@ def make_sigmas(settings, width: int, height: int) -> torch.Tensor:
     """Reference σ list (descending, ends at 1 − t_max) with the exact times attached."""
     t = time_grid(settings.steps, settings.mu, settings.std, width, height)  # ascending in loop index
     times = t.flip(0).contiguous()  # sampling order: t_0 (≈ t_min) … t_N (= t_max)
-    sig = (1.0 - times.to(torch.float64)).to(torch.float32)
+    sig = sigma_from_time(times)
     setattr(sig, TIME_ATTR, times)
     return sig
 
@@ -101,6 +101,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self._sigmas: list[float] = []
         self._times: Optional[list[float]] = None
         self._g: Optional[torch.Tensor] = None
+        self._text: Optional[tuple] = None  # (device, batch, features on device, lengths tensor)
         self._last = None
 
     def set_positive(self, positive) -> None:
@@ -117,8 +118,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         for k, s in enumerate(self._sigmas[:-1]):
             self._sigma_index.setdefault(s, k)
         times = getattr(sigmas, TIME_ATTR, None)
-        if times is not None and times.shape[-1] == n + 1 and torch.equal(
-                (1.0 - times.to(torch.float64)).to(torch.float32).cpu(), sig):
+        if times is not None and times.shape[-1] == n + 1 and torch.equal(sigma_from_time(times).cpu(), sig):
             self._times = times.tolist()
         self._values = self.guidance.values(n)
 
@@ -168,11 +168,13 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         if self._g is None or self._g.device != x.device:
             self._g = torch.tensor(self._values, dtype=torch.float32, device=x.device)
         g = self._g[k]
-        feats, lengths = batch_text(self.features, self.lengths, b)
+        if self._text is None or self._text[:2] != (x.device, b):  # copy the text features once per run
+            feats, lengths = batch_text(self.features, self.lengths, b)
+            self._text = (x.device, b, feats.to(x.device), torch.tensor(lengths, dtype=torch.long))
+        _, _, feats, lengths = self._text
         t = torch.full((b,), t_val, dtype=torch.float32, device=x.device)
         opts = model_options.get("transformer_options", {})
-        v_pos = self.inner_model.apply_model(x, timestep, c_crossattn=feats.to(x.device),
-                                             text_lengths=torch.tensor(lengths, dtype=torch.long),
+        v_pos = self.inner_model.apply_model(x, timestep, c_crossattn=feats, text_lengths=lengths,
                                              transformer_options=opts, ideogram4_time=t, ideogram4_velocity=True)
         v_neg = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=opts, ideogram4_time=t,
                                                       ideogram4_velocity=True)

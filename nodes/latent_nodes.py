@@ -13,9 +13,10 @@ import logging
 
 from comfy_api.latest import io
 
-from ..sampling import check_resolution
+from ..sampling import token_grid
+from ..sampling.euler import LATENT_CHANNELS
 from .loader_nodes import Vae
-from .sampler_nodes import LATENT_SPACE_KEY, check_size
+from .sampler_nodes import LATENT_SPACE_KEY, check_size, validation_message
 
 log = logging.getLogger("ideogram4_native")
 
@@ -88,10 +89,7 @@ class Ideogram4NativeEmptyLatent(io.ComfyNode):
         if aspect_ratio is not None and aspect_ratio not in ASPECT_CHOICES:
             return f"aspect_ratio {aspect_ratio!r} is not one of {', '.join(ASPECT_CHOICES)}"
         if aspect_ratio == CUSTOM:
-            try:
-                check_size("Ideogram4 Empty Latent", width, height)
-            except ValueError as exc:
-                return str(exc)
+            return validation_message("Ideogram4 Empty Latent", width, height)
         return True
 
     @classmethod
@@ -102,8 +100,8 @@ class Ideogram4NativeEmptyLatent(io.ComfyNode):
 
         w, h = aspect_size(aspect_ratio, width, height)
         check_size("Ideogram4 Empty Latent", w, h)
-        check_resolution(w, h)
-        samples = torch.zeros(batch_size, 128, h // 16, w // 16, device=mm.intermediate_device())
+        gh, gw = token_grid(w, h)
+        samples = torch.zeros(batch_size, LATENT_CHANNELS, gh, gw, device=mm.intermediate_device())
         return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, w, h)
 
 

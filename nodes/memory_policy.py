@@ -60,7 +60,6 @@ class ModelSize:
 
     name: str
     total: int  # bytes of all weights/buffers (packed sizes for fp8 / nf4)
-    loaded: int = 0  # bytes of it already on the device
 
 
 @dataclass(frozen=True)

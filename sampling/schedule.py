@@ -33,7 +33,11 @@ def time_grid(steps: int, mu: float, std: float, width: int, height: int) -> tor
     return t.to(torch.float32)
 
 
+def sigma_from_time(x: torch.Tensor) -> torch.Tensor:
+    """σ = 1 − t formed in float64 and rounded to float32 (the same map gives t back from σ)."""
+    return (1.0 - x.to(torch.float64)).to(torch.float32)
+
+
 def sigmas(steps: int, mu: float, std: float, width: int, height: int) -> torch.Tensor:
     """ComfyUI SIGMAS in sampling order: σ_k = 1 − t_k, k = 0..N (descending, ends at 1 − t_max)."""
-    t = time_grid(steps, mu, std, width, height)
-    return (1.0 - t.to(torch.float64)).flip(0).to(torch.float32)
+    return sigma_from_time(time_grid(steps, mu, std, width, height).flip(0))

@@ -22,8 +22,8 @@ NVIDIA = ComfyMemoryConstants()
 OTHER_GPU = ComfyMemoryConstants(min_weight_ratio=0.4)
 
 
-def pair(sizes, loaded=(0, 0)):
-    return [ModelSize("conditional", sizes[0], loaded[0]), ModelSize("unconditional", sizes[1], loaded[1])]
+def pair(sizes):
+    return [ModelSize("conditional", sizes[0]), ModelSize("unconditional", sizes[1])]
 
 
 def act_1024(dequant=245_366_784 * 4):
@@ -141,8 +141,8 @@ def test_invariants_over_a_grid():
 
 
 def test_already_loaded_parts_count_as_available():
-    # available = free + evictable; a pair already resident plans as resident again
-    plan = plan_memory(pair(FP8, loaded=FP8), sum(FP8) + 4 * GiB, act_1024(), NVIDIA)
+    # available = free + evictable (the callers count a resident pair in it): it plans as resident again
+    plan = plan_memory(pair(FP8), sum(FP8) + 4 * GiB, act_1024(), NVIDIA)
     assert plan.mode == "resident"
 
 
