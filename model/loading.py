@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,21 +31,32 @@ def _is_text_projection(key: str) -> bool:
     return key.split(".", 1)[0] in TEXT_PROJECTION_MODULES
 
 
+def key_problems(want: Mapping[str, Sequence[int]], have: Mapping[str, Sequence[int]], extra: Sequence[str], *,
+                 noun: str = "keys", prefix: str = "", limits: tuple[int, int, int] = (8, 8, 5)) -> list[str]:
+    """Missing / unexpected / wrong-shape messages for a checkpoint against what a model needs.
+
+    ``extra`` is computed by the caller (each loader knows which extra tensors are legitimate);
+    ``prefix`` is prepended to names as the file spells them; ``limits`` caps each list.
+    """
+    missing = [k for k in want if k not in have]
+    wrong = [f"{prefix}{k}: expected {list(want[k])}, file has {list(have[k])}"
+             for k in want if k in have and tuple(have[k]) != tuple(want[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing {noun} ({len(missing)}): " + ", ".join(prefix + k for k in missing[:limits[0]]))
+    if extra:
+        problems.append(f"unexpected {noun} ({len(extra)}): " + ", ".join(prefix + k for k in extra[:limits[1]]))
+    if wrong:
+        problems.append(f"wrong shapes ({len(wrong)}): " + "; ".join(wrong[:limits[2]]))
+    return problems
+
+
 def _check_keys(fmt: CheckpointFormat, cfg: DiTConfig, label: str) -> None:
     want = expected_shapes(cfg)
-    have = fmt.logical_shapes
     quant_tails = ("weight_scale", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
                    "weight.quant_state.bitsandbytes__nf4")
     extra = [k for k in fmt.sources if k not in want and not any(k.endswith("." + t) for t in quant_tails)]
-    missing = [k for k in want if k not in have]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-    if extra:
-        problems.append(f"unexpected keys ({len(extra)}): {', '.join(extra[:8])}")
-    wrong = [f"{k}: expected {list(want[k])}, file has {list(have[k])}" for k in want if k in have and tuple(have[k]) != want[k]]
-    if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}): " + "; ".join(wrong[:5]))
+    problems = key_problems(want, fmt.logical_shapes, extra)
     if problems:
         raise ValueError(f"{label}: not a loadable Ideogram 4 DiT checkpoint ({fmt.description}): " + " | ".join(problems))
 

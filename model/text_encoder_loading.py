@@ -34,7 +34,7 @@ import torch.nn as nn
 from .checkpoint import CheckpointReader, open_checkpoint, resolve_checkpoint_files
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
 from .formats import CheckpointFormat, classify_modules
-from .loading import assign_weights, swap_quantized_linears
+from .loading import assign_weights, key_problems, swap_quantized_linears
 from .ops import TorchOps
 
 log = logging.getLogger(__name__)
@@ -297,17 +297,8 @@ def _rotary_embedding(text_cfg, device: torch.device) -> nn.Module:
 def _check_shapes(model: nn.Module, fmt: TextEncoderFormat) -> None:
     want = {name: tuple(p.shape) for name, p in model.named_parameters()}
     have = fmt.checkpoint.logical_shapes
-    problems = []
-    missing = [k for k in want if k not in have]
-    if missing:
-        problems.append(f"missing tensors ({len(missing)}): " + ", ".join(fmt.prefix + k for k in missing[:6]))
-    extra = [k for k in have if k not in want]
-    if extra:
-        problems.append(f"unexpected tensors ({len(extra)}): " + ", ".join(fmt.prefix + k for k in extra[:6]))
-    wrong = [f"{fmt.prefix}{k}: expected {list(want[k])}, file has {list(have[k])}"
-             for k in want if k in have and tuple(have[k]) != want[k]]
-    if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}): " + "; ".join(wrong[:4]))
+    problems = key_problems(want, have, [k for k in have if k not in want], noun="tensors", prefix=fmt.prefix,
+                            limits=(6, 6, 4))
     if problems:
         raise ValueError(f"{fmt.label}: does not match its Qwen3-VL configuration ({fmt.description}): "
                          + " | ".join(problems))

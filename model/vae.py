@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointReader, open_checkpoint
 from .latents import denormalise, unpatchify
-from .loading import set_tensor
+from .loading import key_problems, set_tensor
 
 log = logging.getLogger(__name__)
 
@@ -519,16 +519,7 @@ def _logical_shapes(reader: CheckpointReader, fmt: VAEFormat) -> dict[str, tuple
 
 def _check_keys(model: nn.Module, shapes: dict[str, tuple[int, ...]], fmt: VAEFormat, label: str) -> None:
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in want if k not in shapes]
-    extra = [k for k in shapes if k not in want] + fmt.unknown
-    wrong = [f"{k}: expected {list(want[k])}, file has {list(shapes[k])}" for k in want if k in shapes and shapes[k] != want[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-    if extra:
-        problems.append(f"unexpected keys ({len(extra)}): {', '.join(extra[:8])}")
-    if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}): " + "; ".join(wrong[:5]))
+    problems = key_problems(want, shapes, [k for k in shapes if k not in want] + fmt.unknown)
     if problems:
         raise ValueError(f"{label}: not a loadable FLUX.2 VAE decoder ({fmt.description}): " + " | ".join(problems))
 
