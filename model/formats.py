@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -65,12 +65,18 @@ class CheckpointFormat:
         return f"{q}, {self.naming} key names"
 
 
-def _describe_other_family(keys: list[str]) -> str:
-    for marker, what in _OTHER_FAMILIES:
-        if any(marker in k for k in keys):
+def describe_other_family(keys: Sequence[str], families: Sequence[tuple] = _OTHER_FAMILIES, *,
+                          unknown: str = "an unknown model") -> Optional[str]:
+    """What a checkpoint looks like, from the first (markers, description) row whose marker (a substring, or
+    a tuple of alternatives) occurs in a key; ``unknown`` (with the first keys) when none does, or None
+    when ``unknown`` is None so the caller can try its own fallbacks first."""
+    for markers, what in families:
+        markers = (markers,) if isinstance(markers, str) else markers
+        if any(m in k for k in keys for m in markers):
             return what
-    sample = ", ".join(sorted(keys)[:4])
-    return f"an unknown model (first keys: {sample})"
+    if unknown is None:
+        return None
+    return f"{unknown} (first keys: {', '.join(sorted(keys)[:4])})"
 
 
 def _strip_prefix(keys: list[str]) -> str:
@@ -207,7 +213,7 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
     prefix = _strip_prefix(raw_keys)
     keys = [k[len(prefix):] for k in raw_keys]
     if "embed_image_indicator.weight" not in keys or not any(k.startswith("llm_cond_proj.") for k in keys):
-        raise ValueError(f"{label}: not an Ideogram 4 diffusion model — it looks like {_describe_other_family(keys)}")
+        raise ValueError(f"{label}: not an Ideogram 4 diffusion model — it looks like {describe_other_family(keys)}")
     nested = [k for k in keys if k.endswith(_NESTED_SUFFIXES)]
     if nested:
         raise ValueError(f"{label}: bitsandbytes nested statistics / fp4 ({nested[0]}) are not used by the official "

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointReader, open_checkpoint, resolve_checkpoint_files
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
-from .formats import CheckpointFormat, classify_modules
+from .formats import CheckpointFormat, classify_modules, describe_other_family
 from .loading import assign_weights, key_problems, swap_quantized_linears
 from .ops import TorchOps
 
@@ -114,10 +114,7 @@ class TextEncoderFormat:
 
 
 def _describe_other(keys: Sequence[str]) -> str:
-    for markers, what in _OTHER_FAMILIES:
-        if any(m in k for k in keys for m in markers):
-            return what
-    return f"an unknown model (first keys: {', '.join(sorted(keys)[:4])})"
+    return describe_other_family(keys, _OTHER_FAMILIES)
 
 
 def _skip_category(key: str) -> str:

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointReader, open_checkpoint
+from .formats import describe_other_family
 from .latents import denormalise, unpatchify
 from .loading import key_problems, set_tensor
 
@@ -429,12 +430,12 @@ class VAEFormat:
 
 
 def _describe_not_vae(keys: list[str]) -> str:
-    for marker, what in _NOT_A_VAE:
-        if any(marker in k for k in keys):
-            return what
+    known = describe_other_family(keys, _NOT_A_VAE, unknown=None)
+    if known is not None:
+        return known
     if any(k.startswith(("encoder.", "quant_conv.")) for k in keys):
         return "a VAE encoder without a decoder"
-    return "an unknown file (first keys: " + ", ".join(sorted(keys)[:4]) + ")"
+    return describe_other_family(keys, (), unknown="an unknown file")
 
 
 def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
