@@ -83,6 +83,11 @@ class CheckpointReader:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    @property
+    def files(self) -> list[Path]:
+        """The safetensors files read (one, or every shard)."""
+        return list(self._handles)
+
     def __contains__(self, key: str) -> bool:
         return key in self._where
 

@@ -21,12 +21,13 @@ caption does not run the model again.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -155,11 +156,17 @@ def configure_cache(max_entries: Optional[int] = None, max_bytes: Optional[int] 
 
 # ----------------------------------------------------------------------------------- encoder
 
-def _causal_mask(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-    """transformers' ``create_causal_mask`` (argument names differ between 4.57 and 5.x)."""
+@functools.cache
+def _causal_mask_api() -> tuple[Callable, frozenset]:
+    """transformers' ``create_causal_mask`` and its parameter names (looked up once)."""
     from transformers.masking_utils import create_causal_mask
 
-    params = inspect.signature(create_causal_mask).parameters
+    return create_causal_mask, frozenset(inspect.signature(create_causal_mask).parameters)
+
+
+def _causal_mask(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+    """transformers' ``create_causal_mask`` (argument names differ between 4.57 and 5.x)."""
+    create_causal_mask, params = _causal_mask_api()
     kwargs: dict[str, Any] = {"config": config, "attention_mask": attention_mask, "past_key_values": None,
                               "position_ids": position_ids}
     kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = inputs_embeds

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointReader, open_checkpoint, resolve_checkpoint_files
+from .checkpoint import CheckpointReader, open_checkpoint
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
 from .formats import CheckpointFormat, classify_modules, describe_other_family
 from .loading import assign_weights, key_problems, swap_quantized_linears
@@ -409,8 +409,8 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device)
     source = Path(source).expanduser()
-    files = resolve_checkpoint_files(source, COMPONENT)
     reader = open_checkpoint(source, COMPONENT)
+    files = reader.files
     label = reader.label
     cfg_json = _read_config_json(files, source, label)
     if cfg_json is not None:
@@ -440,7 +440,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     if leftover:  # pragma: no cover - would be a loader bug
         raise RuntimeError(f"{label}: tensors left unloaded: {leftover[:5]}")
 
-    file_identity = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    file_identity = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in (p.stat(),))
     identity = (file_identity, tok_identity, taps)
     skipped = ", ".join(f"{n} {what}" for what, n in sorted(fmt.skipped.items()))
     log.info("Loaded Ideogram 4 text encoder from %s (%s; %d of %d layers; skipped unread: %s)", label,
