@@ -298,11 +298,7 @@ class _Normaliser:
         style = self.british_palette(style, parts)
         has_photo, has_art = "photo" in style, "art_style" in style
         if has_photo != has_art:
-            order = STYLE_ORDER_PHOTO if has_photo else STYLE_ORDER_ART
-            if _known_order_differs(style, order):
-                was = ", ".join(k for k in style if k in order)
-                self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in style)} (was {was})")
-                style = reordered(style, order)
+            style = self.reorder(style, STYLE_ORDER_PHOTO if has_photo else STYLE_ORDER_ART, parts)
         if isinstance(style.get("color_palette"), list):
             self.palette(style["color_palette"], parts + ("color_palette",))
         return style
@@ -325,15 +321,21 @@ class _Normaliser:
             self.dropped_bboxes += 1
         element = self.british_palette(element, parts)
         order = element_order(element)
-        if order and _known_order_differs(element, order):
-            was = ", ".join(k for k in element if k in order)
-            self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in element)} (was {was})")
-            element = reordered(element, order)
+        if order:
+            element = self.reorder(element, order, parts)
         if isinstance(element.get("bbox"), list):
             self.bbox(element["bbox"], parts + ("bbox",))
         if isinstance(element.get("color_palette"), list):
             self.palette(element["color_palette"], parts + ("color_palette",))
         return element
+
+    def reorder(self, obj: dict, order: Sequence[str], parts: tuple) -> dict:
+        """``obj`` with its known keys in ``order``, reporting the change as a fix."""
+        if not _known_order_differs(obj, order):
+            return obj
+        was = ", ".join(k for k in obj if k in order)
+        self.fix(parts, f"keys reordered to {', '.join(k for k in order if k in obj)} (was {was})")
+        return reordered(obj, order)
 
     def british_palette(self, obj: dict, parts: tuple) -> dict:
         if "colour_palette" in obj and "color_palette" not in obj:

@@ -24,7 +24,6 @@ ELEMENT_TYPES = ("obj", "text")
 BBOX_MIN, BBOX_MAX = 0, 1000
 STYLE_PALETTE_MAX = 16
 ELEMENT_PALETTE_MAX = 5
-MEDIA = ("photograph", "illustration", "3d_render", "painting", "graphic_design")
 DIALECTS = ("auto", "documented", "magic_prompt")
 
 #: Inputs the reference verifier accepts but we reject, with the reason.

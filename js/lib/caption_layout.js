@@ -18,7 +18,6 @@ export const ELEMENT_TYPES = Object.freeze(["obj", "text"]);
 export const ELEMENT_KEY_ORDER = Object.freeze(["type", "bbox", "text", "desc", "color_palette"]);
 export const MAX_ELEMENT_COLORS = 5;
 export const MAX_GLOBAL_COLORS = 16;
-export const STYLE_MODES = Object.freeze(["photo", "art_style", "none"]);
 /** style_description key orders (spec §6.1 / §6.3 item 4). */
 export const STYLE_KEY_ORDER = Object.freeze({
   photo: Object.freeze(["aesthetics", "lighting", "photo", "medium", "color_palette"]),
