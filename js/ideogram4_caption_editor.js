@@ -32,7 +32,6 @@ import {
   BUILDER_FIELDS,
   MAX_ELEMENT_COLORS,
   buildCaption,
-  parseLayout,
   parsePaletteString,
   serializeCaption,
 } from "./lib/caption_layout.js";
@@ -330,19 +329,13 @@ class CaptionLayoutEditor {
   // -- widgets -------------------------------------------------------------
 
   hookWidgets() {
-    const self = this;
     for (const name of [LAYOUT_WIDGET, WIDTH_WIDGET, HEIGHT_WIDGET]) {
       const w = getWidget(this.node, name);
       if (!w) {
         console.warn(`[${EXTENSION_NAME}] ${NODE_ID} has no "${name}" widget`);
         continue;
       }
-      const orig = w.callback;
-      w.callback = function (...args) {
-        const r = orig?.apply(this, args);
-        self.syncFromWidgets(false);
-        return r;
-      };
+      chain(w, "callback", () => this.syncFromWidgets(false));
     }
   }
 
@@ -413,14 +406,7 @@ class CaptionLayoutEditor {
 
   onGraphDraw() {
     // Cheap polling: catches values set without callbacks (undo, API, other extensions).
-    const lw = this.layoutWidget;
-    if (lw && String(lw.value ?? "") !== this.lastLayoutText) this.syncFromWidgets(false);
-    else if (
-      sanitizeCanvasSize(getWidget(this.node, WIDTH_WIDGET)?.value) !== this.canvasW ||
-      sanitizeCanvasSize(getWidget(this.node, HEIGHT_WIDGET)?.value) !== this.canvasH
-    ) {
-      this.syncFromWidgets(false);
-    }
+    this.syncFromWidgets(false); // no-op unless the layout text or the canvas size changed
     // Graph zoom changes the on-screen size of the canvas (CSS transform): redraw at
     // the new resolution once the frontend has applied the transform.
     const zoom = app.canvas?.ds?.scale;
@@ -827,15 +813,14 @@ class CaptionLayoutEditor {
 
   /** Import pasted JSON: elements into the layout, caption fields into their widgets. */
   applyImport() {
-    const parsed = parseLayout(this.importText.value);
+    const parsed = this.model.load(this.importText.value);
     if (!parsed.ok) {
       this.importMsg.textContent = parsed.errors.join("; ");
       return;
     }
-    this.model.elements = parsed.elements;
     this.model.select(-1);
     this.fatal = null;
-    this.loadNotes = parsed.warnings;
+    this.loadNotes = [...parsed.errors.map((e) => `import: ${e}`), ...parsed.warnings];
     const filled = [];
     for (const name of BUILDER_FIELDS) {
       if (!(name in parsed.fields)) continue;
@@ -856,8 +841,6 @@ class CaptionLayoutEditor {
       `imported ${n} element${n === 1 ? "" : "s"}` +
       (filled.length ? `; filled ${filled.join(", ")}` : "") +
       (parsed.errors.length ? ` — ${parsed.errors.length} problem(s), see status` : "");
-    this.loadNotes = [...parsed.errors.map((e) => `import: ${e}`), ...parsed.warnings];
-    this.renderStatus();
   }
 
   /** Copy canonical JSON: "caption" (full caption from all fields) or "layout" (element list). */
