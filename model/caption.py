@@ -68,6 +68,13 @@ class CaptionReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def strict(self) -> "CaptionReport":
+        """Treat every fix as an error (only captions the reference verifier accepts as they are pass)."""
+        self.errors = self.errors + [f"strict: {m}" for m in self.fixes]
+        if self.errors:
+            self.canonical = self.data = None
+        return self
+
     def summary_lines(self) -> list[str]:
         """Human-readable lines for a node's UI (errors first)."""
         lines = [f"error: {m}" for m in self.errors]

@@ -158,8 +158,8 @@ class Ideogram4NativeCaptionFromJSON(io.ComfyNode):
     @classmethod
     def execute(cls, json_text: str, strict: bool) -> io.NodeOutput:
         report = cap.check_caption(json_text)
-        if strict and report.fixes:
-            report.errors = report.errors + [f"strict: {m}" for m in report.fixes]
+        if strict:
+            report.strict()
         if report.errors:
             raise cap.CaptionError(report, "Ideogram4 Caption From JSON")
         return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))

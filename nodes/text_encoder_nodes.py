@@ -106,8 +106,7 @@ def check_caption_text(caption: str, mode: str) -> tuple[str, list[str]]:
             raise cap.CaptionError(report, context + " (fix the caption, or set caption_check to warn/off)")
         return report.canonical, lines or ["caption OK (canonical)"]
     if mode == "strict":
-        if report.errors or report.fixes:
-            report.errors = report.errors + [f"strict: {m}" for m in report.fixes]
+        if report.strict().errors:
             raise cap.CaptionError(report, context + " (strict: the reference verifier would reject it)")
         return caption, lines or ["caption OK"]
     # warn: the reference's --warn-on-caption-issues

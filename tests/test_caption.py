@@ -629,3 +629,13 @@ def test_builder_reports_a_non_string_element_type_instead_of_crashing():
                                       layout='[{"type": [], "desc": "a"}]')
     assert report.canonical is None
     assert any("elements[0].type" in e and "got []" in e for e in report.errors), report.errors
+
+
+def test_strict_turns_fixes_into_errors():
+    report = check_caption('{"compositional_deconstruction":{"background":"b","elements":[{"type":"obj","desc":"d",'
+                           '"color_palette":["#ff0000"]}]}}')
+    assert report.fixes and not report.errors and report.canonical
+    report.strict()
+    assert report.errors == [f"strict: {m}" for m in report.fixes] and report.canonical is None
+    clean = check_caption('{"compositional_deconstruction":{"background":"b","elements":[]}}')
+    assert not clean.strict().errors and clean.canonical
