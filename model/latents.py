@@ -115,11 +115,18 @@ def tokens_to_comfy(z: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     return x.reshape(b, LATENT_CHANNELS, gh, gw).contiguous()
 
 
+def comfy_grid(latent: torch.Tensor, what: str = "latent", hint: str = "") -> tuple[int, int, int]:
+    """(B, gh, gw) of a (B, 128, gh, gw) ComfyUI/Flux2 latent; a ``ValueError`` naming ``what`` otherwise."""
+    if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
+        raise ValueError(f"{what} must be an Ideogram 4 / Flux2 latent (B, 128, H/16, W/16), got "
+                         f"{tuple(latent.shape)}" + (f"; {hint}" if hint else ""))
+    b, _, gh, gw = latent.shape
+    return int(b), int(gh), int(gw)
+
+
 def comfy_to_tokens(latent: torch.Tensor) -> torch.Tensor:
     """(B, 128, gh, gw) ComfyUI order → (B, gh·gw, 128) token order (the inverse of :func:`tokens_to_comfy`)."""
-    if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
-        raise ValueError(f"expected a ComfyUI Flux2 latent of shape (B, 128, gh, gw), got {tuple(latent.shape)}")
-    b, _, gh, gw = latent.shape
+    b, gh, gw = comfy_grid(latent)
     x = latent.reshape(b, VAE_CHANNELS, PATCH, PATCH, gh, gw)  # b c ph pw r q
     x = x.permute(0, 4, 5, 2, 3, 1)  # b r q ph pw c
     return x.reshape(b, gh * gw, LATENT_CHANNELS).contiguous()

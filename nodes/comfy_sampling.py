@@ -70,10 +70,7 @@ class Ideogram4Noise:
         self.device = device
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
-        samples = input_latent["samples"]
-        if samples.ndim != 4 or samples.shape[1] != lat.LATENT_CHANNELS:
-            raise ValueError(f"Ideogram4 Noise needs a (B, 128, H/16, W/16) latent, got {tuple(samples.shape)}")
-        b, _, gh, gw = samples.shape
+        b, gh, gw = lat.comfy_grid(input_latent["samples"], "Ideogram4 Noise's latent")
         device = self.device if self.device is not None else mm.get_torch_device()
         z = draw_noise(b, gh, gw, self.seed, device)
         return lat.tokens_to_comfy(z, gh, gw)

@@ -92,9 +92,7 @@ def plan_decode(decoder: Flux2VAEDecoder, batch: int, height: int, width: int, a
 def decode(patcher, latent: torch.Tensor, *, tile_mode: str = "auto") -> tuple[torch.Tensor, str]:
     """Model-space latent (B, 128, gh, gw) → (uint8 images (B, H, W, 3) on the CPU, info text)."""
     decoder = decoder_of(patcher)
-    if latent.ndim != 4 or latent.shape[1] != lat.LATENT_CHANNELS:
-        raise ValueError(f"expected an Ideogram 4 latent (B, 128, H/16, W/16), got {tuple(latent.shape)}")
-    b, _, gh, gw = latent.shape
+    b, gh, gw = lat.comfy_grid(latent, "the latent to decode")
     height, width = gh * 16, gw * 16
     mm.load_models_gpu([patcher], force_full_load=True)
     device = patcher.load_device

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..model import latents as lat
 from ..sampling import check_resolution
 from .sampler_settings import (DEFAULT_PRESET, MAX_STEPS, PRESET_CHOICES, GuidanceSpec, describe_settings,
                                settings_from_inputs)
@@ -79,12 +80,8 @@ def validation_message(node: str, width, height):
 
 
 def size_from_latent(latent: dict) -> tuple[int, int, int]:
-    samples = latent["samples"]
-    if samples.ndim != 4 or samples.shape[1] != 128:
-        raise ValueError(f"latent must be an Ideogram 4 / Flux2 latent (B, 128, H/16, W/16), got "
-                         f"{tuple(samples.shape)}; use Ideogram4 Empty Latent")
-    b, _, gh, gw = samples.shape
-    return int(b), int(gw * 16), int(gh * 16)
+    b, gh, gw = lat.comfy_grid(latent["samples"], hint="use Ideogram4 Empty Latent")
+    return b, gw * 16, gh * 16
 
 
 class Ideogram4NativeKSampler(io.ComfyNode):

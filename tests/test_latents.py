@@ -170,3 +170,10 @@ def test_bn_space_is_identity_when_bn_equals_reference_constants():
 def test_bn_buffer_shape_checked():
     with pytest.raises(ValueError, match="128"):
         L.ref_to_bn_space(torch.zeros(1, 128, 2, 2), torch.zeros(64), torch.ones(64))
+
+
+def test_comfy_grid_names_the_input_and_the_expected_shape():
+    assert L.comfy_grid(torch.zeros(2, 128, 3, 5)) == (2, 3, 5)
+    with pytest.raises(ValueError, match=r"^the latent to decode must be an Ideogram 4 / Flux2 latent "
+                                         r"\(B, 128, H/16, W/16\), got \(1, 16, 8, 8\); use X$"):
+        L.comfy_grid(torch.zeros(1, 16, 8, 8), "the latent to decode", hint="use X")
