@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..sampling import PRESETS, SamplerSettings, custom_settings
-from ..sampling.presets import parse_guidance_list
+from ..sampling.presets import MAX_STEPS, parse_guidance_list
 
 CUSTOM = "custom"
-PRESET_CHOICES = ("V4_QUALITY_48", "V4_DEFAULT_20", "V4_TURBO_12", CUSTOM)
+PRESET_CHOICES = (*PRESETS, CUSTOM)
 DEFAULT_PRESET = "V4_DEFAULT_20"
-MAX_STEPS = 1000
 
 
 def _schedule(text: Optional[str]) -> Optional[list[float]]:
@@ -27,6 +26,21 @@ def _schedule(text: Optional[str]) -> Optional[list[float]]:
     if not values:
         raise ValueError("guidance_schedule has no numbers")
     return values
+
+
+def _custom_guidance(steps: int, guidance: float, polish_steps: int, polish_guidance: float,
+                     schedule: Optional[tuple[float, ...]], steps_name: str) -> tuple[float, ...]:
+    """Per-step guidance (sampling order) of the ``custom`` widgets: a per-step list (one number = constant),
+    else ``guidance`` with the last ``polish_steps`` steps at ``polish_guidance``."""
+    if schedule is not None:
+        if len(schedule) == 1:
+            return (schedule[0],) * steps
+        if len(schedule) != steps:
+            raise ValueError(f"guidance_schedule has {len(schedule)} values but {steps_name}; give one value per "
+                             "step in sampling order (first step first), or a single number")
+        return tuple(schedule)
+    return custom_settings(steps, 0.0, 1.0, float(guidance), polish_steps=int(polish_steps),
+                           polish_guidance=float(polish_guidance)).guidance
 
 
 def settings_from_inputs(preset: str, *, steps: int, mu: float, std: float, guidance: float,
@@ -39,15 +53,9 @@ def settings_from_inputs(preset: str, *, steps: int, mu: float, std: float, guid
     if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps = {steps!r} is outside the allowed range 1–{MAX_STEPS}")
     values = _schedule(guidance_schedule)
-    if values is None:
-        return custom_settings(steps, float(mu), float(std), float(guidance), polish_steps=int(polish_steps),
-                               polish_guidance=float(polish_guidance))
-    if len(values) == 1:
-        return custom_settings(steps, float(mu), float(std), values[0])
-    if len(values) != steps:
-        raise ValueError(f"guidance_schedule has {len(values)} values but steps = {steps}; give one value per step "
-                         "in sampling order (first step first), or a single number")
-    return custom_settings(steps, float(mu), float(std), values)
+    guidance_per_step = _custom_guidance(steps, guidance, polish_steps, polish_guidance,
+                                         tuple(values) if values else None, f"steps = {steps}")
+    return custom_settings(steps, float(mu), float(std), guidance_per_step)
 
 
 @dataclass(frozen=True)
@@ -77,19 +85,10 @@ class GuidanceSpec:
                 raise ValueError(f"the guider uses preset {self.preset} ({p.steps} steps) but the SIGMAS have "
                                  f"{steps} steps; use the same preset in Ideogram4 Sigmas, or preset 'custom'")
             return p.guidance
-        if self.schedule is not None:
-            if len(self.schedule) == 1:
-                return (self.schedule[0],) * steps
-            if len(self.schedule) != steps:
-                raise ValueError(f"guidance_schedule has {len(self.schedule)} values but the SIGMAS have {steps} "
-                                 "steps; give one value per step (sampling order) or a single number")
-            return self.schedule
-        if self.polish_steps > steps:
-            raise ValueError(f"polish_steps = {self.polish_steps} is more than the {steps} steps of the SIGMAS")
-        return custom_settings(steps, 0.0, 1.0, self.guidance, polish_steps=self.polish_steps,
-                               polish_guidance=self.polish_guidance).guidance
+        return _custom_guidance(steps, self.guidance, self.polish_steps, self.polish_guidance, self.schedule,
+                                f"the SIGMAS have {steps} steps")
 
-    def describe(self, steps: Optional[int] = None) -> str:
+    def describe(self) -> str:
         if self.preset != CUSTOM:
             return f"preset {self.preset}"
         if self.schedule is not None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 
+MAX_STEPS = 1000
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int
@@ -20,8 +23,8 @@ class SamplerSettings:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1 or self.steps > 1000:
-            raise ValueError(f"steps = {self.steps!r} is outside the allowed range 1–1000")
+        if not isinstance(self.steps, int) or self.steps < 1 or self.steps > MAX_STEPS:
+            raise ValueError(f"steps = {self.steps!r} is outside the allowed range 1–{MAX_STEPS}")
         if len(self.guidance) != self.steps:
             raise ValueError(f"guidance schedule has {len(self.guidance)} values but steps = {self.steps}; "
                              "give one value per step (or a single constant)")
