@@ -55,13 +55,32 @@ def _is_linear_weight(key: str, sd: dict[str, torch.Tensor]) -> bool:
     return key.endswith(".weight") and sd[key].ndim == 2 and key != "embed_image_indicator.weight"
 
 
+def quantize_linear(key: str, weight: torch.Tensor, scheme: str) -> dict[str, torch.Tensor]:
+    """One Linear ``<module>.weight`` → the tensors a real file stores for it under ``scheme``
+    ("fp8_rowwise": official fp8; "fp8_tensorwise": ComfyUI fp8_scaled with ``comfy_quant``; "nf4":
+    bitsandbytes, quantised from bf16 like the official files)."""
+    module = key[: -len(".weight")]
+    if scheme == "fp8_rowwise":
+        q, scale = quantize_fp8_rowwise(weight)
+        return {key: q, module + ".weight_scale": scale}
+    if scheme == "fp8_tensorwise":
+        q, scale = quantize_fp8_tensorwise(weight)
+        return {key: q, module + ".weight_scale": scale,
+                module + ".comfy_quant": torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                      dtype=torch.uint8)}
+    if scheme == "nf4":
+        packed, absmax = quantize_nf4(weight.to(torch.bfloat16))
+        return {key: packed, key + ".absmax": absmax, key + ".quant_map": torch.tensor(NF4_CODE, dtype=torch.float32),
+                key + ".quant_state.bitsandbytes__nf4": nf4_quant_state_json(tuple(weight.shape), torch.bfloat16)}
+    raise ValueError(f"unknown quantisation scheme {scheme!r}")
+
+
 def convert(sd: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
     """Official float32 state dict → the tensors of a file in format ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        module = key[: -len(".weight")]
         if fmt == "fp32":
             out[key] = value.to(torch.float32)
         elif fmt == "bf16":
@@ -78,21 +97,9 @@ def convert(sd: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
                 out[key] = value.to(torch.bfloat16)
         elif not _is_linear_weight(key, sd):
             out[key] = value.to(torch.bfloat16)
-        elif fmt == "fp8":
-            q, scale = quantize_fp8_rowwise(value)
-            out[key], out[module + ".weight_scale"] = q, scale
-        elif fmt == "comfy_fp8_scaled":
-            q, scale = quantize_fp8_tensorwise(value)
-            out[key], out[module + ".weight_scale"] = q, scale
-            out[module + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
-                                                        dtype=torch.uint8)
-        elif fmt == "nf4":
-            # The official files are quantised from bf16 weights.
-            packed, absmax = quantize_nf4(value.to(torch.bfloat16))
-            out[key] = packed
-            out[key + ".absmax"] = absmax
-            out[key + ".quant_map"] = torch.tensor(NF4_CODE, dtype=torch.float32)
-            out[key + ".quant_state.bitsandbytes__nf4"] = nf4_quant_state_json(tuple(value.shape), torch.bfloat16)
+        else:
+            out.update(quantize_linear(key, value, {"fp8": "fp8_rowwise", "comfy_fp8_scaled": "fp8_tensorwise",
+                                                    "nf4": "nf4"}[fmt]))
     return out
 
 
@@ -114,7 +121,8 @@ def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, fmt: str, shar
         write_file(part, folder / name, fmt)
         weight_map.update({k: name for k in part})
     index = folder / f"{stem}.safetensors.index.json"
-    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}, indent=2))
+    total = sum(v.numel() * v.element_size() for v in tensors.values())
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return index
 
 

@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 
-from model.quant import NF4_CODE, nf4_quant_state_json, quantize_fp8_rowwise, quantize_fp8_tensorwise, quantize_nf4
+from tools.make_test_checkpoints import quantize_linear, write_file, write_sharded
 
 LAYOUTS = ("official_bf16", "official_fp8", "official_nf4", "qwen_hf", "comfy_fp8_scaled")
 
@@ -254,21 +253,7 @@ def quantize(tensors: dict[str, torch.Tensor], scheme: Optional[str]) -> dict[st
         if scheme is None or not _is_linear(key, value):
             out[key] = value
             continue
-        module = key[: -len(".weight")]
-        if scheme == "fp8_rowwise":
-            out[key], out[module + ".weight_scale"] = quantize_fp8_rowwise(value)
-        elif scheme == "comfy_fp8":
-            out[key], out[module + ".weight_scale"] = quantize_fp8_tensorwise(value)
-            out[module + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
-                                                        dtype=torch.uint8)
-        elif scheme == "nf4":
-            packed, absmax = quantize_nf4(value)
-            out[key] = packed
-            out[key + ".absmax"] = absmax
-            out[key + ".quant_map"] = torch.tensor(NF4_CODE, dtype=torch.float32)
-            out[key + ".quant_state.bitsandbytes__nf4"] = nf4_quant_state_json(tuple(value.shape), torch.bfloat16)
-        else:
-            raise ValueError(f"unknown scheme {scheme!r}")
+        out.update(quantize_linear(key, value, {"comfy_fp8": "fp8_tensorwise"}.get(scheme, scheme)))
     return out
 
 
@@ -279,23 +264,9 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def write_safetensors(tensors: dict[str, torch.Tensor], folder: Path, *, shards: int = 1,
                       stem: str = "model") -> Path:
     """``stem.safetensors`` or ``stem-0000i-of-0000n.safetensors`` + index; returns the entry file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
     if shards == 1:
-        path = folder / f"{stem}.safetensors"
-        save_file(tensors, str(path), metadata={"format": "pt"})
-        return path
-    keys = sorted(tensors)
-    weight_map, per = {}, -(-len(keys) // shards)
-    for i in range(shards):
-        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: tensors[k] for k in keys[i * per:(i + 1) * per]}
-        save_file(part, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in part})
-    index = folder / f"{stem}.safetensors.index.json"
-    total = sum(v.numel() * v.element_size() for v in tensors.values())
-    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return index
+        return write_file(tensors, folder / f"{stem}.safetensors", "text_encoder")
+    return write_sharded(tensors, folder, "text_encoder", shards=shards, stem=stem)
 
 
 def write_layout(layout: str, out: Path, *, text: Optional[dict] = None, vision: Optional[dict] = None,
@@ -340,10 +311,7 @@ def write_layout(layout: str, out: Path, *, text: Optional[dict] = None, vision:
             tensors = _prefixed(quant, "model.")
         else:
             raise ValueError(f"comfy_naming must be 'hf' or 'comfy', got {comfy_naming!r}")
-        path = out / f"qwen3vl_tiny_fp8_scaled_{comfy_naming}.safetensors"
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
-        return path
+        return write_file(tensors, out / f"qwen3vl_tiny_fp8_scaled_{comfy_naming}.safetensors", layout)
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 

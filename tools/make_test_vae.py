@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
 
 from model.vae import VAEDecoderConfig
+from tools.make_test_checkpoints import write_file
 
 NAMINGS = ("bfl", "diffusers")
 
@@ -174,9 +174,7 @@ def write_vae(path: Path, naming: str = "bfl", *, cfg: Optional[VAEDecoderConfig
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / "vae" / "diffusion_pytorch_model.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt", "ideogram4_test_vae": naming})
-    return path
+    return write_file(tensors, path, f"vae_{naming}")
 
 
 def main(argv=None) -> None:
