@@ -46,6 +46,11 @@ class LinearSpec:
     shape: tuple[int, int]  # logical (out, in)
 
 
+QUANT_DESCRIPTIONS = {"fp8_rowwise": "official fp8 (per-row scales)",
+                      "fp8_tensorwise": "ComfyUI fp8_scaled (per-tensor scales)", "nf4": "bitsandbytes nf4",
+                      "mixed": "mixed quantisation"}
+
+
 @dataclass
 class CheckpointFormat:
     naming: str  # "official" | "diffusers"
@@ -58,11 +63,13 @@ class CheckpointFormat:
     logical_shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
 
     @property
+    def storage_description(self) -> str:
+        """'bfloat16', 'official fp8 (per-row scales)', 'bitsandbytes nf4', ..."""
+        return QUANT_DESCRIPTIONS.get(self.quantization) or str(self.storage_dtype).replace("torch.", "")
+
+    @property
     def description(self) -> str:
-        q = {"none": str(self.storage_dtype).replace("torch.", ""), "fp8_rowwise": "official fp8 (per-row scales)",
-             "fp8_tensorwise": "ComfyUI fp8_scaled (per-tensor scales)", "nf4": "bitsandbytes nf4",
-             "mixed": "mixed quantisation"}[self.quantization]
-        return f"{q}, {self.naming} key names"
+        return f"{self.storage_description}, {self.naming} key names"
 
 
 def describe_other_family(keys: Sequence[str], families: Sequence[tuple] = _OTHER_FAMILIES, *,

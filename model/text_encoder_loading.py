@@ -92,13 +92,19 @@ _MODEL_TYPES = {
 class TextEncoderFormat:
     """What a text-encoder checkpoint holds, mapped to ``Qwen3VLTextModel`` parameter names."""
     label: str
-    prefix: str  # language-model key prefix ("" if none)
-    quantization: str  # "none" | "fp8_rowwise" | "fp8_tensorwise" | "nf4" | "mixed"
-    storage_dtype: Optional[torch.dtype]  # dtype of the unquantised float tensors
     num_layers: int  # decoder layers present in the file
     kept_layers: int  # decoder layers that will be loaded
     checkpoint: CheckpointFormat = field(repr=False)  # kept tensors only (sources, linears, shapes)
     skipped: dict[str, int] = field(default_factory=dict)  # category -> tensors never read
+
+    @property
+    def prefix(self) -> str:
+        """Language-model key prefix ("" if none)."""
+        return self.checkpoint.prefix
+
+    @property
+    def quantization(self) -> str:
+        return self.checkpoint.quantization
 
     @property
     def naming(self) -> str:
@@ -106,11 +112,7 @@ class TextEncoderFormat:
 
     @property
     def description(self) -> str:
-        q = {"none": str(self.storage_dtype).replace("torch.", ""),
-             "fp8_rowwise": "official fp8 weight-only (per-row scales)",
-             "fp8_tensorwise": "ComfyUI fp8_scaled (per-tensor scales)", "nf4": "bitsandbytes nf4",
-             "mixed": "mixed quantisation"}[self.quantization]
-        return f"Qwen3-VL text encoder, {q}, {self.naming}"
+        return f"Qwen3-VL text encoder, {self.checkpoint.storage_description}, {self.naming}"
 
 
 def _describe_other(keys: Sequence[str]) -> str:
@@ -191,8 +193,8 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
     ckpt = CheckpointFormat(naming=_NAMINGS.get(prefix, prefix), quantization=quantization, prefix=prefix,
                             storage_dtype=storage, sources=sources, linears=linears, logical_shapes=logical)
-    return TextEncoderFormat(label=label, prefix=prefix, quantization=quantization, storage_dtype=storage,
-                             num_layers=num_layers, kept_layers=kept, checkpoint=ckpt, skipped=dict(skipped))
+    return TextEncoderFormat(label=label, num_layers=num_layers, kept_layers=kept, checkpoint=ckpt,
+                             skipped=dict(skipped))
 
 
 # ----------------------------------------------------------------------------------- config
