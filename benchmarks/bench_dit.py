@@ -30,12 +30,11 @@ from model import DiTConfig, Ideogram4DiT, load_transformer  # noqa: E402
 from model.config import expected_shapes  # noqa: E402
 from model.quant import NF4_CODE, QuantizedLinear, quantize_fp8_rowwise, quantize_nf4  # noqa: E402
 from sampling import sample  # noqa: E402
+from benchmarks.proc_status import proc_status  # noqa: E402
 
 
 def _status_mb(field: str) -> float:
-    """VmRSS / VmHWM from /proc (ru_maxrss is inherited across execve on Linux, so not usable here)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+    return proc_status(field)[field] / 2**20
 
 
 def _load_child(path: str) -> None:

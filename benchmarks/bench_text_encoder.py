@@ -30,26 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.proc_status import proc_status  # noqa: E402
+
 GIB = 1 << 30
 
 
 def _rss_breakdown() -> dict[str, int]:
-    """Current VmRSS / RssAnon / RssFile in bytes (Linux)."""
-    out = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
+    return proc_status("VmRSS", "RssAnon", "RssFile")
 
 
 def _maxrss() -> int:
-    """Peak RSS of this process (VmHWM: unlike ru_maxrss it is not inherited across execve)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+    return proc_status("VmHWM")["VmHWM"]
 
 
 def _configs(args) -> tuple[dict, dict]:

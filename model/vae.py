@@ -356,7 +356,7 @@ def _global_group_stats(xs: list[torch.Tensor], cores, dev) -> tuple[torch.Tenso
     n = 0
     for x, (y0, y1, x0, x1) in zip(xs, cores):
         c = x[..., y0:y1, x0:x1].to(device=dev, dtype=torch.float64)
-        b, ch = c.shape[:2]
+        b = c.shape[0]
         g = c.reshape(b, GROUPS, -1)
         s_i, ss_i = g.sum(-1), (g * g).sum(-1)
         s, ss = (s_i, ss_i) if s is None else (s + s_i, ss + ss_i)
