@@ -9,7 +9,6 @@ source tensors it is made of.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -17,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from .checkpoint import CheckpointReader
-from .quant import FP8_DTYPE, NF4_BLOCKSIZE, parse_nf4_quant_state
+from .quant import FP8_DTYPE, NF4_BLOCKSIZE, json_from_tensor, parse_nf4_quant_state
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention\.)to_([qkv])\.(.+)$")
@@ -142,8 +141,7 @@ def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[st
 def _check_comfy_quant(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
                        sources: dict[str, list[str]]) -> None:
     """A ``comfy_quant`` layer must be float8_e4m3fn stored as float8 (not the legacy uint8 view)."""
-    raw = reader.get(sources[tails["comfy_quant"]][0])
-    conf = json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
+    conf = json_from_tensor(reader.get(sources[tails["comfy_quant"]][0]))
     if conf.get("format") != "float8_e4m3fn":
         raise ValueError(f"{label}: {mod} uses ComfyUI quantisation format {conf.get('format')!r}; only "
                          "float8_e4m3fn (fp8_scaled) is supported")

@@ -155,8 +155,12 @@ def nf4_quant_state_json(shape: tuple[int, int], dtype: torch.dtype) -> torch.Te
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
 
 
-def parse_nf4_quant_state(raw: torch.Tensor) -> dict:
+def json_from_tensor(raw: torch.Tensor) -> dict:
+    """UTF-8 JSON stored as a uint8 tensor (bitsandbytes quant_state, ComfyUI comfy_quant)."""
     return json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
+
+
+parse_nf4_quant_state = json_from_tensor
 
 
 # --------------------------------------------------------------------------- layer
