@@ -87,16 +87,20 @@ def set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
         raise KeyError(name)
 
 
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where submodule ``name`` of ``model`` is."""
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+
+
 def swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dtype: torch.dtype, operations) -> None:
     for mod_name, spec in linears.items():
         if spec.scheme is None:
             continue
-        parent_name, _, leaf = mod_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, leaf)
-        new = operations.QuantizedLinear(old.in_features, old.out_features, bias=old.bias is not None,
-                                         scheme=spec.scheme, device="meta", dtype=dtype)
-        setattr(parent, leaf, new)
+        old = model.get_submodule(mod_name)
+        replace_module(model, mod_name, operations.QuantizedLinear(
+            old.in_features, old.out_features, bias=old.bias is not None, scheme=spec.scheme, device="meta",
+            dtype=dtype))
 
 
 def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFormat, device, dtype: torch.dtype) -> None:

@@ -272,6 +272,8 @@ class Ideogram4TextEncoder(nn.Module):
         lm = self.language_model
         batch, length = token_ids.shape
         hidden = lm.embed_tokens(token_ids)
+        if lm.rotary_emb.inv_freq.device != hidden.device:  # partially loaded: buffers stay where they were
+            lm.rotary_emb.to(hidden.device)
         mask = _causal_mask(lm.config, hidden, attention_mask, position_ids)
         mrope_ids = position_ids[None].expand(3, batch, length)
         position_embeddings = lm.rotary_emb(hidden, mrope_ids)
@@ -289,7 +291,7 @@ class Ideogram4TextEncoder(nn.Module):
         real = attention_mask.to(torch.bool)[..., None]
         return torch.where(real, features, torch.zeros((), dtype=features.dtype, device=features.device))
 
-    def _encode_batch(self, batch_ids: list[list[int]]) -> list[torch.Tensor]:
+    def _encode_batch(self, batch_ids: list[list[int]], dev: torch.device) -> list[torch.Tensor]:
         length = max(len(ids) for ids in batch_ids)
         batch = len(batch_ids)
         tokens = torch.full((batch, length), PAD_TOKEN_ID, dtype=torch.long)
@@ -300,7 +302,6 @@ class Ideogram4TextEncoder(nn.Module):
             tokens[b, length - n:] = torch.tensor(ids, dtype=torch.long)
             mask[b, length - n:] = 1
             positions[b, length - n:] = torch.arange(n)
-        dev = self.device
         with torch.inference_mode():
             features = self(tokens.to(dev), mask.to(dev), positions.to(dev))
             return [features[b, length - len(ids):].to("cpu", copy=True) for b, ids in enumerate(batch_ids)]
@@ -322,15 +323,21 @@ class Ideogram4TextEncoder(nn.Module):
         return EncodedText(features=feats.to(torch.float32).unsqueeze(0), lengths=[int(feats.shape[0])])
 
     def encode(self, captions: Sequence[str] | str, *, device: torch.device | str | None = None,
-               use_cache: bool = True) -> EncodedText:
-        """Encode captions → ``EncodedText`` (features float32 on ``device``, CPU by default)."""
+               use_cache: bool = True, compute_device: torch.device | str | None = None) -> EncodedText:
+        """Encode captions → ``EncodedText`` (features float32 on ``device``, CPU by default).
+
+        ``compute_device``: where the forward runs (default: where the weights are).  A host that
+        streams weights (ComfyUI's partial loading) names its device here; the layers then cast
+        what is not resident.
+        """
+        compute_device = torch.device(compute_device) if compute_device is not None else self.device
         if isinstance(captions, str):
             captions = [captions]
         captions = list(captions)
         if not captions:
             raise ValueError("no captions to encode")
         token_ids = self.tokenize(captions)
-        key = self.cache_key()
+        key = self.cache_key(compute_device)
         results: list[Optional[torch.Tensor]] = [None] * len(captions)
         missing: dict[str, list[int]] = {}
         for i, caption in enumerate(captions):
@@ -341,7 +348,7 @@ class Ideogram4TextEncoder(nn.Module):
                 results[i] = hit
         if missing:
             unique = list(missing)
-            encoded = self._encode_batch([token_ids[missing[c][0]] for c in unique])
+            encoded = self._encode_batch([token_ids[missing[c][0]] for c in unique], compute_device)
             for caption, feats in zip(unique, encoded):
                 if use_cache:
                     _CACHE.put((key, caption), feats)

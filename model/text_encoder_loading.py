@@ -34,7 +34,7 @@ import torch.nn as nn
 from .checkpoint import CheckpointReader, open_checkpoint
 from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
 from .formats import CheckpointFormat, classify_modules, describe_other_family
-from .loading import assign_weights, key_problems, swap_quantized_linears
+from .loading import assign_weights, key_problems, replace_module, swap_quantized_linears
 from .ops import TorchOps
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,31 @@ def _check_shapes(model: nn.Module, fmt: TextEncoderFormat) -> None:
             raise ValueError(f"{fmt.label}: {fmt.prefix}{mod} is quantised ({spec.scheme}) but is not a Linear layer")
 
 
+def _use_operations(model: nn.Module, fmt: TextEncoderFormat, dtype: torch.dtype, operations) -> None:
+    """Rebuild the meta-device layers from ``operations`` before the weights are assigned.
+
+    Quantised Linears always become ``operations.QuantizedLinear``.  A host namespace (ComfyUI's)
+    also replaces every plain Linear, the token embedding and the RMSNorms, so the host can
+    cast, offload and stream each weight (partial loading); with ``TorchOps`` those stay the
+    transformers modules.
+    """
+    swap_quantized_linears(model, fmt.checkpoint.linears, dtype, operations)
+    norm_cls = getattr(operations, "TextRMSNorm", None)
+    for name, module in list(model.named_modules()):
+        with torch.device("meta"):
+            if type(module) is nn.Linear and operations.Linear is not nn.Linear:
+                new = operations.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                        device="meta", dtype=dtype)
+            elif type(module) is nn.Embedding and operations.Embedding is not nn.Embedding:
+                new = operations.Embedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx,
+                                           device="meta", dtype=dtype)
+            elif norm_cls is not None and type(module).__name__ == "Qwen3VLTextRMSNorm":
+                new = norm_cls(module.weight.shape[0], eps=module.variance_epsilon)
+            else:
+                continue
+        replace_module(model, name, new)
+
+
 # ----------------------------------------------------------------------------------- tokenizer
 
 def has_tokenizer(folder: Path) -> bool:
@@ -402,7 +427,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
             and the final norm are neither built nor read.
         max_text_tokens: templated captions longer than this raise ``ValueError``.
         expected_hidden_size: if given, refuse a model of another width (e.g. 4096 for Ideogram 4).
-        operations: layer namespace providing ``QuantizedLinear`` (``model.ops.TorchOps`` by default).
+        operations: layer namespace (``model.ops.TorchOps`` by default; see :func:`_use_operations`).
     """
     from .text_encoder import Ideogram4TextEncoder
 
@@ -434,7 +459,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     _check_shapes(model, fmt)
     tok, tok_identity = resolve_tokenizer(tokenizer, source, files, label)
     _check_tokenizer(tok, text_cfg.vocab_size, label)
-    swap_quantized_linears(model, fmt.checkpoint.linears, dtype, operations)
+    _use_operations(model, fmt, dtype, operations)
     assign_weights(model, reader, fmt.checkpoint, device, dtype)
     model.rotary_emb = _rotary_embedding(text_cfg, device)
     model.eval().requires_grad_(False)

@@ -40,6 +40,7 @@ import comfy.supported_models_base
 
 from ..model import latents as lat
 from ..model.loading import load_transformer
+from ..model.ops import qwen_rms_norm
 from ..model.quant import QuantizedLinear
 from ..sampling import sigma_from_time
 from . import memory_policy as mp
@@ -90,6 +91,31 @@ class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
         return super().forward(x)
 
 
+class ComfyTextRMSNorm(torch.nn.Module, comfy.ops.CastWeightBiasOp):
+    """Qwen3-VL RMSNorm (``model.ops.qwen_rms_norm``) whose weight ComfyUI can offload and stream.
+
+    transformers' own norm has no ``comfy_cast_weights``: a partial load that left it in system RAM
+    would feed a CPU weight to a GPU activation.
+    """
+
+    comfy_cast_weights = False
+    weight_function: list = []
+    bias_function: list = []
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype), requires_grad=False)
+        self.bias = None  # read by comfy.ops.cast_bias_weight
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        comfy.ops.run_every_op()
+        if self.comfy_cast_weights or self.weight_function:
+            with comfy.ops.CastBiasWeightContext(self, x, offloadable=True, dtype=self.weight.dtype) as (weight, _):
+                return qwen_rms_norm(x, weight, self.variance_epsilon)
+        return qwen_rms_norm(x, self.weight, self.variance_epsilon)
+
+
 class ComfyOps:
     """``operations`` namespace for ``model.load_transformer`` (see ``model/ops.py``)."""
 
@@ -106,6 +132,7 @@ class ComfyOps:
         pass
 
     QuantizedLinear = ComfyQuantizedLinear
+    TextRMSNorm = ComfyTextRMSNorm
 
 
 # --------------------------------------------------------------------------- model config / BaseModel

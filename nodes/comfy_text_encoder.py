@@ -2,9 +2,10 @@
 
 The encoder is wrapped in a ``ModelPatcher`` so ComfyUI can put it on the GPU for encoding and
 evict it when the DiTs need the memory (``load_models_gpu`` for the DiT pair frees other models
-first).  Its transformers layers are plain ``nn.Linear`` (only quantised Linears use our
-operations), so it is always loaded whole (``force_full_load``) — or encoded on the CPU when
-:func:`memory_policy.plan_text_encoder` says it does not fit.
+first).  Every layer with weights — Linears (plain and packed), the token embedding, the
+RMSNorms — is a ``comfy.ops``-style layer (``ComfyOps``), so when the encoder does not fit it is
+partially loaded and the rest streamed, exactly like the DiTs
+(:func:`memory_policy.plan_text_encoder`).
 """
 
 from __future__ import annotations
@@ -88,19 +89,23 @@ def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
     device = patcher.load_device
     t0 = time.perf_counter()
     act = activation_bytes(encoder, n_tokens)
-    on_device = not mm.is_device_cpu(device) and mp.plan_text_encoder(
-        int(patcher.model_size()), available_memory(device), act, memory_constants(device)) == "device"
-    where = str(device) if on_device else "cpu"
-    hit = encoder.cached(caption, device if on_device else "cpu")
+    mode = "cpu" if mm.is_device_cpu(device) else mp.plan_text_encoder(
+        int(patcher.model_size()), available_memory(device), act, memory_constants(device))
+    run_on = torch.device("cpu") if mode == "cpu" else device
+    head = f"{n_tokens} tokens (limit {encoder.max_text_tokens})"
+    hit = encoder.cached(caption, run_on)
     if hit is not None:  # re-queued caption: no need to move 8B parameters onto the GPU
-        return hit.features, hit.lengths, f"{n_tokens} tokens (limit {encoder.max_text_tokens}), cached ({where})"
-    if on_device:
+        return hit.features, hit.lengths, f"{head}, cached ({run_on})"
+    where = str(run_on)
+    if mode == "device":
         mm.load_models_gpu([patcher], memory_required=act, force_full_load=True)
+    elif mode == "partial":  # what fits stays resident, the rest is streamed layer by layer
+        mm.load_models_gpu([patcher], memory_required=act, minimum_memory_required=act)
+        where += f", partially loaded ({mp.gib(patcher.loaded_size())} of {mp.gib(patcher.model_size())} resident)"
     elif not mm.is_device_cpu(device):
         mm.unload_model_and_clones(patcher)  # run where the weights live: system RAM
-        log.warning("Ideogram4: text encoder (%s) does not fit next to %s of activations; encoding on the CPU",
-                    mp.gib(patcher.model_size()), mp.gib(act))
-    encoded = encoder.encode([caption])
-    info = (f"{n_tokens} tokens (limit {encoder.max_text_tokens}), encoded on {where} in "
-            f"{time.perf_counter() - t0:.2f} s")
+        log.warning("Ideogram4: not even the text encoder's %s of activations fit on %s; encoding on the CPU",
+                    mp.gib(act), device)
+    encoded = encoder.encode([caption], compute_device=run_on)
+    info = f"{head}, encoded on {where} in {time.perf_counter() - t0:.2f} s"
     return encoded.features, list(encoded.lengths), info

@@ -211,14 +211,20 @@ def vae_tile(latent_h: int, latent_w: int, *, batch: int, bytes_per_latent_px: i
 
 def plan_text_encoder(te_bytes: int, available: int, activation: int,
                       constants: ComfyMemoryConstants = ComfyMemoryConstants()) -> str:
-    """"device" if the whole text encoder plus its activations fit on the device, else "cpu".
+    """Where the text encoder runs for one encode:
 
-    The encoder's transformers layers cannot be streamed per layer, so it is never partially
-    loaded; after encoding ComfyUI evicts it as soon as the DiTs need the memory.
+    * ``"device"`` — the whole encoder plus its activations fit: loaded whole (``force_full_load``);
+    * ``"partial"`` — it does not fit: ComfyUI loads what fits and streams the other layers
+      (every layer of the encoder is a ``comfy.ops``-style layer), as for the DiTs;
+    * ``"cpu"`` — the compute device is the CPU, or not even the activation reserve is free.
+
+    After encoding ComfyUI evicts it as soon as the DiTs need the memory.
     """
     if constants.vram_state == "disabled":
         return "cpu"
     if constants.vram_state in ("high", "shared"):
         return "device"
     reserve = max(constants.minimum_inference, activation + constants.extra_reserved)
-    return "device" if te_bytes + reserve <= available else "cpu"
+    if te_bytes + reserve <= available:
+        return "device"
+    return "partial" if available >= reserve else "cpu"

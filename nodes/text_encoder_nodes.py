@@ -71,9 +71,10 @@ class Ideogram4NativeTextEncoderLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp32"], default="auto",
                                tooltip="Compute dtype. auto = bf16 (the reference's). fp8/nf4 weights stay packed."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
-                               tooltip="auto: encode on the GPU when the encoder fits next to what is loaded "
-                                       "(ComfyUI evicts it when the DiTs need the memory), else on the CPU. cpu: "
-                                       "always encode on the CPU (saves VRAM, slow for the 8B model)."),
+                               tooltip="auto: encode on the GPU — the whole encoder when it fits, otherwise "
+                                       "partially loaded with the rest streamed layer by layer (ComfyUI evicts it "
+                                       "when the DiTs need the memory). cpu: always encode on the CPU (saves VRAM, "
+                                       "slow for the 8B model)."),
             ],
             outputs=[TextEncoder.Output("text_encoder", display_name="text_encoder",
                                         tooltip="Ideogram 4 text encoder (model-managed).")],

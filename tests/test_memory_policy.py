@@ -158,7 +158,11 @@ def test_bad_arguments():
 def test_text_encoder_plan():
     te_fp8 = 10_588_637_512
     assert plan_text_encoder(te_fp8, 23 * GiB, GiB, NVIDIA) == "device"
-    assert plan_text_encoder(te_fp8, 10 * GiB, GiB, NVIDIA) == "cpu"
+    assert plan_text_encoder(te_fp8, 10 * GiB, GiB, NVIDIA) == "partial"  # streamed like the DiTs
+    reserve = GiB + NVIDIA.extra_reserved
+    assert plan_text_encoder(te_fp8, reserve, GiB, NVIDIA) == "partial"
+    assert plan_text_encoder(te_fp8, reserve - 1, GiB, NVIDIA) == "cpu"  # not even the activations fit
+    assert plan_text_encoder(te_fp8, te_fp8 + reserve, GiB, NVIDIA) == "device"
     assert plan_text_encoder(te_fp8, 80 * GiB, GiB, ComfyMemoryConstants(vram_state="disabled")) == "cpu"
     assert plan_text_encoder(te_fp8, GiB, GiB, ComfyMemoryConstants(vram_state="high")) == "device"
 

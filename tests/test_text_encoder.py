@@ -469,3 +469,68 @@ def test_cached_lookup_by_target_device(layouts):
     hit = enc.cached(MORE[0], "cpu")
     assert hit is not None and hit.lengths == single.lengths and torch.equal(hit.features, single.features)
     assert enc.cached(MORE[0], "meta") is None  # computed elsewhere: not the same numbers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_qwen_rms_norm_is_transformers_norm_bit_for_bit(dtype):
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
+
+    from model.ops import qwen_rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    norm = Qwen3VLTextRMSNorm(64, eps=1e-6).to(dtype)
+    norm.weight.data = (torch.randn(64, generator=g) * 0.5 + 1).to(dtype)
+    x = (torch.randn(3, 7, 64, generator=g) * 4).to(dtype)
+    assert torch.equal(qwen_rms_norm(x, norm.weight, 1e-6), norm(x))
+
+
+class _HostOps:
+    """A host namespace like ComfyUI's: its own Linear/Embedding/TextRMSNorm classes (plain torch here)."""
+
+    class Linear(torch.nn.Linear):
+        pass
+
+    class Embedding(torch.nn.Embedding):
+        pass
+
+    class TextRMSNorm(torch.nn.Module):
+        def __init__(self, hidden_size, eps=1e-6):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(hidden_size))
+            self.variance_epsilon = eps
+
+        def forward(self, x):
+            from model.ops import qwen_rms_norm
+
+            return qwen_rms_norm(x, self.weight, self.variance_epsilon)
+
+    from model.quant import QuantizedLinear
+
+
+@pytest.mark.parametrize("layout", ["official_bf16", "official_nf4"])
+def test_host_operations_own_every_weighted_layer_and_change_nothing(layouts, layout):
+    """With a host namespace every Linear, the embedding and every RMSNorm are the host's classes
+    (so ComfyUI can stream all of them when partially loading), and the features are unchanged."""
+    from model.quant import QuantizedLinear
+
+    plain = load_text_encoder(layouts[layout], taps=TAPS)
+    hosted = load_text_encoder(layouts[layout], taps=TAPS, operations=_HostOps)
+    kinds = {}
+    for module in hosted.language_model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            kinds[type(module).__name__] = kinds.get(type(module).__name__, 0) + 1
+            assert isinstance(module, (_HostOps.Linear, _HostOps.Embedding, _HostOps.TextRMSNorm, QuantizedLinear)), \
+                type(module)
+    assert kinds["Embedding"] == 1 and kinds["TextRMSNorm"] == 4 * 4  # 4 kept layers × (2 + q/k norm)
+    assert kinds.get("Linear", 0) + kinds.get("QuantizedLinear", 0) == 4 * 7
+    a = plain.encode(MORE, use_cache=False)
+    b = hosted.encode(MORE, use_cache=False)
+    assert torch.equal(a.features, b.features) and a.lengths == b.lengths
+
+
+def test_compute_device_is_part_of_the_cache_key(layouts):
+    enc = load_text_encoder(layouts["official_bf16"], taps=TAPS)
+    te.clear_cache()
+    enc.encode(["a cat"], compute_device="cpu")
+    assert enc.cached("a cat", "cpu") is not None
+    assert enc.cached("a cat", "meta") is None

@@ -11,6 +11,8 @@ a package, then the repo for ``tools``), ComfyUI in ``--cpu`` mode:
 * ``model_size()`` counts packed bytes (== the checkpoint's tensor bytes, compute-dtype biases);
 * ComfyUI's dynamic-VRAM mode (``aimdo_enabled``) makes its Linear/Embedding lazily skip
   parameter creation — our operations opt out, so loading still works;
+* the text encoder: every layer with weights is castable (Linear, packed Linear, embedding, the
+  Qwen RMSNorms), a partial load streams all of them and encodes bit for bit like a full load;
 * the BaseModel convention: ``apply_model`` with x in Flux2 layout and σ returns
   ``x + σ·v`` (negated velocity, t = 1 − σ), and the memory plan read from live ComfyUI constants.
 
@@ -124,6 +126,26 @@ plan = cm.plan_pair(cond, uncond, batch=1, n_img=4096, n_txt=512)
 res["plan"] = {"mode": plan.mode, "summary": plan.summary(), "state": cm.memory_constants(cond.load_device).vram_state}
 loaded = cm.load_pair(cond, uncond, batch=1, n_img=12, n_txt=7)
 res["load_pair"] = {"mode": loaded.mode, "loaded": [l.model is cond or l.model is uncond for l in mm.current_loaded_models]}
+# the text encoder: every weighted layer is castable, so a partial load streams and changes nothing
+from collections import Counter
+from tools.make_test_text_encoder import tiny_text_config, write_layout
+te_mod = importlib.import_module("i4pack.nodes.comfy_text_encoder")
+captions = ["a cat", '{"subject": "The red fox", "n": 2}']
+res["te"] = {}
+for layout in ("official_bf16", "official_fp8", "official_nf4"):
+    folder = write_layout(layout, Path(out_dir) / "te", text=tiny_text_config(num_layers=36))
+    p = te_mod.load_text_encoder_patcher(folder, tokenizer=None)
+    enc = te_mod.encoder_of(p)
+    p.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
+    full = enc.encode(captions, use_cache=False).features
+    p.detach()
+    p.load(torch.device("cpu"), lowvram_model_memory=1)
+    streamed = Counter(type(m).__name__ for m in enc.modules() if getattr(m, "comfy_cast_weights", False))
+    uncastable = [n for n, m in enc.named_modules()
+                  if any(True for _ in m.parameters(recurse=False)) and not hasattr(m, "comfy_cast_weights")]
+    part = enc.encode(captions, use_cache=False, compute_device="cpu").features
+    p.detach()
+    res["te"][layout] = {"streamed": dict(streamed), "uncastable": uncastable, "equal": bool(torch.equal(full, part))}
 print("RESULT " + json.dumps(res))
 '''
 
@@ -173,6 +195,16 @@ def test_memory_plan_with_live_constants(worker_result):
     assert worker_result["plan"]["mode"] == "cpu"
     assert worker_result["load_pair"]["mode"] == "cpu"
     assert worker_result["load_pair"]["loaded"].count(True) == 2  # both registered with ComfyUI
+
+
+@pytest.mark.parametrize("layout", ["official_bf16", "official_fp8", "official_nf4"])
+def test_text_encoder_partial_loading_streams_every_layer_bit_exactly(worker_result, layout):
+    r = worker_result["te"][layout]
+    assert r["uncastable"] == [], r  # nothing a partial load could leave behind in system RAM
+    linear = "Linear" if layout == "official_bf16" else "ComfyQuantizedLinear"
+    assert r["streamed"]["Embedding"] == 1 and r["streamed"]["ComfyTextRMSNorm"] > 0, r
+    assert r["streamed"][linear] == 7 * 36, r  # every projection of the 36 kept layers
+    assert r["equal"], r
 
 
 def test_weight_patches_on_packed_layers_are_refused(worker_result):
