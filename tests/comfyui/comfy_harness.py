@@ -24,9 +24,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[2]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 PACK_DIR_NAME = "ComfyUI-Ideogram4-Native"
 COND_SEED, UNCOND_SEED = 0, 1
 TEXT_WIDTH = 64  # text encoder hidden size; DiT llm_features_dim = 13 × 64
+
+
+def requires_comfyui(marker: str = "main.py") -> list:
+    """``pytestmark`` for tests that need the ComfyUI checkout in ``$COMFYUI_PATH`` (``marker`` must exist there)."""
+    import pytest
+
+    return [pytest.mark.comfyui,
+            pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, marker).exists(),
+                               reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
 
 
 def free_port() -> int:

@@ -10,20 +10,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
+from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-
-pytestmark = [
-    pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "comfy_api").is_dir(),
-                       reason="COMFYUI_PATH (a ComfyUI checkout) not set"),
-]
+pytestmark = requires_comfyui("comfy_api")
 
 PACKAGE = "ideogram4_native_under_test"
 

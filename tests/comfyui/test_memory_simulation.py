@@ -21,16 +21,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-
-pytestmark = [pytest.mark.comfyui,
-              pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "main.py").is_file(),
-                                 reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
+pytestmark = requires_comfyui()
 
 BUDGETS = (1.5, 0.5, 0.2, 0.0)
 MODES = {1.5: "both models resident", 0.5: "partial", 0.2: "partial", 0.0: "stream"}

@@ -29,13 +29,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-
-pytestmark = [pytest.mark.comfyui,
-              pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "main.py").is_file(),
-                                 reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
+pytestmark = requires_comfyui()
 
 WORKER = r'''
 import json, sys, importlib, importlib.util

@@ -19,12 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_harness import PACK_DIR_NAME, REPO, ComfyServer, errors_of, new_client_id, write_models
+from comfy_harness import (COMFYUI_PATH, PACK_DIR_NAME, REPO, ComfyServer, errors_of, new_client_id,
+                           requires_comfyui, write_models)
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-pytestmark = [pytest.mark.comfyui,
-              pytest.mark.skipif(not COMFYUI_PATH or not Path(COMFYUI_PATH, "main.py").is_file(),
-                                 reason="COMFYUI_PATH (a ComfyUI checkout) not set")]
+pytestmark = requires_comfyui()
 
 API_TEMPLATE = REPO / "workflows" / "api" / "image_ideogram4_t2i_api.json"
 UI_TEMPLATE = REPO / "workflows" / "image_ideogram4_t2i.json"
