@@ -94,7 +94,7 @@ class SimulatedCard:
 
     def resident(self) -> int:
         models = {id(lm.model): lm.model for lm in self.mm.current_loaded_models
-                  if lm.model is not None and lm.device == self.device}  # a model may be listed twice
+                  if lm.model is not None and lm.device == self.device}  # count each model once
         return sum(m.loaded_size() for m in models.values())
 
     def free(self, dev=None, torch_free_too=False):
