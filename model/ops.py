@@ -22,8 +22,8 @@ class TorchOps:
     Embedding = nn.Embedding
     QuantizedLinear = QuantizedLinear
     # The text encoder keeps transformers' own Qwen3-VL RMSNorm unless a namespace supplies a
-    # ``TextRMSNorm(hidden_size, eps)`` (ComfyUI's, so the host can stream its weight); such a
-    # class must compute :func:`qwen_rms_norm`.
+    # ``TextRMSNorm(hidden_size, eps, device=, dtype=)`` (ComfyUI's, so the host can stream its
+    # weight); such a class must compute :func:`qwen_rms_norm`.
     TextRMSNorm = None
 
 

@@ -317,17 +317,16 @@ def _use_operations(model: nn.Module, fmt: TextEncoderFormat, dtype: torch.dtype
     swap_quantized_linears(model, fmt.checkpoint.linears, dtype, operations)
     norm_cls = getattr(operations, "TextRMSNorm", None)
     for name, module in list(model.named_modules()):
-        with torch.device("meta"):
-            if type(module) is nn.Linear and operations.Linear is not nn.Linear:
-                new = operations.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                        device="meta", dtype=dtype)
-            elif type(module) is nn.Embedding and operations.Embedding is not nn.Embedding:
-                new = operations.Embedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx,
-                                           device="meta", dtype=dtype)
-            elif norm_cls is not None and type(module).__name__ == "Qwen3VLTextRMSNorm":
-                new = norm_cls(module.weight.shape[0], eps=module.variance_epsilon)
-            else:
-                continue
+        if type(module) is nn.Linear and operations.Linear is not nn.Linear:
+            new = operations.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                    device="meta", dtype=dtype)
+        elif type(module) is nn.Embedding and operations.Embedding is not nn.Embedding:
+            new = operations.Embedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx,
+                                       device="meta", dtype=dtype)
+        elif norm_cls is not None and type(module).__name__ == "Qwen3VLTextRMSNorm":
+            new = norm_cls(module.weight.shape[0], eps=module.variance_epsilon, device="meta", dtype=dtype)
+        else:
+            continue
         replace_module(model, name, new)
 
 

@@ -494,9 +494,9 @@ class _HostOps:
         pass
 
     class TextRMSNorm(torch.nn.Module):
-        def __init__(self, hidden_size, eps=1e-6):
+        def __init__(self, hidden_size, eps=1e-6, device=None, dtype=None):
             super().__init__()
-            self.weight = torch.nn.Parameter(torch.empty(hidden_size))
+            self.weight = torch.nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
             self.variance_epsilon = eps
 
         def forward(self, x):
