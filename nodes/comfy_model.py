@@ -68,10 +68,6 @@ class _EagerInit:
 class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
     """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch."""
 
-    comfy_cast_weights = False
-    weight_function: list = []
-    bias_function: list = []
-
     def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
         # Streamed (or patched) layer: move the packed storage, decode on the compute device.
         weight = self.dequantized_weight(x.dtype, x.device)
@@ -97,10 +93,6 @@ class ComfyTextRMSNorm(torch.nn.Module, comfy.ops.CastWeightBiasOp):
     transformers' own norm has no ``comfy_cast_weights``: a partial load that left it in system RAM
     would feed a CPU weight to a GPU activation.
     """
-
-    comfy_cast_weights = False
-    weight_function: list = []
-    bias_function: list = []
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
