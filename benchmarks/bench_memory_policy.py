@@ -105,12 +105,11 @@ class SimulatedCard:
 class CopyCounter:
     """Bytes moved onto the card: load growth of the models + weights of every streamed layer call."""
 
-    def __init__(self, patchers):
+    def __init__(self):
         import torch
 
         import comfy.model_patcher
 
-        self.patchers = patchers
         self.loads = 0
         self.loaded_bytes = 0
         self.streamed_bytes = 0
@@ -231,7 +230,7 @@ def main(argv=None) -> dict:
         for steps in step_counts:
             settings = sampling.custom_settings(steps, 0.5, 1.0, 7.0)
             mm.unload_all_models()
-            counter = CopyCounter([cond, uncond])
+            counter = CopyCounter()
             try:
                 latent, info = cs.run_reference_sampler(cond, uncond, positive, settings, width=size, height=size,
                                                          batch=1, seed=0)
@@ -240,7 +239,6 @@ def main(argv=None) -> dict:
             row[f"loads_{steps}"] = counter.loads
             row[f"copied_{steps}"] = counter.copied
             row[f"streamed_{steps}"] = counter.streamed_bytes
-            row["initial_load"] = counter.loaded_bytes
             row["plan"] = next(line for line in info if line.startswith("memory:")).splitlines()[0]
             row["resident"] = [int(cond.loaded_size()), int(uncond.loaded_size())]
             if steps == step_counts[-1]:
@@ -256,7 +254,7 @@ def main(argv=None) -> dict:
         mm.unload_all_models()
         x = torch.randn(1, 128, gh, gw, generator=torch.Generator().manual_seed(1))
         sigma = torch.tensor([0.5])
-        counter = CopyCounter([cond, uncond])
+        counter = CopyCounter()
         try:
             per_step = []
             for _ in range(hi):
