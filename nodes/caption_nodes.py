@@ -24,6 +24,13 @@ def _ui(report: cap.CaptionReport) -> dict:
     return {"text": ["\n".join(lines)]}
 
 
+def _caption_outputs(report: cap.CaptionReport, node_name: str) -> io.NodeOutput:
+    """(canonical caption, indented JSON) with the report as UI text; raises if the caption has errors."""
+    if report.errors:
+        raise cap.CaptionError(report, node_name)
+    return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))
+
+
 class Ideogram4NativeCaptionBuilder(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -80,9 +87,7 @@ class Ideogram4NativeCaptionBuilder(io.ComfyNode):
             lighting=lighting, medium=medium, style_value=style_value, color_palette=color_palette,
             background=background, layout=layout, extra_elements=elements,
         )
-        if report.errors:
-            raise cap.CaptionError(report, "Ideogram4 Caption Builder")
-        return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))
+        return _caption_outputs(report, "Ideogram4 Caption Builder")
 
 
 class Ideogram4NativeCaptionElement(io.ComfyNode):
@@ -160,9 +165,7 @@ class Ideogram4NativeCaptionFromJSON(io.ComfyNode):
         report = cap.check_caption(json_text)
         if strict:
             report.strict()
-        if report.errors:
-            raise cap.CaptionError(report, "Ideogram4 Caption From JSON")
-        return io.NodeOutput(report.canonical, builders.pretty_json(report.data), ui=_ui(report))
+        return _caption_outputs(report, "Ideogram4 Caption From JSON")
 
 
 class Ideogram4NativeMagicPrompt(io.ComfyNode):
