@@ -75,10 +75,10 @@ def random_dit(fmt: str, tiny: bool, seed: int):
     """A DiT with random weights in ``fmt`` storage, built with the pack's ComfyUI operations, on the CPU."""
     import torch
 
-    cm = importlib.import_module(f"{PACKAGE}.nodes.comfy_model")
+    cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
     dit_mod = importlib.import_module(f"{PACKAGE}.model.dit")
     cfg_mod = importlib.import_module(f"{PACKAGE}.model.config")
-    quant = importlib.import_module(f"{PACKAGE}.model.quant")
+    quant = importlib.import_module(f"{PACKAGE}.model.checkpoints")
     cfg = cfg_mod.DiTConfig(emb_dim=512, num_layers=2, num_heads=2, intermediate_size=1024, adaln_dim=64,
                             llm_features_dim=13 * 64) if tiny else cfg_mod.DiTConfig()
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +123,7 @@ def wrap(dit):
     import comfy.model_patcher
     import torch
 
-    cm = importlib.import_module(f"{PACKAGE}.nodes.comfy_model")
+    cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
     config = cm.Ideogram4NativeConfig(dict(cm.Ideogram4NativeConfig.unet_config))
     config.set_inference_dtype(torch.bfloat16, None)
     model = cm.Ideogram4NativeModel(config, dit, device=mm.unet_offload_device())
@@ -137,7 +137,7 @@ def random_vae(tiny: bool):
     import torch
 
     vae_mod = importlib.import_module(f"{PACKAGE}.model.vae")
-    cv = importlib.import_module(f"{PACKAGE}.nodes.comfy_vae")
+    cv = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_vae")
     cfg = vae_mod.VAEDecoderConfig.from_ch_mult(ch=32) if tiny else vae_mod.VAEDecoderConfig()
     dec = vae_mod.Flux2VAEDecoder(cfg, dtype=torch.bfloat16, operations=cv.VAEOpsComfy)
     for p in dec.parameters():
@@ -176,9 +176,9 @@ def main(argv=None) -> None:
 
     import comfy.model_management as mm
 
-    cs = importlib.import_module(f"{PACKAGE}.nodes.comfy_sampling")
-    cv = importlib.import_module(f"{PACKAGE}.nodes.comfy_vae")
-    cond_mod = importlib.import_module(f"{PACKAGE}.nodes.conditioning")
+    cs = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_sampling")
+    cv = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_vae")
+    cond_mod = importlib.import_module(f"{PACKAGE}.nodes.host.conditioning")
     sampling = importlib.import_module(f"{PACKAGE}.sampling")
     device = mm.get_torch_device()
     cuda = device.type == "cuda"

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from model import DiTConfig, Ideogram4DiT, load_transformer  # noqa: E402
-from model.config import expected_shapes  # noqa: E402
-from model.quant import NF4_CODE, QuantizedLinear, quantize_fp8_rowwise, quantize_nf4  # noqa: E402
+from model.dit import expected_shapes  # noqa: E402
+from model.checkpoints import NF4_CODE, QuantizedLinear, quantize_fp8_rowwise, quantize_nf4  # noqa: E402
 from sampling import sample  # noqa: E402
 from benchmarks.proc_status import proc_status  # noqa: E402
 

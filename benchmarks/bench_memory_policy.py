@@ -151,12 +151,12 @@ def castable_bytes(patcher) -> int:
 
 
 def text_encoder_cards(card: SimulatedCard) -> list[dict]:
-    """Encode one caption through ``nodes.comfy_text_encoder.encode`` on a roomy and a tight card."""
+    """Encode one caption through ``nodes.host.comfy_text_encoder.encode`` on a roomy and a tight card."""
     import torch
 
     import comfy.model_management as mm
 
-    te = importlib.import_module(f"{PACKAGE}.nodes.comfy_text_encoder")
+    te = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_text_encoder")
     from tools.make_test_text_encoder import tiny_text_config, write_layout
 
     caption = '{"subject": "a red fox in the snow", "style": "flat"}'
@@ -191,9 +191,9 @@ def main(argv=None) -> dict:
     import comfy.model_management as mm
 
     torch.set_num_threads(min(4, os.cpu_count() or 1))
-    cm = importlib.import_module(f"{PACKAGE}.nodes.comfy_model")
-    cs = importlib.import_module(f"{PACKAGE}.nodes.comfy_sampling")
-    cond_mod = importlib.import_module(f"{PACKAGE}.nodes.conditioning")
+    cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
+    cs = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_sampling")
+    cond_mod = importlib.import_module(f"{PACKAGE}.nodes.host.conditioning")
     sampling = importlib.import_module(f"{PACKAGE}.sampling")
     from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
 

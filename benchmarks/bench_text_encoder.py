@@ -106,7 +106,7 @@ def measure(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads) if args.threads else None
-    from model.checkpoint import resolve_checkpoint_files
+    from model.checkpoints import resolve_checkpoint_files
     from model.text_encoder import load_text_encoder
 
     source = Path(args.workdir) / args.layout

@@ -184,7 +184,7 @@ def load_pipeline(models: str | os.PathLike | Mapping[str, Any] | None = None, *
     ``taps``/``tokenizer`` are passed to ``load_text_encoder`` (defaults: the official 13 taps; the
     folder's own tokenizer).
     """
-    from .loading import load_transformer
+    from .dit import load_transformer
     from .text_encoder import load_text_encoder
 
     src = _resolve_sources(models, {"transformer": transformer, "unconditional": unconditional,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..model import caption as cap
-from ..model import caption_builders as builders
-from ..model import magic_prompt as mp
+from ..model.caption import builders
+from ..model.caption import magic_prompt as mp
 
 CATEGORY = "Ideogram4 Native/caption"
 Elements = io.Custom("IDEOGRAM4_ELEMENTS")

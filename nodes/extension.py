@@ -20,7 +20,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
 
 class Ideogram4NativeExtension(ComfyExtension):
     async def on_load(self) -> None:
-        from . import folders
+        from .host import folders
 
         folders.register()
 

@@ -94,14 +94,12 @@ class Ideogram4NativeEmptyLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, aspect_ratio: str, width: int, height: int, batch_size: int) -> io.NodeOutput:
-        import torch
-
-        import comfy.model_management as mm
+        from .host.comfy_sampling import empty_latent
 
         w, h = aspect_size(aspect_ratio, width, height)
         check_size("Ideogram4 Empty Latent", w, h)
         gh, gw = token_grid(w, h)
-        samples = torch.zeros(batch_size, LATENT_CHANNELS, gh, gw, device=mm.intermediate_device())
+        samples = empty_latent(batch_size, LATENT_CHANNELS, gh, gw)
         return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, w, h)
 
 
@@ -128,8 +126,8 @@ class Ideogram4NativeVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples: dict, vae, tiling: str) -> io.NodeOutput:
-        from .comfy_vae import decode
-        from .image_values import uint8_to_image
+        from .host.comfy_vae import decode
+        from .host.image_values import uint8_to_image
 
         if samples.get(LATENT_SPACE_KEY) == "flux2_vae":
             raise ValueError("this latent was converted for core VAEDecode (Ideogram4 Latent To Flux2 VAE); connect the "
@@ -160,7 +158,7 @@ class Ideogram4NativeLatentToFlux2VAE(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples: dict, vae) -> io.NodeOutput:
-        from ..model import latents as lat
+        from ..model.vae import latents as lat
 
         if samples.get(LATENT_SPACE_KEY) == "flux2_vae":
             raise ValueError("this latent is already converted to the Flux2 VAE space")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import folders
+from .host import folders
 
 CATEGORY = "Ideogram4 Native/loaders"
 AUTO = "auto"
@@ -67,7 +67,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditional: str, unconditional: str, weight_dtype: str) -> io.NodeOutput:
-        from .comfy_model import load_model_patcher, plan_pair
+        from .host.comfy_model import load_model_patcher, plan_pair
 
         cond_path, cond_component = _source(conditional, "conditional")
         if unconditional == AUTO:
@@ -131,7 +131,7 @@ class Ideogram4NativeVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:
-        from .comfy_vae import load_vae_patcher
+        from .host.comfy_vae import load_vae_patcher
 
         path = folders.resolve(vae_name, file_key="vae", folder_keys=FOLDER_KEYS_VAE)
         patcher = load_vae_patcher(path, dtype)

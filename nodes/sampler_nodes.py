@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..model import latents as lat
+from ..model.vae import latents as lat
 from ..sampling import check_resolution
-from .sampler_settings import (DEFAULT_PRESET, MAX_STEPS, PRESET_CHOICES, GuidanceSpec, describe_settings,
+from .host.sampler_settings import (DEFAULT_PRESET, MAX_STEPS, PRESET_CHOICES, GuidanceSpec, describe_settings,
                                settings_from_inputs)
 
 CATEGORY = "Ideogram4 Native/sampling"
@@ -127,8 +127,8 @@ class Ideogram4NativeKSampler(io.ComfyNode):
                 polish_guidance: float, guidance_schedule: str, latent: dict | None = None) -> io.NodeOutput:
         import torch
 
-        from .comfy_model import require_ideogram4
-        from .comfy_sampling import run_reference_sampler
+        from .host.comfy_model import require_ideogram4
+        from .host.comfy_sampling import run_reference_sampler
 
         require_ideogram4(model, "model")
         require_ideogram4(unconditional_model, "unconditional_model")
@@ -172,7 +172,7 @@ class Ideogram4NativeSigmas(io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, width: int, height: int, steps: int, mu: float, std: float,
                 latent: dict | None = None) -> io.NodeOutput:
-        from .comfy_sampling import make_sigmas
+        from .host.comfy_sampling import make_sigmas
 
         if latent is not None:
             _, width, height = size_from_latent(latent)
@@ -208,8 +208,8 @@ class Ideogram4NativeGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, unconditional_model, positive, preset: str, guidance: float, polish_steps: int,
                 polish_guidance: float, guidance_schedule: str) -> io.NodeOutput:
-        from .comfy_model import require_ideogram4
-        from .comfy_sampling import Ideogram4Guider
+        from .host.comfy_model import require_ideogram4
+        from .host.comfy_sampling import Ideogram4Guider
 
         require_ideogram4(model, "model")
         require_ideogram4(unconditional_model, "unconditional_model")
@@ -235,7 +235,7 @@ class Ideogram4NativeSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        from .comfy_sampling import Ideogram4KSampler
+        from .host.comfy_sampling import Ideogram4KSampler
 
         return io.NodeOutput(Ideogram4KSampler())
 
@@ -256,7 +256,7 @@ class Ideogram4NativeNoise(io.ComfyNode):
 
     @classmethod
     def execute(cls, noise_seed: int) -> io.NodeOutput:
-        from .comfy_sampling import Ideogram4Noise
+        from .host.comfy_sampling import Ideogram4Noise
 
         return io.NodeOutput(Ideogram4Noise(noise_seed))
 

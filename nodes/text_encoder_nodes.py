@@ -10,8 +10,8 @@ import logging
 from comfy_api.latest import io
 
 from ..model import caption as cap
-from . import folders
-from .conditioning import make_conditioning
+from .host import folders
+from .host.conditioning import make_conditioning
 
 log = logging.getLogger("ideogram4_native")
 
@@ -37,7 +37,7 @@ def _tokenizer_path(choice: str, source_is_folder: bool):
             return None  # the folder's own tokenizer/ (or root) tokenizer
         choice = COMFY_TOKENIZER
     if choice == COMFY_TOKENIZER:
-        from .comfy_text_encoder import comfy_bundled_tokenizer
+        from .host.comfy_text_encoder import comfy_bundled_tokenizer
 
         path = comfy_bundled_tokenizer()
         if path is None:
@@ -82,7 +82,7 @@ class Ideogram4NativeTextEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: str, tokenizer: str, dtype: str, device: str) -> io.NodeOutput:
-        from .comfy_text_encoder import load_text_encoder_patcher
+        from .host.comfy_text_encoder import load_text_encoder_patcher
 
         source = folders.resolve(text_encoder, file_key="text_encoders", folder_keys=TE_FOLDER_KEYS)
         tok = _tokenizer_path(tokenizer, text_encoder.endswith(folders.FOLDER_SUFFIX) or source.is_dir())
@@ -144,7 +144,7 @@ class Ideogram4NativeTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder, caption: str, caption_check: str) -> io.NodeOutput:
-        from .comfy_text_encoder import encode
+        from .host.comfy_text_encoder import encode
 
         text, lines = check_caption_text(caption, caption_check)
         features, lengths, info = encode(text_encoder, text)

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from model import caption_builders as builders
-from model import caption_schema as schema
+from model.caption import builders
+from model.caption import schema
 from model.caption import CaptionError, check_caption, require_caption
 
 GOLDEN = Path(__file__).parent / "data" / "caption_golden.json"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from model import latents as L
+from model.vae import latents as L
 
 
 def _rand(*shape, seed=0):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import load_transformer
-from model.quant import QuantizedLinear
+from model.checkpoints import QuantizedLinear
 from tools.make_test_checkpoints import convert, write_file, write_hf_folder, write_sharded
 
 QUANT_TOL = {"fp32": 0.0, "bf16": 2 ** -8, "diffusers": 2 ** -8, "fp8": 0.07, "comfy_fp8_scaled": 0.07, "nf4": 0.15}

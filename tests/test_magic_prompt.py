@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from model import magic_prompt as mp
+from model.caption import magic_prompt as mp
 from model.caption import CaptionError, check_caption
 
 VALID = {

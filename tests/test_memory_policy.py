@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from nodes.memory_policy import (GiB, MiB, ComfyMemoryConstants, ModelSize, activation_bytes, comfy_budget,
+from nodes.host.memory_policy import (GiB, MiB, ComfyMemoryConstants, ModelSize, activation_bytes, comfy_budget,
                                  plan_memory, plan_text_encoder, vae_tile)
 
 FP8 = (9_280_741_285, 9_280_741_293)

@@ -19,8 +19,8 @@ from comfy_api_stub import stubbed_pack
 @pytest.fixture(scope="module")
 def pack():
     with stubbed_pack() as p:
-        mods = {name: importlib.import_module(f"{p.__name__}.nodes.{name}") for name in (
-            "sampler_settings", "text_encoder_nodes", "latent_nodes", "image_values", "conditioning", "folders",
+        mods = {name.rpartition(".")[2]: importlib.import_module(f"{p.__name__}.nodes.{name}") for name in (
+            "host.sampler_settings", "text_encoder_nodes", "latent_nodes", "host.image_values", "host.conditioning", "host.folders",
             "sampler_nodes")}
         mods["caption"] = importlib.import_module(f"{p.__name__}.model.caption")
         yield mods

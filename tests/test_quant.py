@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.quant import (NF4_CODE, QuantizedLinear, dequantize_fp8, dequantize_nf4, dequantize_nf4_reference,
+from model.checkpoints import (NF4_CODE, QuantizedLinear, dequantize_fp8, dequantize_nf4, dequantize_nf4_reference,
                          nf4_quant_state_json, parse_nf4_quant_state, quantize_fp8_rowwise, quantize_fp8_tensorwise,
                          quantize_nf4)
 
@@ -92,7 +92,7 @@ def test_nf4_rejects_sizes_not_multiple_of_blocksize():
 
 
 def test_nf4_chunked_decode_is_bit_exact_across_chunk_boundaries(monkeypatch):
-    import model.quant as quant
+    import model.checkpoints.nf4 as quant
     monkeypatch.setattr(quant, "_NF4_CHUNK_BYTES", 96)  # 3 blocks per chunk, forces many chunks
     w = _weight(40, 256).to(torch.bfloat16)
     packed, absmax = quantize_nf4(w)

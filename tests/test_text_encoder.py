@@ -39,8 +39,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model import text_encoder as te
-from model.checkpoint import CheckpointReader
-from model.quant import dequantize_fp8, dequantize_nf4, parse_nf4_quant_state
+from model.checkpoints import CheckpointReader
+from model.checkpoints import dequantize_fp8, dequantize_nf4, parse_nf4_quant_state
 from model.text_encoder import EncodedText, build_chat_prompt, load_text_encoder
 from tools import make_test_text_encoder as mk
 
@@ -290,7 +290,7 @@ def test_vision_lm_head_norm_and_later_layers_are_never_read(layouts, monkeypatc
 
 
 def test_quantised_linears_are_the_shared_quantized_linear(layouts):
-    from model.quant import QuantizedLinear
+    from model.checkpoints import QuantizedLinear
 
     for layout, scheme in (("official_fp8", "fp8_rowwise"), ("official_nf4", "nf4"),
                            ("comfy_fp8_scaled", "fp8_tensorwise")):
@@ -475,7 +475,7 @@ def test_cached_lookup_by_target_device(layouts):
 def test_qwen_rms_norm_is_transformers_norm_bit_for_bit(dtype):
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
 
-    from model.ops import qwen_rms_norm
+    from model.text_encoder import qwen_rms_norm
 
     g = torch.Generator().manual_seed(0)
     norm = Qwen3VLTextRMSNorm(64, eps=1e-6).to(dtype)
@@ -500,18 +500,18 @@ class _HostOps:
             self.variance_epsilon = eps
 
         def forward(self, x):
-            from model.ops import qwen_rms_norm
+            from model.text_encoder import qwen_rms_norm
 
             return qwen_rms_norm(x, self.weight, self.variance_epsilon)
 
-    from model.quant import QuantizedLinear
+    from model.checkpoints import QuantizedLinear
 
 
 @pytest.mark.parametrize("layout", ["official_bf16", "official_nf4"])
 def test_host_operations_own_every_weighted_layer_and_change_nothing(layouts, layout):
     """With a host namespace every Linear, the embedding and every RMSNorm are the host's classes
     (so ComfyUI can stream all of them when partially loading), and the features are unchanged."""
-    from model.quant import QuantizedLinear
+    from model.checkpoints import QuantizedLinear
 
     plain = load_text_encoder(layouts[layout], taps=TAPS)
     hosted = load_text_encoder(layouts[layout], taps=TAPS, operations=_HostOps)

@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from model.latents import denormalise, unpatchify
+from model.vae.latents import denormalise, unpatchify
 from model.vae import (Flux2VAEDecoder, VAEDecoderConfig, decode_to_uint8, detect_vae_format, load_vae, to_pil,
                        to_uint8)
 from tools.make_test_vae import bfl_shapes, convert, random_vae_state_dict, tiny_vae_config, write_vae

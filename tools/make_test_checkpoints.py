@@ -19,8 +19,8 @@ from typing import Iterable
 import torch
 from safetensors.torch import save_file
 
-from model.config import DiTConfig, expected_shapes
-from model.quant import NF4_CODE, nf4_quant_state_json, quantize_fp8_rowwise, quantize_fp8_tensorwise, quantize_nf4
+from model.dit import DiTConfig, expected_shapes
+from model.checkpoints import NF4_CODE, nf4_quant_state_json, quantize_fp8_rowwise, quantize_fp8_tensorwise, quantize_nf4
 
 FORMATS = ("fp32", "bf16", "diffusers", "fp8", "comfy_fp8_scaled", "nf4")
 

@@ -58,7 +58,7 @@ def _worker(out_dir: str) -> dict:
     import comfy.sd
     from safetensors.torch import load_file
 
-    from model.latents import ref_to_bn_space, tokens_to_comfy
+    from model.vae.latents import ref_to_bn_space, tokens_to_comfy
     from model.vae import load_vae
     from tools.make_test_vae import write_vae
 

@@ -47,7 +47,7 @@ torch.set_num_threads(2)
 import comfy.model_management as mm
 import comfy.memory_management
 pack = importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.comfy_model")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 from safetensors import safe_open
 from pathlib import Path
 from tools.make_test_checkpoints import FORMATS, convert, random_state_dict, tiny_config, write_file
@@ -125,7 +125,7 @@ res["load_pair"] = {"mode": loaded.mode, "loaded": [l.model is cond or l.model i
 # the text encoder: every weighted layer is castable, so a partial load streams and changes nothing
 from collections import Counter
 from tools.make_test_text_encoder import tiny_text_config, write_layout
-te_mod = importlib.import_module("i4pack.nodes.comfy_text_encoder")
+te_mod = importlib.import_module("i4pack.nodes.host.comfy_text_encoder")
 captions = ["a cat", '{"subject": "The red fox", "n": 2}']
 res["te"] = {}
 for layout in ("official_bf16", "official_fp8", "official_nf4"):

@@ -221,7 +221,7 @@ def test_tiled_decode_matches_the_reference_tiled_decode(comfy_server, comfy_mod
 def test_sampler_custom_advanced_blocks_equal_sampling_sample(comfy_server, comfy_models):
     from safetensors.torch import load_file
 
-    from model.latents import comfy_to_tokens
+    from model.vae.latents import comfy_to_tokens
     from sampling import PRESETS, sample
 
     base = template()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import DiTConfig
 from .constants import IMAGE_POSITION_OFFSET
-from .ops import TorchOps
+from ..checkpoints.ops import TorchOps
 from .rope import apply_rope, mrope_cos_sin
 
 

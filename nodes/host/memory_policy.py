@@ -178,7 +178,7 @@ def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, interm
     float32 (B, L_txt, F) and are cast/normalised (≈ 12 bytes per element in flight).  Without
     a fused attention kernel the score matrix (heads × L² in the compute dtype, ×2 for softmax)
     is materialised.  ``dequant_bytes`` is the largest per-layer temporary of a quantised or
-    streamed weight (see ``nodes.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the
+    streamed weight (see ``nodes.host.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the
     allocator's fragmentation.
     """
     if min(batch, n_img) < 1 or n_txt < 0:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .caption import CaptionError, CaptionReport, check_caption
+from .checker import CaptionError, CaptionReport, check_caption
 
 PROVIDERS = ("none", "ideogram", "openai_compatible")
 IDEOGRAM_URL = "https://api.ideogram.ai/v1/ideogram-v4/magic-prompt"
@@ -71,7 +71,7 @@ VENDOR_KEY_ENV = {
 HOST_ALIASES = {"ideogram": "api.ideogram.ai", "openrouter": "openrouter.ai", "openai": "api.openai.com"}
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 KEYS_FILE = PACK_ROOT / "magic_prompt_keys.json"
 SYSTEM_PROMPT_FILE = Path(__file__).resolve().with_name("magic_prompt_system.txt")
 

@@ -32,8 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .constants import MAX_TEXT_TOKENS
-from .text_encoder_loading import load_text_encoder  # noqa: F401  (public entry point)
+from ..dit.constants import MAX_TEXT_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
   ``t = 1 − σ`` and the model output is the negated velocity (``denoised = x + σ·v``).
 * :func:`load_model_patcher` — any supported checkpoint → a plain ``ModelPatcher`` (not the
   dynamic-VRAM patcher: our packed layers use the classic lowvram path).
-* :func:`load_pair` — applies ``nodes.memory_policy.plan_memory`` through ``load_models_gpu``.
+* :func:`load_pair` — applies ``nodes.host.memory_policy.plan_memory`` through ``load_models_gpu``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.supported_models_base
 
-from ..model import latents as lat
-from ..model.loading import load_transformer
-from ..model.ops import qwen_rms_norm
-from ..model.quant import QuantizedLinear
-from ..sampling import sigma_from_time
+from ...model.vae import latents as lat
+from ...model.dit import load_transformer
+from ...model.text_encoder import qwen_rms_norm
+from ...model.checkpoints import QuantizedLinear
+from ...sampling import sigma_from_time
 from . import memory_policy as mp
 
 log = logging.getLogger("ideogram4_native")
@@ -265,7 +265,7 @@ def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
     worst = 0
     bnb_kernel = False
     if device is not None and torch.device(device).type == "cuda":
-        from ..model.quant import _bnb_functional
+        from ...model.checkpoints.nf4 import _bnb_functional
 
         bnb_kernel = _bnb_functional() is not None
     act = torch.finfo(dit.compute_dtype).bits // 8

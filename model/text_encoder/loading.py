@@ -31,11 +31,10 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointReader, open_checkpoint
-from .constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
-from .formats import CheckpointFormat, classify_modules, describe_other_family
-from .loading import assign_weights, key_problems, replace_module, swap_quantized_linears
-from .ops import TorchOps
+from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, classify_modules,
+                           describe_other_family, key_problems, open_checkpoint, replace_module, swap_quantized_linears)
+from ..dit.constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
+from .encoder import Ideogram4TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +425,8 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
             and the final norm are neither built nor read.
         max_text_tokens: templated captions longer than this raise ``ValueError``.
         expected_hidden_size: if given, refuse a model of another width (e.g. 4096 for Ideogram 4).
-        operations: layer namespace (``model.ops.TorchOps`` by default; see :func:`_use_operations`).
+        operations: layer namespace (``model.checkpoints.TorchOps`` by default; see :func:`_use_operations`).
     """
-    from .text_encoder import Ideogram4TextEncoder
 
     taps = _check_taps(taps)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

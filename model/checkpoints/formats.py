@@ -15,8 +15,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .checkpoint import CheckpointReader
-from .quant import FP8_DTYPE, NF4_BLOCKSIZE, json_from_tensor, parse_nf4_quant_state
+from .fp8 import FP8_DTYPE
+from .nf4 import NF4_BLOCKSIZE, parse_nf4_quant_state
+from .reader import CheckpointReader, json_from_tensor
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention\.)to_([qkv])\.(.+)$")

@@ -19,8 +19,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 
-from ..model import latents as lat
-from ..model.vae import Flux2VAEDecoder, load_vae
+from ...model.vae import latents as lat
+from ...model.vae import Flux2VAEDecoder, load_vae
 from . import memory_policy as mp
 
 log = logging.getLogger("ideogram4_native")

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from .caption import (
+from .checker import (
     CaptionReport,
     json_type_name,
     reject_nan_constant,
@@ -15,7 +15,7 @@ from .caption import (
     check_caption,
     element_order,
 )
-from .caption_schema import (
+from .schema import (
     COMPOSITION_ORDER,
     ELEMENT_ORDER,
     STYLE_ORDER_ART,

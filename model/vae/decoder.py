@@ -1,4 +1,4 @@
-"""Pure-torch FLUX.2 KL VAE decoder (spec §4): loading (BFL and diffusers naming), decode, tiled decode.
+"""Pure-torch FLUX.2 KL VAE decoder (spec §4): decode and tiled decode (loading: ``vae/loading.py``).
 
 Architecture (REF ``autoencoder.Decoder``): ``post_quant_conv`` (1×1, z→z) → ``conv_in`` (3×3) →
 mid (ResnetBlock, single-head spatial attention, ResnetBlock) → for each level from the lowest
@@ -9,7 +9,7 @@ configuration (z channels, channels per level, blocks per level) is read from te
 the real VAE and the tiny test VAEs go through the same code.
 
 Module names are BFL's ``decoder.*`` names without the prefix (``post_quant_conv`` included), so
-one key-detection function (:func:`detect_vae_format`) maps either file naming onto them:
+one key-detection function (:func:`model.vae.loading.detect_vae_format`) maps either file naming onto them:
 
 * BFL / ComfyUI ``flux2-vae.safetensors`` (``decoder.*``, ``decoder.post_quant_conv.*`` or
   ``post_quant_conv.*``, ``bn.*``; ``encoder.*`` / ``quant_conv.*`` are skipped);
@@ -19,14 +19,13 @@ one key-detection function (:func:`detect_vae_format`) maps either file naming o
 
 The VAE's ``bn.running_mean/var`` are kept (``bn_running_mean``/``bn_running_var``, float32) but
 not used by decode: like REF, decoding takes *model-space* tokens and un-normalises them with the
-reference constants (``model/latents.py``).  They are there for :func:`model.latents.ref_to_bn_space`.
+reference constants (``model/vae/latents.py``).  They are there for :func:`model.vae.ref_to_bn_space`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -35,10 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointReader, open_checkpoint
-from .formats import describe_other_family
 from .latents import denormalise, unpatchify
-from .loading import key_problems, set_tensor
 
 log = logging.getLogger(__name__)
 
@@ -392,180 +388,6 @@ def to_pil(images_uint8: torch.Tensor) -> list:
     from PIL import Image
 
     return [Image.fromarray(a) for a in images_uint8.numpy()]
-
-
-# --------------------------------------------------------------------------- #
-# Key detection and loading
-# --------------------------------------------------------------------------- #
-
-VAE_PREFIXES = ("first_stage_model.", "vae.", "model.", "autoencoder.")
-_ATTN_DIFFUSERS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-                   "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-
-_NOT_A_VAE = (
-    ("layers.0.attention.qkv", "an Ideogram 4 DiT (transformer) checkpoint"),
-    ("layers.0.attention.to_q", "an Ideogram 4 DiT (transformer) checkpoint in diffusers naming"),
-    ("double_blocks.0.img_attn", "a FLUX-family diffusion model"),
-    ("input_blocks.0.0.weight", "a Stable Diffusion / SDXL UNet"),
-    ("self_attn.q_proj.weight", "a language / text-encoder model (e.g. Qwen3-VL)"),
-    ("visual.blocks.0", "a vision-language model"),
-    ("taesd_decoder", "a TAESD preview decoder"),
-)
-
-
-@dataclass
-class VAEFormat:
-    naming: str  # "bfl" | "diffusers"
-    prefix: str
-    sources: dict[str, str] = field(repr=False)  # our decoder name -> file key
-    linear_to_conv: set[str] = field(repr=False, default_factory=set)  # our names stored as 2-D linears
-    bn: dict[str, str] = field(repr=False, default_factory=dict)  # running_mean/running_var -> file key
-    skipped: list[str] = field(repr=False, default_factory=list)  # encoder / quant_conv / bookkeeping keys
-    unknown: list[str] = field(repr=False, default_factory=list)
-
-    @property
-    def description(self) -> str:
-        name = {"bfl": "BFL/ComfyUI key names (flux2-vae)", "diffusers": "diffusers key names (AutoencoderKLFlux2)"}[self.naming]
-        return name + (", with bn statistics" if self.bn else ", no bn statistics")
-
-
-def _describe_not_vae(keys: list[str]) -> str:
-    known = describe_other_family(keys, _NOT_A_VAE, unknown=None)
-    if known is not None:
-        return known
-    if any(k.startswith(("encoder.", "quant_conv.")) for k in keys):
-        return "a VAE encoder without a decoder"
-    return describe_other_family(keys, (), unknown="an unknown file")
-
-
-def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
-    """``decoder.<rest>`` in diffusers naming → (our name, stored as linear)."""
-    if rest.startswith(("conv_in.", "conv_out.")):
-        return rest, False
-    if rest.startswith("conv_norm_out."):
-        return "norm_out." + rest[len("conv_norm_out."):], False
-    m = re.match(r"^mid_block\.resnets\.(\d+)\.(.+)$", rest)
-    if m:
-        return f"mid.block_{int(m.group(1)) + 1}.{m.group(2).replace('conv_shortcut', 'nin_shortcut')}", False
-    m = re.match(r"^mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.(weight|bias)$", rest)
-    if m:
-        sub = _ATTN_DIFFUSERS[m.group(1)]
-        return f"mid.attn_1.{sub}.{m.group(2)}", sub != "norm" and m.group(2) == "weight"
-    m = re.match(r"^up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", rest)
-    if m:
-        level = num_up - 1 - int(m.group(1))
-        return f"up.{level}.block.{m.group(2)}.{m.group(3).replace('conv_shortcut', 'nin_shortcut')}", False
-    m = re.match(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)$", rest)
-    if m:
-        return f"up.{num_up - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}", False
-    return None
-
-
-def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAEFormat:
-    """THE key-detection function: file keys → where each decoder tensor comes from.
-
-    Raises ``ValueError`` naming ``label`` and what the file looks like when it is no FLUX-style KL VAE.
-    """
-    keys = list(keys)
-    prefix = ""
-    for p in VAE_PREFIXES:
-        if any(k.startswith(p + "decoder.") for k in keys):
-            prefix = p
-            break
-    body = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
-    outside = [k for k in keys if not k.startswith(prefix)]
-    if any(k.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for k in body):
-        naming = "diffusers"
-    elif any(k.startswith(("decoder.up.", "decoder.mid.block_1.")) for k in body):
-        naming = "bfl"
-    else:
-        raise ValueError(f"{label}: not a FLUX.2 VAE — looks like {_describe_not_vae(keys)}")
-    fmt = VAEFormat(naming=naming, prefix=prefix, sources={})
-    fmt.skipped.extend(outside)  # other components of a bundled checkpoint (only possible with a prefix)
-    num_up = 1 + max((int(m.group(1)) for k in body if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))), default=-1)
-    for k, src in body.items():
-        if k in ("bn.running_mean", "bn.running_var"):
-            fmt.bn[k[3:]] = src
-        elif k == "bn.num_batches_tracked" or k.startswith(("encoder.", "quant_conv.")):
-            fmt.skipped.append(src)
-        elif k.startswith("post_quant_conv.") or k.startswith("decoder.post_quant_conv."):
-            fmt.sources["post_quant_conv." + k.rsplit(".", 1)[1]] = src
-        elif k.startswith("decoder."):
-            rest = k[len("decoder."):]
-            if naming == "bfl":
-                fmt.sources[rest] = src
-            else:
-                mapped = _map_diffusers_decoder(rest, num_up)
-                if mapped is None:
-                    fmt.unknown.append(src)
-                    continue
-                name, is_linear = mapped
-                fmt.sources[name] = src
-                if is_linear:
-                    fmt.linear_to_conv.add(name)
-        else:
-            fmt.unknown.append(src)
-    return fmt
-
-
-def _logical_shapes(reader: CheckpointReader, fmt: VAEFormat) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for name, src in fmt.sources.items():
-        shape = reader.shape(src)
-        if name in fmt.linear_to_conv and len(shape) == 2:
-            shape = shape + (1, 1)
-        shapes[name] = tuple(shape)
-    return shapes
-
-
-def _check_keys(model: nn.Module, shapes: dict[str, tuple[int, ...]], fmt: VAEFormat, label: str) -> None:
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = key_problems(want, shapes, [k for k in shapes if k not in want] + fmt.unknown)
-    if problems:
-        raise ValueError(f"{label}: not a loadable FLUX.2 VAE decoder ({fmt.description}): " + " | ".join(problems))
-
-
-def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
-             operations=VAEOps, require_z_channels: Optional[int] = LATENT_Z) -> Flux2VAEDecoder:
-    """Load the decoder of a FLUX.2 VAE from a ``.safetensors`` file or an HF-layout folder (``vae/``).
-
-    Accepts BFL/ComfyUI naming (``flux2-vae.safetensors``, fp32) and diffusers ``AutoencoderKLFlux2``
-    naming (``vae/diffusion_pytorch_model.safetensors``); the configuration is read from the shapes.
-    Built on the meta device, every tensor assigned from the file (no random init); encoder tensors are
-    never read.  ``dtype`` is the compute dtype (REF decodes in bf16).  Wrong files raise ``ValueError``.
-    """
-    reader = open_checkpoint(source, "vae")
-    fmt = detect_vae_format(reader.keys(), reader.label)
-    shapes = _logical_shapes(reader, fmt)
-    try:
-        cfg = VAEDecoderConfig.from_shapes(shapes)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{reader.label}: incomplete VAE decoder ({fmt.description}): {exc}") from None
-    if require_z_channels is not None and cfg.z_channels != require_z_channels:
-        what = {4: "an SD1.x/SDXL-style VAE (4 latent channels)", 16: "a FLUX.1/SD3-style VAE (16 latent channels)"}.get(
-            cfg.z_channels, f"a VAE with {cfg.z_channels} latent channels")
-        raise ValueError(f"{reader.label}: this is {what}; Ideogram 4 needs the FLUX.2 VAE ({require_z_channels} latent channels)")
-    with torch.device("meta"):
-        model = Flux2VAEDecoder(cfg, dtype=dtype, operations=operations)
-    _check_keys(model, shapes, fmt, reader.label)
-    device = torch.device(device)
-    for name in model.state_dict():
-        value = reader.get(fmt.sources[name])
-        if name in fmt.linear_to_conv and value.ndim == 2:
-            value = value.reshape(*value.shape, 1, 1)
-        set_tensor(model, name, value.to(dtype).contiguous().to(device))
-    if fmt.bn:
-        if set(fmt.bn) != {"running_mean", "running_var"}:
-            raise ValueError(f"{reader.label}: incomplete bn statistics (has {sorted(fmt.bn)})")
-        for leaf, src in fmt.bn.items():
-            value = reader.get(src).to(torch.float32)
-            if tuple(value.shape) != (4 * cfg.z_channels,):
-                raise ValueError(f"{reader.label}: bn.{leaf} has shape {list(value.shape)}, expected [{4 * cfg.z_channels}]")
-            model._buffers[f"bn_{leaf}"] = value.to(device)
-    model.eval().requires_grad_(False)
-    model.checkpoint_format = fmt.description
-    log.info("Loaded FLUX.2 VAE decoder from %s (%s, channels %s)", reader.label, fmt.description, cfg.block_channels)
-    return model
 
 
 def decode_to_uint8(vae: Flux2VAEDecoder, tokens_normalised: torch.Tensor, gh: int, gw: int, *,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..sampling import PRESETS, SamplerSettings, custom_settings
-from ..sampling.presets import MAX_STEPS, parse_guidance_list
+from ...sampling import PRESETS, SamplerSettings, custom_settings
+from ...sampling.presets import MAX_STEPS, parse_guidance_list
 
 CUSTOM = "custom"
 PRESET_CHOICES = (*PRESETS, CUSTOM)

@@ -20,8 +20,7 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..model.text_encoder import load_text_encoder
-from ..model.text_encoder_loading import has_tokenizer
+from ...model.text_encoder import has_tokenizer, load_text_encoder
 from . import memory_policy as mp
 from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_dtype
 

@@ -38,8 +38,8 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..model import latents as lat
-from ..sampling import draw_noise, sample, sigma_from_time, time_grid, token_grid
+from ...model.vae import latents as lat
+from ...sampling import draw_noise, sample, sigma_from_time, time_grid, token_grid
 from .comfy_model import check_patches, dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
@@ -50,6 +50,11 @@ TIME_ATTR = "ideogram4_time"
 
 
 # --------------------------------------------------------------------------- SIGMAS
+
+def empty_latent(batch_size: int, channels: int, gh: int, gw: int) -> torch.Tensor:
+    """Zeros in latent layout on ComfyUI's intermediate device (as core's empty-latent nodes)."""
+    return torch.zeros(batch_size, channels, gh, gw, device=mm.intermediate_device())
+
 
 def make_sigmas(settings, width: int, height: int) -> torch.Tensor:
     """Reference σ list (descending, ends at 1 − t_max) with the exact times attached."""
@@ -84,7 +89,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     def __init__(self, cond_patcher, uncond_patcher, guidance: GuidanceSpec):
         patcher = cond_patcher.clone()
         # Both models are then loaded by one load_models_gpu call (ComfyUI's prepare_sampling),
-        # the unconditional one first — the same placement as nodes.memory_policy plans.
+        # the unconditional one first — the same placement as nodes.host.memory_policy plans.
         patcher.set_additional_models("ideogram4_unconditional", [uncond_patcher])
         super().__init__(patcher)
         self.uncond_patcher = uncond_patcher

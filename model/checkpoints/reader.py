@@ -152,3 +152,8 @@ def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None) 
     files = resolve_checkpoint_files(source, component)
     label = str(Path(source)) + (f" [{component}]" if component and Path(source).is_dir() else "")
     return CheckpointReader(files, label)
+
+
+def json_from_tensor(raw: torch.Tensor) -> dict:
+    """UTF-8 JSON stored as a uint8 tensor (bitsandbytes quant_state, ComfyUI comfy_quant)."""
+    return json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))

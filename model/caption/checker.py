@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import jsonschema
 
-from .caption_schema import (
+from .schema import (
     BBOX_MAX,
     BBOX_MIN,
     COMPOSITION_ORDER,

@@ -1,0 +1,118 @@
+"""NF4 codec: bitsandbytes NF4, blocksize 64, no nested statistics (pure torch, bitsandbytes optional).
+
+Packed uint8 (out*in/2, 1), high nibble first, float32 ``absmax`` per 64 elements;
+``W = quant_map[code] * absmax`` in float32, then cast once to the compute dtype (what bitsandbytes
+does on every backend).  On CUDA with bitsandbytes installed the decode uses its kernel (identical
+numbers); everywhere else the pure-torch codec below runs, so CPU users and CI can run every format.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Optional
+
+import torch
+
+from .reader import json_from_tensor
+
+NF4_BLOCKSIZE = 64
+# bitsandbytes' NF4 code book (float32), index = 4-bit code.
+NF4_CODE = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+
+
+def _nf4_code(device) -> torch.Tensor:
+    return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
+
+
+def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes-compatible NF4: returns (packed uint8 (n/2, 1), absmax float32 (n/blocksize,))."""
+    flat = weight.detach().reshape(-1).to(torch.float32)
+    n = flat.numel()
+    if n % blocksize or n % 2:
+        raise ValueError(f"nf4 needs a weight whose size ({n}) is a multiple of the blocksize {blocksize}")
+    blocks = flat.view(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    code = _nf4_code(flat.device)
+    bounds = (code[:-1] + code[1:]) / 2
+    q = torch.bucketize(scaled, bounds, out_int32=True).to(torch.uint8)
+    packed = ((q[::2] << 4) | q[1::2]).unsqueeze(1)
+    return packed, absmax
+
+
+_NF4_CHUNK_BYTES = 1 << 22  # packed bytes decoded per chunk (8M weights): bounds the temporaries
+
+
+def _nf4_byte_table(quant_map: torch.Tensor, device) -> torch.Tensor:
+    """(256, 2) float32: the two code values of every packed byte (high nibble first)."""
+    code = quant_map.to(device=device, dtype=torch.float32)
+    byte = torch.arange(256, device=device)
+    return torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)
+
+
+def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
+                             shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """Pure-torch NF4 decode: element 2k = high nibble of byte k; float32 product, one cast.
+
+    Decoded in chunks through a 256-entry byte table so temporaries stay small (a few tens of MB)
+    even for the 245M-weight ``llm_cond_proj``; the arithmetic (code · absmax in float32, then one
+    cast) is exactly bitsandbytes'.
+    """
+    flat = packed.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    n = shape[0] * shape[1]
+    if flat.numel() * 2 != n or n % NF4_BLOCKSIZE:
+        raise ValueError(f"nf4: {flat.numel()} packed bytes cannot hold a {list(shape)} weight in blocks of {NF4_BLOCKSIZE}")
+    table = _nf4_byte_table(quant_map, flat.device)
+    scales = absmax.to(device=flat.device, dtype=torch.float32)
+    out = torch.empty(n, dtype=dtype, device=flat.device)
+    step = _NF4_CHUNK_BYTES  # a multiple of NF4_BLOCKSIZE / 2, so chunks hold whole blocks
+    for start in range(0, flat.numel(), step):
+        chunk = flat[start:start + step]
+        values = table[chunk.long()].view(-1, NF4_BLOCKSIZE)  # (blocks, 64) float32
+        first_block = start * 2 // NF4_BLOCKSIZE
+        values *= scales[first_block:first_block + values.shape[0]].unsqueeze(1)
+        out[start * 2:start * 2 + values.numel()] = values.reshape(-1)
+    return out.view(shape)
+
+
+@functools.cache
+def _bnb_functional():
+    try:
+        import bitsandbytes.functional as bnbf  # noqa: WPS433 (optional dependency)
+    except Exception:  # not installed, or no usable native library
+        return None
+    return bnbf
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
+                   shape: tuple[int, int], dtype: torch.dtype, *, use_bitsandbytes: Optional[bool] = None) -> torch.Tensor:
+    """NF4 decode. ``use_bitsandbytes=None`` (auto): bitsandbytes' kernel on CUDA when it is installed,
+    else the pure-torch codec (identical numbers)."""
+    wanted = packed.is_cuda if use_bitsandbytes is None else use_bitsandbytes
+    bnbf = _bnb_functional() if wanted else None
+    if use_bitsandbytes and bnbf is None:
+        raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
+    if bnbf is not None:
+        state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32),
+                                shape=torch.Size(shape), code=quant_map.to(packed.device),
+                                blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=dtype)
+        return bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+    return dequantize_nf4_reference(packed, absmax, quant_map, shape, dtype)
+
+
+def nf4_quant_state_json(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """The ``quant_state.bitsandbytes__nf4`` tensor bitsandbytes writes (UTF-8 JSON as uint8)."""
+    text = json.dumps({"quant_type": "nf4", "blocksize": NF4_BLOCKSIZE,
+                       "dtype": str(dtype).replace("torch.", ""), "shape": list(shape)})
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+parse_nf4_quant_state = json_from_tensor

@@ -1,0 +1,69 @@
+"""``QuantizedLinear``: a Linear whose weight stays packed and is decoded per call (pure torch).
+
+The layer type hides the storage scheme (``fp8_rowwise``, ``fp8_tensorwise``, ``nf4``; one codec
+module each) from the models: they only ever see a Linear.  Decoding happens per layer on the fly,
+never for the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .fp8 import FP8_DTYPE, dequantize_fp8
+from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
+
+SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4")
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear whose weight is stored quantised and dequantised on each call.
+
+    Storage is registered as parameters/buffers (so ``.to()``, ``state_dict`` sizes and ComfyUI's
+    module-size accounting see it).  ``dequantized_weight(dtype, device)`` is the one decode entry
+    point; ``forward`` is ``F.linear(x, dequantized_weight(x.dtype), bias)`` — the reference's
+    dequantise-then-linear numerics.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scheme: str,
+                 device=None, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown quantisation scheme {scheme!r}; expected one of {SCHEMES}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.scheme = scheme
+        self.compute_dtype = dtype or torch.bfloat16
+        if scheme == "nf4":
+            n = in_features * out_features
+            self.weight = nn.Parameter(torch.empty(n // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
+            self.register_buffer("absmax", torch.empty(n // NF4_BLOCKSIZE, dtype=torch.float32, device=device))
+            self.register_buffer("quant_map", torch.empty(16, dtype=torch.float32, device=device))
+        else:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device),
+                                       requires_grad=False)
+            scale_shape = (out_features,) if scheme == "fp8_rowwise" else ()
+            self.register_buffer("weight_scale", torch.empty(scale_shape, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=self.compute_dtype, device=device),
+                                     requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"
+
+    def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
+        device = device or self.weight.device
+        if self.scheme == "nf4":
+            return dequantize_nf4(self.weight.to(device), self.absmax.to(device), self.quant_map.to(device),
+                                  (self.out_features, self.in_features), dtype)
+        return dequantize_fp8(self.weight.to(device), self.weight_scale.to(device), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight(x.dtype, x.device)
+        b = self.bias.to(device=x.device, dtype=x.dtype) if self.bias is not None else None
+        return F.linear(x, w, b)
