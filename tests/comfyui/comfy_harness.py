@@ -45,6 +45,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_worker(source: str, timeout: int = 600) -> dict:
+    """Run ``source`` in ComfyUI's Python (argv: ComfyUI path, repo, a folder holding the pack as ``i4pack``,
+    a scratch folder) and return the JSON it prints on its ``RESULT `` line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pack_parent = Path(tmp) / "pkgs"
+        pack_parent.mkdir()
+        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
+        out = Path(tmp) / "ckpt"
+        out.mkdir()
+        script = Path(tmp) / "worker.py"
+        script.write_text(source)
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
+                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(line[len("RESULT "):])
+
+
 # --------------------------------------------------------------------------- test model files
 
 def write_models(root: Path) -> dict[str, Any]:
