@@ -45,8 +45,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The start of every worker script: argv, ComfyUI first on sys.path, --cpu, the pack as ``i4pack``
+# (``cm`` = its nodes.host.comfy_model), ``mm`` = comfy.model_management, and the tiny DiT's test inputs
+# (``cfg``, ``sd``, ``x``, ``feats``; results go into ``res``).
+WORKER_PREAMBLE = '''import json, sys, importlib
+comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
+sys.path[:0] = [comfy_path]
+sys.path.append(pack_parent)
+sys.path.append(repo)
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+torch.set_num_threads(2)
+from pathlib import Path
+import comfy.model_management as mm
+pack = importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
+res = {}
+cfg = tiny_config()
+sd = random_state_dict(cfg, 0)
+g = torch.Generator().manual_seed(3)
+gh, gw = 3, 4
+x = torch.randn(2, 128, gh, gw, generator=g)
+feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
+'''
+
+
 def run_worker(source: str, timeout: int = 600) -> dict:
-    """Run ``source`` in ComfyUI's Python (argv: ComfyUI path, repo, a folder holding the pack as ``i4pack``,
+    """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (argv: ComfyUI path, repo, a folder holding the pack as ``i4pack``,
     a scratch folder) and return the JSON it prints on its ``RESULT `` line."""
     import tempfile
 
@@ -57,7 +85,7 @@ def run_worker(source: str, timeout: int = 600) -> dict:
         out = Path(tmp) / "ckpt"
         out.mkdir()
         script = Path(tmp) / "worker.py"
-        script.write_text(source)
+        script.write_text(WORKER_PREAMBLE + source)
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
         proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
                               capture_output=True, text=True, timeout=timeout, cwd=tmp)

@@ -19,39 +19,17 @@ from comfy_harness import requires_comfyui, run_worker
 pytestmark = requires_comfyui()
 
 WORKER = r'''
-import json, sys, importlib
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-from pathlib import Path
-import comfy.model_management as mm
 import folder_paths
 import nodes as comfy_nodes
 from safetensors.torch import save_file
-pack = importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 lora_host = importlib.import_module("i4pack.nodes.host.lora")
 from i4pack.model.checkpoints import QuantizedLinear
-from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
 from tools.make_test_loras import layout_state_dict, lora_factors, merge_reference, write_peft_lora
 
 out = Path(out_dir)
 loras = out / "loras"
 loras.mkdir()
 folder_paths.add_model_folder_path("loras", str(loras))
-res = {}
-cfg = tiny_config()
-sd = random_state_dict(cfg, 0)
-g = torch.Generator().manual_seed(3)
-gh, gw = 3, 4
-x = torch.randn(2, 128, gh, gw, generator=g)
-feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
 sigma = torch.tensor([0.7, 0.3])
 
 def run(patcher, full=True):

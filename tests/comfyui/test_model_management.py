@@ -27,31 +27,11 @@ from comfy_harness import requires_comfyui, run_worker
 pytestmark = requires_comfyui()
 
 WORKER = r'''
-import json, sys, importlib, importlib.util
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-import comfy.model_management as mm
+import importlib.util
 import comfy.memory_management
-pack = importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 from safetensors import safe_open
-from pathlib import Path
-from tools.make_test_checkpoints import FORMATS, convert, random_state_dict, tiny_config, write_file
+from tools.make_test_checkpoints import FORMATS
 
-res = {}
-cfg = tiny_config()
-sd = random_state_dict(cfg, 0)
-g = torch.Generator().manual_seed(3)
-gh, gw = 3, 4
-x = torch.randn(2, 128, gh, gw, generator=g)
-feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
 feats[1, :3] = 0
 sigma = torch.tensor([0.7, 0.3])
 
