@@ -46,4 +46,33 @@ class Ideogram4NativeLoraLoader(io.ComfyNode):
         return io.NodeOutput(cond, uncond, ui={"text": ["\n".join(lines)]})
 
 
-NODES: list[type[io.ComfyNode]] = [Ideogram4NativeLoraLoader]
+class Ideogram4NativeUnconditionalFromLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4NativeUnconditionalFromLora",
+            display_name="Ideogram4 Unconditional From LoRA",
+            category=CATEGORY,
+            description="Build the unconditional model as the conditional base + an unconditional LoRA (published by "
+                        "ai-toolkit, musubi-tuner, OneTrainer, SimpleTuner, diffusers trainers): CFG with one base in "
+                        "memory instead of two. The unconditional pass stays image-only; LoRAs added to the "
+                        "conditional model afterwards do not act in it.",
+            inputs=[
+                io.Model.Input("model", tooltip="Conditional DiT from the Ideogram4 Model Loader."),
+                io.Combo.Input("lora_name", options=folders.list_files("loras"),
+                               tooltip="The unconditional LoRA (trained on the conditional weights), models/loras."),
+                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01),
+            ],
+            outputs=[io.Model.Output("unconditional_model", display_name="unconditional_model")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
+        from .host.lora import unconditional_from_lora
+
+        path = folders.resolve(lora_name, file_key="loras", folder_keys=())
+        uncond, lines = unconditional_from_lora(model, path, strength, lora_name)
+        return io.NodeOutput(uncond, ui={"text": ["\n".join(lines)]})
+
+
+NODES: list[type[io.ComfyNode]] = [Ideogram4NativeLoraLoader, Ideogram4NativeUnconditionalFromLora]

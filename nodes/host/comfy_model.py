@@ -45,7 +45,7 @@ from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
 from . import memory_policy as mp
-from .lora_patching import Ideogram4ModelPatcher, install_key_map_hook
+from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
 
 install_key_map_hook()
 
@@ -69,21 +69,20 @@ class _EagerInit:
         return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
-class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
+class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBiasOp):
     """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch.
 
     Weight patches (LoRA…) are never merged into the packed storage: a streamed layer gets ComfyUI's
     own ``LowVramPatch`` in ``weight_function``; a resident one gets the same patch as
-    ``runtime_patch`` (set by :class:`nodes.host.lora_patching.Ideogram4ModelPatcher`), applied to the
-    decoded weight on each call.
+    run-time patch (``role_patches``, set by :class:`nodes.host.lora_patching.Ideogram4ModelPatcher`),
+    applied to the decoded weight on each call.
     """
-
-    runtime_patch = None
 
     def _weight_functions(self) -> list:
         functions = list(self.weight_function)
-        if self.runtime_patch is not None and not any(getattr(f, "is_lowvram_patch", False) for f in functions):
-            functions.insert(0, self.runtime_patch)  # ComfyUI's streamed-layer patch already holds the same patches
+        patch = self.role_patch()
+        if patch is not None and not any(getattr(f, "is_lowvram_patch", False) for f in functions):
+            functions.insert(0, patch)  # ComfyUI's streamed-layer patch already holds the same patches
         return functions
 
     def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +99,7 @@ class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()
-        if self.comfy_cast_weights or self.weight_function or self.bias_function or self.runtime_patch is not None:
+        if self.comfy_cast_weights or self.weight_function or self.bias_function or self.role_patch() is not None:
             return self.forward_comfy_cast_weights(x)
         return super().forward(x)
 
@@ -129,8 +128,15 @@ class ComfyTextRMSNorm(torch.nn.Module, comfy.ops.CastWeightBiasOp):
 class ComfyOps:
     """``operations`` namespace for ``model.load_transformer`` (see ``model/ops.py``)."""
 
-    class Linear(_EagerInit, comfy.ops.disable_weight_init.Linear):
-        pass
+    class Linear(_EagerInit, RolePatched, comfy.ops.disable_weight_init.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patch = self.role_patch()  # only on a base shared with an unconditional view (see lora_patching)
+            if patch is None:
+                return super().forward(x)
+            comfy.ops.run_every_op()
+            weight = patch(self.weight.to(device=x.device, dtype=x.dtype, copy=True))
+            bias = mm.cast_to(self.bias, x.dtype, x.device) if self.bias is not None else None
+            return F.linear(x, weight, bias)
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass
@@ -337,8 +343,10 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
     device = cond.load_device
     act = max(activation_estimate(dit_of(cond), batch, n_img, n_txt, device),
               activation_estimate(dit_of(uncond), batch, n_img, 0, device))
+    shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
     models = [mp.ModelSize("conditional", int(cond.model_size())),
-              mp.ModelSize("unconditional", int(uncond.model_size()))]
+              mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared else "unconditional",
+                            int(uncond.model_size()))]
     return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
 
 

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
@@ -70,26 +72,105 @@ def _to_device(value, device):
     return value
 
 
+# ---------------------------------------------------------------- run-time patches, per pass ("role")
+#
+# A layer's run-time patches live in ``layer.role_patches`` ({role: LowVramPatch}), which ComfyUI never
+# touches.  Role "own" holds the patches of the patcher that loaded the model; role "view" those of an
+# unconditional model built on this base (:class:`SharedUnconditionalDiT`), active only inside its pass.
+_ROLE = contextvars.ContextVar("ideogram4_lora_role", default="own")
+
+
+@contextlib.contextmanager
+def active_role(role: str):
+    token = _ROLE.set(role)
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
+
+
+class RolePatched:
+    """Mixin for the DiT's layers: the run-time patch of the pass in progress (or None)."""
+
+    role_patches = None
+
+    def role_patch(self):
+        return self.role_patches.get(_ROLE.get()) if self.role_patches else None
+
+    def set_role_patch(self, role: str, patch) -> None:
+        patches = dict(self.role_patches or {})
+        if patch is None:
+            patches.pop(role, None)
+        else:
+            patches[role] = patch
+        self.role_patches = patches or None
+
+
+def runtime_patch(patches: dict, key: str, device=None):
+    """ComfyUI's ``LowVramPatch`` for ``key`` (applied to a weight when the layer runs), its tensors on ``device``."""
+    patch = comfy.model_patcher.LowVramPatch(key, patches)
+    if device is not None:
+        patch.prepared_patches = [(p[0], _to_device(p[1], device), *p[2:]) for p in patches[key]]
+    return patch
+
+
+def _is_shared(model) -> bool:
+    return bool(getattr(getattr(model, "diffusion_model", None), "shared_view", False))
+
+
+def _layer_of(model, key: str):
+    module_name, _, leaf = key.rpartition(".")
+    try:
+        module = comfy.utils.get_attr(model, module_name)
+    except AttributeError:
+        return None
+    return module if leaf == "weight" and isinstance(module, RolePatched) else None
+
+
 class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
-    """``ModelPatcher`` that applies patches of packed layers to their decoded weight at run time."""
+    """``ModelPatcher`` that applies patches of packed layers (and, on a base shared with an unconditional
+    view, of every layer) to the weight when the layer runs, instead of merging them into the stored weights."""
 
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
-        module = packed_module(self.model, key) if key in self.patches else None
+        module = None
+        if key in self.patches:
+            module = packed_module(self.model, key) or (_layer_of(self.model, key) if _is_shared(self.model) else None)
         if module is None:
             return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
                                                   return_weight=return_weight, force_cast=force_cast)
-        patch = comfy.model_patcher.LowVramPatch(key, self.patches)
-        if return_weight:  # a merged copy was asked for (saving, merging): decode this layer only
-            weight = module.dequantized_weight(torch.float32, device_to)
+        if return_weight:  # a merged copy was asked for (saving, merging): this layer only
+            weight = (module.dequantized_weight(torch.float32, device_to) if isinstance(module, QuantizedLinear)
+                      else module.weight.to(device=device_to, dtype=torch.float32, copy=True))
             return comfy.lora.calculate_weight(self.patches[key], weight, key)
-        if device_to is not None:
-            patch.prepared_patches = [(p[0], _to_device(p[1], device_to), *p[2:]) for p in self.patches[key]]
-        module.runtime_patch = patch
+        module.set_role_patch("own", runtime_patch(self.patches, key, device_to))
         return None
+
+    def _keep_lowvram_patches_to_own_pass(self) -> None:
+        """On a shared base, ComfyUI's streamed-layer patches would also act in the view's pass: move them."""
+        if not _is_shared(self.model):
+            return
+        for module in self.model.modules():
+            functions = getattr(module, "weight_function", None)
+            if not functions or not isinstance(module, RolePatched):
+                continue
+            lowvram = [f for f in functions if getattr(f, "is_lowvram_patch", False)]
+            if lowvram:
+                module.weight_function = [f for f in functions if f not in lowvram]
+                module.set_role_patch("own", lowvram[-1])
+
+    def load(self, *args, **kwargs):
+        out = super().load(*args, **kwargs)
+        self._keep_lowvram_patches_to_own_pass()
+        return out
+
+    def partially_unload(self, *args, **kwargs):
+        out = super().partially_unload(*args, **kwargs)
+        self._keep_lowvram_patches_to_own_pass()
+        return out
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
         if unpatch_weights:
             for module in self.model.modules():
-                if getattr(module, "runtime_patch", None) is not None:
-                    module.runtime_patch = None
+                if isinstance(module, RolePatched):
+                    module.set_role_patch("own", None)
