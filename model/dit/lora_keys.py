@@ -96,7 +96,8 @@ class LoraMapping:
         return len({t.weight_key for t in self.targets.values()})
 
     def describe(self) -> str:
-        layouts = ", ".join(sorted(self.layouts)) or "?"
+        kept = [x for x in self.layouts if not any(y != x and y.startswith(x + ", ") for y in self.layouts)]
+        layouts = "; ".join(sorted(kept)) or "?"
         adapters = "/".join(sorted(self.adapters)) or "?"
         return (f"{adapters} in {layouts} key names: {len(self.targets)} modules onto "
                 f"{self.patched_weights} weights")
