@@ -128,6 +128,13 @@ def write_models(root: Path) -> dict[str, Any]:
 
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(8, 8), "img_in.weight": torch.zeros(8, 4)},
               str(dm / "not_ideogram.safetensors"))
+    # LoRAs: a style LoRA (kohya keys) and an unconditional LoRA (ai-toolkit keys) for the tiny DiT
+    from tools.make_test_loras import layout_state_dict, lora_factors
+
+    loras = root / "loras"
+    loras.mkdir(exist_ok=True)
+    save_file(layout_state_dict(lora_factors(cfg, seed=31), "kohya"), str(loras / "i4tiny_style.safetensors"))
+    save_file(layout_state_dict(lora_factors(cfg, seed=32), "ai-toolkit"), str(loras / "i4tiny_uncond.safetensors"))
     shutil.rmtree(staging, ignore_errors=True)
     return {"dit": files, "hf_repo": i4 / "tiny-repo", "te_folder": i4 / "tiny-te", "te_file": comfy_file,
             "tokenizer": te / "tiny_tokenizer", "vae": vae_file}
@@ -164,6 +171,7 @@ class ComfyServer:
             f"  diffusion_models: {models / 'diffusion_models'}\n"
             f"  text_encoders: {models / 'text_encoders'}\n"
             f"  vae: {models / 'vae'}\n"
+            f"  loras: {models / 'loras'}\n"
             f"  ideogram4: {models / 'ideogram4'}\n")
 
     def start(self, timeout: float = 180.0) -> None:
