@@ -157,7 +157,9 @@ print("RESULT " + json.dumps(res))
 
 @pytest.fixture(scope="module")
 def result():
-    return run_worker(WORKER)
+    res = run_worker(WORKER)
+    print(res)  # the measured figures (pytest -s)
+    return res
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8", "comfy_fp8_scaled", "nf4"])
