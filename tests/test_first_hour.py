@@ -23,14 +23,22 @@ from comfy_api_stub import PACKAGE, collect_schemas, stubbed_pack
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class _Modules(dict):
+    """``pack["loader_nodes"]`` imports ``nodes.loader_nodes`` (``nodes.host.x`` for host modules) on first use."""
+
+    def __init__(self, package):
+        super().__init__(pack=package)
+
+    def __missing__(self, name: str):
+        sub = f"host.{name}" if not name.endswith("_nodes") else name
+        self[name] = importlib.import_module(f"{self['pack'].__name__}.nodes.{sub}")
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def pack():
     with stubbed_pack() as p:
-        names = ("host.bundled_tokenizer", "text_encoder_nodes", "loader_nodes", "sampler_nodes", "latent_nodes",
-                 "caption_nodes")
-        mods = {n.rpartition(".")[2]: importlib.import_module(f"{p.__name__}.nodes.{n}") for n in names}
-        mods["pack"] = p
-        yield mods
+        yield _Modules(p)
 
 
 # --------------------------------------------------------------------------- 1. bundled tokenizer
