@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from comfy_harness import (COMFYUI_PATH, REPO, TEXT_WIDTH, ComfyServer, errors_of, new_client_id,
-                           requires_comfyui)
+                           requires_comfyui, ws_messages)
 
 pytestmark = requires_comfyui()
 
@@ -98,24 +98,12 @@ def readme_prompt() -> dict:
 
 
 def _collect(ws, prompt_id: str, timeout: float) -> list[tuple[float, dict]]:
-    import websocket
-
     msgs = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ws.settimeout(max(0.1, deadline - time.monotonic()))
-        try:
-            raw = ws.recv()
-        except websocket.WebSocketTimeoutException:
-            break
-        if isinstance(raw, bytes):
-            msgs.append((time.monotonic(), {"type": "binary preview", "data": {"prompt_id": prompt_id}}))
-            continue
-        msg = json.loads(raw)
-        msgs.append((time.monotonic(), msg))
-        data = msg.get("data") or {}
+    for t, msg in ws_messages(ws, timeout):
+        msg = msg or {"type": "binary preview", "data": {"prompt_id": prompt_id}}
+        msgs.append((t, msg))
         if msg.get("type") in ("execution_success", "execution_error", "execution_interrupted") and \
-                data.get("prompt_id") == prompt_id:
+                (msg.get("data") or {}).get("prompt_id") == prompt_id:
             break
     return msgs
 
