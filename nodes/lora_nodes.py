@@ -33,8 +33,9 @@ class Ideogram4NativeLoraLoader(io.ComfyNode):
                                        "toward the LoRA), unconditional, or both (keeps the LoRA's effect out of "
                                        "the guidance difference)."),
             ],
-            outputs=[io.Model.Output("model", display_name="model"),
-                     io.Model.Output("unconditional_model", display_name="unconditional_model")],
+            outputs=[io.Model.Output("model", display_name="model", tooltip="Conditional DiT with the LoRA (if targeted)."),
+                     io.Model.Output("unconditional_model", display_name="unconditional_model",
+                                     tooltip="Unconditional DiT with the LoRA (if targeted), else the input.")],
         )
 
     @classmethod
@@ -61,9 +62,11 @@ class Ideogram4NativeUnconditionalFromLora(io.ComfyNode):
                 io.Model.Input("model", tooltip="Conditional DiT from the Ideogram4 Model Loader."),
                 io.Combo.Input("lora_name", options=folders.list_files("loras"),
                                tooltip="The unconditional LoRA (trained on the conditional weights), models/loras."),
-                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01),
+                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01,
+                               tooltip="Multiplier of the unconditional LoRA (1 = as trained)."),
             ],
-            outputs=[io.Model.Output("unconditional_model", display_name="unconditional_model")],
+            outputs=[io.Model.Output("unconditional_model", display_name="unconditional_model",
+                                     tooltip="Unconditional DiT = conditional base + this LoRA (shares its weights).")],
         )
 
     @classmethod
