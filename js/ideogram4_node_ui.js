@@ -46,8 +46,11 @@ function chain(obj, key, fn) {
   };
 }
 
-function lineCount(text) {
-  return String(text ?? "").split("\n").length;
+/** Rows the text needs in a ~55-character-wide area (wrapped lines count). */
+function rowCount(text) {
+  return String(text ?? "")
+    .split("\n")
+    .reduce((n, line) => n + Math.max(1, Math.ceil(line.length / 55)), 0);
 }
 
 /** The node's report widget, created on first use (read-only, never serialised). */
@@ -67,7 +70,7 @@ function reportWidget(node) {
     setValue: (v) => {
       area.value = String(v ?? "");
     },
-    getMinHeight: () => Math.min(16 * 14, 14 * Math.max(2, lineCount(area.value)) + 10),
+    getMinHeight: () => Math.min(20 * 15, 15 * Math.max(2, rowCount(area.value)) + 12),
   });
   w.serialize = false;
   w.ideogram4Area = area;

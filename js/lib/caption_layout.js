@@ -401,5 +401,13 @@ export function importFields(parsed) {
 export function importFixes(parsed) {
   if (!parsed?.ok) return { fixed: [], remaining: [] };
   const remaining = validateElements(parsed.elements);
-  return { fixed: parsed.errors.filter((e) => !remaining.includes(e)), remaining };
+  const fixed = parsed.errors.filter((e) => !remaining.includes(e)).map(describeFix);
+  return { fixed, remaining };
+}
+
+/** A fixed validation error as what was done ('… "#e53935" upper-cased to "#E53935"'). */
+function describeFix(error) {
+  const m = /^(.*?) "(#[0-9a-fA-F]{6})" is not "#RRGGBB" \(hex digits must be uppercase\)$/.exec(error);
+  if (m) return `${m[1]} "${m[2]}" upper-cased to "${m[2].toUpperCase()}"`;
+  return `${error} (stored in canonical form)`;
 }

@@ -36,7 +36,7 @@ test("importFixes: errors the canonical form fixed vs errors that remain", () =>
   );
   const { fixed, remaining } = importFixes(parsed);
   assert.equal(fixed.length, 1);
-  assert.match(fixed[0], /uppercase/);
+  assert.equal(fixed[0], 'element 1: color_palette[0] "#ff0000" upper-cased to "#FF0000"');
   assert.equal(remaining.length, 1);
   assert.doesNotMatch(remaining[0], /uppercase/);
   assert.deepEqual(importFixes(parseLayout("[]")), { fixed: [], remaining: [] });
