@@ -106,7 +106,8 @@ function updateInert(node) {
     if (![...rule.custom, ...rule.latent].includes(w.name)) continue;
     const reason = inert[w.name];
     changed ||= !!w.disabled !== !!reason;
-    w.disabled = !!reason;
+    w.disabled = !!reason; // the canvas renderer greys it out and ignores clicks
+    if (w.options) w.options.disabled = !!reason; // the Vue node renderer reads options.disabled
     if (w.ideogram4Tooltip === undefined) w.ideogram4Tooltip = w.tooltip ?? w.options?.tooltip ?? "";
     w.tooltip = reason ? `${reason}. ${w.ideogram4Tooltip}` : w.ideogram4Tooltip;
   }

@@ -335,3 +335,39 @@ def test_template_thumbnail_is_served_and_missing_models_offer_downloads(server,
     assert section.count("\nDownload\n") == 4, section
     time.sleep(0.5)
     cdp.screenshot(SHOTS / "21_missing_models_details.png")
+
+
+def test_reports_and_inert_widgets_in_vue_nodes_mode(server, page):
+    """The same report area and disabled widgets with the frontend's Vue node renderer ("Nodes 2.0")."""
+    cdp = page
+    setting = f"{APP}.extensionManager.setting"
+    cdp.js(f"(async () => {{ await {setting}.set('Comfy.VueNodes.Enabled', true); return true; }})()")
+    try:
+        assert cdp.wait_js("window.LiteGraph.vueNodesMode === true", timeout=10, what="Vue nodes mode")
+        ids = _load_template(cdp)
+        ks = ids["Ideogram4NativeKSampler"]
+        time.sleep(1)
+        # an executed message as the frontend's app delivers it to the node
+        cdp.js(f"{APP}.graph.getNodeById({ks}).onExecuted({{text: ['V4_TURBO_12: 12 steps\\nmemory: cpu']}})")
+        st = cdp.wait_js(f"""(() => {{ const w = {APP}.graph.getNodeById({ks}).widgets
+            .find(w => w.name === 'ideogram4_report'); const r = w?.ideogram4Area.getBoundingClientRect();
+          return r && r.height > 20 && {{value: w.ideogram4Area.value, h: r.height,
+            inDom: document.body.contains(w.ideogram4Area)}}; }})()""", timeout=10, what="report area in a Vue node")
+        assert st["inDom"] and st["value"] == "V4_TURBO_12: 12 steps\nmemory: cpu"
+        d = cdp.js(f"{DISABLED}({ks})")
+        assert d["steps"] and d["width"] and not d["seed"], d
+        _focus(cdp, ks)
+        # the Vue widgets themselves are disabled (number inputs, by widget name), the live ones are not
+        vue = cdp.wait_js(f"""(() => {{ const el = document.querySelector('[data-node-id="{ks}"]');
+          const out = {{}}; for (const i of el?.querySelectorAll('[aria-label]') ?? []) {{
+            const name = i.getAttribute('aria-label'); if (name in out) continue;
+            const inp = i.matches('input') ? i : i.querySelector('input');
+            out[name] = !!(inp?.disabled || i.getAttribute('aria-disabled') === 'true' || i.hasAttribute('disabled')
+                           || i.hasAttribute('data-disabled')); }}
+          return out.steps !== undefined && out; }})()""", timeout=10, what="Vue widget inputs")
+        print("vue widgets disabled:", vue)
+        assert vue["steps"] and vue["mu"] and vue["width"] and not vue["seed"], vue
+        cdp.screenshot(SHOTS / "18_vue_mode_report_inert.png", fe._node_clip(cdp, ks))
+        assert not fe._own_errors(cdp), fe._own_errors(cdp)
+    finally:
+        cdp.js(f"(async () => {{ await {setting}.set('Comfy.VueNodes.Enabled', false); return true; }})()")
