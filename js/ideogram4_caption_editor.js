@@ -27,6 +27,7 @@
 // with `node --test js/tests/`).
 
 import { app } from "../../scripts/app.js";
+import { chain as chainHook } from "./lib/chain.js";
 import { aspectRatioString, bboxToRect, fitAspect, handlePositions } from "./lib/geometry.js";
 import {
   BUILDER_FIELDS,
@@ -123,19 +124,7 @@ function getWidget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
-/** Chain a function onto `obj[key]` (runs after the original). */
-function chain(obj, key, fn) {
-  const orig = obj[key];
-  obj[key] = function (...args) {
-    const r = orig?.apply(this, args);
-    try {
-      fn.apply(this, args);
-    } catch (e) {
-      console.error(`[${EXTENSION_NAME}]`, e);
-    }
-    return r;
-  };
-}
+const chain = (obj, key, fn) => chainHook(obj, key, fn, EXTENSION_NAME);
 
 class CaptionLayoutEditor {
   constructor(node) {

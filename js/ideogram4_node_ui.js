@@ -13,6 +13,7 @@
 // The DOM-free logic lives in ./lib/node_ui.js (unit tested with node --test).
 
 import { app } from "../../scripts/app.js";
+import { chain as chainHook } from "./lib/chain.js";
 import { api } from "../../scripts/api.js";
 import { REPORT_WIDGET, INERT_RULES, inertWidgets, isPackNode, reportText } from "./lib/node_ui.js";
 
@@ -33,18 +34,7 @@ function injectStyle() {
   document.head.appendChild(style);
 }
 
-function chain(obj, key, fn) {
-  const orig = obj[key];
-  obj[key] = function (...args) {
-    const r = orig?.apply(this, args);
-    try {
-      fn.apply(this, args);
-    } catch (e) {
-      console.error(`[${EXTENSION_NAME}]`, e);
-    }
-    return r;
-  };
-}
+const chain = (obj, key, fn) => chainHook(obj, key, fn, EXTENSION_NAME);
 
 /** Rows the text needs in a ~55-character-wide area (wrapped lines count). */
 function rowCount(text) {
