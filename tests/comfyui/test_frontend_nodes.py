@@ -371,3 +371,31 @@ def test_reports_and_inert_widgets_in_vue_nodes_mode(server, page):
         assert not fe._own_errors(cdp), fe._own_errors(cdp)
     finally:
         cdp.js(f"(async () => {{ await {setting}.set('Comfy.VueNodes.Enabled', false); return true; }})()")
+
+
+def test_connected_latent_size_wins_over_invalid_size_widgets(server):
+    """Item 5, server side: with a latent connected the KSampler's width/height widgets are not validated."""
+    api = json.loads((REPO / "workflows" / "api" / "image_ideogram4_t2i_api.json").read_text(encoding="utf-8"))
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in api.items()}
+    ids = {v["class_type"]: k for k, v in prompt.items()}
+    for ctype, values in {
+        "Ideogram4NativeModelLoader": {"conditional": "i4tiny_bf16.safetensors",
+                                       "unconditional": "i4tiny_unconditional_bf16.safetensors"},
+        "Ideogram4NativeTextEncoderLoader": {"text_encoder": "tiny-te/", "tokenizer": "auto"},
+        "Ideogram4NativeVAELoader": {"vae_name": "tiny_flux2_vae.safetensors"},
+        "Ideogram4NativeEmptyLatent": {"aspect_ratio": "custom", "width": 256, "height": 256},
+        "Ideogram4NativeKSampler": {"preset": "custom", "steps": 3, "width": 100, "height": 5000},
+    }.items():
+        prompt[ids[ctype]]["inputs"].update(values)
+    ks = ids["Ideogram4NativeKSampler"]
+    assert isinstance(prompt[ks]["inputs"]["latent"], list)  # connected
+    entry = server.run(prompt)
+    errors = [m[1].get("exception_message") for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", errors
+    text = entry["outputs"][ks]["text"][0]
+    assert "size 256×256, batch 1 from the latent (width/height/batch_size widgets not used)" in text, text
+    assert "ran:" not in text  # custom: every setting came from the widgets
+    # without the latent the same widgets are rejected before the run
+    del prompt[ks]["inputs"]["latent"]
+    status, body = server.queue(prompt)
+    assert status == 400 and "width" in json.dumps(body), body
