@@ -27,19 +27,25 @@
 // with `node --test js/tests/`).
 
 import { app } from "../../scripts/app.js";
+import { chain as chainHook } from "./lib/chain.js";
 import { aspectRatioString, bboxToRect, fitAspect, handlePositions } from "./lib/geometry.js";
 import {
   BUILDER_FIELDS,
   MAX_ELEMENT_COLORS,
   buildCaption,
+  importFields,
+  importFixes,
   parsePaletteString,
   serializeCaption,
 } from "./lib/caption_layout.js";
 import {
   LayoutEditorModel,
   formatBoxLabel,
+  labelRect,
   sanitizeCanvasSize,
+  wrapText,
 } from "./lib/editor_model.js";
+import { inputValue } from "./lib/node_ui.js";
 
 export const EXTENSION_NAME = "Ideogram4Native.CaptionEditor";
 export const NODE_ID = "Ideogram4NativeCaptionBuilder";
@@ -48,6 +54,8 @@ const LAYOUT_WIDGET = "layout";
 const WIDTH_WIDGET = "width";
 const HEIGHT_WIDGET = "height";
 const EDITOR_MIN_HEIGHT = 560;
+const STAGE_MIN_HEIGHT = 300; // the canvas keeps this much when Import / Raw JSON open (the node grows instead)
+const INVALID_OVERLAY = "layout JSON is invalid — fix it under Raw JSON or Import";
 const TYPE_COLORS = { obj: "#4FC3F7", text: "#FFB74D" };
 const OTHER_COLOR = "#E57373";
 const STYLE_ID = "ideogram4-caption-editor-style";
@@ -63,11 +71,12 @@ const CSS = `
 .ideo4-editor button:disabled{opacity:.45;cursor:default}
 .ideo4-editor button.ideo4-on{outline:1px solid #4FC3F7}
 .ideo4-info{margin-left:auto;opacity:.7;white-space:nowrap}
-.ideo4-stage{position:relative;flex:1 1 auto;min-height:140px;overflow:hidden}
+.ideo4-stage{position:relative;flex:1 1 auto;min-height:${STAGE_MIN_HEIGHT}px;overflow:hidden}
 .ideo4-stage canvas{position:absolute;outline:none;touch-action:none;user-select:none;border-radius:2px}
 .ideo4-stage canvas:focus-visible{box-shadow:0 0 0 2px #4FC3F7}
 .ideo4-status{flex:none;height:2.9em;overflow:auto;font-size:11px;white-space:pre-wrap}
 .ideo4-status .err{color:#FF8A80}.ideo4-status .hint{color:#FFD180}.ideo4-status .ok{opacity:.6}
+.ideo4-status .fix{color:#A5D6A7}
 .ideo4-panel{flex:none;display:flex;flex-direction:column;gap:3px;height:176px;overflow:auto}
 .ideo4-row{display:flex;gap:4px;align-items:center;flex-wrap:wrap}
 .ideo4-row>label{opacity:.75;min-width:3.2em}
@@ -115,19 +124,7 @@ function getWidget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
-/** Chain a function onto `obj[key]` (runs after the original). */
-function chain(obj, key, fn) {
-  const orig = obj[key];
-  obj[key] = function (...args) {
-    const r = orig?.apply(this, args);
-    try {
-      fn.apply(this, args);
-    } catch (e) {
-      console.error(`[${EXTENSION_NAME}]`, e);
-    }
-    return r;
-  };
-}
+const chain = (obj, key, fn) => chainHook(obj, key, fn, EXTENSION_NAME);
 
 class CaptionLayoutEditor {
   constructor(node) {
@@ -136,6 +133,7 @@ class CaptionLayoutEditor {
     this.lastLayoutText = null;
     this.fatal = null; // parse errors of the raw text (editing disabled)
     this.loadNotes = []; // warnings of the last load
+    this.fixNotes = []; // what the last import fixed on the way in (canonical form)
     this.canvasW = 1024; // generated image size (widgets)
     this.canvasH = 1024;
     this.cssW = 0; // drawing surface size in CSS px
@@ -152,7 +150,7 @@ class CaptionLayoutEditor {
       hideOnZoom: true,
       getValue: () => "",
       setValue: () => {},
-      getMinHeight: () => EDITOR_MIN_HEIGHT,
+      getMinHeight: () => EDITOR_MIN_HEIGHT + (this.importOpen ? this.importBox.offsetHeight || 120 : 0),
       onDraw: () => this.onGraphDraw(),
     });
     this.widget.serialize = false;
@@ -376,13 +374,16 @@ class CaptionLayoutEditor {
       const parsed = this.model.load(text);
       this.fatal = parsed.ok ? null : parsed.errors;
       this.loadNotes = parsed.warnings;
+      this.fixNotes = [];
       changed = true;
     }
-    const w = sanitizeCanvasSize(getWidget(this.node, WIDTH_WIDGET)?.value);
-    const hh = sanitizeCanvasSize(getWidget(this.node, HEIGHT_WIDGET)?.value);
-    if (w !== this.canvasW || hh !== this.canvasH) {
+    const w = sanitizeCanvasSize(this.sizeValue(WIDTH_WIDGET));
+    const hh = sanitizeCanvasSize(this.sizeValue(HEIGHT_WIDGET));
+    const linked = this.sizeLinked;
+    if (w !== this.canvasW || hh !== this.canvasH || linked !== this.canvasLinked) {
       this.canvasW = w;
       this.canvasH = hh;
+      this.canvasLinked = linked;
       this.layoutCanvas();
       changed = true;
     }
@@ -390,6 +391,20 @@ class CaptionLayoutEditor {
       this.renderPanel();
       this.requestDraw();
     }
+  }
+
+  /** width/height as the node will receive them: the upstream value when the input is linked, else the widget. */
+  sizeValue(name) {
+    const upstream = inputValue(this.node.graph, this.node, name);
+    if (upstream === undefined) return getWidget(this.node, name)?.value;
+    return upstream ?? getWidget(this.node, name)?.value;
+  }
+
+  get sizeLinked() {
+    return [WIDTH_WIDGET, HEIGHT_WIDGET].some((n) => {
+      const inp = this.node.inputs?.find((i) => i.name === n);
+      return inp?.link !== null && inp?.link !== undefined;
+    });
   }
 
   /** Write the model into the layout widget (the stored value). */
@@ -439,7 +454,9 @@ class CaptionLayoutEditor {
       left: `${Math.floor((sw - width) / 2)}px`,
       top: `${Math.floor((sh - height) / 2)}px`,
     });
-    this.info.textContent = `${this.canvasW}×${this.canvasH} (${aspectRatioString(this.canvasW, this.canvasH)})`;
+    this.info.textContent = `${this.canvasW}×${this.canvasH} (${aspectRatioString(this.canvasW, this.canvasH)})${
+      this.canvasLinked ? " · linked" : ""
+    }`;
     this.requestDraw();
   }
 
@@ -480,6 +497,8 @@ class CaptionLayoutEditor {
     }
     this.drawGrid(W, H);
     const m = this.model;
+    this.labelRects = [];
+    this.overlayLines = null;
     m.elements.forEach((el, i) => {
       const b = m.displayBbox(i);
       if (b) this.drawBox(el, i, b, i === m.selected);
@@ -501,7 +520,10 @@ class CaptionLayoutEditor {
       ctx.fillStyle = "#FFFFFF";
       ctx.font = "bold 12px system-ui, sans-serif";
       ctx.textAlign = "center";
-      ctx.fillText("layout JSON is invalid — fix it under Raw JSON or Import", W / 2, H / 2);
+      const lines = wrapText(INVALID_OVERLAY, W - 16, (t) => ctx.measureText(t).width);
+      const y0 = H / 2 - ((lines.length - 1) * 15) / 2;
+      lines.forEach((line, k) => ctx.fillText(line, W / 2, y0 + k * 15));
+      this.overlayLines = lines;
       ctx.textAlign = "left";
     } else if (!m.elements.length) {
       ctx.fillStyle = "rgba(255,255,255,0.45)";
@@ -538,15 +560,24 @@ class CaptionLayoutEditor {
     ctx.save();
     ctx.font = "11px system-ui, sans-serif";
     const tw = Math.min(ctx.measureText(text).width + 8, Math.max(24, W - x));
+    this.fillTag(text, { x, y, w: tw, h: 15 }, color);
+    ctx.restore();
+  }
+
+  /** A label filled into `r` and clipped to it. */
+  fillTag(text, r, color) {
+    const ctx = this.ctx;
+    ctx.save();
+    ctx.font = "11px system-ui, sans-serif";
     ctx.fillStyle = color;
     ctx.globalAlpha = 0.88;
-    ctx.fillRect(x, y, tw, 15);
+    ctx.fillRect(r.x, r.y, r.w, r.h);
     ctx.globalAlpha = 1;
     ctx.fillStyle = "#111";
     ctx.beginPath();
-    ctx.rect(x, y, tw, 15);
+    ctx.rect(r.x, r.y, r.w, r.h);
     ctx.clip();
-    ctx.fillText(text, x + 4, y + 11);
+    ctx.fillText(text, r.x + 4, r.y + Math.min(11, r.h - 2));
     ctx.restore();
   }
 
@@ -576,8 +607,12 @@ class CaptionLayoutEditor {
       ctx.strokeRect(sx + 0.5, sy + 0.5, 9, 9);
     });
     const label = formatBoxLabel(el, i, 40);
-    const ty = r.y >= 16 && r.h < 18 ? r.y - 16 : r.y + 1;
-    this.drawTag(label, r.x + 1, ty, color, W);
+    ctx.save();
+    ctx.font = "11px system-ui, sans-serif";
+    const lr = labelRect(r, ctx.measureText(label).width);
+    ctx.restore();
+    this.labelRects[i] = lr;
+    if (lr) this.fillTag(label, lr, color); // inside the box, clipped to it
     if (selected) {
       for (const p of Object.values(handlePositions(bbox, W, H))) {
         ctx.fillStyle = "#FFFFFF";
@@ -601,6 +636,7 @@ class CaptionLayoutEditor {
       for (const e of errors) lines.push(["err", e]);
       for (const e of strict) lines.push(["hint", e]);
       for (const e of this.loadNotes) lines.push(["hint", e]);
+      for (const e of this.fixNotes) lines.push(["fix", `fixed on import: ${e}`]);
       const missing = this.model.elements
         .map((el, i) => (el.bbox === undefined ? i + 1 : 0))
         .filter(Boolean);
@@ -809,6 +845,7 @@ class CaptionLayoutEditor {
       this.importMsg.textContent = "";
       this.importText.focus();
     }
+    this.fitNode(); // grow the node for the import box instead of shrinking the canvas
   }
 
   /** Import pasted JSON: elements into the layout, caption fields into their widgets. */
@@ -820,13 +857,16 @@ class CaptionLayoutEditor {
     }
     this.model.select(-1);
     this.fatal = null;
-    this.loadNotes = [...parsed.errors.map((e) => `import: ${e}`), ...parsed.warnings];
+    const { fixed, remaining } = importFixes(parsed);
+    this.loadNotes = [...remaining.map((e) => `import: ${e}`), ...parsed.warnings];
+    this.fixNotes = fixed;
     const filled = [];
+    const fields = importFields(parsed);
     for (const name of BUILDER_FIELDS) {
-      if (!(name in parsed.fields)) continue;
+      if (!(name in fields)) continue;
       const w = getWidget(this.node, name);
       if (!w) continue;
-      const value = parsed.fields[name];
+      const value = fields[name];
       const values = w.options?.values;
       if (Array.isArray(values) && !values.includes(value)) continue;
       w.value = value;
@@ -839,8 +879,9 @@ class CaptionLayoutEditor {
     const n = parsed.elements.length;
     this.importMsg.textContent =
       `imported ${n} element${n === 1 ? "" : "s"}` +
-      (filled.length ? `; filled ${filled.join(", ")}` : "") +
-      (parsed.errors.length ? ` — ${parsed.errors.length} problem(s), see status` : "");
+      (filled.length ? `; set ${filled.join(", ")}` : "") +
+      (fixed.length ? `; fixed ${fixed.length} on the way in` : "") +
+      (remaining.length ? ` — ${remaining.length} problem(s), see status` : "");
   }
 
   /** Copy canonical JSON: "caption" (full caption from all fields) or "layout" (element list). */

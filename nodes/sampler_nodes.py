@@ -11,8 +11,8 @@ from comfy_api.latest import io
 
 from ..model.vae import latents as lat
 from ..sampling import check_resolution
-from .host.sampler_settings import (DEFAULT_PRESET, MAX_STEPS, PRESET_CHOICES, GuidanceSpec, describe_settings,
-                               settings_from_inputs)
+from .host.sampler_settings import (DEFAULT_PRESET, GUIDANCE_WIDGETS, MAX_STEPS, PRESET_CHOICES, SCHEDULE_WIDGETS,
+                                   GuidanceSpec, describe_settings, settings_from_inputs, unused_widgets_note)
 
 CATEGORY = "Ideogram4 Native/sampling"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -83,6 +83,16 @@ def size_from_latent(latent: dict) -> tuple[int, int, int]:
     return b, gw * 16, gh * 16
 
 
+# Default of ``latent`` in validate_inputs: ComfyUI passes None for a linked input and leaves an unlinked optional
+# input out, so this sentinel means "no latent connected" and the width/height widgets are the size.
+NO_LATENT = object()
+
+
+def size_note(width: int, height: int, batch: int | None, unused: str) -> str:
+    return f"size {width}×{height}" + (f", batch {batch}" if batch is not None else "") + \
+        f" from the latent ({unused} widgets not used)"
+
+
 class Ideogram4NativeKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -117,7 +127,9 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=None, height=None):
+    def validate_inputs(cls, width=None, height=None, latent=NO_LATENT):
+        if latent is not NO_LATENT:  # a connected latent sets the size; the widgets are not used
+            return True
         return validation_message("Ideogram4 KSampler", width, height)
 
     @classmethod
@@ -131,9 +143,10 @@ class Ideogram4NativeKSampler(io.ComfyNode):
 
         require_ideogram4(model, "model")
         require_ideogram4(unconditional_model, "unconditional_model")
-        notes = []
+        notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS)] if n]
         if latent is not None:
             batch_size, width, height = size_from_latent(latent)
+            notes.append(size_note(width, height, batch_size, "width/height/batch_size"))
             if bool(torch.count_nonzero(latent["samples"])):
                 notes.append("note: the input latent is not empty; only its size is used (no img2img)")
         check_size("Ideogram4 KSampler", width, height)
@@ -165,7 +178,9 @@ class Ideogram4NativeSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width=None, height=None):
+    def validate_inputs(cls, width=None, height=None, latent=NO_LATENT):
+        if latent is not NO_LATENT:
+            return True
         return validation_message("Ideogram4 Sigmas", width, height)
 
     @classmethod
@@ -173,13 +188,16 @@ class Ideogram4NativeSigmas(io.ComfyNode):
                 latent: dict | None = None) -> io.NodeOutput:
         from .host.comfy_sampling import make_sigmas
 
+        notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS)] if n]
         if latent is not None:
             _, width, height = size_from_latent(latent)
+            notes.append(size_note(width, height, None, "width/height"))
         check_size("Ideogram4 Sigmas", width, height)
         settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=7.0, polish_steps=0,
                                         polish_guidance=3.0)
         sigmas = make_sigmas(settings, width, height)
-        text = f"{settings.steps} steps at {width}×{height}: σ " + ", ".join(f"{v:.6f}" for v in sigmas.tolist())
+        text = "\n".join([f"{settings.steps} steps at {width}×{height}: σ " + ", ".join(f"{v:.6f}" for v in sigmas.tolist())]
+                         + notes)
         return io.NodeOutput(sigmas, ui={"text": [text]})
 
 
@@ -215,7 +233,8 @@ class Ideogram4NativeGuider(io.ComfyNode):
         spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
         guider = Ideogram4Guider(model, unconditional_model, spec)
         guider.set_positive(positive)
-        return io.NodeOutput(guider, ui={"text": [spec.describe()]})
+        note = unused_widgets_note(preset, GUIDANCE_WIDGETS)
+        return io.NodeOutput(guider, ui={"text": ["\n".join([spec.describe()] + ([note] if note else []))]})
 
 
 class Ideogram4NativeSampler(io.ComfyNode):

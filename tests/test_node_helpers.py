@@ -178,3 +178,22 @@ def test_unconditional_auto_pairing(pack):
     assert auto("sub/i4_bf16.safetensors", files) == "sub/i4_unconditional_bf16.safetensors"
     assert auto("x_cond.safetensors", files) == "x_uncond.safetensors"
     assert auto("lonely.safetensors", files) is None
+
+
+def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack):
+    sn = pack["sampler_nodes"]
+    for node in (sn.Ideogram4NativeKSampler, sn.Ideogram4NativeSigmas):
+        # ComfyUI passes None for a linked input: the latent sets the size, stale widget values are not checked
+        assert node.validate_inputs(100, 1024, latent=None) is True
+        msg = node.validate_inputs(4096, 1024)  # no latent: the widgets are the size and are checked
+        assert msg is not True and "width" in msg
+    ss = pack["sampler_settings"]
+    assert ss.unused_widgets_note("custom", ss.SCHEDULE_WIDGETS) is None
+    assert ss.unused_widgets_note("V4_TURBO_12", ss.SCHEDULE_WIDGETS + ss.GUIDANCE_WIDGETS) == (
+        "preset V4_TURBO_12 ran: steps, mu, std, guidance, polish_steps, polish_guidance, guidance_schedule not used "
+        "(custom only)")
+    assert sn.size_note(768, 512, 2, "width/height/batch_size") == (
+        "size 768×512, batch 2 from the latent (width/height/batch_size widgets not used)")
+    # the custom-only names are real inputs of the nodes (the JS greys out the same names)
+    ks = {i.id for i in sn.Ideogram4NativeKSampler.define_schema().inputs}
+    assert set(ss.SCHEDULE_WIDGETS + ss.GUIDANCE_WIDGETS) <= ks

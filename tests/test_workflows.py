@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from comfy_api_stub import collect_schemas, stubbed_pack
-from workflow_check import CORE, FRONTEND_ONLY, check_api, check_ui, compare_twins, from_stub, ui_to_api
+from workflow_check import (CORE, FRONTEND_ONLY, check_api, check_template_models, check_ui, compare_twins, from_stub,
+                            ui_to_api)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -75,6 +76,52 @@ def test_template_uses_the_reference_pipeline(schemas):
         assert needed in types
     ui = json.loads(UI_TEMPLATE.read_text(encoding="utf-8"))
     assert {n["type"] for n in ui["nodes"]} - set(schemas) <= set(FRONTEND_ONLY)
+
+
+README_FILES = {"ideogram4_fp8_scaled.safetensors": "diffusion_models",
+                "ideogram4_unconditional_fp8_scaled.safetensors": "diffusion_models",
+                "qwen3vl_8b_fp8_scaled.safetensors": "text_encoders", "flux2-vae.safetensors": "vae"}
+
+
+def test_template_offers_every_model_download_and_has_a_thumbnail_title_and_description():
+    from PIL import Image
+
+    ui = json.loads(UI_TEMPLATE.read_text(encoding="utf-8"))
+    assert not check_template_models(ui), check_template_models(ui)
+    offered = {e["name"]: e["directory"] for n in ui["nodes"] for e in n.get("properties", {}).get("models", [])}
+    assert offered == README_FILES  # the README's first-run files, each in its ComfyUI folder
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name, e in ((e["name"], e) for n in ui["nodes"] for e in n.get("properties", {}).get("models", [])):
+        assert name in readme and e["url"] in readme, name
+    assert "Templates sidebar → Extensions" in readme
+    # ComfyUI's frontend (1.49) shows a pack template's thumbnail from /api/workflow_templates/<pack>/<name>.jpg
+    thumb = UI_TEMPLATE.with_suffix(".jpg")
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.width >= 256 and im.height >= 192, (im.format, im.size)
+    assert thumb.stat().st_size < 200_000
+    info = ui["extra"]["template_info"]
+    assert info["title"].startswith("Ideogram 4") and len(info["description"]) > 40
+    note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")
+    assert note["widgets_values"][0].startswith("## " + info["title"])
+    # the API twin names the same files (kept in sync)
+    api = json.loads(API_TEMPLATE.read_text(encoding="utf-8"))
+    named = {v for n in api.values() for v in n["inputs"].values() if isinstance(v, str) and v.endswith(".safetensors")}
+    assert named == set(README_FILES)
+
+
+def test_template_model_check_catches_drift():
+    ui = json.loads(UI_TEMPLATE.read_text(encoding="utf-8"))
+    loader = next(n for n in ui["nodes"] if n["type"] == "Ideogram4NativeVAELoader")
+    loader["properties"]["models"][0]["directory"] = "checkpoints"
+    te = next(n for n in ui["nodes"] if n["type"] == "Ideogram4NativeTextEncoderLoader")
+    te["properties"]["models"][0]["url"] = "https://example.com/x.safetensors"
+    dit = next(n for n in ui["nodes"] if n["type"] == "Ideogram4NativeModelLoader")
+    dit["properties"]["models"].pop()
+    problems = check_template_models(ui)
+    assert any("directory 'checkpoints'" in p for p in problems)
+    assert any("not a Hugging Face download" in p for p in problems)
+    assert any("no properties.models entry for 'ideogram4_unconditional_fp8_scaled.safetensors'" in p
+               for p in problems), problems
 
 
 def test_node_contract(stub_schemas):

@@ -277,3 +277,39 @@ def compare_twins(ui_prompt: dict, api: dict) -> list[str]:
             if a["inputs"].get(name) != b["inputs"].get(name):
                 problems.append(f"node {nid}.{name}: UI {a['inputs'].get(name)!r} vs API {b['inputs'].get(name)!r}")
     return problems
+
+
+# --------------------------------------------------------------------------- template metadata
+
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")  # the frontend's list
+MODEL_DIRECTORIES = {"Ideogram4NativeModelLoader": "diffusion_models", "Ideogram4NativeTextEncoderLoader":
+                     "text_encoders", "Ideogram4NativeVAELoader": "vae"}
+
+
+def check_template_models(workflow: dict) -> list[str]:
+    """Every model file a loader widget names has a ``properties.models`` entry (name, url, directory) so the
+    frontend's missing-models dialog offers the download; no entry names a file the widgets do not use (the
+    frontend only offers entries whose name is a widget value)."""
+    problems = []
+    for node in workflow.get("nodes", []):
+        directory = MODEL_DIRECTORIES.get(node.get("type"))
+        if directory is None:
+            continue
+        where = f"node {node['id']} ({node['type']})"
+        files = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v.endswith(MODEL_EXTENSIONS)]
+        entries = {e.get("name"): e for e in (node.get("properties") or {}).get("models", [])}
+        if not files:
+            problems.append(f"{where}: names no model file")
+        for name in files:
+            e = entries.get(name)
+            if e is None:
+                problems.append(f"{where}: no properties.models entry for {name!r}")
+                continue
+            if e.get("directory") != directory:
+                problems.append(f"{where}: {name} directory {e.get('directory')!r}, expected {directory!r}")
+            url = str(e.get("url", ""))
+            if not (url.startswith("https://huggingface.co/") and "/resolve/" in url and url.endswith("/" + name)):
+                problems.append(f"{where}: {name} url {url!r} is not a Hugging Face download of that file")
+        for name in set(entries) - set(files):
+            problems.append(f"{where}: properties.models entry {name!r} is not a widget value")
+    return problems

@@ -370,3 +370,44 @@ export function buildCaption(fields, elements) {
 export function serializeCaption(caption) {
   return JSON.stringify(caption);
 }
+
+// ---------------------------------------------------------------------------
+// Import
+
+/**
+ * Builder widget values an Import sets. A full caption replaces EVERY builder
+ * field: those the caption lacks are cleared ("" — e.g. no global palette, no
+ * aesthetics), so nothing of the previous caption survives. A bare
+ * compositional_deconstruction only sets background; element lists set none.
+ * style_mode is left alone only when the caption's style_description is
+ * ambiguous (both or neither of photo/art_style: reported as a warning).
+ */
+export function importFields(parsed) {
+  if (!parsed?.ok) return {};
+  if (parsed.kind !== "caption") return { ...parsed.fields };
+  const out = {};
+  for (const name of BUILDER_FIELDS) {
+    if (name in parsed.fields) out[name] = parsed.fields[name];
+    else if (name !== "style_mode") out[name] = "";
+  }
+  return out;
+}
+
+/**
+ * Split the validation errors of imported elements (as given) into those the
+ * canonical form already fixed (e.g. lowercase hex upper-cased) and those that
+ * remain in what is stored.
+ */
+export function importFixes(parsed) {
+  if (!parsed?.ok) return { fixed: [], remaining: [] };
+  const remaining = validateElements(parsed.elements);
+  const fixed = parsed.errors.filter((e) => !remaining.includes(e)).map(describeFix);
+  return { fixed, remaining };
+}
+
+/** A fixed validation error as what was done ('… "#e53935" upper-cased to "#E53935"'). */
+function describeFix(error) {
+  const m = /^(.*?) "(#[0-9a-fA-F]{6})" is not "#RRGGBB" \(hex digits must be uppercase\)$/.exec(error);
+  if (m) return `${m[1]} "${m[2]}" upper-cased to "${m[2].toUpperCase()}"`;
+  return `${error} (stored in canonical form)`;
+}

@@ -410,3 +410,46 @@ export class LayoutEditorModel {
     }
   }
 }
+
+/**
+ * Where a box's label goes: inside the box (x, y, w, h in canvas px), at most
+ * `tagH` high and as wide as the text needs (`textW` + padding), clipped to the
+ * box; null when the box is too small to hold any label.
+ */
+export function labelRect(rect, textW, { tagH = 15, pad = 8, inset = 1, minW = 10, minH = 7 } = {}) {
+  const w = Math.min(textW + pad, rect.w - 2 * inset);
+  const h = Math.min(tagH, rect.h - 2 * inset);
+  if (!(w >= minW && h >= minH)) return null;
+  return { x: rect.x + inset, y: rect.y + inset, w, h };
+}
+
+/**
+ * Greedy word wrap of `text` into lines no wider than `maxW` (per `measure`,
+ * e.g. ctx.measureText(s).width); a single word wider than maxW is broken by
+ * characters, so no line is ever wider than maxW.
+ */
+export function wrapText(text, maxW, measure) {
+  const lines = [];
+  let line = "";
+  const pushWord = (word) => {
+    if (measure(word) <= maxW) return word;
+    let part = "";
+    for (const ch of word) {
+      if (part && measure(part + ch) > maxW) {
+        lines.push(part);
+        part = ch;
+      } else part += ch;
+    }
+    return part;
+  };
+  for (const word of String(text).split(/\s+/).filter(Boolean)) {
+    const candidate = line ? `${line} ${word}` : word;
+    if (measure(candidate) <= maxW) line = candidate;
+    else {
+      if (line) lines.push(line);
+      line = pushWord(word);
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}

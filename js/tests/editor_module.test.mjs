@@ -14,6 +14,9 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 const JS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const APP_SPECIFIER = "../../scripts/app.js";
+const API_SPECIFIER = "../../scripts/api.js";
+// the extension entry points: only these may import the frontend's app/api shims
+const EXTENSION_FILES = ["ideogram4_caption_editor.js", "ideogram4_node_ui.js"];
 let root;
 let packDir;
 
@@ -40,6 +43,11 @@ before(() => {
     "export const app = { registered: [], canvas: null, registerExtension(ext) { this.registered.push(ext); } };\n" +
       "globalThis.__ideo4StubApp = app;\n",
   );
+  writeFileSync(
+    path.join(root, "scripts", "api.js"),
+    "export const api = { listeners: {}, addEventListener(t, f) { (this.listeners[t] ??= []).push(f); } };\n" +
+      "globalThis.__ideo4StubApi = api;\n",
+  );
   cpSync(JS_DIR, packDir, { recursive: true, filter: (src) => !src.includes(`${path.sep}tests`) });
 });
 
@@ -62,8 +70,8 @@ test("every .js file only imports relative pack files or the frontend app shim",
     specs.push(...[...src.matchAll(/import\(\s*["']([^"']+)["']\s*\)/g)].map((m) => m[1]));
     for (const spec of specs) {
       assert.ok(spec.startsWith("./") || spec.startsWith("../"), `${rel}: non-relative import ${spec}`);
-      if (spec === APP_SPECIFIER) {
-        assert.equal(rel, "ideogram4_caption_editor.js", `${rel} must not depend on the app`);
+      if (spec === APP_SPECIFIER || spec === API_SPECIFIER) {
+        assert.ok(EXTENSION_FILES.includes(rel), `${rel} must not depend on the app`);
         continue;
       }
       const target = path.resolve(path.dirname(path.join(JS_DIR, rel)), spec);
@@ -83,8 +91,8 @@ test("every .js file under js/ imports without a DOM (ComfyUI loads them all)", 
 test("the editor registers one extension that patches only the Caption Builder", async () => {
   const mod = await import(pathToFileURL(path.join(packDir, "ideogram4_caption_editor.js")).href);
   const app = globalThis.__ideo4StubApp;
-  assert.equal(app.registered.length, 1);
-  const ext = app.registered[0];
+  assert.deepEqual(app.registered.map((e) => e.name).sort(), ["Ideogram4Native.CaptionEditor", "Ideogram4Native.NodeUI"]);
+  const ext = app.registered.find((e) => e.name === "Ideogram4Native.CaptionEditor");
   assert.equal(ext, mod.extension);
   assert.equal(ext.name, "Ideogram4Native.CaptionEditor");
   assert.equal(mod.NODE_ID, "Ideogram4NativeCaptionBuilder");

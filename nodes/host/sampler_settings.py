@@ -97,6 +97,18 @@ class GuidanceSpec:
                 + (f", last {self.polish_steps} steps at {self.polish_guidance:g}" if self.polish_steps else ""))
 
 
+# Widgets a preset replaces (the node's "custom only" fields), per node kind; the JS greys out the same names.
+SCHEDULE_WIDGETS = ("steps", "mu", "std")
+GUIDANCE_WIDGETS = ("guidance", "polish_steps", "polish_guidance", "guidance_schedule")
+
+
+def unused_widgets_note(preset: str, names: tuple[str, ...]) -> Optional[str]:
+    """The report line naming the custom-only widgets a preset ignores (None for ``custom``)."""
+    if preset == CUSTOM:
+        return None
+    return f"preset {preset} ran: {', '.join(names)} not used (custom only)"
+
+
 def describe_settings(s: SamplerSettings) -> str:
     runs: list[str] = []
     prev, count = None, 0
