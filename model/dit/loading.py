@@ -29,7 +29,7 @@ def _is_text_projection(key: str) -> bool:
 
 def _check_keys(fmt: CheckpointFormat, cfg: DiTConfig, label: str) -> None:
     want = expected_shapes(cfg)
-    quant_tails = ("weight_scale", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
+    quant_tails = ("weight_scale", "weight_scale_2", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
                    "weight.quant_state.bitsandbytes__nf4")
     extra = [k for k in fmt.sources if k not in want and not any(k.endswith("." + t) for t in quant_tails)]
     problems = key_problems(want, fmt.logical_shapes, extra)
@@ -64,7 +64,8 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
 
     Supported formats: official bf16/fp32 (fused qkv), diffusers split q/k/v, official fp8
     (float8_e4m3fn + per-row ``weight_scale``), ComfyUI ``fp8_scaled`` (``comfy_quant``, per-tensor
-    scale), official bitsandbytes nf4 (blocksize 64, no nested statistics).
+    scale), official bitsandbytes nf4 (blocksize 64, no nested statistics), ComfyUI ``comfy_quant`` nvfp4 /
+    mxfp8 / int8_tensorwise (convrot) and mixed files, GGUF (ComfyUI-GGUF layout, ``.gguf``).
     """
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
