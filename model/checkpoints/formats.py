@@ -65,10 +65,16 @@ class CheckpointFormat:
     linears: dict[str, LinearSpec] = field(repr=False, default_factory=dict)  # "<module>" -> spec
     logical_shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
 
+    container: str = "safetensors"  # "safetensors" | "gguf"
+
     @property
     def storage_description(self) -> str:
-        """'bfloat16', 'official fp8 (per-row scales)', 'bitsandbytes nf4', ..."""
-        return QUANT_DESCRIPTIONS.get(self.quantization) or str(self.storage_dtype).replace("torch.", "")
+        """'bfloat16', 'official fp8 (per-row scales)', 'GGUF (Q4_K, Q6_K)', 'mixed quantisation (nvfp4, ...)'."""
+        if self.quantization in ("gguf", "mixed"):
+            kinds = sorted({s.options.get("qtype", s.scheme) for s in self.linears.values() if s.scheme})
+            return f"{QUANT_DESCRIPTIONS[self.quantization]} ({', '.join(kinds)})"
+        text = QUANT_DESCRIPTIONS.get(self.quantization) or str(self.storage_dtype).replace("torch.", "")
+        return f"GGUF {text}" if self.container == "gguf" and self.quantization == "none" else text
 
     @property
     def description(self) -> str:
@@ -273,5 +279,6 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
         raise ValueError(f"{label}: tensor {dup[0]} appears under two names ({', '.join(sources[dup[0]])})")
 
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
+    container = "gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors"
     return CheckpointFormat(naming=naming, quantization=quantization, prefix=prefix, storage_dtype=storage,
-                            sources=sources, linears=linears, logical_shapes=logical)
+                            sources=sources, linears=linears, logical_shapes=logical, container=container)

@@ -88,9 +88,6 @@ def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_m
     return out.view(shape)
 
 
-BNB_DEVICES = ("cuda", "cpu")  # where bitsandbytes' dequantize_4bit kernel is used automatically
-
-
 def _bnb_dequantize(bnbf, packed, absmax, quant_map, shape, dtype) -> torch.Tensor:
     state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32), shape=torch.Size(shape),
                             code=quant_map.to(device=packed.device, dtype=torch.float32), blocksize=NF4_BLOCKSIZE,
@@ -123,9 +120,13 @@ def _bnb_functional():
 
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
                    shape: tuple[int, int], dtype: torch.dtype, *, use_bitsandbytes: Optional[bool] = None) -> torch.Tensor:
-    """NF4 decode. ``use_bitsandbytes=None`` (auto): bitsandbytes' kernel on CUDA and CPU when it is installed
-    and passed its probe, else the pure-torch codec (identical numbers)."""
-    wanted = packed.device.type in BNB_DEVICES if use_bitsandbytes is None else use_bitsandbytes
+    """NF4 decode. ``use_bitsandbytes=None`` (auto): bitsandbytes' kernel on CUDA, and on CPU for rows of whole
+    blocks, when it is installed and passed its probe; else the pure-torch codec (identical numbers)."""
+    # bitsandbytes' CPU kernel decodes per row: it is wrong when a row is not whole 64-blocks (measured
+    # on 0.50.2: a (512, 416) weight differs from element 448 on), so it is used on CPU only for rows of
+    # whole blocks — every Linear of the real model; the tiny test models' 416-wide text projection is not.
+    auto = packed.is_cuda or (packed.device.type == "cpu" and shape[1] % NF4_BLOCKSIZE == 0)
+    wanted = auto if use_bitsandbytes is None else use_bitsandbytes
     bnbf = _bnb_functional() if wanted else None
     if use_bitsandbytes and bnbf is None:
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
