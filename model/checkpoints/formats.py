@@ -171,6 +171,10 @@ def _comfy_quant_scheme(reader: CheckpointReader, label: str, mod: str, tails: d
     if len(sources[tails["weight"]]) > 1:
         raise ValueError(f"{label}: {mod}: split q/k/v {fmt} weights cannot be fused; use the fused-qkv file")
     codec = comfy_quant.COMFY_CODECS[fmt]
+    wdtype = reader.dtype(sources[tails["weight"]][0])
+    if wdtype not in (codec.weight_dtype, torch.uint8):
+        raise ValueError(f"{label}: {mod} is marked ComfyUI {fmt} but its weight is {str(wdtype).replace('torch.', '')}"
+                         f" (a {fmt} weight is {str(codec.weight_dtype).replace('torch.', '')})")
     for tail, _ in codec.scales:
         if tail not in tails:
             raise ValueError(f"{label}: {mod} is ComfyUI {fmt} but has no {tail} tensor")
