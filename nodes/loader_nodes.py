@@ -8,6 +8,7 @@ from .host import folders
 
 CATEGORY = "Ideogram4 Native/loaders"
 AUTO = "auto"
+NONE = "none"  # CFG-distilled single-branch checkpoint: no unconditional model, guidance 1
 DIFFUSION_KEYS = ("diffusion_models",)
 FOLDER_KEYS_DIT = (folders.FOLDER_KEY, "diffusion_models")
 FOLDER_KEYS_VAE = (folders.FOLDER_KEY, "vae")
@@ -48,10 +49,12 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                                tooltip="Conditional DiT: a single file (e.g. ideogram4_fp8_scaled.safetensors) or an "
                                        "official repository folder 'name/' (uses its transformer/ and "
                                        "unconditional_transformer/)."),
-                io.Combo.Input("unconditional", options=[AUTO] + options, default=AUTO,
+                io.Combo.Input("unconditional", options=[AUTO, NONE] + options, default=AUTO,
                                tooltip="Unconditional DiT (separate weights, image-only pass). auto: the same "
                                        "folder's unconditional_transformer/, or the file named like the conditional "
-                                       "one with 'unconditional' (ideogram4_unconditional_fp8_scaled.safetensors)."),
+                                       "one with 'unconditional' (ideogram4_unconditional_fp8_scaled.safetensors). "
+                                       "none: a CFG-distilled single-branch checkpoint — the samplers then run the "
+                                       "conditional pass only and require guidance 1."),
                 io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp32"], default="auto",
                                tooltip="Compute dtype; unquantised weights are stored in it. auto = bf16 (the "
                                        "reference's numerics; fp32 only on GPUs without bf16). fp32 doubles the "
@@ -70,7 +73,9 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         from .host.comfy_model import load_model_patcher, plan_pair
 
         cond_path, cond_component = _source(conditional, "conditional")
-        if unconditional == AUTO:
+        if unconditional == NONE:
+            uncond_path = uncond_component = None
+        elif unconditional == AUTO:
             if conditional.endswith(folders.FOLDER_SUFFIX):
                 uncond_path, uncond_component = cond_path, "unconditional_transformer"
             else:
@@ -89,13 +94,18 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
         except ValueError as exc:
             raise ValueError(f"conditional model: {exc}") from exc
+        uncond = None
         try:
-            uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype,
-                                        image_only=True)
+            if uncond_path is not None:
+                uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype,
+                                            image_only=True)
         except ValueError as exc:
             raise ValueError(f"unconditional model: {exc}") from exc
-        lines = []
+        lines = [] if uncond is not None else ["unconditional: none — single-branch (CFG-distilled) model: the "
+                                               "samplers run the conditional pass only and require guidance 1"]
         for role, p in (("conditional", cond), ("unconditional", uncond)):
+            if p is None:
+                continue
             info = p.ideogram4_info
             lines.append(f"{role}: {info['source']} [{info['component']}] — {info['format']}, compute "
                          f"{info['dtype']}, {p.model_size() / 2**30:.2f} GiB")

@@ -131,7 +131,8 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         from .host.comfy_sampling import run_reference_sampler
 
         require_ideogram4(model, "model")
-        require_ideogram4(unconditional_model, "unconditional_model")
+        if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
+            require_ideogram4(unconditional_model, "unconditional_model")
         notes = []
         if latent is not None:
             batch_size, width, height = size_from_latent(latent)
@@ -212,7 +213,8 @@ class Ideogram4NativeGuider(io.ComfyNode):
         from .host.comfy_sampling import Ideogram4Guider
 
         require_ideogram4(model, "model")
-        require_ideogram4(unconditional_model, "unconditional_model")
+        if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
+            require_ideogram4(unconditional_model, "unconditional_model")
         spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
         guider = Ideogram4Guider(model, unconditional_model, spec)
         guider.set_positive(positive)
