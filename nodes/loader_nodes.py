@@ -17,7 +17,8 @@ Vae = io.Custom("IDEOGRAM4_VAE")
 
 
 def _dit_options() -> list[str]:
-    return folders.list_folders("transformer", FOLDER_KEYS_DIT) + folders.list_files("diffusion_models")
+    listed = folders.list_folders("transformer", FOLDER_KEYS_DIT)
+    return listed + folders.list_files("diffusion_models", folders.DIT_EXTENSIONS, hide_under=listed)
 
 
 def _vae_options() -> list[str]:
@@ -77,9 +78,14 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             uncond_path = uncond_component = None
         elif unconditional == AUTO:
             if conditional.endswith(folders.FOLDER_SUFFIX):
+                if not (cond_path / "unconditional_transformer").is_dir():
+                    raise ValueError(f"unconditional = auto: {conditional!r} has no unconditional_transformer/ "
+                                     "(a bare transformer folder); choose the unconditional model explicitly, or "
+                                     "'none' for a CFG-distilled single-branch checkpoint")
                 uncond_path, uncond_component = cond_path, "unconditional_transformer"
             else:
-                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models"))
+                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models",
+                                                                                   folders.DIT_EXTENSIONS))
                 if match is None:
                     raise ValueError(f"unconditional = auto found no unconditional file matching {conditional!r} "
                                      "(expected e.g. ideogram4_unconditional_fp8_scaled.safetensors next to "

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from ..checkpoints import (CheckpointFormat, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
                            swap_quantized_linears)
 from .config import DiTConfig, expected_shapes
+from .diffusers_config import check_diffusers_config
 from .transformer import Ideogram4DiT
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,16 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     fmt = detect_format(reader)
     cfg = infer_config(fmt, reader.label)
     _check_keys(fmt, cfg, reader.label)
+    config_json = reader.files[0].parent / "config.json"
+    unknown = check_diffusers_config(config_json, cfg) if Path(source).is_dir() and config_json.is_file() else []
     with torch.device("meta"):
         model = Ideogram4DiT(cfg, dtype=dtype, operations=operations, image_only=image_only)
     linears = {k: v for k, v in fmt.linears.items() if not (image_only and _is_text_projection(k))}
     swap_quantized_linears(model, linears, dtype, operations)
     assign_weights(model, reader, fmt, torch.device(device), dtype)
     model.eval().requires_grad_(False)
-    model.checkpoint_format = fmt.description + (", image-only (no text projection)" if image_only else "")
+    model.checkpoint_format = fmt.description + (", image-only (no text projection)" if image_only else "") + \
+        (f"; config.json fields not used: {', '.join(unknown)}" if unknown else "")
     log.info("Loaded Ideogram 4 DiT from %s (%s, %d layers, width %d)", reader.label, fmt.description,
              cfg.num_layers, cfg.emb_dim)
     return model
