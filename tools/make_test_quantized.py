@@ -25,7 +25,9 @@ COMFY_LAYOUTS = {"nvfp4": ("TensorCoreNVFP4Layout", {}), "mxfp8": ("TensorCoreMX
                  "fp8_scaled": ("TensorCoreFP8Layout", {})}
 # (offsets of fp16 super-scales d / dmin, the largest |q·sc| of the type) for random valid blocks
 _RANDOM_BLOCKS = {"Q2_K": ((80, 82), 45), "Q3_K": ((108,), 128), "Q4_K": ((0, 2), 945), "Q5_K": ((0, 2), 1953),
-                  "Q6_K": ((208,), 4064), "IQ4_NL": ((0,), 127)}
+                  "Q6_K": ((208,), 4064), "IQ4_NL": ((0,), 127), "Q8_0": ((0,), 127), "Q4_0": ((0,), 8),
+                  "Q5_0": ((0,), 16), "Q4_1": ((0, 2), 15), "Q5_1": ((0, 2), 31)}
+_QUANTISABLE = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16")  # what gguf.quants.quantize implements
 
 
 def comfy_quant_tensors(key: str, weight: torch.Tensor, fmt: str, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
@@ -89,7 +91,7 @@ def gguf_tensors(sd: Mapping[str, torch.Tensor], qtype: str, seed: int = 0) -> d
             out[key] = (gguf.quants.quantize(w, T[qtype]), qtype)
         elif not _is_linear_weight(key, sd) or w.shape[1] % block:
             out[key] = (w.astype(np.float16), "F16")  # what ComfyUI-GGUF's converter keeps unquantised
-        elif qtype in _RANDOM_BLOCKS:
+        elif qtype not in _QUANTISABLE:
             out[key] = (random_blocks(qtype, *w.shape, float(np.abs(w).max()), seed + i), qtype)
         else:
             out[key] = (gguf.quants.quantize(w, T[qtype]), qtype)
