@@ -229,3 +229,60 @@ def errors_of(entry: dict) -> list[dict]:
 
 def new_client_id() -> str:
     return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- in-process ComfyUI workers
+
+WORKER_PRELUDE = r'''
+import json, sys, importlib
+comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
+sys.path[:0] = [comfy_path]
+sys.path.append(pack_parent)
+sys.path.append(repo)
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+torch.set_num_threads(2)
+pack = importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+from pathlib import Path
+from tools.make_test_checkpoints import random_state_dict, tiny_config
+res = {}  # what the worker returns
+cfg = tiny_config()
+sd = random_state_dict(cfg, 0)  # the tiny DiT's official-layout weights
+g = torch.Generator().manual_seed(3)
+gh, gw = 3, 4
+'''
+
+
+def run_worker(body: str, timeout: int = 600) -> dict:
+    """Run ``WORKER_PRELUDE + body`` in ComfyUI's Python (``--cpu``, the pack importable as ``i4pack``, ``out_dir``
+    a scratch folder); the body fills the dict ``res``, which comes back (as JSON)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pack_parent = Path(tmp) / "pkgs"
+        pack_parent.mkdir()
+        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
+        out = Path(tmp) / "ckpt"
+        out.mkdir()
+        script = Path(tmp) / "worker.py"
+        script.write_text(WORKER_PRELUDE + body + '\nprint("RESULT " + json.dumps(res))\n')
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
+                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(line[len("RESULT "):])
+
+
+def worker_fixture(body: str):
+    """A module-scoped ``worker_result`` fixture: :func:`run_worker` of ``body``, run once per test module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def worker_result():
+        return run_worker(body)
+
+    return worker_result

@@ -12,44 +12,17 @@ Skipped unless ``COMFYUI_PATH`` is set.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
-from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
+from comfy_harness import requires_comfyui, worker_fixture
 
 pytestmark = requires_comfyui()
 
 WORKER = r'''
-import json, sys, importlib
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
 import comfy.ops
 import comfy.utils
-pack = importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 cs = importlib.import_module("i4pack.nodes.host.comfy_sampling")
 settings = importlib.import_module("i4pack.nodes.host.sampler_settings")
-from pathlib import Path
-from tools.make_test_checkpoints import random_state_dict, tiny_config
 from tools.make_test_quantized import write_comfy, write_gguf
-
-res = {}
-cfg = tiny_config()
-sd = random_state_dict(cfg, 0)
-g = torch.Generator().manual_seed(3)
-gh, gw = 3, 4
 x = torch.randn(1, 128, gh, gw, generator=g)
 feats = torch.randn(1, 7, cfg.llm_features_dim, generator=g)
 sigma = torch.tensor([0.7])
@@ -109,26 +82,9 @@ except ValueError as exc:
     res["single_branch"]["error"] = str(exc)
 plan = cm.plan_pair(cond, None, batch=1, n_img=4096, n_txt=512)
 res["single_branch"]["plan"] = plan.summary()
-print("RESULT " + json.dumps(res))
 '''
 
-
-@pytest.fixture(scope="module")
-def worker_result():
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_parent = Path(tmp) / "pkgs"
-        pack_parent.mkdir()
-        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
-        out = Path(tmp) / "ckpt"
-        out.mkdir()
-        script = Path(tmp) / "worker.py"
-        script.write_text(WORKER)
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
-                              capture_output=True, text=True, timeout=600, cwd=tmp)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return json.loads(line[len("RESULT "):])
+worker_result = worker_fixture(WORKER)
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "int8_convrot", "mixed", "gguf_Q4_K", "gguf_Q8_0"])
