@@ -113,10 +113,10 @@ def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_u
     fp = _folder_paths()
     if key not in fp.folder_names_and_paths:
         return []
-    if extensions == WEIGHT_EXTENSIONS:
-        names = [n for n in fp.get_filename_list(key) if n.lower().endswith(WEIGHT_EXTENSIONS)]
-    else:
-        names = sorted({n for base in _base_dirs([key]) for n in _walk(base) if n.lower().endswith(extensions)})
+    names = [n for n in fp.get_filename_list(key) if n.lower().endswith(extensions)]
+    extra = tuple(e for e in extensions if e not in WEIGHT_EXTENSIONS)  # ComfyUI's list has no .gguf / .json
+    if extra:
+        names = sorted(set(names) | {n for base in _base_dirs([key]) for n in _walk(base) if n.lower().endswith(extra)})
     shards = set()
     for base in _base_dirs([key]):
         for name in names:
