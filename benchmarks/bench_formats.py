@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+REAL_LAYERS = 34
 FAMILIES = ("fp8_scaled", "nvfp4", "mxfp8", "int8_tensorwise", "gguf_Q4_K", "gguf_Q8_0", "gguf_Q6_K")
 PREFIX = "model.diffusion_model."
 ST_NAMES = {torch.uint8: "U8", torch.int8: "I8", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e8m0fnu: "F8_E8M0",
@@ -73,7 +74,9 @@ def comfy_entries(family: str, cfg):
     out = []
     for key, shape in expected_shapes(cfg).items():
         g_seed = abs(hash(key)) % (2 ** 31)
-        if not _is_linear(key, shape):
+        # like Comfy-Org's nvfp4_mixed files, the 128-wide input projection stays unquantised (ComfyUI core reads
+        # in_channels off input_proj.weight's stored shape, which nvfp4 packing halves)
+        if not _is_linear(key, shape) or (family == "nvfp4" and key == "input_proj.weight"):
             out.append((key, torch.bfloat16, tuple(shape),
                         lambda s=tuple(shape), seed=g_seed: (torch.randn(s, generator=torch.Generator().manual_seed(seed))
                                                              * 0.02).to(torch.bfloat16)))
@@ -170,10 +173,10 @@ def write_gguf_streamed(qtype: str, cfg, path: Path) -> int:
     return path.stat().st_size
 
 
-def write_family(family: str, out: Path) -> Path:
+def write_family(family: str, out: Path, layers: int = 34) -> Path:
     from model.dit import DiTConfig
 
-    cfg = DiTConfig()
+    cfg = DiTConfig(num_layers=layers)
     out.mkdir(parents=True, exist_ok=True)
     if family.startswith("gguf_"):
         path = out / f"ideogram4-{family[5:]}.gguf"
@@ -221,7 +224,7 @@ def child_ours(path: str) -> dict:
     decode(layer0[:1])  # warm-up
     per_layer = decode(layer0)
     rest = decode(others)
-    n_layers = model.config.num_layers
+    n_layers = REAL_LAYERS  # decode cost of the real 34-layer forward, whatever the file's depth
     return {"load_s": load_s, "base": base, "after_load": after_load, "touched": touched,
             "decode_forward_s": per_layer * n_layers + rest, "decode_layer_s": per_layer,
             "format": model.checkpoint_format, "packed_linears": sum(isinstance(m, QuantizedLinear) for m in model.modules())}
@@ -285,7 +288,7 @@ def cmd_run(args) -> None:
         if family not in FAMILIES:
             sys.exit(f"unknown family {family}; choose from {', '.join(FAMILIES)}")
         t0 = time.perf_counter()
-        path = write_family(family, args.out)
+        path = write_family(family, args.out, args.layers)
         size = path.stat().st_size
         print(f"\n== {family}: {path.name} {_gib(size)} (written in {time.perf_counter() - t0:.0f} s)", flush=True)
         ours = _run_child([sys.executable, __file__, "_child-ours", str(path)])
@@ -369,6 +372,8 @@ def main(argv=None) -> None:
     run.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"))
     run.add_argument("--comfy-python", default=os.environ.get("COMFYUI_PYTHON", sys.executable))
     run.add_argument("--keep", action="store_true")
+    run.add_argument("--layers", type=int, default=REAL_LAYERS,
+                     help="blocks in the written file (default 34 = real size; fewer = real width, smaller file)")
     run.add_argument("--json", type=Path)
     for name in ("fp8-table", "nf4-bnb"):
         p = sub.add_parser(name)
