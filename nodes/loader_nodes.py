@@ -77,9 +77,9 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             category=CATEGORY,
             description="Load the conditional and the unconditional Ideogram 4 DiTs (both are needed every step). "
                         "Formats: official bf16/fp32, diffusers split q/k/v, official fp8 (per-row), ComfyUI "
-                        "fp8_scaled, bitsandbytes nf4 (decoded without bitsandbytes off CUDA). Files come from "
-                        "models/diffusion_models; whole Hugging Face repositories (ending in '/') from "
-                        "models/ideogram4/<name>/.",
+                        "fp8_scaled / nvfp4 / mxfp8 / int8 (convrot) and mixed files, GGUF (.gguf), bitsandbytes "
+                        "nf4. Files come from models/diffusion_models (a sharded .safetensors.index.json is one "
+                        "entry); whole Hugging Face repositories (ending in '/') from models/ideogram4/<name>/.",
             inputs=[
                 io.Combo.Input("conditional", options=options,
                                tooltip="Conditional DiT: a single file (e.g. ideogram4_fp8_scaled.safetensors) or an "
@@ -128,7 +128,8 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                 uncond_path, uncond_component = _source(match, "unconditional")
         else:
             uncond_path, uncond_component = _source(unconditional, "unconditional")
-        warnings = pair_warnings(conditional, cond_path, cond_component, unconditional, uncond_path, uncond_component)
+        warnings = [] if uncond_path is None else pair_warnings(conditional, cond_path, cond_component, unconditional,
+                                                                 uncond_path, uncond_component)
         try:
             cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
         except ValueError as exc:
