@@ -77,8 +77,11 @@ class GGUFCheckpointReader:
             if t.data_offset + int(t.n_bytes) > size:
                 raise ValueError(f"{path}: truncated — tensor {t.name} ends at byte {t.data_offset + int(t.n_bytes)}, "
                                  f"file has {size} (incomplete download?)")
-            want = (int(np.prod(shape[:-1])) * row_bytes(kind, shape[-1]) if kind in BLOCKS
-                    else int(np.prod(shape)) * _FLOAT_TYPES[kind].itemsize)
+            try:
+                want = (int(np.prod(shape[:-1])) * row_bytes(kind, shape[-1]) if kind in BLOCKS
+                        else int(np.prod(shape)) * _FLOAT_TYPES[kind].itemsize)
+            except ValueError as exc:  # rows that are not whole blocks
+                raise ValueError(f"{path}: tensor {t.name} {list(shape)}: {exc}") from None
             if int(t.n_bytes) != want:
                 raise ValueError(f"{path}: tensor {t.name} ({kind} {list(shape)}) has {int(t.n_bytes)} bytes, "
                                  f"expected {want}")
