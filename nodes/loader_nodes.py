@@ -15,6 +15,7 @@ log = logging.getLogger("ideogram4_native")
 CATEGORY = "Ideogram4 Native/loaders"
 AUTO = "auto"
 NONE = "none"  # CFG-distilled single-branch checkpoint: no unconditional model, guidance 1
+NO_UNCONDITIONAL = "none (from a LoRA)"
 DIFFUSION_KEYS = ("diffusion_models",)
 FOLDER_KEYS_DIT = (folders.FOLDER_KEY, "diffusion_models")
 FOLDER_KEYS_VAE = (folders.FOLDER_KEY, "vae")
@@ -85,12 +86,14 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                                tooltip="Conditional DiT: a single file (e.g. ideogram4_fp8_scaled.safetensors) or an "
                                        "official repository folder 'name/' (uses its transformer/ and "
                                        "unconditional_transformer/)."),
-                io.Combo.Input("unconditional", options=[AUTO, NONE] + options, default=AUTO,
+                io.Combo.Input("unconditional", options=[AUTO, NONE, NO_UNCONDITIONAL] + options, default=AUTO,
                                tooltip="Unconditional DiT (separate weights, image-only pass). auto: the same "
                                        "folder's unconditional_transformer/, or the file named like the conditional "
                                        "one with 'unconditional' (ideogram4_unconditional_fp8_scaled.safetensors). "
                                        "none: a CFG-distilled single-branch checkpoint — the samplers then run the "
-                                       "conditional pass only and require guidance 1."),
+                                       "conditional pass only and require guidance 1. "
+                                       "none (from a LoRA): load only the conditional model and build the "
+                                       "unconditional one with Ideogram4 Unconditional From LoRA (one base in memory)."),
                 io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp32"], default="auto",
                                tooltip="Compute dtype; unquantised weights are stored in it. auto = bf16 (the "
                                        "reference's numerics; fp32 only on GPUs without bf16). fp32 doubles the "
@@ -109,6 +112,8 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         from .host.comfy_model import load_model_patcher, plan_pair
 
         cond_path, cond_component = _source(conditional, "conditional")
+        if unconditional == NO_UNCONDITIONAL:
+            return cls._conditional_only(cond_path, cond_component, weight_dtype)
         if unconditional == NONE:
             uncond_path = uncond_component = None
         elif unconditional == AUTO:
@@ -156,6 +161,20 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         lines.append("expected at 1024×1024, batch 1 (decided again when sampling):")
         lines.append(plan.summary())
         return io.NodeOutput(cond, uncond, ui={"text": ["\n".join(lines)]})
+
+    @classmethod
+    def _conditional_only(cls, path, component: str, weight_dtype: str) -> io.NodeOutput:
+        from .host.comfy_model import load_model_patcher
+
+        try:
+            cond = load_model_patcher(path, component=component, weight_dtype=weight_dtype)
+        except ValueError as exc:
+            raise ValueError(f"conditional model: {exc}") from exc
+        info = cond.ideogram4_info
+        text = (f"conditional: {info['source']} [{info['component']}] — {info['format']}, compute {info['dtype']}, "
+                f"{cond.model_size() / 2**30:.2f} GiB\nunconditional: none — build it from this base with "
+                "Ideogram4 Unconditional From LoRA (shares these weights: one base in memory)")
+        return io.NodeOutput(cond, None, ui={"text": [text]})
 
 
 class Ideogram4NativeVAELoader(io.ComfyNode):

@@ -40,10 +40,14 @@ import comfy.supported_models_base
 
 from ...model.vae import latents as lat
 from ...model.dit import load_transformer
+from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
 from . import memory_policy as mp
+from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
+
+install_key_map_hook()
 
 log = logging.getLogger("ideogram4_native")
 
@@ -65,13 +69,26 @@ class _EagerInit:
         return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
-class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
-    """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch."""
+class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBiasOp):
+    """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch.
+
+    Weight patches (LoRA…) are never merged into the packed storage: a streamed layer gets ComfyUI's
+    own ``LowVramPatch`` in ``weight_function``; a resident one gets the same patch as
+    run-time patch (``role_patches``, set by :class:`nodes.host.lora_patching.Ideogram4ModelPatcher`),
+    applied to the decoded weight on each call.
+    """
+
+    def _weight_functions(self) -> list:
+        functions = list(self.weight_function)
+        patch = self.role_patch()
+        if patch is not None and not any(getattr(f, "is_lowvram_patch", False) for f in functions):
+            functions.insert(0, patch)  # ComfyUI's streamed-layer patch already holds the same patches
+        return functions
 
     def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
         # Streamed (or patched) layer: move the packed storage, decode on the compute device.
         weight = self.dequantized_weight(x.dtype, x.device)
-        for fn in self.weight_function:
+        for fn in self._weight_functions():
             weight = fn(weight)
         bias = None
         if self.bias is not None:
@@ -82,7 +99,7 @@ class ComfyQuantizedLinear(QuantizedLinear, comfy.ops.CastWeightBiasOp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()
-        if self.comfy_cast_weights or self.weight_function or self.bias_function:
+        if self.comfy_cast_weights or self.weight_function or self.bias_function or self.role_patch() is not None:
             return self.forward_comfy_cast_weights(x)
         return super().forward(x)
 
@@ -111,8 +128,15 @@ class ComfyTextRMSNorm(torch.nn.Module, comfy.ops.CastWeightBiasOp):
 class ComfyOps:
     """``operations`` namespace for ``model.load_transformer`` (see ``model/ops.py``)."""
 
-    class Linear(_EagerInit, comfy.ops.disable_weight_init.Linear):
-        pass
+    class Linear(_EagerInit, RolePatched, comfy.ops.disable_weight_init.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            patch = self.role_patch()  # only on a base shared with an unconditional view (see lora_patching)
+            if patch is None:
+                return super().forward(x)
+            comfy.ops.run_every_op()
+            weight = patch(self.weight.to(device=x.device, dtype=x.dtype, copy=True))
+            bias = mm.cast_to(self.bias, x.dtype, x.device) if self.bias is not None else None
+            return F.linear(x, weight, bias)
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass
@@ -156,6 +180,10 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
     # ComfyUI asks the model for its dtype in many places; ours is the compute dtype.
     def get_dtype(self):
         return self.diffusion_model.compute_dtype
+
+    def lora_key_map(self) -> dict:
+        """Every LoRA spelling of this DiT's modules → model key (read by comfy.lora.model_lora_keys_unet)."""
+        return comfy_key_map(self.diffusion_model.config)
 
     def extra_conds(self, **kwargs):
         out = {}
@@ -236,7 +264,7 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer", we
     config = Ideogram4NativeConfig(dict(Ideogram4NativeConfig.unet_config))
     config.set_inference_dtype(dtype, None)
     model = Ideogram4NativeModel(config, dit, device=offload_device)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = Ideogram4ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "component": component,
                               "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}
     return patcher
@@ -318,31 +346,14 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
               + ([activation_estimate(dit_of(uncond), batch, n_img, 0, device)] if uncond is not None else []))
     models = [mp.ModelSize("conditional", int(cond.model_size()))]
     if uncond is not None:
-        models.append(mp.ModelSize("unconditional", int(uncond.model_size())))
+        shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
+        models.append(mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared
+                                   else "unconditional", int(uncond.model_size())))
     return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
-
-
-def check_patches(patcher, what: str) -> None:
-    """Refuse weight patches (LoRA…) on packed fp8/nf4 layers: ComfyUI would add them to the packed bytes."""
-    dit = dit_of(patcher)
-    for key in getattr(patcher, "patches", {}) or {}:
-        module_name, _, leaf = key.rpartition(".")
-        module_name = module_name.removeprefix("diffusion_model.")
-        try:
-            module = dit.get_submodule(module_name)
-        except AttributeError:
-            continue
-        if isinstance(module, QuantizedLinear) and leaf == "weight":
-            raise ValueError(f"{what}: a weight patch (LoRA?) targets {module_name}, which is stored as "
-                             f"{module.scheme}; patching packed weights is not supported — load a bf16 checkpoint "
-                             "to use LoRAs")
 
 
 def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
     """Load both DiTs for one sampling run as :func:`memory_policy.plan_memory` decides."""
-    check_patches(cond, "model")
-    if uncond is not None:
-        check_patches(uncond, "unconditional_model")
     plan = plan_pair(cond, uncond, batch=batch, n_img=n_img, n_txt=n_txt)
     mm.load_models_gpu([p for p in (cond, uncond) if p is not None], memory_required=plan.memory_required,
                        minimum_memory_required=plan.minimum_memory_required, force_full_load=plan.force_full_load)

@@ -40,7 +40,7 @@ import latent_preview
 
 from ...model.vae import latents as lat
 from ...sampling import draw_noise, require_single_branch, sample, sigma_from_time, time_grid, token_grid
-from .comfy_model import check_patches, dit_of, load_pair, loaded_summary, plan_pair
+from .comfy_model import dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
 
@@ -151,9 +151,6 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                seed=None):
         if self.features is None:
             raise ValueError("Ideogram4 Guider has no positive conditioning")
-        check_patches(self.model_patcher, "model")
-        if self.uncond_patcher is not None:
-            check_patches(self.uncond_patcher, "unconditional_model")
         self._prepare(sigmas)  # before ComfyUI moves the sigmas (the time attribute lives on this tensor)
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),

@@ -45,6 +45,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The start of every worker script: argv, ComfyUI first on sys.path, --cpu, the pack as ``i4pack``
+# (``cm`` = its nodes.host.comfy_model), ``mm`` = comfy.model_management, and the tiny DiT's test inputs
+# (``cfg``, ``sd``, ``x``, ``feats``; results go into ``res``).
+WORKER_PREAMBLE = '''import json, sys, importlib
+comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
+sys.path[:0] = [comfy_path]
+sys.path.append(pack_parent)
+sys.path.append(repo)
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+torch.set_num_threads(2)
+from pathlib import Path
+import comfy.model_management as mm
+pack = importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
+res = {}
+cfg = tiny_config()
+sd = random_state_dict(cfg, 0)
+g = torch.Generator().manual_seed(3)
+gh, gw = 3, 4
+x = torch.randn(2, 128, gh, gw, generator=g)
+feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
+'''
+
+
+def run_worker(source: str, timeout: int = 600) -> dict:
+    """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (argv: ComfyUI path, repo, a folder holding the pack as ``i4pack``,
+    a scratch folder) and return the JSON it prints on its ``RESULT `` line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pack_parent = Path(tmp) / "pkgs"
+        pack_parent.mkdir()
+        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
+        out = Path(tmp) / "ckpt"
+        out.mkdir()
+        script = Path(tmp) / "worker.py"
+        script.write_text(WORKER_PREAMBLE + source)
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
+                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(line[len("RESULT "):])
+
+
 # --------------------------------------------------------------------------- test model files
 
 def write_models(root: Path) -> dict[str, Any]:
@@ -79,6 +128,13 @@ def write_models(root: Path) -> dict[str, Any]:
 
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(8, 8), "img_in.weight": torch.zeros(8, 4)},
               str(dm / "not_ideogram.safetensors"))
+    # LoRAs: a style LoRA (kohya keys) and an unconditional LoRA (ai-toolkit keys) for the tiny DiT
+    from tools.make_test_loras import layout_state_dict, lora_factors
+
+    loras = root / "loras"
+    loras.mkdir(exist_ok=True)
+    save_file(layout_state_dict(lora_factors(cfg, seed=31), "kohya"), str(loras / "i4tiny_style.safetensors"))
+    save_file(layout_state_dict(lora_factors(cfg, seed=32), "ai-toolkit"), str(loras / "i4tiny_uncond.safetensors"))
     shutil.rmtree(staging, ignore_errors=True)
     return {"dit": files, "hf_repo": i4 / "tiny-repo", "te_folder": i4 / "tiny-te", "te_file": comfy_file,
             "tokenizer": te / "tiny_tokenizer", "vae": vae_file}
@@ -115,6 +171,7 @@ class ComfyServer:
             f"  diffusion_models: {models / 'diffusion_models'}\n"
             f"  text_encoders: {models / 'text_encoders'}\n"
             f"  vae: {models / 'vae'}\n"
+            f"  loras: {models / 'loras'}\n"
             f"  ideogram4: {models / 'ideogram4'}\n")
 
     def start(self, timeout: float = 180.0) -> None:
@@ -243,60 +300,3 @@ def errors_of(entry: dict) -> list[dict]:
 
 def new_client_id() -> str:
     return uuid.uuid4().hex
-
-
-# --------------------------------------------------------------------------- in-process ComfyUI workers
-
-WORKER_PRELUDE = r'''
-import json, sys, importlib
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-pack = importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.host.comfy_model")
-from pathlib import Path
-from tools.make_test_checkpoints import random_state_dict, tiny_config
-res = {}  # what the worker returns
-cfg = tiny_config()
-sd = random_state_dict(cfg, 0)  # the tiny DiT's official-layout weights
-g = torch.Generator().manual_seed(3)
-gh, gw = 3, 4
-'''
-
-
-def run_worker(body: str, timeout: int = 600) -> dict:
-    """Run ``WORKER_PRELUDE + body`` in ComfyUI's Python (``--cpu``, the pack importable as ``i4pack``, ``out_dir``
-    a scratch folder); the body fills the dict ``res``, which comes back (as JSON)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_parent = Path(tmp) / "pkgs"
-        pack_parent.mkdir()
-        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
-        out = Path(tmp) / "ckpt"
-        out.mkdir()
-        script = Path(tmp) / "worker.py"
-        script.write_text(WORKER_PRELUDE + body + '\nprint("RESULT " + json.dumps(res))\n')
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
-                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return json.loads(line[len("RESULT "):])
-
-
-def worker_fixture(body: str):
-    """A module-scoped ``worker_result`` fixture: :func:`run_worker` of ``body``, run once per test module."""
-    import pytest
-
-    @pytest.fixture(scope="module")
-    def worker_result():
-        return run_worker(body)
-
-    return worker_result

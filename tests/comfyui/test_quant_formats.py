@@ -13,7 +13,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import requires_comfyui, worker_fixture
+from comfy_harness import requires_comfyui, run_worker
 
 pytestmark = requires_comfyui()
 
@@ -82,9 +82,13 @@ except ValueError as exc:
     res["single_branch"]["error"] = str(exc)
 plan = cm.plan_pair(cond, None, batch=1, n_img=4096, n_txt=512)
 res["single_branch"]["plan"] = plan.summary()
+print("RESULT " + json.dumps(res))
 '''
 
-worker_result = worker_fixture(WORKER)
+
+@pytest.fixture(scope="module")
+def worker_result():
+    return run_worker(WORKER)
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "int8_convrot", "mixed", "gguf_Q4_K", "gguf_Q8_0"])

@@ -258,6 +258,35 @@ def test_sampler_custom_advanced_blocks_equal_sampling_sample(comfy_server, comf
     assert torch.equal(ours, z)  # exact: same noise, times, guidance and update expression
 
 
+def test_loras_through_core_and_pack_nodes_with_an_unconditional_lora(comfy_server, comfy_models):
+    """fp8 base, unconditional = base + LoRA, a style LoRA through core LoraLoaderModelOnly and the pack node."""
+    prompt = template(Ideogram4NativeModelLoader={"conditional": "i4tiny_fp8.safetensors",
+                                                  "unconditional": "none (from a LoRA)"},
+                      Ideogram4NativeKSampler={"seed": 77})
+    loader, ks = node_id(prompt, "Ideogram4NativeModelLoader"), node_id(prompt, "Ideogram4NativeKSampler")
+    prompt.update({
+        "300": {"class_type": "Ideogram4NativeUnconditionalFromLora", "inputs": {
+            "model": [loader, 0], "lora_name": "i4tiny_uncond.safetensors", "strength": 1.0}},
+        "301": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": [loader, 0], "lora_name": "i4tiny_style.safetensors", "strength_model": 0.5}},
+        "302": {"class_type": "Ideogram4NativeLoraLoader", "inputs": {
+            "model": ["301", 0], "lora_name": "i4tiny_style.safetensors", "strength": 0.25, "target": "conditional"}},
+    })
+    prompt[ks]["inputs"].update({"model": ["302", 0], "unconditional_model": ["300", 0]})
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    texts = {k: "\n".join(v.get("text", [])) for k, v in entry["outputs"].items()}
+    assert "shares the conditional model's weights" in texts["300"], texts
+    assert "conditional: i4tiny_style.safetensors ×0.25" in texts["302"] and "packed" in texts["302"], texts
+    assert "unconditional: none" in texts[loader], texts
+    plain = comfy_server.run(template(Ideogram4NativeModelLoader={"conditional": "i4tiny_fp8.safetensors"},
+                                      Ideogram4NativeKSampler={"seed": 77}))
+    assert_success(plain, comfy_server)
+    with_lora = comfy_server.image(entry, node_id(prompt, "SaveImage")).astype(int)
+    without = comfy_server.image(plain, node_id(prompt, "SaveImage")).astype(int)
+    assert np.abs(with_lora - without).mean() > 1.0  # the LoRAs changed the image
+
+
 def test_latent_to_flux2_vae_with_core_vae_decode(comfy_server, comfy_models):
     """Core VAEDecode after our conversion vs the reference pixels (measured and bounded)."""
     prompt = template()

@@ -1,0 +1,280 @@
+"""LoRA key names of every trainer in the wild → this DiT's module names (pure: no ComfyUI).
+
+A LoRA file stores, per adapted Linear, tensors ``<prefix><module><suffix>``.  This module knows
+
+* the module spellings: the official names (fused ``attention.qkv``, ``attention.o``) and the
+  diffusers ones (split ``attention.to_q/to_k/to_v`` — rows ``[0, E)``, ``[E, 2E)``, ``[2E, 3E)`` of
+  the fused ``qkv`` — and ``attention.to_out.0``), dotted or with ``_`` for ``.`` (kohya style);
+* the prefixes: diffusers/PEFT ``transformer.`` (``Ideogram4Pipeline.save_lora_weights``, SimpleTuner,
+  OneTrainer's diffusers export), PEFT ``base_model.model.``, ai-toolkit ``diffusion_model.`` /
+  ``conditional_transformer.``, ComfyUI ``diffusion_model.``, kohya / musubi-tuner ``lora_unet_``,
+  OneTrainer ``lora_transformer_``, SimpleTuner LyCORIS ``lycoris_``, and none;
+* the suffixes ComfyUI's weight adapters read (LoRA ``lora_A/B``, ``lora_down/up`` (+ ``alpha``,
+  ``lora_mid``, ``dora_scale``), LoHa ``hada_*``, LoKr ``lokr_*``, full ``diff`` / ``diff_b``…).
+
+:func:`map_lora` splits a file's keys into mapped targets and unmapped keys; :func:`comfy_key_map`
+is the same table in the form ``comfy.lora.load_lora`` consumes (values with a ``(dim, start, size)``
+offset for the fused-qkv rows); :func:`normalize_peft` applies what PEFT keeps in the file's metadata
+(``lora_alpha`` / ``r`` / ``rank_pattern`` / ``alpha_pattern`` / rsLoRA) as ComfyUI ``alpha`` tensors
+and renames PEFT's DoRA ``lora_magnitude_vector`` to ``dora_scale``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+from ..checkpoints.formats import describe_other_family
+from .config import DiTConfig, expected_shapes
+
+# Spellings of the file's prefix before the module name (longest first: they are tried in this order).
+DOTTED_PREFIXES = ("transformer.base_model.model.", "base_model.model.", "model.diffusion_model.", "diffusion_model.",
+                   "conditional_transformer.", "transformer.", "unet.", "")
+UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
+
+# Suffixes of the tensors ComfyUI's adapters and comfy.lora.load_lora read (plus PEFT's DoRA magnitude).
+LOW_RANK_UP = (".lora_up.weight", ".lora_B.weight", ".lora.up.weight", "_lora.up.weight", ".lora_B",
+               ".lora_linear_layer.up.weight", ".lora_B.default.weight")
+LOW_RANK_DOWN = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_lora.down.weight", ".lora_A",
+                 ".lora_linear_layer.down.weight", ".lora_A.default.weight")
+OTHER_SUFFIXES = (".alpha", ".dora_scale", ".lora_magnitude_vector", ".lora_mid.weight", ".reshape_weight",
+                  ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".hada_t1", ".hada_t2",
+                  ".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2",
+                  ".oft_blocks", ".rescale", ".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight",
+                  ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight")
+SUFFIXES = tuple(sorted(LOW_RANK_UP + LOW_RANK_DOWN + OTHER_SUFFIXES, key=len, reverse=True))
+
+# What a LoRA that is not for Ideogram 4 looks like (markers are substrings of its keys).
+OTHER_LORA_FAMILIES = (
+    (("double_blocks", "single_blocks", "single_transformer_blocks"), "a FLUX LoRA"),
+    (("down_blocks", "input_blocks", "output_blocks", "mid_block"), "a Stable Diffusion / SDXL LoRA"),
+    (("joint_blocks", "context_block"), "a Stable Diffusion 3 LoRA"),
+    (("img_mod", "img_mlp", "txt_mlp"), "a Qwen-Image LoRA"),
+    (("noise_refiner", "context_refiner"), "a Lumina 2 / Z-Image LoRA"),
+    (("self_attn_q", "self_attn.q", "cross_attn"), "a Wan / video-model LoRA"),
+    (("lora_te", "text_encoder", "text_model"), "a text-encoder LoRA"),
+    (("attention.to_q", "attention.qkv", "attention_qkv", "attention_to_q", "feed_forward"),
+     "an Ideogram 4-style LoRA for a model of another size (layer count or widths differ)"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one LoRA module lands: a weight of this DiT, optionally only some of its rows."""
+
+    module: str  # official module name, e.g. "layers.0.attention.qkv"
+    shape: tuple[int, ...]  # the full weight's shape
+    offset: Optional[tuple[int, int, int]] = None  # (dim, start, size): rows of a fused weight
+
+    @property
+    def weight_key(self) -> str:
+        return self.module + ".weight"
+
+    @property
+    def patched_shape(self) -> tuple[int, ...]:
+        if self.offset is None:
+            return self.shape
+        dim, _, size = self.offset
+        return tuple(size if i == dim else s for i, s in enumerate(self.shape))
+
+
+@dataclass
+class LoraMapping:
+    """The result of mapping a LoRA file's keys onto one model."""
+
+    targets: dict[str, Target] = field(default_factory=dict)  # file module prefix -> target
+    unmapped: list[str] = field(default_factory=list)  # file keys that map nowhere
+    shape_errors: list[str] = field(default_factory=list)
+    layouts: set[str] = field(default_factory=set)  # e.g. {"diffusers/PEFT"}
+    adapters: set[str] = field(default_factory=set)  # e.g. {"LoRA", "LoKr"}
+
+    @property
+    def patched_weights(self) -> int:
+        return len({t.weight_key for t in self.targets.values()})
+
+    def describe(self) -> str:
+        kept = [x for x in self.layouts if not any(y != x and y.startswith(x + ", ") for y in self.layouts)]
+        layouts = "; ".join(sorted(kept)) or "?"
+        adapters = "/".join(sorted(self.adapters)) or "?"
+        return (f"{adapters} in {layouts} key names: {len(self.targets)} modules onto "
+                f"{self.patched_weights} weights")
+
+
+def module_aliases(cfg: DiTConfig) -> dict[str, Target]:
+    """Every dotted module spelling (official and diffusers) → its :class:`Target`."""
+    e = cfg.emb_dim
+    out: dict[str, Target] = {}
+    for key, shape in expected_shapes(cfg).items():
+        if not key.endswith(".weight"):
+            continue
+        module = key[: -len(".weight")]
+        out[module] = Target(module, tuple(shape))
+        if module.endswith(".attention.qkv"):
+            base = module[: -len("qkv")]
+            for i, letter in enumerate("qkv"):
+                out[f"{base}to_{letter}"] = Target(module, tuple(shape), (0, i * e, e))
+        elif module.endswith(".attention.o"):
+            out[module[: -len("o")] + "to_out.0"] = Target(module, tuple(shape))
+    return out
+
+
+def lora_targets(cfg: DiTConfig) -> dict[str, tuple[Target, str]]:
+    """Every accepted file module prefix (prefix + spelling) → (target, layout name)."""
+    table: dict[str, tuple[Target, str]] = {}
+    for name, target in module_aliases(cfg).items():
+        attention = None
+        if target.module.endswith((".attention.qkv", ".attention.o")):
+            attention = "split q/k/v" if name != target.module else "fused qkv"
+        for prefix in DOTTED_PREFIXES:
+            table[prefix + name] = (target, _layout(prefix, attention))
+        for prefix in UNDERSCORE_PREFIXES:
+            table[prefix + name.replace(".", "_")] = (target, _layout(prefix, attention))
+    return table
+
+
+def _layout(prefix: str, attention: Optional[str]) -> str:
+    names = {"transformer.": "diffusers/PEFT", "transformer.base_model.model.": "PEFT",
+             "base_model.model.": "PEFT", "diffusion_model.": "ComfyUI / ai-toolkit",
+             "model.diffusion_model.": "ComfyUI", "conditional_transformer.": "ai-toolkit", "unet.": "diffusers (unet.)",
+             "": "bare module", "lora_unet_": "kohya / musubi-tuner", "lora_transformer_": "OneTrainer",
+             "lycoris_": "SimpleTuner LyCORIS"}
+    return names[prefix] + (f", {attention}" if attention else "")
+
+
+def split_key(key: str) -> Optional[tuple[str, str]]:
+    """'transformer.layers.0.attention.to_q.lora_A.weight' -> ('transformer.layers.0.attention.to_q', '.lora_A.weight')."""
+    for suffix in SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)], suffix
+    return None
+
+
+def adapter_kind(suffixes: Iterable[str]) -> str:
+    s = set(suffixes)
+    if any(x.startswith(".lokr_") for x in s):
+        return "LoKr"
+    if any(x.startswith(".hada_") for x in s):
+        return "LoHa"
+    if s & {".oft_blocks"}:
+        return "OFT"
+    if s & {".a1.weight", ".b1.weight"}:
+        return "GLoRA"
+    if s & {".dora_scale", ".lora_magnitude_vector"}:
+        return "DoRA"
+    if s & set(LOW_RANK_UP + LOW_RANK_DOWN):
+        return "LoRA"
+    return "weight diff"
+
+
+def map_lora(shapes: Mapping[str, Sequence[int]], cfg: DiTConfig) -> LoraMapping:
+    """Map a LoRA file (its keys and tensor shapes) onto the DiT of ``cfg``."""
+    table = lora_targets(cfg)
+    result = LoraMapping()
+    groups: dict[str, dict[str, str]] = {}
+    for key in shapes:
+        parts = split_key(key)
+        if parts is None or parts[0] not in table:
+            result.unmapped.append(key)
+            continue
+        groups.setdefault(parts[0], {})[parts[1]] = key
+    for prefix, members in groups.items():
+        target, layout = table[prefix]
+        result.targets[prefix] = target
+        result.layouts.add(layout)
+        result.adapters.add(adapter_kind(members))
+        up = next((members[s] for s in LOW_RANK_UP if s in members), None)
+        down = next((members[s] for s in LOW_RANK_DOWN if s in members), None)
+        if (up is None) != (down is None):
+            result.shape_errors.append(f"{prefix}: has only one of the two LoRA matrices")
+        elif up is not None:
+            want_out, want_in = target.patched_shape
+            got_out, got_in = int(shapes[up][0]), int(shapes[down][-1]) if len(shapes[down]) == 2 else -1
+            if ".lora_mid.weight" not in members and (got_out != want_out or got_in != want_in):
+                result.shape_errors.append(f"{prefix}: LoRA is {got_out}×{got_in}, the model's "
+                                           f"{target.module} {'rows ' if target.offset else ''}are {want_out}×{want_in}")
+    result.unmapped.sort()
+    return result
+
+
+def describe_lora(keys: Sequence[str]) -> str:
+    """What a LoRA file that does not map looks like."""
+    return describe_other_family(keys, OTHER_LORA_FAMILIES, unknown="an unknown LoRA layout")
+
+
+def mapping_problems(mapping: LoraMapping, keys: Sequence[str], label: str) -> Optional[str]:
+    """The user-facing error for a LoRA that does not fully map (None when every key maps)."""
+    if not mapping.targets:
+        return (f"{label}: no key of this LoRA maps onto the Ideogram 4 DiT — it looks like {describe_lora(keys)}; "
+                f"first keys: {', '.join(sorted(keys)[:4])}")
+    problems = []
+    if mapping.unmapped:
+        problems.append(f"{len(mapping.unmapped)} keys map nowhere: {', '.join(mapping.unmapped[:8])}"
+                        f"{' …' if len(mapping.unmapped) > 8 else ''} (the rest is {mapping.describe()}; "
+                        f"the unmapped part looks like {describe_lora(mapping.unmapped)})")
+    if mapping.shape_errors:
+        problems.append("wrong shapes: " + "; ".join(mapping.shape_errors[:5]))
+    return f"{label}: " + " | ".join(problems) if problems else None
+
+
+def comfy_key_map(cfg: DiTConfig, model_prefix: str = "diffusion_model.") -> dict[str, object]:
+    """The table in ``comfy.lora.model_lora_keys_unet`` form: file prefix → model key, or
+    (model key, (dim, start, size)) for rows of a fused weight."""
+    out: dict[str, object] = {}
+    for prefix, (target, _) in lora_targets(cfg).items():
+        key = model_prefix + target.weight_key
+        out[prefix] = key if target.offset is None else (key, target.offset)
+    return out
+
+
+# --------------------------------------------------------------------------- PEFT metadata
+
+def _peft_pattern_value(pattern_map: Mapping[str, float], module: str, default: float) -> float:
+    """PEFT's rank_pattern / alpha_pattern lookup: a pattern matches a module name suffix (regex)."""
+    for pattern, value in pattern_map.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def peft_config(metadata: Optional[Mapping[str, str]]) -> Optional[dict]:
+    """The transformer's PEFT LoraConfig from ``save_lora_weights`` metadata (``lora_adapter_metadata``)."""
+    if not metadata or "lora_adapter_metadata" not in metadata:
+        return None
+    raw = json.loads(metadata["lora_adapter_metadata"])
+    conf = {k.split(".", 1)[1]: v for k, v in raw.items() if k.startswith("transformer.")}
+    return conf or raw
+
+
+def normalize_peft(tensors: dict, metadata: Optional[Mapping[str, str]], *, tensor_factory) -> dict:
+    """State dict with PEFT's scaling written as ComfyUI ``.alpha`` tensors and DoRA magnitudes as ``dora_scale``.
+
+    PEFT scales ``B·A`` by ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA, per-module values from
+    ``alpha_pattern`` / ``rank_pattern``) and keeps that only in the metadata; ComfyUI scales by
+    ``alpha / rank`` with ``alpha`` read from the file, so ``alpha = scale · rank`` is added.
+    ``tensor_factory(value)`` makes a scalar tensor (keeps this module free of torch).
+    """
+    out = dict(tensors)
+    conf = peft_config(metadata)
+    for key in list(out):
+        if key.endswith(".lora_magnitude_vector"):  # PEFT DoRA: (out,) per-row magnitude
+            value = out.pop(key)
+            out[key[: -len(".lora_magnitude_vector")] + ".dora_scale"] = value.reshape(-1, 1)
+    if conf is None:
+        return out
+    r, lora_alpha = conf.get("r"), conf.get("lora_alpha")
+    if r is None or lora_alpha is None:
+        return out
+    for key in list(out):
+        parts = split_key(key)
+        if parts is None or parts[1] not in LOW_RANK_DOWN or parts[0] + ".alpha" in out:
+            continue
+        module = parts[0].split("base_model.model.", 1)[-1].removeprefix("transformer.")
+        rank = int(out[key].shape[0])
+        alpha = _peft_pattern_value(conf.get("alpha_pattern") or {}, module, lora_alpha)
+        module_r = _peft_pattern_value(conf.get("rank_pattern") or {}, module, r)
+        scale = alpha / math.sqrt(module_r) if conf.get("use_rslora") else alpha / module_r
+        out[parts[0] + ".alpha"] = tensor_factory(scale * rank)
+    return out

@@ -1,0 +1,221 @@
+"""LoRA files onto the pack's DiTs (what ``Ideogram4NativeLoraLoader`` runs): read, check every key, patch.
+
+The key spelling of every trainer is resolved by ``model/dit/lora_keys.py``; the patches themselves
+are ComfyUI's (``comfy.lora.load_lora`` → weight adapters: LoRA, LoCon, LoHa, LoKr, DoRA, …) added to
+a clone of the ``ModelPatcher`` exactly as core ``LoraLoaderModelOnly`` does, so both loaders give
+the same model.  Unlike core, a key that maps nowhere is an error, never a log line.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import comfy.lora
+import comfy.model_management as mm
+import comfy.utils
+import comfy.weight_adapter
+
+from ...model.dit import TEXT_PROJECTION_MODULES
+from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
+from . import memory_policy as mp
+from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
+from .lora_patching import Ideogram4ModelPatcher, RolePatched, active_role, packed_module, runtime_patch
+
+TARGETS = ("conditional", "unconditional", "both")
+
+
+def read_lora(path: str | Path) -> tuple[dict, Optional[dict]]:
+    sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
+    return sd, metadata
+
+
+def prepare_lora(sd: dict, metadata: Optional[dict], patcher, label: str):
+    """(state dict with PEFT scaling / DoRA names normalised, mapping) — or ValueError naming what does not map."""
+    sd = normalize_peft(sd, metadata, tensor_factory=lambda v: torch.tensor(float(v)))
+    cfg = dit_of(patcher).config
+    mapping = map_lora({k: tuple(v.shape) for k, v in sd.items()}, cfg)
+    problem = mapping_problems(mapping, list(sd), label)
+    if problem:
+        raise ValueError(problem)
+    return sd, mapping
+
+
+def _is_text_projection(model_key: str) -> bool:
+    return model_key.removeprefix("diffusion_model.").split(".", 1)[0] in TEXT_PROJECTION_MODULES
+
+
+def apply_lora(patcher, sd: dict, strength: float, label: str):
+    """A clone of ``patcher`` with the LoRA added at ``strength``; returns (clone, patched weight keys, skipped)."""
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    skipped = []
+    if dit_of(patcher).image_only:  # the unconditional model has no text projection: those patches cannot act
+        skipped = sorted({(k if isinstance(k, str) else k[0]) for k in patches
+                          if _is_text_projection(k if isinstance(k, str) else k[0])})
+        patches = {k: v for k, v in patches.items() if (k if isinstance(k, str) else k[0]) not in skipped}
+    clone = patcher.clone()
+    accepted = set(clone.add_patches(patches, strength))
+    refused = [str(k if isinstance(k, str) else k[0]) for k in patches if k not in accepted]
+    if refused:
+        raise ValueError(f"{label}: ComfyUI refused {len(refused)} patches (no such weight): {', '.join(refused[:6])}")
+    weights = sorted({k if isinstance(k, str) else k[0] for k in accepted})
+    return clone, weights, skipped
+
+
+def load_lora_onto(model, unconditional_model, path: str | Path, strength: float, target: str, name: str):
+    """The LoRA Loader node's work: (model, unconditional_model, report lines)."""
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r} is not one of {TARGETS}")
+    require_ideogram4(model, "model")
+    if target != "conditional":
+        if unconditional_model is None:
+            raise ValueError(f"target = {target} needs the unconditional_model input connected")
+        require_ideogram4(unconditional_model, "unconditional_model")
+    if strength == 0:
+        return model, unconditional_model, [f"{name}: strength 0 — models unchanged"]
+    sd, metadata = read_lora(path)
+    lines = []
+    out = {"conditional": model, "unconditional": unconditional_model}
+    roles = ("conditional", "unconditional") if target == "both" else (target,)
+    for role in roles:
+        label = f"LoRA {name} on the {role} model"
+        converted, mapping = prepare_lora(sd, metadata, out[role], label)
+        out[role], weights, skipped = apply_lora(out[role], converted, strength, label)
+        line = f"{role}: {name} ×{strength:g} — {mapping.describe()}; {len(weights)} weights patched"
+        packed = sum(packed_module(out[role].model, k) is not None for k in weights)
+        if packed:
+            line += f" ({packed} packed: applied to the decoded weight when the layer runs)"
+        if skipped:
+            line += f"; {len(skipped)} text-projection weights skipped (the unconditional pass is image-only)"
+        lines.append(line)
+    return out["conditional"], out["unconditional"], lines
+
+
+# --------------------------------------------------------------------------- unconditional = base + LoRA
+
+class SharedUnconditionalDiT(torch.nn.Module):
+    """The unconditional DiT as "conditional base + LoRA", computed on the base's own layers.
+
+    Holds no weights (the base is kept outside the module tree, so ComfyUI neither counts nor moves it
+    twice); its pass runs the base image-only with the role "view" active, so each base layer applies
+    this model's patches (and not the conditional model's) to its weight when it runs.
+    """
+
+    image_only = True
+
+    def __init__(self, base: torch.nn.Module, lora_name: str):
+        super().__init__()
+        self._base = (base,)  # a tuple: not registered as a submodule
+        self.config = base.config
+        self.checkpoint_format = f"{base.checkpoint_format} + LoRA {lora_name} (shared base)"
+        base.shared_view = True
+
+    @property
+    def base(self) -> torch.nn.Module:
+        return self._base[0]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.base.compute_dtype
+
+    def forward(self, x, t, text_features=None, *, grid_hw, text_lengths=None):
+        if text_features is not None:
+            raise ValueError("the unconditional model built from a LoRA runs the image-only pass only")
+        with active_role("view"):
+            return self.base(x, t, None, grid_hw=grid_hw)
+
+
+class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
+    """Patcher of a :class:`SharedUnconditionalDiT`: its patches name the base's weights and are installed on
+    the base's layers as role-"view" run-time patches when it is loaded."""
+
+    def _view(self) -> SharedUnconditionalDiT:
+        return self.model.diffusion_model
+
+    def model_state_dict(self, filter_prefix=None):
+        sd = {"diffusion_model." + k: v for k, v in self._view().base.state_dict().items()}
+        return {k: v for k, v in sd.items() if filter_prefix is None or k.startswith(filter_prefix)}
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        """ComfyUI's add_patches, checked against the base's weights (the view itself holds none)."""
+        known = set(self.model_state_dict())
+        accepted = []
+        for k in patches:
+            key, offset, function = (k, None, None) if isinstance(k, str) else (k[0], k[1], k[2] if len(k) > 2 else None)
+            if key in known:
+                self.patches.setdefault(key, []).append((strength_patch, patches[k], strength_model, offset, function))
+                accepted.append(k)
+        self.patches_uuid = uuid.uuid4()
+        return accepted
+
+    def model_size(self) -> int:  # its own memory: the LoRA (the base belongs to the conditional model)
+        return self.lora_bytes()
+
+    def lora_bytes(self) -> int:
+        seen, total = set(), 0
+
+        def visit(value):
+            nonlocal total
+            if isinstance(value, torch.Tensor):
+                if value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    total += value.numel() * value.element_size()
+            elif isinstance(value, comfy.weight_adapter.WeightAdapterBase):
+                visit(value.weights)
+            elif isinstance(value, (tuple, list)):
+                for v in value:
+                    visit(v)
+
+        for patch_list in self.patches.values():
+            for p in patch_list:
+                visit(p[1])
+        return total
+
+    def load(self, device_to=None, *args, **kwargs):
+        out = super().load(device_to, *args, **kwargs)
+        base = self._view().base
+        for module in base.modules():
+            if isinstance(module, RolePatched):
+                module.set_role_patch("view", None)
+        for key in self.patches:
+            module = comfy.utils.get_attr(base, key.removeprefix("diffusion_model.").rpartition(".")[0])
+            module.set_role_patch("view", runtime_patch(self.patches, key, device_to))
+        return out
+
+
+def _unload_merged(model) -> None:
+    """Unload every loaded patcher of ``model`` so no LoRA stays merged into weights the view will share."""
+    for i in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[i]
+        if loaded.model is not None and loaded.model.model is model:
+            mm.current_loaded_models.pop(i).model_unload()
+
+
+def unconditional_from_lora(model, path: str | Path, strength: float, name: str):
+    """(unconditional MODEL = ``model``'s base + the LoRA, sharing the base's weights; report lines)."""
+    require_ideogram4(model, "model")
+    base = dit_of(model)
+    if base.image_only:
+        raise ValueError("model: connect the conditional model (this one is an unconditional, image-only DiT)")
+    label = f"unconditional LoRA {name}"
+    sd, metadata = read_lora(path)
+    _unload_merged(model.model)
+    view = SharedUnconditionalDiT(base, name)
+    config = model.model.model_config
+    wrapper = Ideogram4NativeModel(config, view, device=model.offload_device)
+    patcher = Ideogram4ViewPatcher(wrapper, load_device=model.load_device, offload_device=model.offload_device)
+    converted, mapping = prepare_lora(sd, metadata, patcher, label)
+    patcher, weights, skipped = apply_lora(patcher, converted, strength, label)
+    patcher.ideogram4_info = {"source": f"{model.ideogram4_info['source']} + {name}", "component": "shared base",
+                              "format": view.checkpoint_format, "dtype": model.ideogram4_info["dtype"]}
+    lines = [f"unconditional = conditional base + {name} ×{strength:g}: {mapping.describe()}; {len(weights)} weights "
+             f"patched when the layers run (image-only pass)",
+             f"shares the conditional model's weights ({mp.gib(model.model_size())}, resident once); "
+             f"adds the LoRA: {patcher.lora_bytes() / 2**20:.1f} MiB"]
+    if skipped:
+        lines.append(f"{len(skipped)} text-projection weights skipped (the unconditional pass is image-only)")
+    return patcher, lines

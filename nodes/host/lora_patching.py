@@ -1,0 +1,176 @@
+"""Weight patches (LoRA…) on the pack's DiT inside ComfyUI: the key-map hook and the patcher for packed layers.
+
+* :func:`install_key_map_hook` — ``comfy.lora.model_lora_keys_unet`` (what core ``LoraLoader`` /
+  ``LoraLoaderModelOnly`` / ``load_lora_for_models`` use) is wrapped once so that a model that
+  offers ``lora_key_map()`` (only this pack's ``Ideogram4NativeModel``) adds its own table —
+  every trainer's spelling, split q/k/v onto rows of the fused ``qkv`` (``model/dit/lora_keys.py``).
+  Every other model gets core's map unchanged.
+* :class:`Ideogram4ModelPatcher` — a ``ModelPatcher`` whose packed fp8 / nf4 layers are never
+  merged into: ComfyUI's merge (``patch_weight_to_device``) would add the LoRA to the packed
+  values without their scale (fp8) or fail on the packed shape (nf4).  For those weights the patch
+  becomes a ``LowVramPatch`` (ComfyUI's own "apply the patches to the weight when the layer runs",
+  every adapter type and fused-row offsets included) held by the layer and applied to its decoded
+  weight; streamed layers already get exactly that from ComfyUI.  Memory overhead: the LoRA's own
+  tensors (moved once to the load device) plus the per-layer decode temporary that packed layers
+  need anyway.  Plain (bf16 / fp32) weights keep ComfyUI's normal merge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import torch
+
+import comfy.lora
+import comfy.model_patcher
+import comfy.utils
+import comfy.weight_adapter
+
+from ...model.checkpoints import QuantizedLinear
+
+
+def install_key_map_hook() -> None:
+    """Wrap ``comfy.lora.model_lora_keys_unet`` once; scoped to models with a ``lora_key_map()`` method."""
+    original = comfy.lora.model_lora_keys_unet
+    if getattr(original, "ideogram4_hook", False):
+        return
+
+    @functools.wraps(original)
+    def model_lora_keys_unet(model, key_map={}):
+        key_map = original(model, key_map)
+        own = getattr(model, "lora_key_map", None)
+        if callable(own):
+            key_map.update(own())
+        return key_map
+
+    model_lora_keys_unet.ideogram4_hook = True
+    comfy.lora.model_lora_keys_unet = model_lora_keys_unet
+
+
+def packed_module(model: torch.nn.Module, key: str):
+    """The packed layer whose ``weight`` is ``key``, or None."""
+    module_name, _, leaf = key.rpartition(".")
+    if leaf != "weight":
+        return None
+    try:
+        module = comfy.utils.get_attr(model, module_name)
+    except AttributeError:
+        return None
+    return module if isinstance(module, QuantizedLinear) else None
+
+
+def _to_device(value, device):
+    """A patch value (tensor / weight adapter / nested tuples) with its tensors on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, comfy.weight_adapter.WeightAdapterBase):
+        return type(value)(value.loaded_keys, _to_device(value.weights, device))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------- run-time patches, per pass ("role")
+#
+# A layer's run-time patches live in ``layer.role_patches`` ({role: LowVramPatch}), which ComfyUI never
+# touches.  Role "own" holds the patches of the patcher that loaded the model; role "view" those of an
+# unconditional model built on this base (:class:`SharedUnconditionalDiT`), active only inside its pass.
+_ROLE = contextvars.ContextVar("ideogram4_lora_role", default="own")
+
+
+@contextlib.contextmanager
+def active_role(role: str):
+    token = _ROLE.set(role)
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
+
+
+class RolePatched:
+    """Mixin for the DiT's layers: the run-time patch of the pass in progress (or None)."""
+
+    role_patches = None
+
+    def role_patch(self):
+        return self.role_patches.get(_ROLE.get()) if self.role_patches else None
+
+    def set_role_patch(self, role: str, patch) -> None:
+        patches = dict(self.role_patches or {})
+        if patch is None:
+            patches.pop(role, None)
+        else:
+            patches[role] = patch
+        self.role_patches = patches or None
+
+
+def runtime_patch(patches: dict, key: str, device=None):
+    """ComfyUI's ``LowVramPatch`` for ``key`` (applied to a weight when the layer runs), its tensors on ``device``."""
+    patch = comfy.model_patcher.LowVramPatch(key, patches)
+    if device is not None:
+        patch.prepared_patches = [(p[0], _to_device(p[1], device), *p[2:]) for p in patches[key]]
+    return patch
+
+
+def _is_shared(model) -> bool:
+    return bool(getattr(getattr(model, "diffusion_model", None), "shared_view", False))
+
+
+def _layer_of(model, key: str):
+    module_name, _, leaf = key.rpartition(".")
+    try:
+        module = comfy.utils.get_attr(model, module_name)
+    except AttributeError:
+        return None
+    return module if leaf == "weight" and isinstance(module, RolePatched) else None
+
+
+class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
+    """``ModelPatcher`` that applies patches of packed layers (and, on a base shared with an unconditional
+    view, of every layer) to the weight when the layer runs, instead of merging them into the stored weights."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
+        module = None
+        if key in self.patches:
+            module = packed_module(self.model, key) or (_layer_of(self.model, key) if _is_shared(self.model) else None)
+        if module is None:
+            return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
+                                                  return_weight=return_weight, force_cast=force_cast)
+        if return_weight:  # a merged copy was asked for (saving, merging): this layer only
+            weight = (module.dequantized_weight(torch.float32, device_to) if isinstance(module, QuantizedLinear)
+                      else module.weight.to(device=device_to, dtype=torch.float32, copy=True))
+            return comfy.lora.calculate_weight(self.patches[key], weight, key)
+        module.set_role_patch("own", runtime_patch(self.patches, key, device_to))
+        return None
+
+    def _keep_lowvram_patches_to_own_pass(self) -> None:
+        """On a shared base, ComfyUI's streamed-layer patches would also act in the view's pass: move them."""
+        if not _is_shared(self.model):
+            return
+        for module in self.model.modules():
+            functions = getattr(module, "weight_function", None)
+            if not functions or not isinstance(module, RolePatched):
+                continue
+            lowvram = [f for f in functions if getattr(f, "is_lowvram_patch", False)]
+            if lowvram:
+                module.weight_function = [f for f in functions if f not in lowvram]
+                module.set_role_patch("own", lowvram[-1])
+
+    def load(self, *args, **kwargs):
+        out = super().load(*args, **kwargs)
+        self._keep_lowvram_patches_to_own_pass()
+        return out
+
+    def partially_unload(self, *args, **kwargs):
+        out = super().partially_unload(*args, **kwargs)
+        self._keep_lowvram_patches_to_own_pass()
+        return out
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+        if unpatch_weights:
+            for module in self.model.modules():
+                if isinstance(module, RolePatched):
+                    module.set_role_patch("own", None)

@@ -1,0 +1,135 @@
+"""LoRA key mapping (model/dit/lora_keys.py): every trainer's layout lands on the right weight rows.
+
+The diffusers/PEFT file is written by the real writer (``Ideogram4Pipeline.save_lora_weights``) and
+checked against PEFT's own merge; the other layouts are hand-written to their documented key names
+from one set of factors, so each must reproduce the same merged weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from model.dit.lora_keys import (LOW_RANK_DOWN, LOW_RANK_UP, comfy_key_map, map_lora, mapping_problems,
+                                 normalize_peft)
+from tools.make_test_loras import LAYOUTS, layout_state_dict, lora_factors, merge_reference, write_peft_lora
+
+
+def merge_mapped(sd: dict, lora: dict, cfg, strength: float = 1.0) -> dict:
+    """Independent merge from the mapping alone: W[rows] += strength · alpha/rank · up @ down (ComfyUI's rule)."""
+    mapping = map_lora({k: tuple(v.shape) for k, v in lora.items()}, cfg)
+    assert not mapping.unmapped and not mapping.shape_errors
+    out = {k: v.to(torch.float32).clone() for k, v in sd.items()}
+    for prefix, target in mapping.targets.items():
+        up = next(lora[prefix + s] for s in LOW_RANK_UP if prefix + s in lora).to(torch.float64)
+        down = next(lora[prefix + s] for s in LOW_RANK_DOWN if prefix + s in lora).to(torch.float64)
+        alpha = float(lora[prefix + ".alpha"]) if prefix + ".alpha" in lora else down.shape[0]
+        delta = (strength * alpha / down.shape[0] * (up @ down)).to(torch.float32)
+        w = out[target.weight_key]
+        if target.offset is None:
+            w += delta
+        else:
+            dim, start, size = target.offset
+            w.narrow(dim, start, size).add_(delta)
+    return out
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = 1e-6) -> None:
+    for k in a:
+        err = (a[k] - b[k]).abs().max().item()
+        assert err <= tol * max(1.0, a[k].abs().max().item()), (k, err)
+
+
+def test_diffusers_peft_file_matches_peft_merge(tmp_path, tiny_cfg, tiny_weights):
+    base = tiny_weights[0]
+    path, peft_merged = write_peft_lora(tmp_path, tiny_cfg, base, rank=4, lora_alpha=8.0)
+    lora = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    assert any(k.startswith("transformer.layers.0.attention.to_q.lora_A") for k in lora)
+    mapping = map_lora({k: tuple(v.shape) for k, v in lora.items()}, tiny_cfg)
+    assert not mapping.unmapped and mapping.patched_weights == 6 * tiny_cfg.num_layers + 1  # + final_layer.adaln_modulation
+    assert mapping.layouts == {"diffusers/PEFT, split q/k/v", "diffusers/PEFT"}
+    ours = merge_mapped(base, normalize_peft(lora, metadata, tensor_factory=torch.tensor), tiny_cfg)
+    changed = max((peft_merged[k] - base[k]).abs().max().item() for k in base)
+    assert changed > 1e-2  # the LoRA's effect is far above the tolerance
+    assert_same_weights(peft_merged, ours)
+    # without the metadata's lora_alpha / r = 2 the merge would be off by that factor
+    wrong = merge_mapped(base, lora, tiny_cfg)
+    assert max((wrong[k] - peft_merged[k]).abs().max().item() for k in base) > 1e-3
+
+
+def test_peft_rslora_and_patterns(tiny_cfg):
+    lora = {"transformer.layers.0.feed_forward.w1.lora_A.weight": torch.zeros(4, tiny_cfg.emb_dim),
+            "transformer.layers.0.feed_forward.w1.lora_B.weight": torch.zeros(tiny_cfg.intermediate_size, 4),
+            "transformer.layers.1.feed_forward.w1.lora_A.weight": torch.zeros(2, tiny_cfg.emb_dim),
+            "transformer.layers.1.feed_forward.w1.lora_B.weight": torch.zeros(tiny_cfg.intermediate_size, 2)}
+    import json
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8,
+                                                 "transformer.use_rslora": True,
+                                                 "transformer.rank_pattern": {"layers.1.feed_forward.w1": 2},
+                                                 "transformer.alpha_pattern": {"layers.1.feed_forward.w1": 3}})}
+    out = normalize_peft(lora, meta, tensor_factory=torch.tensor)
+    # ComfyUI scales by alpha / rank; PEFT rsLoRA by lora_alpha / sqrt(r)
+    assert float(out["transformer.layers.0.feed_forward.w1.alpha"]) / 4 == pytest.approx(8 / 2)
+    assert float(out["transformer.layers.1.feed_forward.w1.alpha"]) / 2 == pytest.approx(3 / 2 ** 0.5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_gives_the_same_merge(layout, tiny_cfg, tiny_weights):
+    base = tiny_weights[0]
+    factors = lora_factors(tiny_cfg, seed=5, rank=4, alpha=2.0)
+    lora = layout_state_dict(factors, layout)
+    want = merge_reference(base, factors, with_alpha=layout != "peft-base-model")
+    assert_same_weights(want, merge_mapped(base, lora, tiny_cfg))
+    assert max((want[k] - base[k]).abs().max().item() for k in base) > 1e-2
+
+
+def test_split_qkv_rows_and_comfy_key_map(tiny_cfg):
+    e = tiny_cfg.emb_dim
+    km = comfy_key_map(tiny_cfg)
+    assert km["transformer.layers.1.attention.to_k"] == ("diffusion_model.layers.1.attention.qkv.weight", (0, e, e))
+    assert km["lora_unet_layers_0_attention_to_v"] == ("diffusion_model.layers.0.attention.qkv.weight", (0, 2 * e, e))
+    assert km["lora_unet_layers_0_attention_qkv"] == "diffusion_model.layers.0.attention.qkv.weight"
+    assert km["transformer.layers.0.attention.to_out.0"] == "diffusion_model.layers.0.attention.o.weight"
+    assert km["lora_transformer_layers_0_attention_to_out_0"] == "diffusion_model.layers.0.attention.o.weight"
+    assert km["base_model.model.final_layer.linear"] == "diffusion_model.final_layer.linear.weight"
+    assert km["lycoris_llm_cond_proj"] == "diffusion_model.llm_cond_proj.weight"
+
+
+def test_lokr_loha_dora_keys_map(tiny_cfg):
+    e = tiny_cfg.emb_dim
+    lora = {"lycoris_layers_0_attention_to_q.lokr_w1": torch.zeros(4, 4),
+            "lycoris_layers_0_attention_to_q.lokr_w2": torch.zeros(e // 4, e // 4),
+            "lora_unet_layers_0_feed_forward_w1.hada_w1_a": torch.zeros(tiny_cfg.intermediate_size, 2),
+            "lora_unet_layers_0_feed_forward_w1.hada_w1_b": torch.zeros(2, e),
+            "lora_unet_layers_0_feed_forward_w1.hada_w2_a": torch.zeros(tiny_cfg.intermediate_size, 2),
+            "lora_unet_layers_0_feed_forward_w1.hada_w2_b": torch.zeros(2, e),
+            "lora_unet_layers_0_feed_forward_w1.alpha": torch.tensor(2.0),
+            "diffusion_model.layers.1.attention.o.lora_down.weight": torch.zeros(2, e),
+            "diffusion_model.layers.1.attention.o.lora_up.weight": torch.zeros(e, 2),
+            "diffusion_model.layers.1.attention.o.dora_scale": torch.zeros(e, 1)}
+    m = map_lora({k: tuple(v.shape) for k, v in lora.items()}, tiny_cfg)
+    assert not m.unmapped and not m.shape_errors
+    assert m.adapters == {"LoKr", "LoHa", "DoRA"}
+    assert m.targets["lycoris_layers_0_attention_to_q"].offset == (0, 0, e)
+
+
+def test_unmapped_keys_are_an_error_naming_them(tiny_cfg):
+    flux = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072),
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": (9216, 4)}
+    m = map_lora(flux, tiny_cfg)
+    msg = mapping_problems(m, list(flux), "LoRA x")
+    assert "no key of this LoRA maps" in msg and "a FLUX LoRA" in msg
+    e = tiny_cfg.emb_dim
+    mixed = {"transformer.layers.0.attention.to_q.lora_A.weight": (4, e),
+             "transformer.layers.0.attention.to_q.lora_B.weight": (e, 4),
+             "transformer.layers.9.attention.to_q.lora_A.weight": (4, e),  # layer 9 does not exist here
+             "transformer.layers.0.attention.to_q.lora_B.bias": (e,)}  # PEFT lora_bias: no ComfyUI adapter
+    msg = mapping_problems(map_lora(mixed, tiny_cfg), list(mixed), "LoRA y")
+    assert "2 keys map nowhere" in msg and "layers.9" in msg and "lora_B.bias" in msg
+    wrong = {"transformer.layers.0.attention.to_q.lora_A.weight": (4, e + 1),
+             "transformer.layers.0.attention.to_q.lora_B.weight": (e, 4)}
+    assert "wrong shapes" in mapping_problems(map_lora(wrong, tiny_cfg), list(wrong), "LoRA z")
