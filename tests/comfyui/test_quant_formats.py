@@ -86,9 +86,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def worker_result():
-    return run_worker(WORKER)
+_worker = pytest.fixture(scope="module", name="worker_result")(lambda: run_worker(WORKER))  # one ComfyUI run per module
 
 
 @pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "int8_convrot", "mixed", "gguf_Q4_K", "gguf_Q8_0"])
