@@ -14,6 +14,7 @@ log = logging.getLogger("ideogram4_native")
 
 CATEGORY = "Ideogram4 Native/loaders"
 AUTO = "auto"
+NONE = "none"  # CFG-distilled single-branch checkpoint: no unconditional model, guidance 1
 NO_UNCONDITIONAL = "none (from a LoRA)"
 DIFFUSION_KEYS = ("diffusion_models",)
 FOLDER_KEYS_DIT = (folders.FOLDER_KEY, "diffusion_models")
@@ -23,7 +24,8 @@ Vae = io.Custom("IDEOGRAM4_VAE")
 
 
 def _dit_options() -> list[str]:
-    return folders.list_folders("transformer", FOLDER_KEYS_DIT) + folders.list_files("diffusion_models")
+    listed = folders.list_folders("transformer", FOLDER_KEYS_DIT)
+    return listed + folders.list_files("diffusion_models", folders.DIT_EXTENSIONS, hide_under=listed)
 
 
 def _vae_options() -> list[str]:
@@ -76,18 +78,20 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             category=CATEGORY,
             description="Load the conditional and the unconditional Ideogram 4 DiTs (both are needed every step). "
                         "Formats: official bf16/fp32, diffusers split q/k/v, official fp8 (per-row), ComfyUI "
-                        "fp8_scaled, bitsandbytes nf4 (decoded without bitsandbytes off CUDA). Files come from "
-                        "models/diffusion_models; whole Hugging Face repositories (ending in '/') from "
-                        "models/ideogram4/<name>/.",
+                        "fp8_scaled / nvfp4 / mxfp8 / int8 (convrot) and mixed files, GGUF (.gguf), bitsandbytes "
+                        "nf4. Files come from models/diffusion_models (a sharded .safetensors.index.json is one "
+                        "entry); whole Hugging Face repositories (ending in '/') from models/ideogram4/<name>/.",
             inputs=[
                 io.Combo.Input("conditional", options=options,
                                tooltip="Conditional DiT: a single file (e.g. ideogram4_fp8_scaled.safetensors) or an "
                                        "official repository folder 'name/' (uses its transformer/ and "
                                        "unconditional_transformer/)."),
-                io.Combo.Input("unconditional", options=[AUTO, NO_UNCONDITIONAL] + options, default=AUTO,
+                io.Combo.Input("unconditional", options=[AUTO, NONE, NO_UNCONDITIONAL] + options, default=AUTO,
                                tooltip="Unconditional DiT (separate weights, image-only pass). auto: the same "
                                        "folder's unconditional_transformer/, or the file named like the conditional "
                                        "one with 'unconditional' (ideogram4_unconditional_fp8_scaled.safetensors). "
+                                       "none: a CFG-distilled single-branch checkpoint — the samplers then run the "
+                                       "conditional pass only and require guidance 1. "
                                        "none (from a LoRA): load only the conditional model and build the "
                                        "unconditional one with Ideogram4 Unconditional From LoRA (one base in memory)."),
                 io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp32"], default="auto",
@@ -110,11 +114,18 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         cond_path, cond_component = _source(conditional, "conditional")
         if unconditional == NO_UNCONDITIONAL:
             return cls._conditional_only(cond_path, cond_component, weight_dtype)
-        if unconditional == AUTO:
+        if unconditional == NONE:
+            uncond_path = uncond_component = None
+        elif unconditional == AUTO:
             if conditional.endswith(folders.FOLDER_SUFFIX):
+                if not (cond_path / "unconditional_transformer").is_dir():
+                    raise ValueError(f"unconditional = auto: {conditional!r} has no unconditional_transformer/ "
+                                     "(a bare transformer folder); choose the unconditional model explicitly, or "
+                                     "'none' for a CFG-distilled single-branch checkpoint")
                 uncond_path, uncond_component = cond_path, "unconditional_transformer"
             else:
-                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models"))
+                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models",
+                                                                                   folders.DIT_EXTENSIONS))
                 if match is None:
                     raise ValueError(f"unconditional = auto found no unconditional file matching {conditional!r} "
                                      "(expected e.g. ideogram4_unconditional_fp8_scaled.safetensors next to "
@@ -122,18 +133,24 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                 uncond_path, uncond_component = _source(match, "unconditional")
         else:
             uncond_path, uncond_component = _source(unconditional, "unconditional")
-        warnings = pair_warnings(conditional, cond_path, cond_component, unconditional, uncond_path, uncond_component)
+        warnings = [] if uncond_path is None else pair_warnings(conditional, cond_path, cond_component, unconditional,
+                                                                 uncond_path, uncond_component)
         try:
             cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
         except ValueError as exc:
             raise ValueError(f"conditional model: {exc}") from exc
+        uncond = None
         try:
-            uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype,
-                                        image_only=True)
+            if uncond_path is not None:
+                uncond = load_model_patcher(uncond_path, component=uncond_component, weight_dtype=weight_dtype,
+                                            image_only=True)
         except ValueError as exc:
             raise ValueError(f"unconditional model: {exc}") from exc
-        lines = []
+        lines = [] if uncond is not None else ["unconditional: none — single-branch (CFG-distilled) model: the "
+                                               "samplers run the conditional pass only and require guidance 1"]
         for role, p in (("conditional", cond), ("unconditional", uncond)):
+            if p is None:
+                continue
             info = p.ideogram4_info
             lines.append(f"{role}: {info['source']} [{info['component']}] — {info['format']}, compute "
                          f"{info['dtype']}, {p.model_size() / 2**30:.2f} GiB")

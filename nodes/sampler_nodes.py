@@ -142,7 +142,8 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         from .host.comfy_sampling import run_reference_sampler
 
         require_ideogram4(model, "model")
-        require_ideogram4(unconditional_model, "unconditional_model")
+        if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
+            require_ideogram4(unconditional_model, "unconditional_model")
         notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS)] if n]
         if latent is not None:
             batch_size, width, height = size_from_latent(latent)
@@ -229,7 +230,8 @@ class Ideogram4NativeGuider(io.ComfyNode):
         from .host.comfy_sampling import Ideogram4Guider
 
         require_ideogram4(model, "model")
-        require_ideogram4(unconditional_model, "unconditional_model")
+        if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
+            require_ideogram4(unconditional_model, "unconditional_model")
         spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
         guider = Ideogram4Guider(model, unconditional_model, spec)
         guider.set_positive(positive)

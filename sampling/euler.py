@@ -28,6 +28,15 @@ def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.de
     return torch.randn(batch, grid_h * grid_w, LATENT_CHANNELS, dtype=torch.float32, device=device, generator=gen)
 
 
+def require_single_branch(guidance: Sequence[float]) -> None:
+    """Without an unconditional model (a CFG-distilled checkpoint) only guidance 1 is defined."""
+    bad = [(k + 1, g) for k, g in enumerate(guidance) if float(g) != 1.0]
+    if bad:
+        raise ValueError(f"no unconditional model (unconditional: none) needs guidance 1 at every step; got "
+                         f"{bad[0][1]:g} at step {bad[0][0]} of {len(guidance)} — set preset 'custom' with guidance 1 "
+                         "and polish_steps 0, or load an unconditional model")
+
+
 @torch.no_grad()
 def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int, width: int,
            preset: Optional[str] = None, steps: Optional[int] = None, mu: Optional[float] = None,
@@ -39,7 +48,8 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
 
     ``preset`` ∈ PRESETS, or custom ``steps``/``mu``/``std``/``guidance`` (constant or one value per
     step in sampling order), or a ready ``settings``.  ``callback(step, total, z)`` runs after each
-    step (progress, previews, interruption: raise from it to stop).
+    step (progress, previews, interruption: raise from it to stop).  ``uncond_model=None`` (a CFG-distilled
+    single-branch checkpoint) runs the conditional pass only and requires guidance 1 at every step.
     """
     if settings is None:
         settings = resolve_settings(preset, steps=steps, mu=mu, std=std, guidance=guidance)
@@ -53,6 +63,8 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
             raise ValueError(f"noise must be {(batch, grid_h * grid_w, LATENT_CHANNELS)}, got {tuple(noise.shape)}")
         z = noise.to(device=device, dtype=torch.float32)
     ts = time_grid(settings.steps, settings.mu, settings.std, width, height).tolist()
+    if uncond_model is None:
+        require_single_branch(settings.loop_order_guidance[::-1])
     gw = torch.tensor(settings.loop_order_guidance, dtype=torch.float32, device=device)
     text_features = text_features.to(device)
     n = settings.steps
@@ -60,9 +72,12 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
         t_val, s_val = ts[i + 1], ts[i]
         t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
         v_pos = cond_model(z, t, text_features, grid_hw=(grid_h, grid_w), text_lengths=text_lengths)
-        v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
-        g = gw[i]
-        v = g * v_pos + (1.0 - g) * v_neg
+        if uncond_model is None:  # CFG-distilled single-branch model: guidance 1, the conditional pass only
+            v = v_pos
+        else:
+            v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
+            g = gw[i]
+            v = g * v_pos + (1.0 - g) * v_neg
         z = z + v * (s_val - t_val)
         if callback is not None:
             callback(k, n, z)

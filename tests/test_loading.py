@@ -210,10 +210,14 @@ def test_source_file_untouched(tiny_files):
 
 def test_comfy_quant_other_formats_are_rejected(tmp_path, tiny_weights):
     sd = dict(convert(tiny_weights[0], "comfy_fp8_scaled"))
+    sd["input_proj.comfy_quant"] = torch.tensor(list(json.dumps({"format": "convrot_w4a4"}).encode()),
+                                                dtype=torch.uint8)
+    msg = _err(write_file(sd, tmp_path / "w4a4.safetensors", "comfy_fp8_scaled"))
+    assert "input_proj uses ComfyUI quantisation format 'convrot_w4a4'; supported: float8_e4m3fn, nvfp4" in msg
     sd["input_proj.comfy_quant"] = torch.tensor(list(json.dumps({"format": "int8_tensorwise"}).encode()),
                                                 dtype=torch.uint8)
     msg = _err(write_file(sd, tmp_path / "int8.safetensors", "comfy_fp8_scaled"))
-    assert "input_proj uses ComfyUI quantisation format 'int8_tensorwise'" in msg
+    assert "input_proj is marked ComfyUI int8_tensorwise but its weight is float8_e4m3fn (a int8_tensorwise weight is int8)" in msg
 
 
 def test_nf4_packed_size_must_match_quant_state(tmp_path, tiny_weights):

@@ -442,8 +442,12 @@ def test_unsupported_quantisation(layouts, tmp_path, tok_dir):
     key = "model.language_model.layers.0.mlp.up_proj.comfy_quant"
     comfy[key] = torch.tensor(list(json.dumps({"format": "nvfp4"}).encode()), dtype=torch.uint8)
     nv = _save(tmp_path, "nvfp4.safetensors", comfy)
-    with pytest.raises(ValueError, match="'nvfp4'.*only float8_e4m3fn"):
+    with pytest.raises(ValueError, match=r"mlp\.up_proj is marked ComfyUI nvfp4 but its weight is float8_e4m3fn"):
         load_text_encoder(nv, taps=TAPS, tokenizer=tok_dir)
+    comfy[key] = torch.tensor(list(json.dumps({"format": "convrot_w4a4"}).encode()), dtype=torch.uint8)
+    w4 = _save(tmp_path, "w4a4.safetensors", comfy)
+    with pytest.raises(ValueError, match="'convrot_w4a4'; supported: float8_e4m3fn, nvfp4"):
+        load_text_encoder(w4, taps=TAPS, tokenizer=tok_dir)
 
 
 def test_truncated_file(layouts, tmp_path, tok_dir):

@@ -11,8 +11,10 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .comfy_quant import COMFY_CODECS, as_storage
 from .formats import CheckpointFormat, LinearSpec
 from .fp8 import FP8_DTYPE
+from .gguf_codec import dequantize_gguf
 from .nf4 import NF4_CODE
 from .reader import CheckpointReader
 
@@ -67,7 +69,7 @@ def swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dty
         old = model.get_submodule(mod_name)
         replace_module(model, mod_name, operations.QuantizedLinear(
             old.in_features, old.out_features, bias=old.bias is not None, scheme=spec.scheme, device="meta",
-            dtype=dtype))
+            dtype=dtype, options=spec.options))
 
 
 def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFormat, device, dtype: torch.dtype) -> None:
@@ -78,7 +80,11 @@ def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFo
         local = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for leaf, _ in local:
             name = p + leaf
-            if scheme == "nf4" and leaf in ("absmax", "quant_map"):
+            if scheme in COMFY_CODECS and (leaf == "weight" or leaf in dict(COMFY_CODECS[scheme].scales)):
+                value = as_storage(leaf, _read(reader, src[name]), scheme)
+            elif scheme == "gguf" and leaf == "weight":
+                value = _read(reader, src[name])
+            elif scheme == "nf4" and leaf in ("absmax", "quant_map"):
                 keys = src[f"{p}weight.{leaf}"]
                 if leaf == "quant_map":
                     value = reader.get(keys[0]).to(torch.float32)
@@ -94,6 +100,9 @@ def assign_weights(model: nn.Module, reader: CheckpointReader, fmt: CheckpointFo
                 value = value.reshape(()) if scheme == "fp8_tensorwise" else value.reshape(-1)
             else:
                 value = _read(reader, src[name])
+                qtype = reader.block_type(src[name][0])
+                if qtype:  # a quantised GGUF tensor outside a Linear (rare): decoded once, at load
+                    value = dequantize_gguf(value, qtype, tuple(fmt.logical_shapes.get(name, value.shape)), dtype)
                 if value.is_floating_point():
                     value = value.to(dtype)
             set_tensor(model, name, value.to(device))

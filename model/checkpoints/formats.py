@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import comfy_quant
 from .fp8 import FP8_DTYPE
 from .nf4 import NF4_BLOCKSIZE, parse_nf4_quant_state
 from .reader import CheckpointReader, json_from_tensor
@@ -42,13 +43,15 @@ _OTHER_FAMILIES = (
 @dataclass
 class LinearSpec:
     """How one official Linear weight is stored."""
-    scheme: Optional[str]  # None, "fp8_rowwise", "fp8_tensorwise", "nf4"
+    scheme: Optional[str]  # None, "fp8_rowwise", "fp8_tensorwise", "nf4", "nvfp4", "mxfp8", "int8_tensorwise", "gguf"
     shape: tuple[int, int]  # logical (out, in)
+    options: dict = field(default_factory=dict)  # per-layer codec options (gguf {"qtype"}, int8 {"convrot"...})
 
 
 QUANT_DESCRIPTIONS = {"fp8_rowwise": "official fp8 (per-row scales)",
                       "fp8_tensorwise": "ComfyUI fp8_scaled (per-tensor scales)", "nf4": "bitsandbytes nf4",
-                      "mixed": "mixed quantisation"}
+                      "nvfp4": "ComfyUI nvfp4", "mxfp8": "ComfyUI mxfp8", "int8_tensorwise": "ComfyUI int8",
+                      "gguf": "GGUF", "mixed": "mixed quantisation"}
 
 
 @dataclass
@@ -62,10 +65,16 @@ class CheckpointFormat:
     linears: dict[str, LinearSpec] = field(repr=False, default_factory=dict)  # "<module>" -> spec
     logical_shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
 
+    container: str = "safetensors"  # "safetensors" | "gguf"
+
     @property
     def storage_description(self) -> str:
-        """'bfloat16', 'official fp8 (per-row scales)', 'bitsandbytes nf4', ..."""
-        return QUANT_DESCRIPTIONS.get(self.quantization) or str(self.storage_dtype).replace("torch.", "")
+        """'bfloat16', 'official fp8 (per-row scales)', 'GGUF (Q4_K, Q6_K)', 'mixed quantisation (nvfp4, ...)'."""
+        if self.quantization in ("gguf", "mixed"):
+            kinds = sorted({s.options.get("qtype", s.scheme) for s in self.linears.values() if s.scheme})
+            return f"{QUANT_DESCRIPTIONS[self.quantization]} ({', '.join(kinds)})"
+        text = QUANT_DESCRIPTIONS.get(self.quantization) or str(self.storage_dtype).replace("torch.", "")
+        return f"GGUF {text}" if self.container == "gguf" and self.quantization == "none" else text
 
     @property
     def description(self) -> str:
@@ -107,7 +116,7 @@ def _official_name(key: str) -> tuple[str, Optional[str]]:
 def module_of(official_key: str) -> tuple[str, str]:
     """'layers.0.attention.qkv.weight.absmax' -> ('layers.0.attention.qkv', 'weight.absmax')."""
     for tail in ("weight.quant_state.bitsandbytes__nf4", "weight.absmax", "weight.quant_map", "weight_scale",
-                 "input_scale", "comfy_quant", "weight", "bias"):
+                 "weight_scale_2", "input_scale", "pre_quant_scale", "comfy_quant", "weight", "bias"):
         if official_key.endswith("." + tail):
             return official_key[: -len(tail) - 1], tail
     return official_key.rpartition(".")[0], official_key.rpartition(".")[2]
@@ -117,6 +126,12 @@ def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[st
                    sources: dict[str, list[str]]) -> Optional[str]:
     """None for a plain weight, else the quantisation scheme of module ``mod`` (validated)."""
     wdtype = reader.dtype(sources[tails["weight"]][0])
+    qtypes = {reader.block_type(k) for k in sources[tails["weight"]]}
+    if qtypes != {None}:
+        if len(qtypes) > 1:
+            raise ValueError(f"{label}: {mod}: split q/k/v GGUF weights of different types ({sorted(map(str, qtypes))}) "
+                             "cannot be fused")
+        return "gguf"
     if "weight.quant_state.bitsandbytes__nf4" in tails:
         for need in ("weight.absmax", "weight.quant_map"):
             if need not in tails:
@@ -139,16 +154,33 @@ def linear_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[st
     raise ValueError(f"{label}: {mod}.weight has dtype {wdtype}, expected a float, float8 or nf4 weight")
 
 
-def _check_comfy_quant(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
-                       sources: dict[str, list[str]]) -> None:
-    """A ``comfy_quant`` layer must be float8_e4m3fn stored as float8 (not the legacy uint8 view)."""
+def _comfy_quant_scheme(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
+                        sources: dict[str, list[str]]) -> tuple[Optional[str], dict]:
+    """Check a ``comfy_quant`` layer; (scheme, options) for the comfy-kitchen families, (None, {}) for
+    float8_e4m3fn (fp8_scaled, classified by its dtype like every fp8 file)."""
     conf = json_from_tensor(reader.get(sources[tails["comfy_quant"]][0]))
-    if conf.get("format") != "float8_e4m3fn":
-        raise ValueError(f"{label}: {mod} uses ComfyUI quantisation format {conf.get('format')!r}; only "
-                         "float8_e4m3fn (fp8_scaled) is supported")
-    if reader.dtype(sources[tails["weight"]][0]) == torch.uint8:
-        raise ValueError(f"{label}: {mod}.weight stores float8 data as uint8 (legacy ComfyUI layout), which is not "
-                         "supported; re-save it with float8_e4m3fn tensors")
+    fmt = conf.get("format")
+    if fmt == "float8_e4m3fn":
+        if reader.dtype(sources[tails["weight"]][0]) == torch.uint8:
+            raise ValueError(f"{label}: {mod}.weight stores float8 data as uint8 (legacy ComfyUI layout), which is "
+                             "not supported; re-save it with float8_e4m3fn tensors")
+        return None, {}
+    if fmt not in comfy_quant.COMFY_CODECS:
+        raise ValueError(f"{label}: {mod} uses ComfyUI quantisation format {fmt!r}; supported: float8_e4m3fn, "
+                         f"{', '.join(comfy_quant.COMFY_SCHEMES)}")
+    if len(sources[tails["weight"]]) > 1:
+        raise ValueError(f"{label}: {mod}: split q/k/v {fmt} weights cannot be fused; use the fused-qkv file")
+    codec = comfy_quant.COMFY_CODECS[fmt]
+    wdtype = reader.dtype(sources[tails["weight"]][0])
+    if wdtype not in (codec.weight_dtype, torch.uint8):
+        raise ValueError(f"{label}: {mod} is marked ComfyUI {fmt} but its weight is {str(wdtype).replace('torch.', '')}"
+                         f" (a {fmt} weight is {str(codec.weight_dtype).replace('torch.', '')})")
+    for tail, _ in codec.scales:
+        if tail not in tails:
+            raise ValueError(f"{label}: {mod} is ComfyUI {fmt} but has no {tail} tensor")
+    if "pre_quant_scale" in tails:
+        raise ValueError(f"{label}: {mod} has a pre_quant_scale (AWQ smoothing), which is not supported")
+    return fmt, comfy_quant.layer_options(fmt, conf)
 
 
 def _nf4_logical_shape(reader: CheckpointReader, label: str, mod: str, tails: dict[str, str],
@@ -197,14 +229,19 @@ def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, li
                     float_dtypes.add(dtype)
         if "weight" not in tails:
             continue
-        if "comfy_quant" in tails:
-            _check_comfy_quant(reader, label, mod, tails, sources)
-        scheme = linear_scheme(reader, label, mod, tails, sources)
+        scheme, options = _comfy_quant_scheme(reader, label, mod, tails, sources) if "comfy_quant" in tails \
+            else (None, {})
+        if scheme is None:
+            scheme = linear_scheme(reader, label, mod, tails, sources)
         if scheme == "nf4":
             logical[tails["weight"]] = _nf4_logical_shape(reader, label, mod, tails, sources)
+        elif scheme in comfy_quant.COMFY_CODECS:
+            logical[tails["weight"]] = comfy_quant.logical_shape(scheme, logical[tails["weight"]])
+        elif scheme == "gguf":
+            options = {"qtype": reader.block_type(sources[tails["weight"]][0])}
         if scheme:
             schemes.add(scheme)
-        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]))
+        linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]), options=options)
     quantization = "none" if not schemes else (next(iter(schemes)) if len(schemes) == 1 else "mixed")
     storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits) if float_dtypes else None
     return linears, logical, quantization, storage
@@ -246,5 +283,6 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
         raise ValueError(f"{label}: tensor {dup[0]} appears under two names ({', '.join(sources[dup[0]])})")
 
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
+    container = "gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors"
     return CheckpointFormat(naming=naming, quantization=quantization, prefix=prefix, storage_dtype=storage,
-                            sources=sources, linears=linears, logical_shapes=logical)
+                            sources=sources, linears=linears, logical_shapes=logical, container=container)

@@ -1,7 +1,8 @@
 """``QuantizedLinear``: a Linear whose weight stays packed and is decoded per call (pure torch).
 
-The layer type hides the storage scheme (``fp8_rowwise``, ``fp8_tensorwise``, ``nf4``; one codec
-module each) from the models: they only ever see a Linear.  Decoding happens per layer on the fly,
+The layer type hides the storage scheme (``fp8_rowwise``, ``fp8_tensorwise`` — ``fp8``; ``nf4`` —
+``nf4``; ComfyUI ``nvfp4``, ``mxfp8``, ``int8_tensorwise`` — ``comfy_quant``; ``gguf`` — ``gguf_codec``;
+one codec module per family) from the models: they only ever see a Linear.  Decoding happens per layer on the fly,
 never for the whole model.
 """
 
@@ -13,10 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fp8 import FP8_DTYPE, dequantize_fp8
+from .comfy_quant import COMFY_CODECS, COMFY_SCHEMES, dequantize_comfy, storage_shape
+from .fp8 import FP8_DTYPE, dequantize_fp8, fp8_storage_to
+from .gguf_codec import dequantize_gguf, row_bytes
 from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
 
-SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4")
+SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4") + COMFY_SCHEMES + ("gguf",)
 
 
 class QuantizedLinear(nn.Module):
@@ -29,7 +32,7 @@ class QuantizedLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scheme: str,
-                 device=None, dtype: Optional[torch.dtype] = None) -> None:
+                 device=None, dtype: Optional[torch.dtype] = None, options: Optional[dict] = None) -> None:
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"unknown quantisation scheme {scheme!r}; expected one of {SCHEMES}")
@@ -37,7 +40,17 @@ class QuantizedLinear(nn.Module):
         self.out_features = out_features
         self.scheme = scheme
         self.compute_dtype = dtype or torch.bfloat16
-        if scheme == "nf4":
+        self.options = dict(options or {})  # per-layer codec options (gguf qtype, int8 convrot)
+        if scheme == "gguf":
+            shape = (out_features, row_bytes(self.options["qtype"], in_features))
+            self.weight = nn.Parameter(torch.empty(shape, dtype=torch.uint8, device=device), requires_grad=False)
+        elif scheme in COMFY_CODECS:
+            codec = COMFY_CODECS[scheme]
+            self.weight = nn.Parameter(torch.empty(storage_shape(scheme, out_features, in_features),
+                                                   dtype=codec.weight_dtype, device=device), requires_grad=False)
+            for tail, scale_dtype in codec.scales:  # block-scale shapes are the layout's: taken from the file
+                self.register_buffer(tail, torch.empty(0, dtype=scale_dtype, device=device))
+        elif scheme == "nf4":
             n = in_features * out_features
             self.weight = nn.Parameter(torch.empty(n // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
             self.register_buffer("absmax", torch.empty(n // NF4_BLOCKSIZE, dtype=torch.float32, device=device))
@@ -54,14 +67,21 @@ class QuantizedLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"
+        opts = "".join(f", {k}={v}" for k, v in self.options.items())
+        return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}{opts}"
 
     def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
         device = device or self.weight.device
+        shape = (self.out_features, self.in_features)
+        if self.scheme == "gguf":
+            return dequantize_gguf(self.weight.to(device), self.options["qtype"], shape, dtype)
+        if self.scheme in COMFY_CODECS:
+            scales = {tail: getattr(self, tail).to(device) for tail, _ in COMFY_CODECS[self.scheme].scales}
+            return dequantize_comfy(self.scheme, self.weight.to(device), scales, shape, dtype, self.options)
         if self.scheme == "nf4":
             return dequantize_nf4(self.weight.to(device), self.absmax.to(device), self.quant_map.to(device),
                                   (self.out_features, self.in_features), dtype)
-        return dequantize_fp8(self.weight.to(device), self.weight_scale.to(device), dtype)
+        return dequantize_fp8(fp8_storage_to(self.weight, device), self.weight_scale.to(device), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantized_weight(x.dtype, x.device)

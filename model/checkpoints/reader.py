@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
@@ -103,6 +103,10 @@ class CheckpointReader:
             raise ValueError(f"{self.label}: tensor {key} has unsupported dtype {name}")
         return _ST_DTYPES[name]
 
+    def block_type(self, key: str) -> Optional[str]:
+        """ggml block type of a GGUF tensor; safetensors tensors never have one."""
+        return None
+
     def get(self, key: str) -> torch.Tensor:
         return self._handles[self._where[key]].get_tensor(key)
 
@@ -142,15 +146,20 @@ def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str]
         raise ValueError(f"{path}: file not found")
     if path.name.endswith(".index.json"):
         return _files_from_index(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors files, "
+    if path.suffix not in (".safetensors", ".gguf"):
+        raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors / .gguf files, "
                          ".safetensors.index.json shard indexes or Hugging Face folders are supported")
     return [path]
 
 
 def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None) -> CheckpointReader:
+    """A reader for any checkpoint: safetensors (file, shards, folder) or a GGUF file (same interface)."""
     files = resolve_checkpoint_files(source, component)
     label = str(Path(source)) + (f" [{component}]" if component and Path(source).is_dir() else "")
+    if len(files) == 1 and files[0].suffix == ".gguf":
+        from .gguf_reader import GGUFCheckpointReader
+
+        return GGUFCheckpointReader(files[0], label)
     return CheckpointReader(files, label)
 
 

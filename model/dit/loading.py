@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from ..checkpoints import (CheckpointFormat, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
                            swap_quantized_linears)
 from .config import DiTConfig, expected_shapes
+from .diffusers_config import check_diffusers_config
 from .transformer import Ideogram4DiT
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ def _is_text_projection(key: str) -> bool:
 
 def _check_keys(fmt: CheckpointFormat, cfg: DiTConfig, label: str) -> None:
     want = expected_shapes(cfg)
-    quant_tails = ("weight_scale", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
+    quant_tails = ("weight_scale", "weight_scale_2", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
                    "weight.quant_state.bitsandbytes__nf4")
     extra = [k for k in fmt.sources if k not in want and not any(k.endswith("." + t) for t in quant_tails)]
     problems = key_problems(want, fmt.logical_shapes, extra)
@@ -64,7 +66,8 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
 
     Supported formats: official bf16/fp32 (fused qkv), diffusers split q/k/v, official fp8
     (float8_e4m3fn + per-row ``weight_scale``), ComfyUI ``fp8_scaled`` (``comfy_quant``, per-tensor
-    scale), official bitsandbytes nf4 (blocksize 64, no nested statistics).
+    scale), official bitsandbytes nf4 (blocksize 64, no nested statistics), ComfyUI ``comfy_quant`` nvfp4 /
+    mxfp8 / int8_tensorwise (convrot) and mixed files, GGUF (ComfyUI-GGUF layout, ``.gguf``).
     """
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
@@ -72,13 +75,16 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     fmt = detect_format(reader)
     cfg = infer_config(fmt, reader.label)
     _check_keys(fmt, cfg, reader.label)
+    config_json = reader.files[0].parent / "config.json"
+    unknown = check_diffusers_config(config_json, cfg) if Path(source).is_dir() and config_json.is_file() else []
     with torch.device("meta"):
         model = Ideogram4DiT(cfg, dtype=dtype, operations=operations, image_only=image_only)
     linears = {k: v for k, v in fmt.linears.items() if not (image_only and _is_text_projection(k))}
     swap_quantized_linears(model, linears, dtype, operations)
     assign_weights(model, reader, fmt, torch.device(device), dtype)
     model.eval().requires_grad_(False)
-    model.checkpoint_format = fmt.description + (", image-only (no text projection)" if image_only else "")
+    model.checkpoint_format = fmt.description + (", image-only (no text projection)" if image_only else "") + \
+        (f"; config.json fields not used: {', '.join(unknown)}" if unknown else "")
     log.info("Loaded Ideogram 4 DiT from %s (%s, %d layers, width %d)", reader.label, fmt.description,
              cfg.num_layers, cfg.emb_dim)
     return model

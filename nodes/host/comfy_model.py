@@ -340,20 +340,22 @@ def available_memory(device) -> int:
 
 
 def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
+    """``uncond=None``: a CFG-distilled single-branch model (the conditional model alone)."""
     device = cond.load_device
-    act = max(activation_estimate(dit_of(cond), batch, n_img, n_txt, device),
-              activation_estimate(dit_of(uncond), batch, n_img, 0, device))
-    shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
-    models = [mp.ModelSize("conditional", int(cond.model_size())),
-              mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared else "unconditional",
-                            int(uncond.model_size()))]
+    act = max([activation_estimate(dit_of(cond), batch, n_img, n_txt, device)]
+              + ([activation_estimate(dit_of(uncond), batch, n_img, 0, device)] if uncond is not None else []))
+    models = [mp.ModelSize("conditional", int(cond.model_size()))]
+    if uncond is not None:
+        shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
+        models.append(mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared
+                                   else "unconditional", int(uncond.model_size())))
     return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
 
 
 def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
     """Load both DiTs for one sampling run as :func:`memory_policy.plan_memory` decides."""
     plan = plan_pair(cond, uncond, batch=batch, n_img=n_img, n_txt=n_txt)
-    mm.load_models_gpu([cond, uncond], memory_required=plan.memory_required,
+    mm.load_models_gpu([p for p in (cond, uncond) if p is not None], memory_required=plan.memory_required,
                        minimum_memory_required=plan.minimum_memory_required, force_full_load=plan.force_full_load)
     log.info("Ideogram4 %s", plan.summary().replace("\n", " |"))
     return plan
@@ -361,5 +363,5 @@ def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
 
 def loaded_summary(patchers: Sequence, names: Sequence[str]) -> str:
     parts = [f"{n} {mp.gib(p.loaded_size())}/{mp.gib(p.model_size())} on {p.load_device}"
-             for p, n in zip(patchers, names)]
+             for p, n in zip(patchers, names) if p is not None]
     return "loaded: " + ", ".join(parts)

@@ -39,7 +39,7 @@ import comfy.utils
 import latent_preview
 
 from ...model.vae import latents as lat
-from ...sampling import draw_noise, sample, sigma_from_time, time_grid, token_grid
+from ...sampling import draw_noise, require_single_branch, sample, sigma_from_time, time_grid, token_grid
 from .comfy_model import dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
@@ -90,7 +90,9 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         patcher = cond_patcher.clone()
         # Both models are then loaded by one load_models_gpu call (ComfyUI's prepare_sampling),
         # the unconditional one first — the same placement as nodes.host.memory_policy plans.
-        patcher.set_additional_models("ideogram4_unconditional", [uncond_patcher])
+        # uncond_patcher None: a CFG-distilled single-branch model (guidance 1, conditional pass only).
+        if uncond_patcher is not None:
+            patcher.set_additional_models("ideogram4_unconditional", [uncond_patcher])
         super().__init__(patcher)
         self.uncond_patcher = uncond_patcher
         self.guidance = guidance
@@ -123,6 +125,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         if times is not None and times.shape[-1] == n + 1 and torch.equal(sigma_from_time(times).cpu(), sig):
             self._times = times.tolist()
         self._values = self.guidance.values(n)
+        if self.uncond_patcher is None:
+            require_single_branch(self._values)
 
     def _step(self, timestep: torch.Tensor) -> tuple[int, float]:
         sigma = float(timestep.reshape(-1)[0].to(torch.float32))
@@ -156,7 +160,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                               disable_pbar=disable_pbar, seed=seed)
 
     def outer_sample(self, *args, **kwargs):
-        self.uncond_patcher.pre_run()
+        if self.uncond_patcher is not None:
+            self.uncond_patcher.pre_run()
         try:
             return super().outer_sample(*args, **kwargs)
         finally:
@@ -176,9 +181,12 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         opts = model_options.get("transformer_options", {})
         v_pos = self.inner_model.apply_model(x, timestep, c_crossattn=feats, text_lengths=lengths,
                                              transformer_options=opts, ideogram4_time=t, ideogram4_velocity=True)
-        v_neg = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=opts, ideogram4_time=t,
-                                                      ideogram4_velocity=True)
-        v = g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
+        if self.uncond_patcher is None:  # single-branch: guidance 1 was checked in _prepare
+            v = v_pos
+        else:
+            v_neg = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=opts, ideogram4_time=t,
+                                                          ideogram4_velocity=True)
+            v = g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
         self._last = (x, k, v)
         sigma = timestep.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
         return x + sigma * v  # ComfyUI's x0 = x − σ·(−v)
@@ -273,13 +281,15 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
         mm.throw_exception_if_processing_interrupted()
 
     cond.pre_run()
-    uncond.pre_run()
+    if uncond is not None:
+        uncond.pre_run()
     try:
-        z = sample(dit_of(cond), dit_of(uncond), feats.to(device), height=height, width=width, settings=settings,
+        z = sample(dit_of(cond), dit_of(uncond) if uncond is not None else None, feats.to(device), height=height, width=width, settings=settings,
                    seed=seed, text_lengths=lengths, callback=callback, noise=noise, device=device)
     finally:
         cond.cleanup()
-        uncond.cleanup()
+        if uncond is not None:
+            uncond.cleanup()
     elapsed = time.perf_counter() - t0
     info.append(f"sampled {batch}×{width}×{height} in {elapsed:.1f} s ({elapsed / n:.2f} s/step) on {device}")
     return lat.tokens_to_comfy(z, gh, gw).to(mm.intermediate_device()), info

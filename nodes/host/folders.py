@@ -7,13 +7,17 @@
   ``models/ideogram4/<name>/`` (folder key ``ideogram4``, also settable in
   ``extra_model_paths.yaml``).  They are listed in the combos as ``<name>/`` (trailing slash).
   A plain Hugging Face Qwen3-VL folder (``config.json`` + weights) or a tokenizer folder may also
-  sit directly under ``models/text_encoders/``.
+  sit directly under ``models/text_encoders/``; a bare diffusers ``transformer/`` folder (``config.json``
+  + ``diffusion_pytorch_model*`` weights) directly under ``models/diffusion_models/``.
+* DiT files (:data:`DIT_EXTENSIONS`): ``.safetensors`` / ``.sft``, ``.gguf``, and a sharded checkpoint
+  as ONE entry — its ``*.safetensors.index.json``, the shards it names hidden.
 
 Only ``folder_paths`` is used (imported lazily), so this module imports without ComfyUI.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional
@@ -22,6 +26,9 @@ FOLDER_KEY = "ideogram4"
 FOLDER_SUFFIX = "/"
 WEIGHT_EXTENSIONS = (".safetensors", ".sft")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+INDEX_SUFFIX = ".safetensors.index.json"
+DIT_EXTENSIONS = WEIGHT_EXTENSIONS + (".gguf", INDEX_SUFFIX)
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model" + INDEX_SUFFIX)
 
 # Components of an official HF-layout folder and how to recognise each.
 COMPONENT_DIRS = {
@@ -78,6 +85,8 @@ def is_hf_folder(folder: Path, kind: str) -> bool:
             return True
     if kind == "text_encoder":  # a plain Qwen3-VL folder
         return (folder / "config.json").is_file() and _has_weights(folder)
+    if kind == "transformer":  # a bare diffusers transformer/ folder
+        return (folder / "config.json").is_file() and any((folder / n).is_file() for n in DIFFUSERS_WEIGHTS)
     if kind == "tokenizer":
         return any((folder / n).is_file() for n in TOKENIZER_FILES)
     return False
@@ -95,12 +104,46 @@ def list_folders(kind: str, keys: Iterable[str]) -> list[str]:
     return names
 
 
-def list_files(key: str) -> list[str]:
-    """Weight files of a ComfyUI folder key (safetensors only: pickles are never loaded)."""
+def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_under: Iterable[str] = ()) -> list[str]:
+    """Weight files of a ComfyUI folder key (safetensors / ``extensions`` only: pickles are never loaded).
+
+    A ``*.safetensors.index.json`` (when in ``extensions``) is one entry and the shards it names are hidden;
+    files inside the folders ``hide_under`` (``name/`` entries listed as folders) are hidden too.
+    """
     fp = _folder_paths()
     if key not in fp.folder_names_and_paths:
         return []
-    return [n for n in fp.get_filename_list(key) if n.lower().endswith(WEIGHT_EXTENSIONS)]
+    names = [n for n in fp.get_filename_list(key) if n.lower().endswith(extensions)]
+    extra = tuple(e for e in extensions if e not in WEIGHT_EXTENSIONS)  # ComfyUI's list has no .gguf / .json
+    if extra:
+        names = sorted(set(names) | {n for base in _base_dirs([key]) for n in _walk(base) if n.lower().endswith(extra)})
+    shards = set()
+    for base in _base_dirs([key]):
+        for name in names:
+            if name.endswith(INDEX_SUFFIX) and (base / name).is_file():
+                shards |= _shards_of(base / name, name)
+    folders = tuple(f.rstrip("/") + "/" for f in hide_under)
+    return [n for n in names if n not in shards and not n.startswith(folders)]
+
+
+def _walk(base: Path) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(base, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(base)
+        out += [(rel / f).as_posix() if str(rel) != "." else f for f in files]
+    return out
+
+
+def _shards_of(index: Path, name: str) -> set[str]:
+    """The shard names (relative like ``name``) an index lists; an unreadable index hides nothing (it fails,
+    with its own message, when loaded)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        parent = name.rpartition("/")[0]
+        return {f"{parent}/{v}" if parent else str(v) for v in set(weight_map.values())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def resolve(name: str, *, file_key: Optional[str], folder_keys: Iterable[str]) -> Path:

@@ -1,0 +1,118 @@
+"""GGUF (ComfyUI-GGUF layout) files written by gguf's GGUFWriter: bit-exact block decoding against
+gguf's numpy dequantize, whole-model parity, detection and actionable errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_transformer
+from model.checkpoints import QuantizedLinear, open_checkpoint
+from model.checkpoints.gguf_codec import GGUF_QTYPES, dequantize_gguf
+from tools.make_test_checkpoints import write_file
+from tools.make_test_quantized import gguf_tensors, random_blocks, write_gguf
+
+gguf = pytest.importorskip("gguf")
+T = gguf.GGMLQuantizationType
+
+
+@pytest.mark.parametrize("qtype", GGUF_QTYPES)
+def test_block_codec_is_bit_identical_to_gguf_dequantize(qtype):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 1024)).astype(np.float32)
+    try:
+        data = gguf.quants.quantize(w, T[qtype])
+    except NotImplementedError:  # K-quants / IQ4_NL: gguf cannot quantise them — valid random blocks
+        data = random_blocks(qtype, 6, 1024, 0.05, 3)
+    want = gguf.quants.dequantize(data, T[qtype])
+    got = dequantize_gguf(torch.from_numpy(data), qtype, (6, 1024), torch.float32)
+    assert np.array_equal(got.numpy().view(np.int32), want.view(np.int32))
+    # the compute-dtype result is the float32 result cast once
+    assert torch.equal(dequantize_gguf(torch.from_numpy(data), qtype, (6, 1024), torch.bfloat16),
+                       torch.from_numpy(want).to(torch.bfloat16))
+
+
+def _reference_file(sd, qtype, tmp_path):
+    """float32 file of what gguf's own dequantize makes of every tensor of the GGUF file."""
+    out = {}
+    for key, (data, kind) in gguf_tensors(sd, qtype).items():
+        value = data if kind in ("F32", "F16") else gguf.quants.dequantize(data, T[kind])
+        out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).reshape(sd[key].shape)
+    return write_file(out, tmp_path / f"reference_{qtype}.safetensors", "fp32")
+
+
+def _forward(model, cfg):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 15, cfg.in_channels, generator=g)
+    feats = torch.randn(1, 6, cfg.llm_features_dim, generator=g)
+    return model(x, torch.tensor([0.7]), feats, grid_hw=(3, 5))
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K", "Q5_1", "Q2_K", "IQ4_NL", "F16", "BF16"])
+def test_gguf_model_output_equals_the_model_of_its_dequantised_weights(qtype, tiny_weights, tiny_cfg, tmp_path):
+    sd = tiny_weights[0]
+    path = write_gguf(sd, tmp_path / f"ideogram4-{qtype}.gguf", qtype, prefix="model.diffusion_model.")
+    model = load_transformer(path, dtype=torch.float32)
+    reference = load_transformer(_reference_file(sd, qtype, tmp_path), dtype=torch.float32)
+    got, want = _forward(model, tiny_cfg), _forward(reference, tiny_cfg)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    packed = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    if qtype in ("F16", "BF16"):
+        assert not packed and model.checkpoint_format.startswith("GGUF ")
+    else:  # every Linear whose rows are whole blocks stays packed (raw block bytes)
+        assert packed and all(m.weight.dtype == torch.uint8 and m.options["qtype"] == qtype for m in packed)
+        assert f"GGUF ({qtype})" in model.checkpoint_format
+
+
+def test_mixed_k_quant_file_like_q4_k_m(tiny_weights, tmp_path):
+    """Q4_K_M files mix Q4_K and Q6_K layers: one GGUF scheme, the type per layer."""
+    sd = tiny_weights[0]
+    tensors = gguf_tensors(sd, "Q4_K")
+    w2 = "layers.1.feed_forward.w2.weight"
+    tensors[w2] = (random_blocks("Q6_K", *sd[w2].shape, 0.05, 9), "Q6_K")
+    path = tmp_path / "ideogram4-Q4_K_M.gguf"
+    writer = gguf.GGUFWriter(str(path), "ideogram")  # the other published architecture name
+    for key, (data, kind) in tensors.items():
+        if kind in ("F32", "F16"):
+            writer.add_tensor(key, data)
+        else:
+            writer.add_tensor(key, data, raw_shape=data.shape, raw_dtype=T[kind])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model = load_transformer(path, dtype=torch.float32)
+    assert model.layers[1].feed_forward.w2.options == {"qtype": "Q6_K"}
+    assert "GGUF (Q4_K, Q6_K)" in model.checkpoint_format
+    want = gguf.quants.dequantize(tensors[w2][0], T.Q6_K)
+    assert np.array_equal(model.layers[1].feed_forward.w2.dequantized_weight(torch.float32).numpy(), want)
+
+
+def test_gguf_tensors_are_views_of_the_memory_map(tiny_weights, tmp_path):
+    path = write_gguf(tiny_weights[0], tmp_path / "m.gguf", "Q8_0")
+    reader = open_checkpoint(path)
+    key = "layers.0.feed_forward.w1.weight"
+    a, b = reader.get(key), reader.get(key)
+    assert a.data_ptr() == b.data_ptr() and reader.block_type(key) == "Q8_0" and reader.dtype(key) == torch.uint8
+    assert reader.shape(key) == tuple(tiny_weights[0][key].shape)
+
+
+def test_gguf_errors_name_the_file_and_the_problem(tiny_weights, tmp_path):
+    sd = tiny_weights[0]
+    path = write_gguf(sd, tmp_path / "ok.gguf", "Q8_0")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(ValueError, match=r"cut\.gguf: (truncated|not a readable GGUF file)"):
+        load_transformer(cut)
+    flux = write_gguf(sd, tmp_path / "flux.gguf", "Q8_0", arch="flux")
+    with pytest.raises(ValueError, match=r"flux\.gguf: GGUF general\.architecture is 'flux'; an Ideogram 4 GGUF"):
+        load_transformer(flux)
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"junk\.gguf: not a readable GGUF file"):
+        load_transformer(tmp_path / "junk.gguf")
+    half = {k: v for k, v in sd.items() if k != "layers.0.attention.o.weight"}
+    missing = write_gguf(half, tmp_path / "missing.gguf", "Q8_0")
+    with pytest.raises(ValueError, match=r"missing\.gguf.*missing keys \(1\): layers\.0\.attention\.o\.weight"):
+        load_transformer(missing)
