@@ -44,6 +44,7 @@ from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
 from . import memory_policy as mp
+from .offload import HomePatcher
 
 log = logging.getLogger("ideogram4_native")
 
@@ -236,7 +237,7 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer", we
     config = Ideogram4NativeConfig(dict(Ideogram4NativeConfig.unet_config))
     config.set_inference_dtype(dtype, None)
     model = Ideogram4NativeModel(config, dit, device=offload_device)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = HomePatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "component": component,
                               "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}
     return patcher
