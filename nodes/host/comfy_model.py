@@ -44,7 +44,7 @@ from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
 from . import memory_policy as mp
-from .offload import HomePatcher
+from .offload import HomePatcher, system_ram_budget
 
 log = logging.getLogger("ideogram4_native")
 
@@ -318,7 +318,8 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
               activation_estimate(dit_of(uncond), batch, n_img, 0, device))
     models = [mp.ModelSize("conditional", int(cond.model_size())),
               mp.ModelSize("unconditional", int(uncond.model_size()))]
-    return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+    plan = mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+    return system_ram_budget(plan, {"conditional": cond, "unconditional": uncond}, act)
 
 
 def check_patches(patcher, what: str) -> None:
@@ -342,6 +343,8 @@ def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
     check_patches(cond, "model")
     check_patches(uncond, "unconditional_model")
     plan = plan_pair(cond, uncond, batch=batch, n_img=n_img, n_txt=n_txt)
+    for warning in plan.ram.warnings() if plan.ram else ():
+        log.warning("Ideogram4: %s", warning)
     mm.load_models_gpu([cond, uncond], memory_required=plan.memory_required,
                        minimum_memory_required=plan.minimum_memory_required, force_full_load=plan.force_full_load)
     log.info("Ideogram4 %s", plan.summary().replace("\n", " |"))

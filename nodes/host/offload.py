@@ -239,3 +239,36 @@ class HomePatcher(comfy.model_patcher.ModelPatcher):
 
     def host_memory(self) -> HostMemory:
         return host_memory(self.model)
+
+
+# ----------------------------------------------------------------------------------- RAM budget
+
+def patched_bytes(patcher) -> int:
+    """Bytes of the weights ComfyUI patches (LoRA): the only private weight memory once merged."""
+    total = 0
+    for key in getattr(patcher, "patches", {}):
+        try:
+            weight, _, _ = comfy.model_patcher.get_key_weight(patcher.model, key)
+        except (AttributeError, KeyError):
+            continue
+        total += weight.numel() * weight.element_size()
+    return total
+
+
+def system_ram_budget(plan, patchers: dict, activation: int):
+    """``plan`` with the system-RAM figures of ``patchers`` (name → patcher) and of this machine."""
+    import psutil
+
+    from . import memory_policy as mp
+
+    vm = psutil.virtual_memory()
+    private = file_backed = 0
+    mapped: dict = {}
+    for name, patcher in patchers.items():
+        mem = host_memory(patcher.model)
+        homes = homes_of(patcher.model)
+        home_bytes = sum(t.numel() * t.element_size() for t in homes.values())
+        mapped[name] = max(home_bytes, mem.file_backed)
+        private += mem.private + (0 if getattr(patcher, "backup", None) else patched_bytes(patcher))  # merged: counted
+    return mp.ram_budget(plan, total=vm.total, available=vm.available, private_weights=private, file_backed=mapped,
+                         activation_cpu=activation)
