@@ -4,7 +4,7 @@ The reference (``Ideogram4Pipeline._build_inputs`` + ``_encode_text``) runs Qwen
 by one masked slot per image token (token 0, attention mask 0, text position 0; ≥ 256 of them at every real
 resolution).  In bf16 those slots change the numbers: SDPA then gets an explicit mask and the CPU flash kernel
 walks the keys in blocks of 512, so a text-only run differs by ~1e-2.  Our encoder appends masked slots up to
-``packed_length(n)`` (the next multiple of 512) and must give the reference's text rows bit for bit.
+``packed_length(n)`` (min(n + 256, next multiple of 512)) and must give the reference's text rows bit for bit.
 
 Model: ``tools/make_test_text_encoder.packed_golden_text_config()`` (seed 0) — 36 layers (all 13 real taps
 0, 3, …, 33, 35), head_dim 128, 4 query / 2 KV heads, mrope (24, 20, 20), the real 151,936-token vocabulary,
@@ -124,9 +124,9 @@ def test_float32_within_1e6_of_the_reference_packed_run(golden, folder):
     assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
 
 
-@pytest.mark.parametrize("n,length", [(1, 512), (19, 512), (511, 512), (512, 512), (513, 1024), (1507, 1536),
-                                      (2048, 2048)])
-def test_packed_length_is_the_next_full_key_block(n, length):
+@pytest.mark.parametrize("n,length", [(1, 257), (19, 275), (256, 512), (300, 512), (511, 512), (512, 512),
+                                      (513, 769), (1000, 1024), (1507, 1536), (2048, 2048)])
+def test_packed_length_is_the_256_square_run_or_the_next_full_key_block(n, length):
     assert packed_length(n) == length
 
 
@@ -143,7 +143,7 @@ def test_masked_slots_are_the_reference_image_slots(bf16, monkeypatch):
     ids = bf16.tokenize(["fox"])[0]
     bf16.encode("fox", use_cache=False)
     n = len(ids)
-    assert seen["tokens"].shape == (1, 512)
+    assert seen["tokens"].shape == (1, n + 256)  # as the reference at 256²
     assert seen["tokens"][0, :n].tolist() == ids and not seen["tokens"][0, n:].any()
     assert seen["mask"][0, :n].all() and not seen["mask"][0, n:].any()
     assert seen["pos"][0, :n].tolist() == list(range(n)) and not seen["pos"][0, n:].any()

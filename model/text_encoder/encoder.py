@@ -46,23 +46,25 @@ PAD_TOKEN_ID = 0  # what the reference puts in padding slots (masked out, never 
 
 # The CPU flash-attention kernel's key/value block (ATen FlashAttentionKernel.cpp, kv_split_size 512).
 KV_BLOCK = 512
+# Image tokens of the smallest resolution (256², 16 × 16 patches): the reference never has fewer masked slots.
+MIN_IMAGE_SLOTS = 256
 
 
 def packed_length(num_text_tokens: int) -> int:
-    """Sequence length at which a caption of ``num_text_tokens`` tokens is encoded: the next multiple of
-    ``KV_BLOCK`` (masked slots after the text).
+    """Sequence length at which a caption of ``num_text_tokens`` tokens is encoded (masked slots after the text):
+    the smaller of ``n + 256`` (the reference's own packed run at 256²) and the next multiple of ``KV_BLOCK``.
 
-    Why: the reference runs Qwen3-VL over text + ≥ 256 masked image slots, so SDPA gets an explicit mask
-    and, on CPU, its flash kernel walks the keys in blocks of 512 from position 0.  A text row's numbers
-    depend on the size of the block that holds its last keys: the softmax vectorises only whole 16-lane
-    chunks (a short tail is summed scalar with another ``exp``), and oneDNN's bf16 GEMM for P·V picks its
-    K-blocking from the block size.  In the packed run that block is full (512) for every resolution
-    with text + image tokens ≥ the next multiple of 512, and its zero (masked) columns add exact zeros;
-    padding to the same full block reproduces it bit for bit.  Shorter pads (to 16, 64, 128 or 256) were
-    measured: exact for most lengths but not all (table in the README), so they are not used.
+    Why: the reference runs Qwen3-VL over text + ≥ 256 masked image slots, so SDPA gets an explicit mask and,
+    on CPU, its flash kernel walks the keys in blocks of 512 from position 0.  A text row's numbers depend on
+    the size of the block that holds its last keys: the softmax vectorises whole 16-lane chunks only (a short
+    tail is summed scalar, with another ``exp``), and oneDNN's bf16 GEMM for P·V picks its K-blocking from the
+    block size.  With ≥ 256 masked slots the block that holds the text is full (512) or ends ≥ 256 slots past
+    the text, and the masked columns add exact zeros: every resolution gives the same text rows (measured:
+    256 … 16384 image tokens), and so does padding to a full block.  Shorter pads (to a multiple of 16, 64,
+    128 or 256) are exact for most lengths but not all (README), so they are not used.
     """
     n = int(num_text_tokens)
-    return -(-n // KV_BLOCK) * KV_BLOCK if n > 0 else KV_BLOCK
+    return min(n + MIN_IMAGE_SLOTS, -(-n // KV_BLOCK) * KV_BLOCK) if n > 0 else MIN_IMAGE_SLOTS
 
 
 def build_chat_prompt(caption: str) -> str:
@@ -298,7 +300,7 @@ class Ideogram4TextEncoder(nn.Module):
         if lm.rotary_emb.inv_freq.device != hidden.device:  # partially loaded: buffers stay where they were
             lm.rotary_emb.to(hidden.device)
         mask = _causal_mask(lm.config, hidden, attention_mask, position_ids)
-        if mask is None:  # no masked slot (length a multiple of KV_BLOCK): keep the packed run's explicit mask
+        if mask is None:  # no masked slot (n a multiple of KV_BLOCK): keep the packed run's explicit mask
             causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
             mask = (causal[None] & attention_mask.to(torch.bool)[:, None, :])[:, None]
         mrope_ids = position_ids[None].expand(3, batch, length)
