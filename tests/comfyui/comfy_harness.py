@@ -45,6 +45,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WORKER_PRELUDE = r'''
+import contextlib, json, sys, importlib
+comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
+sys.path[:0] = [comfy_path]
+sys.path.append(pack_parent)
+sys.path.append(repo)
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+torch.set_num_threads(2)
+import comfy.model_management as mm
+from pathlib import Path
+pack = importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+'''
+
+
+def run_worker(body: str, timeout: float = 600) -> dict:
+    """Run ``WORKER_PRELUDE + body`` in ComfyUI's Python (``$COMFYUI_PYTHON`` or this one), ComfyUI in ``--cpu``
+    mode, with the pack importable as ``i4pack`` (``cm`` = its ``nodes.host.comfy_model``) and ``out_dir`` an
+    empty scratch folder; returns the JSON the worker prints on its ``RESULT `` line."""
+    source = WORKER_PRELUDE + body
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pack_parent = Path(tmp) / "pkgs"
+        pack_parent.mkdir()
+        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
+        out = Path(tmp) / "ckpt"
+        out.mkdir()
+        script = Path(tmp) / "worker.py"
+        script.write_text(source)
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
+                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(line[len("RESULT "):])
+
+
 # --------------------------------------------------------------------------- test model files
 
 def write_models(root: Path) -> dict[str, Any]:
