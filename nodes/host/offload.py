@@ -205,7 +205,10 @@ class HomePatcher(comfy.model_patcher.ModelPatcher):
         if not unpatch_weights:
             return super().unpatch_model(device_to, unpatch_weights)
         with _moves_go_home(self.model, _patched_keys(self)):
-            return super().unpatch_model(device_to, unpatch_weights)
+            out = super().unpatch_model(device_to, unpatch_weights)
+        if device_to is not None and torch.device(device_to).type == "cpu":
+            send_home(self.model)  # unpatched now: a weight restored from a private backup goes home too
+        return out
 
     def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
         with _moves_go_home(self.model, _patched_keys(self)):
