@@ -127,7 +127,10 @@ def send_home(model: torch.nn.Module, root: Optional[torch.nn.Module] = None, pr
         if home is None or key in skip or _is(t, home) or t.shape != home.shape or t.dtype != home.dtype:
             continue
         if isinstance(t, torch.nn.Parameter):
-            t.data = home
+            try:
+                t.data = home
+            except RuntimeError:  # a device whose tensors cannot take CPU data in place (e.g. meta)
+                owner._parameters[name] = torch.nn.Parameter(home, requires_grad=t.requires_grad)
         else:
             owner._buffers[name] = home
         saved += home.numel() * home.element_size()
