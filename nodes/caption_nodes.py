@@ -195,10 +195,16 @@ class Ideogram4NativeMagicPrompt(io.ComfyNode):
                 io.Boolean.Input("keep_bboxes", default=True,
                                  tooltip="Keep the element bounding boxes the LLM proposes (the reference strips "
                                          "them by default)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                             tooltip="Change to get a new expansion; sent as the chat 'seed' where supported."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Change to get a new expansion; sent as the chat 'seed' where supported. "
+                                     "Fixed by default: re-queuing the same inputs reuses the cached caption and "
+                                     "does not call the (possibly paid) API again."),
                 io.Int.Input("timeout_s", default=int(mp.DEFAULT_TIMEOUT_S), min=5, max=600, advanced=True,
                              tooltip="Seconds to wait for each request."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional: take the target width/height from this latent (e.g. Ideogram4 "
+                                        "Empty Latent) instead of the width/height widgets."),
             ],
             outputs=[io.String.Output("caption", display_name="caption", tooltip="Canonical minified caption.")],
             not_idempotent=True,
@@ -206,12 +212,19 @@ class Ideogram4NativeMagicPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, prompt: str, width: int, height: int, provider: str, base_url: str, model: str,
-                keep_bboxes: bool, seed: int, timeout_s: int = int(mp.DEFAULT_TIMEOUT_S)) -> io.NodeOutput:
+                keep_bboxes: bool, seed: int, timeout_s: int = int(mp.DEFAULT_TIMEOUT_S),
+                latent: dict | None = None) -> io.NodeOutput:
+        from .sampler_nodes import size_from_latent
+
+        size_note = []
+        if latent is not None:
+            _, width, height = size_from_latent(latent)
+            size_note = [f"target size {width}×{height} from the latent (width/height widgets unused)"]
         result = mp.expand(prompt, width, height, provider=provider, base_url=base_url, model=model,
                            keep_bboxes=keep_bboxes, seed=seed, timeout=float(timeout_s))
         ui = _ui(result.report)
-        if result.repaired:
-            ui["text"][0] = "repaired once after validation errors\n" + ui["text"][0]
+        head = size_note + (["repaired once after validation errors"] if result.repaired else [])
+        ui["text"][0] = "\n".join(head + [ui["text"][0]])
         return io.NodeOutput(result.caption, ui=ui)
 
 

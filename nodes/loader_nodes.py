@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 from comfy_api.latest import io
 
 from .host import folders
+
+log = logging.getLogger("ideogram4_native")
 
 CATEGORY = "Ideogram4 Native/loaders"
 AUTO = "auto"
@@ -28,6 +34,35 @@ def _source(name: str, role: str):
     path = folders.resolve(name, file_key="diffusion_models", folder_keys=FOLDER_KEYS_DIT)
     component = "transformer" if role == "conditional" else "unconditional_transformer"
     return path, component
+
+
+def _same_checkpoint(a: Path, a_component: str, b: Path, b_component: str) -> bool:
+    """Whether two picks load the same weights (a folder supplies a different component per role)."""
+    if a.is_dir() or b.is_dir():
+        return a.is_dir() and b.is_dir() and os.path.samefile(a, b) and a_component == b_component
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _says_unconditional(path: Path) -> bool:
+    return "uncond" in path.name.lower()
+
+
+def pair_warnings(cond_name: str, cond_path: Path, cond_component: str, uncond_name: str, uncond_path: Path,
+                  uncond_component: str) -> list[str]:
+    """ValueError when both roles load the same weights; warnings when a file's name says the other role."""
+    if _same_checkpoint(cond_path, cond_component, uncond_path, uncond_component):
+        raise ValueError(f"conditional and unconditional are the same checkpoint ({cond_name!r}): guidance "
+                         "v = g·v_cond + (1 − g)·v_uncond would then do nothing. Pick the unconditional file "
+                         "(e.g. ideogram4_unconditional_fp8_scaled.safetensors) as unconditional, or leave it on auto")
+    warnings = []
+    if not cond_path.is_dir() and _says_unconditional(cond_path):
+        warnings.append(f"conditional = {cond_name!r} is named like an unconditional checkpoint; check that the "
+                        "conditional and unconditional inputs are not swapped")
+    if not uncond_path.is_dir() and not _says_unconditional(uncond_path):
+        shown = uncond_path.name if uncond_name == AUTO else uncond_name
+        warnings.append(f"unconditional = {shown!r} is not named like an unconditional checkpoint (Comfy-Org: "
+                        "ideogram4_unconditional_fp8_scaled.safetensors); check that it is not a conditional one")
+    return warnings
 
 
 class Ideogram4NativeModelLoader(io.ComfyNode):
@@ -82,9 +117,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                 uncond_path, uncond_component = _source(match, "unconditional")
         else:
             uncond_path, uncond_component = _source(unconditional, "unconditional")
-        if (cond_path, cond_component) == (uncond_path, uncond_component):
-            raise ValueError(f"conditional and unconditional are the same checkpoint ({cond_path}); Ideogram 4 uses "
-                             "two different weight sets")
+        warnings = pair_warnings(conditional, cond_path, cond_component, unconditional, uncond_path, uncond_component)
         try:
             cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
         except ValueError as exc:
@@ -99,8 +132,9 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             info = p.ideogram4_info
             lines.append(f"{role}: {info['source']} [{info['component']}] — {info['format']}, compute "
                          f"{info['dtype']}, {p.model_size() / 2**30:.2f} GiB")
-        if "unconditional" in str(cond_path).lower() and cond_component == "transformer":
-            lines.append("warning: the conditional input looks like an unconditional checkpoint")
+        for line in warnings:
+            log.warning("Ideogram4 Model Loader: %s", line)
+        lines[:0] = [f"warning: {line}" for line in warnings]
         plan = plan_pair(cond, uncond, batch=1, n_img=4096, n_txt=512)
         lines.append("expected at 1024×1024, batch 1 (decided again when sampling):")
         lines.append(plan.summary())

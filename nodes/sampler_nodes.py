@@ -66,9 +66,8 @@ def check_size(node: str, width, height) -> None:
         return
     try:
         check_resolution(int(width), int(height))
-    except ValueError as exc:
-        raise ValueError(f"{node}: {exc} (supported: multiples of 16 from 256 to 2048 px, aspect ratio up to 6:1)") \
-            from None
+    except ValueError as exc:  # the message names the value, the rule and a supported value
+        raise ValueError(f"{node}: {exc}") from None
 
 
 def validation_message(node: str, width, height):

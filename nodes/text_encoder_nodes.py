@@ -37,12 +37,11 @@ def _tokenizer_path(choice: str, source_is_folder: bool):
             return None  # the folder's own tokenizer/ (or root) tokenizer
         choice = COMFY_TOKENIZER
     if choice == COMFY_TOKENIZER:
-        from .host.comfy_text_encoder import comfy_bundled_tokenizer
+        from .host.bundled_tokenizer import find_bundled_tokenizer, missing_tokenizer_message
 
-        path = comfy_bundled_tokenizer()
+        path, searched = find_bundled_tokenizer()
         if path is None:
-            raise ValueError("this ComfyUI has no bundled Qwen tokenizer (comfy/text_encoders/qwen25_tokenizer); put "
-                             "the official repository's tokenizer/ folder into models/text_encoders/ and select it")
+            raise ValueError(missing_tokenizer_message(searched, folders.list_folders("tokenizer", TE_FOLDER_KEYS)))
         return path
     folder = folders.resolve(choice, file_key=None, folder_keys=TE_FOLDER_KEYS)
     return folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder

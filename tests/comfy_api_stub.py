@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import enum
 import importlib
 import importlib.util
 import sys
@@ -144,6 +145,8 @@ def _io_module() -> types.ModuleType:
     io.Schema = _Schema
     io.NodeOutput = _NodeOutput
     io.ComfyNode = _ComfyNode
+    io.ControlAfterGenerate = enum.Enum("ControlAfterGenerate", {n: n for n in ("fixed", "increment", "decrement",
+                                                                             "randomize")}, type=str)
     io.Hidden = types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT", extra_pnginfo="EXTRA_PNGINFO")
     return io
 

@@ -8,6 +8,12 @@ the output spans roughly [−1, 1] (a few per cent of pixels clip).
 
     python -m tools.make_test_vae --out /tmp/vae                 # both namings
     python -m tools.make_test_vae --out /tmp/vae --naming diffusers --with-encoder
+
+Core ComfyUI (``comfy.sd.VAE``, the *Load VAE* node) infers the decoder's width from the file but
+always builds the encoder with ``ch 128, ch_mult (1, 2, 4, 4)`` and 2 blocks per level.  So
+``--with-encoder`` writes an encoder of exactly that size by default (≈34 M parameters, the
+decoder stays tiny) and the files load in core ``VAELoader``; ``--encoder-ch 32`` writes a small
+encoder that only this pack reads, and the tool says so (:func:`core_vae_problem`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from model.vae import VAEDecoderConfig
 from tools.make_test_checkpoints import write_file
 
 NAMINGS = ("bfl", "diffusers")
+CORE_ENCODER_CH = 128  # what comfy.sd.VAE builds the encoder with, whatever the file holds
+CORE_CH_MULT = (1, 2, 4, 4)
+CORE_NUM_RES_BLOCKS = 2
 
 
 def tiny_vae_config(ch: int = 32, ch_mult=(1, 2, 4, 4), num_res_blocks: int = 2, z_channels: int = 32) -> VAEDecoderConfig:
@@ -48,19 +57,35 @@ def _mid_shapes(p: str, c: int) -> dict[str, tuple[int, ...]]:
     return s
 
 
-def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a BFL-named FLUX.2 VAE file (REF ``AutoEncoder`` names, minus ``bn``)."""
+def core_vae_problem(cfg: VAEDecoderConfig, with_encoder: bool, encoder_ch: int = CORE_ENCODER_CH) -> str | None:
+    """Why core ComfyUI's ``comfy.sd.VAE`` cannot load such a file, or None when it can."""
+    if cfg.ch_mult != CORE_CH_MULT or cfg.blocks_per_level != CORE_NUM_RES_BLOCKS + 1:
+        return (f"core ComfyUI assumes ch_mult {CORE_CH_MULT} and {CORE_NUM_RES_BLOCKS + 1} decoder blocks per "
+                f"level (this file: ch_mult {cfg.ch_mult}, {cfg.blocks_per_level} blocks)")
+    if with_encoder and encoder_ch != CORE_ENCODER_CH:
+        return (f"core ComfyUI builds the VAE encoder with ch {CORE_ENCODER_CH} (this file's encoder: ch "
+                f"{encoder_ch}); core VAELoader cannot load it — only this pack's Ideogram4 VAE Loader can "
+                f"(use --encoder-ch {CORE_ENCODER_CH}, or no --with-encoder, for a file core ComfyUI loads)")
+    return None
+
+
+def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False,
+               encoder_ch: int = CORE_ENCODER_CH) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a BFL-named FLUX.2 VAE file (REF ``AutoEncoder`` names, minus ``bn``).
+
+    The encoder (``with_encoder``) has ``encoder_ch`` base channels and the decoder's multipliers."""
     z, chans = cfg.z_channels, cfg.block_channels
     s: dict[str, tuple[int, ...]] = {}
     if with_encoder:
+        enc = tuple(encoder_ch * m for m in cfg.ch_mult)
         enc_blocks = cfg.blocks_per_level - 1
-        s.update({"encoder.conv_in.weight": (chans[0], 3, 3, 3), "encoder.conv_in.bias": (chans[0],)})
-        cin = chans[0]
-        for i, cout in enumerate(chans):
+        s.update({"encoder.conv_in.weight": (enc[0], 3, 3, 3), "encoder.conv_in.bias": (enc[0],)})
+        cin = enc[0]
+        for i, cout in enumerate(enc):
             for j in range(enc_blocks):
                 s.update(_resnet_shapes(f"encoder.down.{i}.block.{j}", cin, cout))
                 cin = cout
-            if i != len(chans) - 1:
+            if i != len(enc) - 1:
                 s.update({f"encoder.down.{i}.downsample.conv.weight": (cin, cin, 3, 3),
                           f"encoder.down.{i}.downsample.conv.bias": (cin,)})
         s.update(_mid_shapes("encoder", cin))
@@ -84,14 +109,14 @@ def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False) -> dict[str, t
 
 
 def random_vae_state_dict(cfg: VAEDecoderConfig, seed: int = 0, *, with_encoder: bool = False,
-                          with_bn: bool = True) -> dict[str, torch.Tensor]:
+                          with_bn: bool = True, encoder_ch: int = CORE_ENCODER_CH) -> dict[str, torch.Tensor]:
     """Seeded float32 weights in BFL naming (``decoder.*``, ``decoder.post_quant_conv.*``, ``bn.*``,
     optionally ``encoder.*``).  The decoder and bn values do not depend on ``with_encoder``/``with_bn``
     (the encoder has its own generator)."""
     g = torch.Generator().manual_seed(seed)
     g_enc = torch.Generator().manual_seed(seed + 7919)
     out: dict[str, torch.Tensor] = {}
-    shapes = bfl_shapes(cfg, with_encoder)
+    shapes = bfl_shapes(cfg, with_encoder, encoder_ch)
     order = [k for k in shapes if k.startswith("decoder.")] + [k for k in shapes if not k.startswith("decoder.")]
     for key in order:
         shape = shapes[key]
@@ -166,10 +191,11 @@ def convert(sd: dict[str, torch.Tensor], naming: str, dtype: Optional[torch.dtyp
 
 
 def write_vae(path: Path, naming: str = "bfl", *, cfg: Optional[VAEDecoderConfig] = None, seed: int = 0,
-              with_encoder: bool = False, with_bn: bool = True, dtype: Optional[torch.dtype] = None) -> Path:
+              with_encoder: bool = False, with_bn: bool = True, dtype: Optional[torch.dtype] = None,
+              encoder_ch: int = CORE_ENCODER_CH) -> Path:
     """Write one tiny VAE file; ``path`` may be a folder in HF layout (then ``path/vae/...``)."""
     cfg = cfg or tiny_vae_config()
-    sd = random_vae_state_dict(cfg, seed, with_encoder=with_encoder, with_bn=with_bn)
+    sd = random_vae_state_dict(cfg, seed, with_encoder=with_encoder, with_bn=with_bn, encoder_ch=encoder_ch)
     tensors = convert(sd, naming, dtype, cfg.num_levels)
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -182,11 +208,16 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--naming", choices=NAMINGS + ("all",), default="all")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--with-encoder", action="store_true")
+    ap.add_argument("--with-encoder", action="store_true",
+                    help=f"also write encoder.* (ch {CORE_ENCODER_CH} by default, what core ComfyUI loads)")
+    ap.add_argument("--encoder-ch", type=int, default=CORE_ENCODER_CH,
+                    help="encoder base channels; anything but 128 only loads in this pack, not in core VAELoader")
     args = ap.parse_args(argv)
     for naming in NAMINGS if args.naming == "all" else (args.naming,):
         print(write_vae(args.out / f"flux2_vae_tiny_{naming}.safetensors", naming, seed=args.seed,
-                        with_encoder=args.with_encoder))
+                        with_encoder=args.with_encoder, encoder_ch=args.encoder_ch))
+    problem = core_vae_problem(tiny_vae_config(), args.with_encoder, args.encoder_ch)
+    print(f"note: {problem}" if problem else "these files load in core ComfyUI's VAELoader too (comfy.sd.VAE)")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,12 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
         errors.append("color_palette: a global palette needs style_mode 'photo' or 'art_style' "
                       "(it lives in style_description); clear it or pick a style")
         palette = []
+    notes: list[str] = []
+    if style_mode != "none" and not palette and not any((v or "").strip() for v in (aesthetics, lighting, style_value)):
+        dropped = f" (medium {medium.strip()!r} alone is not a style)" if (medium or "").strip() else ""
+        notes.append(f"style_mode {style_mode}: aesthetics, lighting and style_value are empty, so no "
+                     f"style_description is written{dropped}; fill them in, or set style_mode to none")
+        style_mode = "none"
     style = build_style(style_mode, aesthetics=aesthetics, lighting=lighting, medium=medium, value=style_value)
     elements = list(layout_elements) + list(extra_elements or [])
     caption = build_caption(high_level_description, style, background, elements, palette)
@@ -189,6 +195,7 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
     report = check_caption(text, dialect="documented")
     report.errors = [_name_element_source(m, len(layout_elements)) for m in report.errors]
     report.fixes = [_name_element_source(m, len(layout_elements)) for m in report.fixes]
+    report.warnings[:0] = notes
     if errors:
         report.errors[:0] = errors
         report.canonical = report.data = None

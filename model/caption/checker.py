@@ -51,6 +51,10 @@ from .schema import (
 # --------------------------------------------------------------------------- #
 
 
+#: The module name our exception types report (see :class:`CaptionError`).
+ERROR_MODULE = "ideogram4_native"
+
+
 @dataclass
 class CaptionReport:
     """Outcome of :func:`check_caption`."""
@@ -85,7 +89,14 @@ class CaptionReport:
 
 
 class CaptionError(ValueError):
-    """A caption with problems; ``report`` carries every one of them."""
+    """A caption with problems; ``report`` carries every one of them.
+
+    ComfyUI shows an error's type as ``module.qualname`` (``execution.full_type_name``), and it
+    imports the pack under a module name made of its folder path; a fixed public module name keeps
+    the type readable (``ideogram4_native.CaptionError``) wherever the pack is installed.
+    """
+
+    __module__ = ERROR_MODULE
 
     def __init__(self, report: CaptionReport, context: str = "Ideogram 4 caption"):
         self.report = report

@@ -189,10 +189,21 @@ def _causal_mask_api() -> tuple[Callable, frozenset]:
     return create_causal_mask, frozenset(inspect.signature(create_causal_mask).parameters)
 
 
+def _cache_kwarg(params) -> str:
+    """The name of the (unused) KV-cache argument: ``cache`` where the installed transformers has it,
+    else ``past_key_values`` (transformers 5.2x deprecates the latter with a FutureWarning per call)."""
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@functools.cache
+def _layer_cache_kwarg(layer_cls: type) -> str:
+    return _cache_kwarg(inspect.signature(layer_cls.forward).parameters)
+
+
 def _causal_mask(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
     """transformers' ``create_causal_mask`` (argument names differ between 4.57 and 5.x)."""
     create_causal_mask, params = _causal_mask_api()
-    kwargs: dict[str, Any] = {"config": config, "attention_mask": attention_mask, "past_key_values": None,
+    kwargs: dict[str, Any] = {"config": config, "attention_mask": attention_mask, _cache_kwarg(params): None,
                               "position_ids": position_ids}
     kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = inputs_embeds
     if "cache_position" in params:
@@ -308,8 +319,8 @@ class Ideogram4TextEncoder(nn.Module):
         wanted = set(self.taps)
         captured: dict[int, torch.Tensor] = {}
         for idx, layer in enumerate(lm.layers[: max(self.taps) + 1]):
-            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=None,
-                           position_embeddings=position_embeddings)
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids,
+                           position_embeddings=position_embeddings, **{_layer_cache_kwarg(type(layer)): None})
             if isinstance(hidden, tuple):  # older transformers return (hidden_states, ...)
                 hidden = hidden[0]
             if idx in wanted:

@@ -20,7 +20,7 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ...model.text_encoder import has_tokenizer, load_text_encoder
+from ...model.text_encoder import load_text_encoder
 from . import memory_policy as mp
 from .offload import HomePatcher
 from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_dtype
@@ -28,14 +28,6 @@ from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_d
 log = logging.getLogger("ideogram4_native")
 
 DEVICE_CHOICES = ("auto", "cpu")
-
-
-def comfy_bundled_tokenizer() -> Optional[Path]:
-    """ComfyUI's own Qwen tokenizer (what core uses for Ideogram 4), if this ComfyUI has it."""
-    import comfy.text_encoders
-
-    folder = Path(comfy.text_encoders.__file__).resolve().parent / "qwen25_tokenizer"
-    return folder if has_tokenizer(folder) else None
 
 
 class TextEncoderHolder(torch.nn.Module):

@@ -264,6 +264,20 @@ class ComfyServer:
         return ws
 
 
+def ws_messages(ws, timeout: float):
+    """Yield (monotonic time, message dict, or None for a binary preview frame) until ``timeout`` s pass."""
+    import websocket  # websocket-client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            raw = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return
+        yield time.monotonic(), (None if isinstance(raw, bytes) else json.loads(raw))
+
+
 def errors_of(entry: dict) -> list[dict]:
     return [m[1] for m in entry.get("status", {}).get("messages", []) if m[0] == "execution_error"]
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from comfy_harness import (COMFYUI_PATH, PACK_DIR_NAME, REPO, ComfyServer, errors_of, new_client_id,
-                           requires_comfyui, write_models)
+                           requires_comfyui, write_models, ws_messages)
 
 pytestmark = requires_comfyui()
 
@@ -337,19 +337,8 @@ def test_non_ideogram_file_in_the_loader_gives_our_message(comfy_server):
 # --------------------------------------------------------------------------- interrupt / model management
 
 def _ws_until(ws, predicate, timeout):
-    import websocket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ws.settimeout(max(0.1, deadline - time.monotonic()))
-        try:
-            raw = ws.recv()
-        except websocket.WebSocketTimeoutException:
-            break
-        if isinstance(raw, bytes):
-            continue
-        msg = json.loads(raw)
-        if predicate(msg):
+    for _, msg in ws_messages(ws, timeout):
+        if msg is not None and predicate(msg):
             return msg
     return None
 
