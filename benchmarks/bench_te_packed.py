@@ -8,7 +8,7 @@ slot per image token after the text); our encoder appends masked slots only up t
 
 * ``text-only``      — the caption alone (what the encoder did before; NOT the reference's numbers);
 * ``packed_length``  — our run (text + masked slots to the next multiple of 512);
-* ``ref 256²`` / ``ref 1024²`` — the reference's layout: text + 256 / 4096 masked image slots.
+* ``ref 256²`` / ``ref 1024²`` (``--sides``) — the reference's layout: text + 256 / 4096 masked image slots.
 
 It prints ms per caption and whether our text rows equal each reference layout bit for bit (max |diff|
 otherwise).  On CUDA this is the check of the CPU finding: SDPA picks another kernel there (flash for the
@@ -74,6 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--lengths", default="20,200,600,1500")
+    ap.add_argument("--sides", default="256,1024", help="square resolutions of the reference layouts")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     enc = build(args.layers, args.device, dtype)
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
     for n in (int(x) for x in args.lengths.split(",")):
         ids = torch.randint(1, 151936, (n,), generator=g)
         run(enc, ids, n, args.device)  # warm-up
-        layouts = {"text-only": n, "packed_length": packed_length(n), "ref 256²": n + 256, "ref 1024²": n + 4096}
+        layouts = {"text-only": n, "packed_length": packed_length(n)}
+        layouts.update({f"ref {side}²": n + (int(side) // 16) ** 2 for side in args.sides.split(",")})
         res = {name: run(enc, ids, length, args.device) for name, length in layouts.items()}
         ours = res["packed_length"][0]
         parts = []
