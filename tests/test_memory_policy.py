@@ -13,6 +13,7 @@ import pytest
 
 from nodes.host.memory_policy import (GiB, MiB, ComfyMemoryConstants, ModelSize, activation_bytes, comfy_budget,
                                  plan_memory, plan_text_encoder, vae_tile)
+from nodes.host import memory_policy as mp
 
 FP8 = (9_280_741_285, 9_280_741_293)
 BF16 = (18_558_576_896, 18_558_576_896)
@@ -175,3 +176,37 @@ def test_vae_tile():
     assert (tile + 16) ** 2 * per * 1.25 <= 8 * 10 ** 6
     assert vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=0) == 16
     assert vae_tile(20, 20, batch=4, bytes_per_latent_px=per, halo=8, available=1) == 16
+
+
+# ----------------------------------------------------------------------------------- system RAM
+
+def _plan(mode_state: str, available: int):
+    models = [mp.ModelSize("conditional", 9 * GiB), mp.ModelSize("unconditional", 9 * GiB)]
+    return mp.plan_memory(models, available, 2 * GiB, mp.ComfyMemoryConstants(vram_state=mode_state))
+
+
+def test_ram_budget_on_the_cpu_reads_every_weight_and_counts_activations():
+    plan = mp.ram_budget(_plan("disabled", 64 * GiB), total=64 * GiB, available=40 * GiB, private_weights=1 * GiB,
+                         file_backed={"conditional": 9 * GiB, "unconditional": 9 * GiB}, activation_cpu=2 * GiB)
+    assert plan.mode == "cpu" and plan.ram.private == 3 * GiB and plan.ram.mapped == 18 * GiB
+    assert plan.ram.fits and plan.ram.warnings() == ()
+    assert "system RAM: 3.00 GiB private + 18.00 GiB file-backed (droppable) of 40.00 GiB available" in plan.summary()
+
+
+def test_ram_budget_on_a_device_reads_only_the_streamed_part():
+    plan = mp.ram_budget(_plan("normal", 12 * GiB), total=32 * GiB, available=20 * GiB, private_weights=0,
+                         file_backed={"conditional": 9 * GiB, "unconditional": 9 * GiB})
+    assert plan.mode == "partial"
+    assert plan.ram.mapped == plan.streamed_per_step > 0 and plan.ram.private == 0
+
+
+def test_ram_budget_warns_before_a_load_that_cannot_fit():
+    plan = mp.ram_budget(_plan("disabled", 16 * GiB), total=16 * GiB, available=6 * GiB, private_weights=5 * GiB,
+                         file_backed={"conditional": 9 * GiB}, activation_cpu=2 * GiB)
+    assert not plan.ram.fits
+    (warning,) = plan.ram.warnings()
+    assert warning.startswith("WARNING: this run needs 7.00 GiB of private system RAM and only 6.00 GiB")
+    assert warning in plan.summary()
+    short = mp.ram_budget(_plan("disabled", 16 * GiB), total=16 * GiB, available=10 * GiB, private_weights=0,
+                          file_backed={"conditional": 9 * GiB}, activation_cpu=2 * GiB)
+    assert short.ram.fits and "re-read from disk" in short.ram.warnings()[0]

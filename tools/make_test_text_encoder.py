@@ -158,6 +158,34 @@ def tiny_text_config(num_layers: int = 5, vocab_size: int = 320) -> dict:
     }
 
 
+def packed_golden_text_config() -> dict:
+    """The config of the packed-sequence goldens (``tests/data/te_packed_golden.safetensors``): Qwen3-VL-8B's
+    depth (36 layers, so all 13 real taps exist), attention geometry (head_dim 128, GQA, mrope (24, 20, 20)),
+    vocabulary (151,936) and rope; only the widths are small (hidden 128, MLP 256, 4 query / 2 KV heads)."""
+    cfg = tiny_text_config(num_layers=36, vocab_size=151936)
+    cfg.update({"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 128, "max_position_embeddings": 262144,
+                "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"}})
+    return cfg
+
+
+_WORDS = "the quick brown fox jumps over a lazy dog in warm evening light".split()
+
+
+def golden_caption(objects: int) -> str:
+    """A deterministic compact JSON caption; 0 objects → the shortest caption ("fox")."""
+    if objects == 0:
+        return "fox"
+    objs = [{"name": f"{_WORDS[i % len(_WORDS)]} {_WORDS[(3 * i + 1) % len(_WORDS)]}", "pos": [i % 7, (5 * i) % 11]}
+            for i in range(objects)]
+    return json.dumps({"subject": "a poster", "objects": objs, "style": "flat"}, separators=(",", ":"))
+
+
+# (caption objects, height, width) of the packed-sequence goldens: ~20 (the template alone is 18 tokens with the
+# tiny tokenizer), ~200 and ~1500 tokens, at image-token counts 256 (256²), 4096 (1024²) and 1536 (512×768).
+PACKED_GOLDEN_CASES = ((0, 256, 256), (0, 1024, 1024), (5, 512, 768), (50, 256, 256), (50, 1024, 1024))
+
+
 def tiny_vision_config(out_hidden_size: int = 64) -> dict:
     return {
         "model_type": "qwen3_vl", "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,

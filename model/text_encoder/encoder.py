@@ -8,9 +8,12 @@
   prompt on) and checked against that exact string; a tokenizer whose template renders anything
   else (e.g. Qwen2.5's default system prompt) or that has none gets the exact string;
 * tokenised with ``add_special_tokens=False``; more than ``max_text_tokens`` (2048) → ValueError;
-* a batch is left-padded (token id 0); attention mask 1 on real tokens; position ids
-  0..n−1 from the first real token (padding 0), the same id on all three MRoPE axes; causal mask
-  by transformers' ``create_causal_mask``;
+* each caption runs alone, followed by masked slots up to ``packed_length(n)`` (token id 0,
+  attention mask 0, position id 0 — what the reference's image slots are): the reference encodes the
+  caption inside the packed text + image sequence, and in bf16 the masked slots after the text change
+  the attention kernel's blocking, so a text-only run differs (see ``packed_length``); attention mask 1
+  on real tokens; position ids 0..n−1, the same id on all three MRoPE axes; causal mask by
+  transformers' ``create_causal_mask`` (always materialised, as in the packed run);
 * decoder layers run up to the last tap; the *outputs* of the tapped layers (no final norm) are
   stacked (T, B, L, H) → (B, L, H, T) → (B, L, H·T), so feature index = d·T + tap;
 * padding rows are zeroed with a select (never NaN·0); the result is float32.
@@ -39,6 +42,29 @@ log = logging.getLogger(__name__)
 CHAT_PREFIX = "<|im_start|>user\n"
 CHAT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 PAD_TOKEN_ID = 0  # what the reference puts in padding slots (masked out, never attended)
+
+
+# The CPU flash-attention kernel's key/value block (ATen FlashAttentionKernel.cpp, kv_split_size 512).
+KV_BLOCK = 512
+# Image tokens of the smallest resolution (256², 16 × 16 patches): the reference never has fewer masked slots.
+MIN_IMAGE_SLOTS = 256
+
+
+def packed_length(num_text_tokens: int) -> int:
+    """Sequence length at which a caption of ``num_text_tokens`` tokens is encoded (masked slots after the text):
+    the smaller of ``n + 256`` (the reference's own packed run at 256²) and the next multiple of ``KV_BLOCK``.
+
+    Why: the reference runs Qwen3-VL over text + ≥ 256 masked image slots, so SDPA gets an explicit mask and,
+    on CPU, its flash kernel walks the keys in blocks of 512 from position 0.  A text row's numbers depend on
+    the size of the block that holds its last keys: the softmax vectorises whole 16-lane chunks only (a short
+    tail is summed scalar, with another ``exp``), and oneDNN's bf16 GEMM for P·V picks its K-blocking from the
+    block size.  With ≥ 256 masked slots the block that holds the text is full (512) or ends ≥ 256 slots past
+    the text, and the masked columns add exact zeros: every resolution gives the same text rows (measured:
+    256 … 16384 image tokens), and so does padding to a full block.  Shorter pads (to a multiple of 16, 64,
+    128 or 256) are exact for most lengths but not all (README), so they are not used.
+    """
+    n = int(num_text_tokens)
+    return min(n + MIN_IMAGE_SLOTS, -(-n // KV_BLOCK) * KV_BLOCK) if n > 0 else MIN_IMAGE_SLOTS
 
 
 def build_chat_prompt(caption: str) -> str:
@@ -285,6 +311,9 @@ class Ideogram4TextEncoder(nn.Module):
         if lm.rotary_emb.inv_freq.device != hidden.device:  # partially loaded: buffers stay where they were
             lm.rotary_emb.to(hidden.device)
         mask = _causal_mask(lm.config, hidden, attention_mask, position_ids)
+        if mask is None:  # no masked slot (n a multiple of KV_BLOCK): keep the packed run's explicit mask
+            causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+            mask = (causal[None] & attention_mask.to(torch.bool)[:, None, :])[:, None]
         mrope_ids = position_ids[None].expand(3, batch, length)
         position_embeddings = lm.rotary_emb(hidden, mrope_ids)
         wanted = set(self.taps)
@@ -301,20 +330,24 @@ class Ideogram4TextEncoder(nn.Module):
         real = attention_mask.to(torch.bool)[..., None]
         return torch.where(real, features, torch.zeros((), dtype=features.dtype, device=features.device))
 
-    def _encode_batch(self, batch_ids: list[list[int]], dev: torch.device) -> list[torch.Tensor]:
-        length = max(len(ids) for ids in batch_ids)
-        batch = len(batch_ids)
-        tokens = torch.full((batch, length), PAD_TOKEN_ID, dtype=torch.long)
-        mask = torch.zeros(batch, length, dtype=torch.long)
-        positions = torch.zeros(batch, length, dtype=torch.long)
-        for b, ids in enumerate(batch_ids):
-            n = len(ids)
-            tokens[b, length - n:] = torch.tensor(ids, dtype=torch.long)
-            mask[b, length - n:] = 1
-            positions[b, length - n:] = torch.arange(n)
+    def _encode_one(self, ids: list[int], dev: torch.device) -> torch.Tensor:
+        """One caption's (n, H·T) features: text at rows 0..n−1, masked slots up to ``packed_length(n)``."""
+        n = len(ids)
+        length = packed_length(n)
+        tokens = torch.full((1, length), PAD_TOKEN_ID, dtype=torch.long)
+        mask = torch.zeros(1, length, dtype=torch.long)
+        positions = torch.zeros(1, length, dtype=torch.long)
+        tokens[0, :n] = torch.tensor(ids, dtype=torch.long)
+        mask[0, :n] = 1
+        positions[0, :n] = torch.arange(n)
         with torch.inference_mode():
             features = self(tokens.to(dev), mask.to(dev), positions.to(dev))
-            return [features[b, length - len(ids):].to("cpu", copy=True) for b, ids in enumerate(batch_ids)]
+            return features[0, :n].to("cpu", copy=True)
+
+    def _encode_batch(self, batch_ids: list[list[int]], dev: torch.device) -> list[torch.Tensor]:
+        # One caption at a time: in a left-padded batch a shorter caption's keys would sit at other offsets
+        # of the attention kernel's blocks, and its bf16 features would depend on the other captions.
+        return [self._encode_one(ids, dev) for ids in batch_ids]
 
     def cache_key(self, device: torch.device | str | None = None) -> tuple:
         """Identity of this encoder for the encoding cache (files, tokenizer, taps, dtype and the device the

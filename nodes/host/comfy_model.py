@@ -46,6 +46,7 @@ from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
+from .offload import system_ram_budget
 
 install_key_map_hook()
 
@@ -349,12 +350,16 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
         shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
         models.append(mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared
                                    else "unconditional", int(uncond.model_size())))
-    return mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+    plan = mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+    patchers = {"conditional": cond, **({"unconditional": uncond} if uncond is not None else {})}
+    return system_ram_budget(plan, patchers, act)
 
 
 def load_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
     """Load both DiTs for one sampling run as :func:`memory_policy.plan_memory` decides."""
     plan = plan_pair(cond, uncond, batch=batch, n_img=n_img, n_txt=n_txt)
+    for warning in plan.ram.warnings() if plan.ram else ():
+        log.warning("Ideogram4: %s", warning)
     mm.load_models_gpu([p for p in (cond, uncond) if p is not None], memory_required=plan.memory_required,
                        minimum_memory_required=plan.minimum_memory_required, force_full_load=plan.force_full_load)
     log.info("Ideogram4 %s", plan.summary().replace("\n", " |"))

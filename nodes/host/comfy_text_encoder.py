@@ -22,6 +22,7 @@ import comfy.model_patcher
 
 from ...model.text_encoder import load_text_encoder
 from . import memory_policy as mp
+from .offload import HomePatcher
 from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_dtype
 
 log = logging.getLogger("ideogram4_native")
@@ -48,8 +49,7 @@ def load_text_encoder_patcher(source: str | Path, *, tokenizer: Optional[str | P
     offload_device = mm.text_encoder_offload_device()
     dtype = resolve_dtype(dtype_choice, load_device)
     encoder = load_text_encoder(source, device=offload_device, dtype=dtype, tokenizer=tokenizer, operations=ComfyOps)
-    patcher = comfy.model_patcher.ModelPatcher(TextEncoderHolder(encoder), load_device=load_device,
-                                               offload_device=offload_device)
+    patcher = HomePatcher(TextEncoderHolder(encoder), load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "format": encoder.description,
                               "dtype": str(dtype).replace("torch.", ""), "tokenizer": str(tokenizer or "auto")}
     return patcher

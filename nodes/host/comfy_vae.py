@@ -22,6 +22,7 @@ import comfy.ops
 from ...model.vae import latents as lat
 from ...model.vae import Flux2VAEDecoder, load_vae
 from . import memory_policy as mp
+from .offload import HomePatcher
 
 log = logging.getLogger("ideogram4_native")
 
@@ -55,7 +56,7 @@ def load_vae_patcher(source: str | Path, dtype_choice: str = "auto") -> comfy.mo
     offload_device = mm.vae_offload_device()
     decoder = load_vae(source, device=offload_device, dtype=dtype, operations=VAEOpsComfy)
     holder = VAEHolder(decoder)
-    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    patcher = HomePatcher(holder, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "format": decoder.checkpoint_format,
                               "dtype": str(dtype).replace("torch.", "")}
     return patcher

@@ -29,6 +29,7 @@ import comfy.utils
 import comfy.weight_adapter
 
 from ...model.checkpoints import QuantizedLinear
+from .offload import HomePatcher
 
 
 def install_key_map_hook() -> None:
@@ -127,9 +128,10 @@ def _layer_of(model, key: str):
     return module if leaf == "weight" and isinstance(module, RolePatched) else None
 
 
-class Ideogram4ModelPatcher(comfy.model_patcher.ModelPatcher):
-    """``ModelPatcher`` that applies patches of packed layers (and, on a base shared with an unconditional
-    view, of every layer) to the weight when the layer runs, instead of merging them into the stored weights."""
+class Ideogram4ModelPatcher(HomePatcher):
+    """``HomePatcher`` (offload returns file-backed weights to their mapping) that applies patches of packed
+    layers (and, on a base shared with an unconditional view, of every layer) to the weight when the layer
+    runs, instead of merging them into the stored weights."""
 
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
         module = None

@@ -74,6 +74,7 @@ class MemoryPlan:
     memory_required: int = 0  # argument for load_models_gpu
     minimum_memory_required: int = 0  # argument for load_models_gpu
     notes: tuple = ()
+    ram: "RamBudget | None" = None  # system RAM (see ram_budget)
 
     @property
     def streamed_per_step(self) -> int:
@@ -100,7 +101,58 @@ class MemoryPlan:
             if self.streamed_per_step:
                 lines.append(f"  streamed per step: {gib(self.streamed_per_step)}")
         lines += [f"  note: {n}" for n in self.notes]
+        if self.ram is not None:
+            lines += self.ram.lines()
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RamBudget:
+    """System RAM for one run.
+
+    ``private``: bytes the kernel cannot drop — weights that are not views of their file (patched or
+    converted ones) plus, on the CPU, the activations.  ``mapped``: file-backed weight bytes the run
+    reads (every weight on the CPU; the streamed part on a GPU) — clean pages the kernel may drop and
+    re-read from disk.  ``total`` / ``available``: the machine's RAM and what is available now
+    (free + reclaimable cache).
+    """
+    total: int
+    available: int
+    private: int
+    mapped: int
+
+    @property
+    def fits(self) -> bool:
+        return self.private <= self.available
+
+    def warnings(self) -> tuple:
+        if not self.fits:
+            return (f"WARNING: this run needs {gib(self.private)} of private system RAM and only "
+                    f"{gib(self.available)} are available: expect an out-of-memory kill (free RAM, use an fp8/nf4 "
+                    f"file, or drop the LoRA)",)
+        if self.private + self.mapped > self.available:
+            return (f"system RAM is short for the {gib(self.mapped)} of weights read from the files: pages are "
+                    f"re-read from disk (slower, not fatal)",)
+        return ()
+
+    def lines(self) -> list:
+        out = [f"  system RAM: {gib(self.private)} private + {gib(self.mapped)} file-backed (droppable) of "
+               f"{gib(self.available)} available ({gib(self.total)} total)"]
+        return out + [f"  {w}" for w in self.warnings()]
+
+
+def ram_budget(plan: MemoryPlan, *, total: int, available: int, private_weights: int, file_backed: dict,
+               activation_cpu: int = 0) -> MemoryPlan:
+    """``plan`` with its :class:`RamBudget`: ``file_backed`` is name → file-backed weight bytes of each model;
+    on the CPU all of them are read, on a device only the part that is not resident (streamed)."""
+    if plan.mode == "cpu":
+        mapped = sum(file_backed.values())
+        private = private_weights + activation_cpu
+    else:
+        mapped = sum(min(file_backed.get(n, 0), plan.totals[n] - plan.resident.get(n, 0)) for n in plan.totals)
+        private = private_weights
+    from dataclasses import replace
+    return replace(plan, ram=RamBudget(int(total), int(available), int(private), int(mapped)))
 
 
 def gib(n: float) -> str:

@@ -48,7 +48,7 @@ def free_port() -> int:
 # The start of every worker script: argv, ComfyUI first on sys.path, --cpu, the pack as ``i4pack``
 # (``cm`` = its nodes.host.comfy_model), ``mm`` = comfy.model_management, and the tiny DiT's test inputs
 # (``cfg``, ``sd``, ``x``, ``feats``; results go into ``res``).
-WORKER_PREAMBLE = '''import json, sys, importlib
+WORKER_PREAMBLE = '''import contextlib, json, sys, importlib
 comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
 sys.path[:0] = [comfy_path]
 sys.path.append(pack_parent)
@@ -73,9 +73,10 @@ feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
 '''
 
 
-def run_worker(source: str, timeout: int = 600) -> dict:
-    """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (argv: ComfyUI path, repo, a folder holding the pack as ``i4pack``,
-    a scratch folder) and return the JSON it prints on its ``RESULT `` line."""
+def run_worker(source: str, timeout: float = 600) -> dict:
+    """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (``$COMFYUI_PYTHON`` or this one), ComfyUI in ``--cpu``
+    mode, with the pack importable as ``i4pack`` (``cm`` = its ``nodes.host.comfy_model``) and ``out_dir`` an
+    empty scratch folder; returns the JSON the worker prints on its ``RESULT `` line."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

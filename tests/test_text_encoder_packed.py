@@ -1,0 +1,149 @@
+"""The text encoder equals the reference's REAL run — the caption inside the packed text + image sequence.
+
+The reference (``Ideogram4Pipeline._build_inputs`` + ``_encode_text``) runs Qwen3-VL over the caption followed
+by one masked slot per image token (token 0, attention mask 0, text position 0; ≥ 256 of them at every real
+resolution).  In bf16 those slots change the numbers: SDPA then gets an explicit mask and the CPU flash kernel
+walks the keys in blocks of 512, so a text-only run differs by ~1e-2.  Our encoder appends masked slots up to
+``packed_length(n)`` (min(n + 256, next multiple of 512)) and must give the reference's text rows bit for bit.
+
+Model: ``tools/make_test_text_encoder.packed_golden_text_config()`` (seed 0) — 36 layers (all 13 real taps
+0, 3, …, 33, 35), head_dim 128, 4 query / 2 KV heads, mrope (24, 20, 20), the real 151,936-token vocabulary,
+hidden 128, MLP 256 — written in the official bf16 layout by ``write_layout("official_bf16", ...)``.
+
+Goldens (``tests/data/te_packed_golden.safetensors``) were made ONCE by the reference's own code path with a
+script kept outside the repo (reference github:RyukoMatoiFan/ideogram4 @ 9c167a2, ``src/`` on PYTHONPATH;
+torch 2.13.0 CPU, AVX512 (AMD EPYC, avx512_bf16), oneDNN 3.12, 2 threads, transformers 5.24):
+
+* ``hf_hub_download`` patched to read the folder the tool wrote; tokenizer + model from the reference's
+  ``_load_qwen3_vl`` (``AutoModel.from_pretrained``) in bf16 and in float32;
+* a bare ``Ideogram4Pipeline`` (``object.__new__``) with that encoder/tokenizer and the default
+  ``Ideogram4PipelineConfig``; for each ``PACKED_GOLDEN_CASES`` entry (caption, height, width):
+  ``_build_inputs([caption], height, width)`` → ``_encode_text(token_ids, text_position_ids, indicator)`` →
+  text rows ``[0, :max_text_tokens]``;
+* bf16 rows stored as bf16 (the reference's float32 output holds bf16 values: lossless) — every row for
+  captions ≤ 256 tokens, every 8th row otherwise — plus the SHA-256 of ALL rows' bf16 bytes; float32 rows
+  (every 4th) of case 2.
+
+Cases: ~20 tokens (the tiny tokenizer's template alone is 18) at 256² and 1024², 207 tokens at 512×768,
+1507 tokens at 256² and 1024² (image tokens 256, 4096, 1536).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from model import text_encoder as te
+from model.dit.constants import TEXT_ENCODER_TAPS
+from model.text_encoder import load_text_encoder, packed_length
+from tools import make_test_text_encoder as mk
+
+GOLDEN = Path(__file__).parent / "data" / "te_packed_golden.safetensors"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with safe_open(str(GOLDEN), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    text = mk.packed_golden_text_config()
+    return mk.write_layout("official_bf16", tmp_path_factory.mktemp("te36"), text=text,
+                           vision=mk.tiny_vision_config(text["hidden_size"]))
+
+
+@pytest.fixture(scope="module")
+def bf16(folder):
+    return load_text_encoder(folder, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def encoded(bf16):
+    """caption → our bf16 features (the same caption at two resolutions is encoded once: the encoder does not
+    depend on the resolution, the goldens must agree with each other)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def get(caption: str) -> torch.Tensor:
+        if caption not in cache:
+            cache[caption] = bf16.encode(caption, use_cache=False).features[0]
+        return cache[caption]
+    return get
+
+
+def _digest(rows: torch.Tensor) -> str:
+    return hashlib.sha256(rows.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()).hexdigest()
+
+
+def test_golden_recipe_is_what_the_tool_writes(golden, bf16):
+    _, meta = golden
+    assert json.loads(meta["text_config"]) == mk.packed_golden_text_config()
+    assert [tuple(c) for c in json.loads(meta["cases"])] == list(mk.PACKED_GOLDEN_CASES)
+    assert tuple(json.loads(meta["taps"])) == tuple(TEXT_ENCODER_TAPS) == bf16.taps
+    assert len(bf16.taps) == 13 and bf16.vocab_size == 151936
+
+
+@pytest.mark.parametrize("case", range(len(mk.PACKED_GOLDEN_CASES)))
+def test_bf16_equals_the_reference_packed_run_bit_for_bit(golden, bf16, encoded, case):
+    gold, meta = golden
+    objects, height, width = mk.PACKED_GOLDEN_CASES[case]
+    caption = mk.golden_caption(objects)
+    ids = bf16.tokenize([caption])[0]
+    assert ids == gold[f"token_ids_{case}"].tolist()
+    out = encoded(caption)
+    rows = out[:: int(meta[f"row_step_{case}"])]
+    ref = gold[f"bf16_{case}"].float()
+    assert rows.shape == ref.shape
+    diff = (rows - ref).abs().max().item()
+    assert torch.equal(rows, ref), f"{len(ids)} tokens at {height}x{width}: max |diff| {diff:.3g}"
+    assert _digest(out) == meta[f"sha256_{case}"], "stored rows equal, but some other row differs"
+
+
+def test_the_goldens_see_a_text_only_run(golden, bf16, monkeypatch):
+    """What the old encoder did (text only, no masked slots) is caught: it differs from the packed run
+    (measured on the golden machine: 19 tokens, max |diff| 0.34 = 1.6e-2 of max |x|)."""
+    gold, meta = golden
+    monkeypatch.setattr(te.encoder, "packed_length", lambda n: n)
+    objects, _, _ = mk.PACKED_GOLDEN_CASES[0]
+    out = bf16.encode(mk.golden_caption(objects), use_cache=False).features[0]
+    assert _digest(out) != meta["sha256_0"], "a text-only run equals the packed golden: the golden cannot see it"
+
+
+def test_float32_within_1e6_of_the_reference_packed_run(golden, folder):
+    gold, _ = golden
+    enc = load_text_encoder(folder, dtype=torch.float32)
+    objects, _, _ = mk.PACKED_GOLDEN_CASES[2]
+    out = enc.encode(mk.golden_caption(objects), use_cache=False).features[0, ::4]
+    ref = gold["fp32_2"]
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+
+
+@pytest.mark.parametrize("n,length", [(1, 257), (19, 275), (256, 512), (300, 512), (511, 512), (512, 512),
+                                      (513, 769), (1000, 1024), (1507, 1536), (2048, 2048)])
+def test_packed_length_is_the_256_square_run_or_the_next_full_key_block(n, length):
+    assert packed_length(n) == length
+
+
+def test_masked_slots_are_the_reference_image_slots(bf16, monkeypatch):
+    """The run the encoder makes: text, then token 0 / mask 0 / position 0 up to packed_length, explicit mask."""
+    seen = {}
+    real_forward = type(bf16).forward
+
+    def spy(self, token_ids, attention_mask, position_ids):
+        seen.update(tokens=token_ids.clone(), mask=attention_mask.clone(), pos=position_ids.clone())
+        return real_forward(self, token_ids, attention_mask, position_ids)
+
+    monkeypatch.setattr(type(bf16), "forward", spy)
+    ids = bf16.tokenize(["fox"])[0]
+    bf16.encode("fox", use_cache=False)
+    n = len(ids)
+    assert seen["tokens"].shape == (1, n + 256)  # as the reference at 256²
+    assert seen["tokens"][0, :n].tolist() == ids and not seen["tokens"][0, n:].any()
+    assert seen["mask"][0, :n].all() and not seen["mask"][0, n:].any()
+    assert seen["pos"][0, :n].tolist() == list(range(n)) and not seen["pos"][0, n:].any()
