@@ -1,0 +1,161 @@
+"""Pure-torch FLUX.2 KL VAE encoder (REF ``autoencoder.Encoder``) and the reference image → latent map.
+
+Architecture: ``conv_in`` (3×3) → for each level from full resolution down: ``blocks_per_level``
+ResnetBlocks (+ a stride-2 3×3 conv after zero padding (0, 1, 0, 1), except at the lowest
+resolution) → mid (ResnetBlock, single-head attention, ResnetBlock) → GroupNorm → swish →
+``conv_out`` (2·z channels) → ``quant_conv`` (1×1).  The output is the posterior's moments
+``[mean (z) ; logvar (z)]``; like the reference (``train_edit.encode_image_tokens``) only the mean is
+used: ``tokens = (patchify(mean) − shift) / scale`` in float32 — the exact inverse of what
+:meth:`Flux2VAEDecoder.decode_tokens` undoes.
+
+Module names are BFL's ``encoder.*`` names without the prefix (``quant_conv`` included, as REF
+keeps it inside the encoder), so :func:`model.vae.loading.detect_vae_format` maps BFL and diffusers
+files onto it.  Blocks are shared with the decoder (``decoder.ResnetBlock``/``AttnBlock``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoder import GN_EPS, GROUPS, AttnBlock, ResnetBlock, VAEOps, swish
+from .latents import normalise, patchify
+
+#: image pixels per latent pixel of the FLUX.2 VAE (three stride-2 downsamples)
+DOWNSCALE = 8
+
+
+@dataclass(frozen=True)
+class VAEEncoderConfig:
+    z_channels: int = 32
+    #: output channels of each level, level 0 = full resolution (REF ``ch · ch_mult[i]``)
+    block_channels: tuple[int, ...] = (128, 256, 512, 512)
+    blocks_per_level: int = 2  # REF num_res_blocks
+    in_channels: int = 3
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.block_channels)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (self.num_levels - 1)
+
+    @classmethod
+    def from_shapes(cls, shapes: dict[str, tuple[int, ...]]) -> "VAEEncoderConfig":
+        """Infer the configuration from encoder tensor shapes (BFL names without ``encoder.``)."""
+        levels = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"^down\.(\d+)\.", k))})
+        if not levels or levels != list(range(len(levels))):
+            raise ValueError(f"encoder levels are not contiguous: down.{levels}")
+        blocks = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"^down\.0\.block\.(\d+)\.", k))})
+        if not blocks or blocks != list(range(len(blocks))):
+            raise ValueError("cannot find the encoder's res blocks (down.0.block.*)")
+        channels = tuple(shapes[f"down.{i}.block.0.conv1.weight"][0] for i in levels)
+        return cls(z_channels=shapes["quant_conv.weight"][0] // 2, block_channels=channels,
+                   blocks_per_level=len(blocks), in_channels=shapes["conv_in.weight"][1])
+
+
+class Downsample(nn.Module):
+    """REF ``Downsample``: zero pad right/bottom by one, 3×3 conv with stride 2."""
+
+    def __init__(self, c: int, ops, **kw) -> None:
+        super().__init__()
+        self.conv = ops.Conv2d(c, c, kernel_size=3, stride=2, padding=0, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
+
+
+class Flux2VAEEncoder(nn.Module):
+    """FLUX.2 KL encoder incl. ``quant_conv``: image (B, 3, H, W) in [−1, 1] → moments (B, 2z, H/8, W/8)."""
+
+    def __init__(self, cfg: VAEEncoderConfig = VAEEncoderConfig(), *, dtype=None, device=None,
+                 operations=VAEOps) -> None:
+        super().__init__()
+        self.cfg = cfg
+        kw = dict(dtype=dtype, device=device)
+        ops = operations
+        z = cfg.z_channels
+        chans = cfg.block_channels
+        self.conv_in = ops.Conv2d(cfg.in_channels, chans[0], kernel_size=3, stride=1, padding=1, **kw)
+        downs: list[nn.Module] = []
+        block_in = chans[0]
+        for i, cout in enumerate(chans):
+            down = nn.Module()
+            down.block = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level):
+                down.block.append(ResnetBlock(block_in, cout, ops, **kw))
+                block_in = cout
+            if i != cfg.num_levels - 1:
+                down.downsample = Downsample(block_in, ops, **kw)
+            downs.append(down)
+        self.down = nn.ModuleList(downs)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, ops, **kw)
+        self.mid.attn_1 = AttnBlock(block_in, ops, **kw)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, ops, **kw)
+        self.norm_out = ops.GroupNorm(GROUPS, block_in, eps=GN_EPS, affine=True, **kw)
+        self.conv_out = ops.Conv2d(block_in, 2 * z, kernel_size=3, stride=1, padding=1, **kw)
+        self.quant_conv = ops.Conv2d(2 * z, 2 * z, kernel_size=1, **kw)
+        self.checkpoint_format = "random init"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """REF ``Encoder.forward``: (B, 3, H, W) in the module dtype → moments (B, 2z, H/8, W/8)."""
+        h = self.conv_in(x)
+        for i in range(self.cfg.num_levels):
+            down = self.down[i]
+            for block in down.block:
+                h = block(h)
+            if i != self.cfg.num_levels - 1:
+                h = down.downsample(h)
+        h = self.mid.block_1(h)
+        h = self.mid.attn_1(h)
+        h = self.mid.block_2(h)
+        h = self.conv_out(swish(self.norm_out(h)))
+        return self.quant_conv(h)
+
+    # ------------------------------------------------------------------ encode
+    def check_image(self, images: torch.Tensor) -> None:
+        m = self.cfg.downscale * 2
+        if images.ndim != 4 or images.shape[1] != self.cfg.in_channels or images.shape[2] % m or images.shape[3] % m:
+            raise ValueError(f"images must be (B, {self.cfg.in_channels}, H, W) with H, W multiples of {m}, got "
+                             f"{tuple(images.shape)}")
+
+    @torch.no_grad()
+    def encode_mean(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [−1, 1] → posterior mean (B, z, H/8, W/8) float32 (the input is cast to the encoder's
+        dtype, as REF ``encoder(images.to(dtype))``)."""
+        self.check_image(images)
+        moments = self(images.to(device=self.device, dtype=self.dtype))
+        return moments[:, : self.cfg.z_channels].float()
+
+    @torch.no_grad()
+    def encode_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(B, 3, H, W) in [−1, 1] → ((B, N, 128) model-space tokens float32, gh, gw): REF
+        ``encode_image_tokens`` (mean, patchify, ``(tokens − shift) / scale``)."""
+        tokens, gh, gw = patchify(self.encode_mean(images))
+        return normalise(tokens), gh, gw
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float32 in [−1, 1]: REF ``images_to_tensor`` (x / 127.5 − 1)."""
+    return images.float().div(127.5).sub(1.0).permute(0, 3, 1, 2).contiguous()
+
+
+def from_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, 3) float in [0, 1] → (B, 3, H, W) float32 in [−1, 1] (2x − 1)."""
+    return images[..., :3].float().mul(2.0).sub(1.0).permute(0, 3, 1, 2).contiguous()
+
+
+__all__ = ["DOWNSCALE", "VAEEncoderConfig", "Flux2VAEEncoder", "Downsample", "from_uint8", "from_unit_float"]
