@@ -158,4 +158,17 @@ def from_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images[..., :3].float().mul(2.0).sub(1.0).permute(0, 3, 1, 2).contiguous()
 
 
-__all__ = ["DOWNSCALE", "VAEEncoderConfig", "Flux2VAEEncoder", "Downsample", "from_uint8", "from_unit_float"]
+__all__ = ["DOWNSCALE", "VAEEncoderConfig", "Flux2VAEEncoder", "Downsample", "from_uint8", "from_unit_float", "fit_pixels"]
+
+
+def fit_pixels(x: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
+    """(B, C, H, W) pixels/mask → (B, C, height, width): centre crop (``crop``) or antialiased bicubic resize
+    (``resize``, clamped to the input's range); ``error`` (or the same size) returns the input."""
+    h, w = x.shape[-2:]
+    if (h, w) == (height, width) or mode == "error":
+        return x
+    if mode == "crop":
+        y0, x0 = (h - height) // 2, (w - width) // 2
+        return x[..., y0:y0 + height, x0:x0 + width].contiguous()
+    y = F.interpolate(x.float(), size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return y.clamp(float(x.min()), float(x.max()))

@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.ops
 
 from ...model.vae import latents as lat
-from ...model.vae import Flux2VAEDecoder, load_vae
+from ...model.vae import Flux2VAEDecoder, Flux2VAEEncoder, from_unit_float, load_vae, load_vae_encoder
 from . import memory_policy as mp
 
 log = logging.getLogger("ideogram4_native")
@@ -113,3 +113,58 @@ def decode(patcher, latent: torch.Tensor, *, tile_mode: str = "auto") -> tuple[t
     info = (f"decoded {b}×{width}×{height} {how} on {device} (untiled needs ≈{mp.gib(need)}, "
             f"{mp.gib(max(0, available))} free)")
     return images, info
+
+
+# --------------------------------------------------------------------------- encoder
+
+class EncoderHolder(torch.nn.Module):
+    """ModelPatcher target for the encoder (loaded lazily from the decoder's file on first encode)."""
+
+    def __init__(self, encoder: Flux2VAEEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def get_dtype(self):
+        return self.encoder.dtype
+
+
+def encoder_patcher_of(patcher) -> comfy.model_patcher.ModelPatcher:
+    """The encoder's ModelPatcher for an Ideogram4 VAE Loader output (same file, same compute dtype)."""
+    decoder = decoder_of(patcher)
+    enc = getattr(patcher, "ideogram4_encoder", None)
+    if enc is None:
+        info = getattr(patcher, "ideogram4_info", {})
+        offload = mm.vae_offload_device()
+        encoder = load_vae_encoder(info["source"], device=offload, dtype=decoder.dtype, operations=VAEOpsComfy)
+        enc = comfy.model_patcher.ModelPatcher(EncoderHolder(encoder), load_device=patcher.load_device,
+                                               offload_device=offload)
+        patcher.ideogram4_encoder = enc
+    return enc
+
+
+def encode_bytes_per_pixel(encoder: Flux2VAEEncoder) -> int:
+    """Peak activation bytes per input pixel of an untiled encode (the full-resolution level dominates)."""
+    act = torch.finfo(encoder.dtype).bits // 8
+    return 6 * encoder.cfg.block_channels[0] * act + 12
+
+
+def encode(patcher, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """ComfyUI IMAGE (B, H, W, 3) in [0, 1], H and W multiples of 16 → (model-space latent (B, 128, H/16, W/16)
+    float32 on the intermediate device, info text).  Batches are encoded one image at a time when the whole
+    batch does not fit in free memory."""
+    enc_patcher = encoder_patcher_of(patcher)
+    encoder = enc_patcher.model.encoder
+    mm.load_models_gpu([enc_patcher], force_full_load=True)
+    device = enc_patcher.load_device
+    b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+    available = int(mm.get_free_memory(device))
+    per_image = h * w * encode_bytes_per_pixel(encoder)
+    chunk = max(1, min(b, available // max(1, per_image)))
+    outs = []
+    for i in range(0, b, chunk):
+        x = from_unit_float(images[i:i + chunk]).to(device)
+        tokens, gh, gw = encoder.encode_tokens(x)
+        outs.append(lat.tokens_to_comfy(tokens, gh, gw).to(mm.intermediate_device()))
+    info = (f"encoded {b}×{w}×{h} on {device} in {len(outs)} pass(es) (≈{mp.gib(per_image)} per image, "
+            f"{mp.gib(available)} free), {encoder.checkpoint_format}, {str(encoder.dtype).replace('torch.', '')}")
+    return torch.cat(outs, 0), info
