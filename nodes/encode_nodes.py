@@ -37,8 +37,11 @@ def prepare_mask(mask, images_hw: tuple[int, int], size: tuple[int, int], mode: 
 
     m = as_mask_batch(mask, "mask")
     if tuple(m.shape[-2:]) != tuple(images_hw):
+        hint = ""
+        if tuple(m.shape[-2:]) == (64, 64) and not bool(m.any()):
+            hint = "; LoadImage gives this empty 64×64 mask for an image without alpha: paint one in the mask editor"
         raise ValueError(f"mask is {m.shape[-1]}×{m.shape[-2]} px but the image is {images_hw[1]}×{images_hw[0]} px "
-                         "(allowed: a mask of the image's size)")
+                         f"(allowed: a mask of the image's size){hint}")
     m = fit_pixels(m, size[0], size[1], mode).clamp(0.0, 1.0)
     return feather_mask(grow_mask(m, int(grow)), int(feather))
 

@@ -48,9 +48,11 @@ def _mid_shapes(p: str, c: int) -> dict[str, tuple[int, ...]]:
     return s
 
 
-def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a BFL-named FLUX.2 VAE file (REF ``AutoEncoder`` names, minus ``bn``)."""
-    z, chans = cfg.z_channels, cfg.block_channels
+def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False,
+               encoder_cfg: Optional[VAEDecoderConfig] = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a BFL-named FLUX.2 VAE file (REF ``AutoEncoder`` names, minus ``bn``).  ``encoder_cfg``:
+    other encoder channels than the decoder's (core ComfyUI always builds a ch-128 encoder)."""
+    z, chans = cfg.z_channels, (encoder_cfg or cfg).block_channels
     s: dict[str, tuple[int, ...]] = {}
     if with_encoder:
         enc_blocks = cfg.blocks_per_level - 1
@@ -67,6 +69,7 @@ def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False) -> dict[str, t
         s.update({"encoder.norm_out.weight": (cin,), "encoder.norm_out.bias": (cin,),
                   "encoder.conv_out.weight": (2 * z, cin, 3, 3), "encoder.conv_out.bias": (2 * z,),
                   "encoder.quant_conv.weight": (2 * z, 2 * z, 1, 1), "encoder.quant_conv.bias": (2 * z,)})
+    chans = cfg.block_channels
     block_in = chans[-1]
     s.update({"decoder.post_quant_conv.weight": (z, z, 1, 1), "decoder.post_quant_conv.bias": (z,),
               "decoder.conv_in.weight": (block_in, z, 3, 3), "decoder.conv_in.bias": (block_in,)})
@@ -84,14 +87,14 @@ def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False) -> dict[str, t
 
 
 def random_vae_state_dict(cfg: VAEDecoderConfig, seed: int = 0, *, with_encoder: bool = False,
-                          with_bn: bool = True) -> dict[str, torch.Tensor]:
+                          with_bn: bool = True, encoder_cfg: Optional[VAEDecoderConfig] = None) -> dict[str, torch.Tensor]:
     """Seeded float32 weights in BFL naming (``decoder.*``, ``decoder.post_quant_conv.*``, ``bn.*``,
     optionally ``encoder.*``).  The decoder and bn values do not depend on ``with_encoder``/``with_bn``
     (the encoder has its own generator)."""
     g = torch.Generator().manual_seed(seed)
     g_enc = torch.Generator().manual_seed(seed + 7919)
     out: dict[str, torch.Tensor] = {}
-    shapes = bfl_shapes(cfg, with_encoder)
+    shapes = bfl_shapes(cfg, with_encoder, encoder_cfg)
     order = [k for k in shapes if k.startswith("decoder.")] + [k for k in shapes if not k.startswith("decoder.")]
     for key in order:
         shape = shapes[key]
@@ -166,10 +169,11 @@ def convert(sd: dict[str, torch.Tensor], naming: str, dtype: Optional[torch.dtyp
 
 
 def write_vae(path: Path, naming: str = "bfl", *, cfg: Optional[VAEDecoderConfig] = None, seed: int = 0,
-              with_encoder: bool = False, with_bn: bool = True, dtype: Optional[torch.dtype] = None) -> Path:
+              with_encoder: bool = False, with_bn: bool = True, dtype: Optional[torch.dtype] = None,
+              encoder_cfg: Optional[VAEDecoderConfig] = None) -> Path:
     """Write one tiny VAE file; ``path`` may be a folder in HF layout (then ``path/vae/...``)."""
     cfg = cfg or tiny_vae_config()
-    sd = random_vae_state_dict(cfg, seed, with_encoder=with_encoder, with_bn=with_bn)
+    sd = random_vae_state_dict(cfg, seed, with_encoder=with_encoder, with_bn=with_bn, encoder_cfg=encoder_cfg)
     tensors = convert(sd, naming, dtype, cfg.num_levels)
     path = Path(path)
     if path.suffix != ".safetensors":
