@@ -224,6 +224,16 @@ def test_outpainting_with_core_image_pad_for_outpaint(comfy_server, comfy_models
     assert comfy_to_tokens(out).shape[1] == (H // 16) * ((W + 128) // 16)
 
 
+@pytest.mark.parametrize("name,image", [("image_ideogram4_img2img", IMAGE), ("image_ideogram4_inpaint", MASKED)])
+def test_templates_with_their_caption_builder_run(comfy_server, name, image):
+    prompt = template(name, LoadImage={"image": image})
+    encode = nid(prompt, "Ideogram4NativeTextEncode")
+    prompt[encode]["inputs"]["caption"] = [nid(prompt, "Ideogram4NativeCaptionBuilder"), 0]
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    assert "caption OK" in entry["outputs"][encode]["text"][0]
+
+
 def test_sampler_custom_advanced_img2img_equals_the_ksampler(comfy_server, comfy_models):
     prompt = template("image_ideogram4_img2img")
     ids = {v["class_type"]: k for k, v in prompt.items()}
@@ -339,3 +349,62 @@ def test_mask_that_does_not_match_and_foreign_latents(comfy_server):
     prompt["702"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}}
     prompt[nid(prompt, "Ideogram4NativeKSampler")]["inputs"]["latent"] = ["702", 0]
     assert "a latent from another model family" in _error(comfy_server, prompt)
+
+
+# --------------------------------------------------------------------------- the UI templates in the real frontend
+
+APP = "window.comfyAPI.app.app"
+SHOTS = Path(os.environ.get("IMG2IMG_SHOTS_DIR", "/tmp/img2img_shots"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    frontend = pytest.importorskip("test_frontend_editor")
+    if not frontend.CHROMIUM:
+        pytest.skip("no chromium binary (set $CHROMIUM)")
+    with frontend.chromium_page(tmp_path_factory.mktemp("chromium-profile-i2i")) as cdp:
+        yield cdp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["image_ideogram4_img2img", "image_ideogram4_inpaint"])
+def test_ui_template_loads_in_the_frontend_and_matches_the_api_twin(comfy_server, browser, name):
+    import time
+
+    cdp = browser
+    cdp.call("Page.navigate", url=comfy_server.url + "/")
+    cdp.wait_js(f"!!({APP} && {APP}.graph && window.LiteGraph && "
+                "LiteGraph.registered_node_types?.Ideogram4NativeVAEEncode)", timeout=120, what="ComfyUI app")
+    time.sleep(3.0)  # let the restored previous workflow land before replacing it
+    result = cdp.js(f"""(async () => {{
+      const app = {APP};
+      const r = await fetch("/api/workflow_templates/{PACK_DIR_NAME}/{name}.json");
+      const wf = await r.json();
+      const missing = wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types));
+      await app.loadGraphData(wf, true, true, "{name}");
+      await new Promise(r => setTimeout(r, 800));
+      await app.loadGraphData(wf, true, true, "{name}");  // again, in case a restore raced the first load
+      const nodes = app.graph._nodes.map(n => ({{id: n.id, type: n.type,
+        widgets: (n.widgets || []).filter(w => w.serialize !== false).map(w => [w.name, w.value])}}));
+      const prompt = (await app.graphToPrompt()).output;
+      app.canvas.ds.scale = 0.62; app.canvas.ds.offset = [95, 45]; app.canvas.setDirty(true, true);
+      return {{missing, nodes, prompt}};
+    }})()""")
+    assert result["missing"] == []
+    ui = json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    by_id = {str(n["id"]): n for n in ui["nodes"]}
+    for node in result["nodes"]:
+        want = by_id[str(node["id"])]
+        assert [v for _, v in node["widgets"]] == want["widgets_values"], (node["type"], node["widgets"])
+    api = json.loads((REPO / "workflows" / "api" / f"{name}_api.json").read_text(encoding="utf-8"))
+    got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["prompt"].items()}
+    assert got == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    time.sleep(1.5)  # image previews
+    cdp.screenshot(SHOTS / f"{name}.png")
+    if name == "image_ideogram4_inpaint":  # the same graph with the masked example image selected
+        cdp.js(f"""(() => {{ const n = {APP}.graph._nodes.find(n => n.type === "LoadImage");
+          const w = n.widgets.find(w => w.name === "image"); w.value = "{MASKED}"; w.callback?.(w.value);
+          {APP}.canvas.setDirty(true, true); return true; }})()""")
+        time.sleep(2.0)
+        cdp.screenshot(SHOTS / f"{name}_masked.png")
