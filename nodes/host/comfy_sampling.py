@@ -247,8 +247,13 @@ class Ideogram4KSampler(comfy.samplers.KSAMPLER):
             if callback is not None:
                 callback(d["i"], d["denoised"], d["x"], total_steps)
 
-        return self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
-                                     disable=disable_pbar, **self.extra_options)
+        x = self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                  disable=disable_pbar, **self.extra_options)
+        if denoise_mask is not None and latent_image is not None:
+            # the kept region is exactly the input, as core's samplers give it when they end at σ = 0 (ours ends
+            # at 1 − t_max, so the last Euler step would leave a σ_end-sized trace of noise there)
+            x = x * denoise_mask + latent_image.to(x.dtype) * (1.0 - denoise_mask)
+        return x
 
 
 # --------------------------------------------------------------------------- one-node sampler

@@ -262,6 +262,40 @@ def test_sampler_custom_advanced_img2img_equals_the_ksampler(comfy_server, comfy
     assert "last 12 of 20 steps" in entry["outputs"]["503"]["text"][0]
 
 
+def test_sampler_custom_advanced_with_set_latent_noise_mask_keeps_the_region(comfy_server, comfy_models):
+    prompt = template("image_ideogram4_img2img", LoadImage={"image": MASKED})
+    ids = {v["class_type"]: k for k, v in prompt.items()}
+    model, te, enc, load = (ids["Ideogram4NativeModelLoader"], ids["Ideogram4NativeTextEncode"],
+                            ids["Ideogram4NativeVAEEncode"], ids["LoadImage"])
+    prompt.update({
+        "800": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": [enc, 0], "mask": [load, 1]}},
+        "801": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 5}},
+        "802": {"class_type": "Ideogram4NativeGuider", "inputs": {
+            "model": [model, 0], "unconditional_model": [model, 1], "positive": [te, 0], "preset": "V4_TURBO_12",
+            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
+        "803": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
+        "804": {"class_type": "Ideogram4NativeSigmas", "inputs": {
+            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
+            "denoise": 1.0, "latent": [enc, 0]}},
+        "805": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["801", 0], "guider": ["802", 0], "sampler": ["803", 0], "sigmas": ["804", 0],
+            "latent_image": ["800", 0]}},
+    })
+    save_latent(prompt, ["805", 0], "806")
+    save_latent(prompt, [enc, 0], "807")
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    out = latent_of(comfy_server, entry, "806")["latent_tensor"]
+    x0 = latent_of(comfy_server, entry, "807")["latent_tensor"]
+    from sampling.masks import latent_mask
+
+    mask_img = torch.zeros(1, H, W)
+    mask_img[(slice(None),) + HOLE] = 1.0
+    keep = (latent_mask(mask_img, 1, H // 16, W // 16)[0, :, 0] == 0).reshape(H // 16, W // 16)
+    assert torch.equal(out[0][:, keep], x0[0][:, keep])
+    assert not torch.equal(out[0][:, ~keep], x0[0][:, ~keep])
+
+
 def test_core_vae_encode_through_the_converter_matches_our_encoder(comfy_server, comfy_models):
     prompt = template("image_ideogram4_img2img", Ideogram4NativeVAELoader={"vae_name": VAE_CORE, "dtype": "fp32"})
     ids = {v["class_type"]: k for k, v in prompt.items()}
