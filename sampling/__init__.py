@@ -9,5 +9,6 @@ from .resolution import FIT_MODES, check_resolution, fit_size, token_grid
 from .schedule import sigma_from_time, sigmas, time_grid
 from .euler import draw_noise, sample, schedule_steps
 
-__all__ = ["PRESETS", "SamplerSettings", "custom_settings", "resolve_settings", "check_resolution", "token_grid", "FIT_MODES", "fit_size",
+__all__ = ["PRESETS", "SamplerSettings", "custom_settings", "resolve_settings", "check_resolution", "token_grid",
+           "FIT_MODES", "fit_size",
            "time_grid", "sigmas", "sigma_from_time", "draw_noise", "sample", "schedule_steps"]

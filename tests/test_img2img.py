@@ -145,3 +145,36 @@ def test_bad_input_is_a_clear_error(setup):
         latent_mask(torch.ones(1, 100, 100), 2, GH, GW)
     with pytest.raises(ValueError, match="batch 3"):
         latent_mask(torch.ones(3, H, W), 2, GH, GW)
+
+
+@pytest.mark.parametrize("size,mode,want", [((320, 256), "error", (320, 256)), ((300, 270), "crop", (288, 256)),
+                                            ((300, 270), "resize", (304, 272)), ((4000, 3000), "resize", (2048, 1536)),
+                                            ((200, 180), "resize", (288, 256)), ((2100, 1000), "crop", (2048, 992))])
+def test_fit_size(size, mode, want):
+    from sampling import fit_size
+
+    assert fit_size(*size, mode) == want
+
+
+def test_fit_size_errors_name_the_value_and_the_options():
+    from sampling import fit_size
+
+    with pytest.raises(ValueError, match=r"image is 250×260 px: width = 250 is not a multiple of 16.*crop or resize"):
+        fit_size(250, 260, "error")
+    with pytest.raises(ValueError, match="after crop it would be 240×256"):
+        fit_size(250, 260, "crop")
+    with pytest.raises(ValueError, match="exceeds the supported 6:1"):
+        fit_size(3000, 256, "resize")
+    with pytest.raises(ValueError, match="not one of error, crop, resize"):
+        fit_size(256, 256, "stretch")
+
+
+def test_fit_pixels_crops_centre_and_resizes():
+    from model.vae.encoder import fit_pixels
+
+    x = torch.arange(2 * 3 * 270 * 300, dtype=torch.float32).reshape(2, 3, 270, 300)
+    c = fit_pixels(x, 288, 256, "crop")
+    assert torch.equal(c, x[..., 7:263, 6:294])
+    r = fit_pixels(torch.rand(1, 3, 270, 300), 304, 272, "resize")
+    assert r.shape == (1, 3, 272, 304) and 0 <= float(r.min()) and float(r.max()) <= 1
+    assert fit_pixels(x, 300, 270, "resize") is x

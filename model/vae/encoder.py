@@ -158,7 +158,8 @@ def from_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images[..., :3].float().mul(2.0).sub(1.0).permute(0, 3, 1, 2).contiguous()
 
 
-__all__ = ["DOWNSCALE", "VAEEncoderConfig", "Flux2VAEEncoder", "Downsample", "from_uint8", "from_unit_float", "fit_pixels"]
+__all__ = ["DOWNSCALE", "VAEEncoderConfig", "Flux2VAEEncoder", "Downsample", "from_uint8", "from_unit_float",
+           "fit_pixels"]
 
 
 def fit_pixels(x: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
