@@ -10,6 +10,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sampling import FIT_MODES
+from .latent_nodes import core_bn_stats
 from .loader_nodes import Vae
 from .sampler_nodes import LATENT_SPACE_KEY
 
@@ -129,12 +130,9 @@ class Ideogram4NativeFlux2VAEToLatent(io.ComfyNode):
                              "connect it to the sampler directly")
         lat.comfy_grid(samples["samples"], "samples",
                        hint="a latent from another model family (Ideogram 4 / FLUX.2 latents have 128 channels)")
-        bn = getattr(getattr(vae, "first_stage_model", None), "bn", None)
-        if bn is None or getattr(bn, "running_mean", None) is None:
-            raise ValueError("vae has no BatchNorm latent statistics; it is not a FLUX.2 VAE (load flux2-vae.safetensors)")
-        eps = float(getattr(vae.first_stage_model, "bn_eps", getattr(bn, "eps", lat.BN_EPS)))
+        mean, var, eps = core_bn_stats(vae)
         out = dict(samples)
-        out["samples"] = lat.bn_space_to_ref(samples["samples"], bn.running_mean, bn.running_var, eps=eps)
+        out["samples"] = lat.bn_space_to_ref(samples["samples"], mean, var, eps=eps)
         out[LATENT_SPACE_KEY] = "model"
         return io.NodeOutput(out)
 

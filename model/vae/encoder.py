@@ -10,7 +10,7 @@ used: ``tokens = (patchify(mean) − shift) / scale`` in float32 — the exact i
 
 Module names are BFL's ``encoder.*`` names without the prefix (``quant_conv`` included, as REF
 keeps it inside the encoder), so :func:`model.vae.loading.detect_vae_format` maps BFL and diffusers
-files onto it.  Blocks are shared with the decoder (``decoder.ResnetBlock``/``AttnBlock``).
+files onto it.  Blocks are shared with the decoder (``decoder.ResnetBlock``/``MidBlock``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import GN_EPS, GROUPS, AttnBlock, ResnetBlock, VAEOps, swish
+from .decoder import GN_EPS, GROUPS, MidBlock, ResnetBlock, VAEOps, VAEPart, swish
 from .latents import normalise, patchify
 
 #: image pixels per latent pixel of the FLUX.2 VAE (three stride-2 downsamples)
@@ -69,7 +69,7 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
 
 
-class Flux2VAEEncoder(nn.Module):
+class Flux2VAEEncoder(VAEPart):
     """FLUX.2 KL encoder incl. ``quant_conv``: image (B, 3, H, W) in [−1, 1] → moments (B, 2z, H/8, W/8)."""
 
     def __init__(self, cfg: VAEEncoderConfig = VAEEncoderConfig(), *, dtype=None, device=None,
@@ -93,22 +93,11 @@ class Flux2VAEEncoder(nn.Module):
                 down.downsample = Downsample(block_in, ops, **kw)
             downs.append(down)
         self.down = nn.ModuleList(downs)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, ops, **kw)
-        self.mid.attn_1 = AttnBlock(block_in, ops, **kw)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, ops, **kw)
+        self.mid = MidBlock(block_in, ops, **kw)
         self.norm_out = ops.GroupNorm(GROUPS, block_in, eps=GN_EPS, affine=True, **kw)
         self.conv_out = ops.Conv2d(block_in, 2 * z, kernel_size=3, stride=1, padding=1, **kw)
         self.quant_conv = ops.Conv2d(2 * z, 2 * z, kernel_size=1, **kw)
         self.checkpoint_format = "random init"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """REF ``Encoder.forward``: (B, 3, H, W) in the module dtype → moments (B, 2z, H/8, W/8)."""
@@ -119,9 +108,7 @@ class Flux2VAEEncoder(nn.Module):
                 h = block(h)
             if i != self.cfg.num_levels - 1:
                 h = down.downsample(h)
-        h = self.mid.block_1(h)
-        h = self.mid.attn_1(h)
-        h = self.mid.block_2(h)
+        h = self.mid(h)
         h = self.conv_out(swish(self.norm_out(h)))
         return self.quant_conv(h)
 

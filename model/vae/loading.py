@@ -63,8 +63,8 @@ def _describe_not_vae(keys: list[str]) -> str:
     return describe_other_family(keys, (), unknown="an unknown file")
 
 
-def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
-    """``decoder.<rest>`` in diffusers naming → (our name, stored as linear)."""
+def _map_diffusers_shared(rest: str) -> Optional[tuple[str, bool]]:
+    """The parts both sides name alike (conv_in/out, conv_norm_out, mid block) → (our name, stored as linear)."""
     if rest.startswith(("conv_in.", "conv_out.")):
         return rest, False
     if rest.startswith("conv_norm_out."):
@@ -76,6 +76,14 @@ def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]
     if m:
         sub = _ATTN_DIFFUSERS[m.group(1)]
         return f"mid.attn_1.{sub}.{m.group(2)}", sub != "norm" and m.group(2) == "weight"
+    return None
+
+
+def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
+    """``decoder.<rest>`` in diffusers naming → (our name, stored as linear)."""
+    shared = _map_diffusers_shared(rest)
+    if shared is not None:
+        return shared
     m = re.match(r"^up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", rest)
     if m:
         level = num_up - 1 - int(m.group(1))
@@ -88,17 +96,9 @@ def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]
 
 def _map_diffusers_encoder(rest: str) -> Optional[tuple[str, bool]]:
     """``encoder.<rest>`` in diffusers naming → (our encoder name, stored as linear)."""
-    if rest.startswith(("conv_in.", "conv_out.")):
-        return rest, False
-    if rest.startswith("conv_norm_out."):
-        return "norm_out." + rest[len("conv_norm_out."):], False
-    m = re.match(r"^mid_block\.resnets\.(\d+)\.(.+)$", rest)
-    if m:
-        return f"mid.block_{int(m.group(1)) + 1}.{m.group(2).replace('conv_shortcut', 'nin_shortcut')}", False
-    m = re.match(r"^mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.(weight|bias)$", rest)
-    if m:
-        sub = _ATTN_DIFFUSERS[m.group(1)]
-        return f"mid.attn_1.{sub}.{m.group(2)}", sub != "norm" and m.group(2) == "weight"
+    shared = _map_diffusers_shared(rest)
+    if shared is not None:
+        return shared
     m = re.match(r"^down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", rest)
     if m:
         return f"down.{m.group(1)}.block.{m.group(2)}.{m.group(3).replace('conv_shortcut', 'nin_shortcut')}", False

@@ -112,6 +112,23 @@ def save_latent(prompt: dict, source: list, key: str) -> None:
     prompt[key] = {"class_type": "SaveLatent", "inputs": {"samples": source, "filename_prefix": f"latents/{key}"}}
 
 
+def custom_advanced(first: int, model: str, te: str, latent: list, *, seed: int, denoise: float) -> dict:
+    """Noise, Guider, Sampler, Sigmas (V4_TURBO_12, ``denoise``) and SamplerCustomAdvanced at ids first … first + 4."""
+    n, g, smp, sig, out = (str(first + i) for i in range(5))
+    return {
+        n: {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": seed}},
+        g: {"class_type": "Ideogram4NativeGuider", "inputs": {
+            "model": [model, 0], "unconditional_model": [model, 1], "positive": [te, 0], "preset": "V4_TURBO_12",
+            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
+        smp: {"class_type": "Ideogram4NativeSampler", "inputs": {}},
+        sig: {"class_type": "Ideogram4NativeSigmas", "inputs": {
+            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
+            "denoise": denoise, "latent": latent}},
+        out: {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": [n, 0], "guider": [g, 0], "sampler": [smp, 0], "sigmas": [sig, 0], "latent_image": latent}},
+    }
+
+
 def latent_of(server, entry, key: str) -> dict:
     from safetensors.torch import load_file
 
@@ -239,19 +256,7 @@ def test_sampler_custom_advanced_img2img_equals_the_ksampler(comfy_server, comfy
     ids = {v["class_type"]: k for k, v in prompt.items()}
     model, te, enc = ids["Ideogram4NativeModelLoader"], ids["Ideogram4NativeTextEncode"], ids["Ideogram4NativeVAEEncode"]
     ks = prompt[ids["Ideogram4NativeKSampler"]]["inputs"]
-    prompt.update({
-        "500": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": ks["seed"]}},
-        "501": {"class_type": "Ideogram4NativeGuider", "inputs": {
-            "model": [model, 0], "unconditional_model": [model, 1], "positive": [te, 0], "preset": "V4_TURBO_12",
-            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
-        "502": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
-        "503": {"class_type": "Ideogram4NativeSigmas", "inputs": {
-            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
-            "denoise": ks["denoise"], "latent": [enc, 0]}},
-        "504": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["500", 0], "guider": ["501", 0], "sampler": ["502", 0], "sigmas": ["503", 0],
-            "latent_image": [enc, 0]}},
-    })
+    prompt.update(custom_advanced(500, model, te, [enc, 0], seed=ks["seed"], denoise=ks["denoise"]))
     save_latent(prompt, ["504", 0], "505")
     save_latent(prompt, [ids["Ideogram4NativeKSampler"], 0], "506")
     entry = comfy_server.run(prompt)
@@ -269,18 +274,7 @@ def test_sampler_custom_advanced_with_set_latent_noise_mask_keeps_the_region(com
                             ids["Ideogram4NativeVAEEncode"], ids["LoadImage"])
     prompt.update({
         "800": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": [enc, 0], "mask": [load, 1]}},
-        "801": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 5}},
-        "802": {"class_type": "Ideogram4NativeGuider", "inputs": {
-            "model": [model, 0], "unconditional_model": [model, 1], "positive": [te, 0], "preset": "V4_TURBO_12",
-            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
-        "803": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
-        "804": {"class_type": "Ideogram4NativeSigmas", "inputs": {
-            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
-            "denoise": 1.0, "latent": [enc, 0]}},
-        "805": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["801", 0], "guider": ["802", 0], "sampler": ["803", 0], "sigmas": ["804", 0],
-            "latent_image": ["800", 0]}},
-    })
+        **custom_advanced(801, model, te, ["800", 0], seed=5, denoise=1.0)})
     save_latent(prompt, ["805", 0], "806")
     save_latent(prompt, [enc, 0], "807")
     entry = comfy_server.run(prompt)
