@@ -10,7 +10,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sampling import FIT_MODES
-from .latent_nodes import core_bn_stats
+from .latent_nodes import TILE_CHOICES, core_bn_stats
 from .loader_nodes import Vae
 from .sampler_nodes import LATENT_SPACE_KEY
 
@@ -67,6 +67,10 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
                                        "error: refuse other sizes; crop: centre-crop to a multiple of 16 (≤ 2048); "
                                        "resize: scale into 256–2048 keeping the aspect ratio, sides rounded to 16."),
                 *_mask_inputs(),
+                io.Combo.Input("tiling", options=list(TILE_CHOICES), default="auto",
+                               tooltip="auto: tile only when the untiled encode does not fit in free memory. off: never "
+                                       "tile. A number: tile edge in latent pixels (×8 image pixels). Tiles are exact "
+                                       "(global GroupNorm statistics), as in Ideogram4 VAE Decode."),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent",
@@ -77,7 +81,8 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, vae, size: str, mask=None, mask_grow: int = 0, mask_feather: int = 0) -> io.NodeOutput:
+    def execute(cls, image, vae, size: str, mask=None, mask_grow: int = 0, mask_feather: int = 0,
+                tiling: str = "auto") -> io.NodeOutput:
         from ..model.vae.encoder import fit_pixels
         from ..sampling import fit_size
         from .host.comfy_vae import encode
@@ -87,7 +92,7 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
         b, h, w = int(image.shape[0]), int(image.shape[1]), int(image.shape[2])
         width, height = fit_size(w, h, size, what="image")
         pixels = fit_pixels(image[..., :3].permute(0, 3, 1, 2), width, height, size).permute(0, 2, 3, 1)
-        samples, info = encode(vae, pixels)
+        samples, info = encode(vae, pixels, tile_mode=tiling)
         lines = [info]
         if (width, height) != (w, h):
             lines.insert(0, f"{size}: {w}×{h} → {width}×{height} px")

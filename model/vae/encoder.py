@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import GN_EPS, GROUPS, MidBlock, ResnetBlock, VAEOps, VAEPart, swish
+from typing import Optional
+
+from .decoder import GN_EPS, GROUPS, MidBlock, ResnetBlock, VAEOps, VAEPart, _global_group_stats, _group_norm_with_stats, swish
 from .latents import normalise, patchify
 
 #: image pixels per latent pixel of the FLUX.2 VAE (three stride-2 downsamples)
@@ -112,6 +114,79 @@ class Flux2VAEEncoder(VAEPart):
         h = self.conv_out(swish(self.norm_out(h)))
         return self.quant_conv(h)
 
+    # ------------------------------------------------------------------ tiling
+    def tile_halo(self) -> int:
+        """Image pixels of context a tile needs so that its core is exact through the tiled levels (all but the
+        lowest): conv_in, 2 convs per ResnetBlock and the stride-2 downsample, each at its level's scale; rounded
+        up to a multiple of the total downscale (so tiles stay aligned with every stride)."""
+        cfg = self.cfg
+        total = 1  # conv_in
+        for i in range(cfg.num_levels - 1):
+            s = 2 ** i
+            total += 2 * cfg.blocks_per_level * s + 2 * s  # res convs, downsample (3×3, stride 2, pad right)
+        d = cfg.downscale
+        return -(-total // d) * d
+
+    @torch.no_grad()
+    def forward_tiled(self, x: torch.Tensor, *, tile: int = 512,
+                      offload_device: Optional[torch.device | str] = None) -> torch.Tensor:
+        """Exact tiled :meth:`forward` (the decoder's strategy, :meth:`Flux2VAEDecoder.decode_tiled`): every level
+        but the lowest runs on non-overlapping ``tile``×``tile`` image-pixel cores with :meth:`tile_halo` pixels of
+        context, in lock step, with every GroupNorm's statistics accumulated over all cores (float64); the
+        lowest level, the mid block (global attention) and the output convs run on the whole 1/8-resolution map.
+        Parked tiles live on ``offload_device`` (default: the CPU when encoding on an accelerator)."""
+        cfg = self.cfg
+        d = cfg.downscale
+        if tile % d:
+            raise ValueError(f"encoder tile = {tile} must be a multiple of {d} image pixels")
+        dev = x.device
+        store = torch.device(offload_device) if offload_device is not None else (
+            torch.device("cpu") if dev.type != "cpu" else dev)
+        dt = self.dtype
+        H, W = x.shape[-2:]
+        halo = self.tile_halo()
+        boxes = []  # (core inside the tile at full resolution, core in the image)
+        xs = []
+        for y0 in range(0, H, tile):
+            for x0 in range(0, W, tile):
+                y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+                ey0, ey1, ex0, ex1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
+                boxes.append(((y0 - ey0, y1 - ey0, x0 - ex0, x1 - ex0), (y0, y1, x0, x1)))
+                xs.append(x[..., ey0:ey1, ex0:ex1].to(store))
+        scale = 1
+
+        def cores():
+            return [tuple(v // scale for v in core) for core, _ in boxes]
+
+        def run(fn, ts):
+            return [fn(t.to(dev)).to(store) for t in ts]
+
+        def gn(module, ts):
+            mean, rstd = _global_group_stats(ts, cores(), dev)
+            return lambda t: _group_norm_with_stats(t, mean, rstd, module, dt)
+
+        xs = run(self.conv_in, xs)
+        for i in range(cfg.num_levels - 1):
+            for block in self.down[i].block:
+                n1 = gn(block.norm1, xs)
+                hs = run(lambda t: block.conv1(swish(n1(t))), xs)
+                n2 = gn(block.norm2, hs)
+                hs = run(lambda t: block.conv2(swish(n2(t))), hs)
+                xs = [(block.shortcut(t.to(dev)) + hh.to(dev)).to(store) for t, hh in zip(xs, hs)]
+                del hs
+            xs = run(self.down[i].downsample, xs)
+            scale *= 2
+        h = torch.empty(x.shape[0], xs[0].shape[1], H // scale, W // scale, dtype=dt, device=dev)
+        for t, (core, dest) in zip(xs, boxes):
+            cy0, cy1, cx0, cx1 = (v // scale for v in core)
+            gy0, gy1, gx0, gx1 = (v // scale for v in dest)
+            h[..., gy0:gy1, gx0:gx1] = t[..., cy0:cy1, cx0:cx1].to(dev)
+        del xs
+        for block in self.down[cfg.num_levels - 1].block:
+            h = block(h)
+        h = self.mid(h)
+        return self.quant_conv(self.conv_out(swish(self.norm_out(h))))
+
     # ------------------------------------------------------------------ encode
     def check_image(self, images: torch.Tensor) -> None:
         m = self.cfg.downscale * 2
@@ -120,18 +195,19 @@ class Flux2VAEEncoder(VAEPart):
                              f"{tuple(images.shape)}")
 
     @torch.no_grad()
-    def encode_mean(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_mean(self, images: torch.Tensor, *, tile: Optional[int] = None) -> torch.Tensor:
         """(B, 3, H, W) in [−1, 1] → posterior mean (B, z, H/8, W/8) float32 (the input is cast to the encoder's
-        dtype, as REF ``encoder(images.to(dtype))``)."""
+        dtype, as REF ``encoder(images.to(dtype))``).  ``tile``: image pixels per tile (:meth:`forward_tiled`)."""
         self.check_image(images)
-        moments = self(images.to(device=self.device, dtype=self.dtype))
+        x = images.to(device=self.device, dtype=self.dtype)
+        moments = self.forward_tiled(x, tile=tile) if tile is not None and tile < max(x.shape[-2:]) else self(x)
         return moments[:, : self.cfg.z_channels].float()
 
     @torch.no_grad()
-    def encode_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def encode_tokens(self, images: torch.Tensor, *, tile: Optional[int] = None) -> tuple[torch.Tensor, int, int]:
         """(B, 3, H, W) in [−1, 1] → ((B, N, 128) model-space tokens float32, gh, gw): REF
         ``encode_image_tokens`` (mean, patchify, ``(tokens − shift) / scale``)."""
-        tokens, gh, gw = patchify(self.encode_mean(images))
+        tokens, gh, gw = patchify(self.encode_mean(images, tile=tile))
         return normalise(tokens), gh, gw
 
 

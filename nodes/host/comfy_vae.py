@@ -148,23 +148,46 @@ def encode_bytes_per_pixel(encoder: Flux2VAEEncoder) -> int:
     return 6 * encoder.cfg.block_channels[0] * act + 12
 
 
-def encode(patcher, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+def plan_encode(encoder: Flux2VAEEncoder, height: int, width: int, available: int) -> tuple[Optional[int], int]:
+    """(tile edge in image pixels or None, bytes an untiled encode of one image needs)."""
+    per_px = encode_bytes_per_pixel(encoder)
+    need = int(height * width * per_px * 1.25)
+    if need <= available:
+        return None, need
+    halo, step = encoder.tile_halo(), 8 * encoder.cfg.downscale
+    tile = step
+    while tile + step < max(height, width) and (tile + step + 2 * halo) ** 2 * per_px * 1.25 <= available:
+        tile += step
+    return tile, need
+
+
+def encode(patcher, images: torch.Tensor, *, tile_mode: str = "auto") -> tuple[torch.Tensor, str]:
     """ComfyUI IMAGE (B, H, W, 3) in [0, 1], H and W multiples of 16 → (model-space latent (B, 128, H/16, W/16)
-    float32 on the intermediate device, info text).  Batches are encoded one image at a time when the whole
-    batch does not fit in free memory."""
+    float32 on the intermediate device, info text).  ``tile_mode``: ``auto`` (tile only when one image does not fit
+    in free memory; batches are split to fit), ``off``, or a tile edge in latent pixels (×8 image pixels)."""
     enc_patcher = encoder_patcher_of(patcher)
     encoder = enc_patcher.model.encoder
     mm.load_models_gpu([enc_patcher], force_full_load=True)
     device = enc_patcher.load_device
     b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
     available = int(mm.get_free_memory(device))
-    per_image = h * w * encode_bytes_per_pixel(encoder)
-    chunk = max(1, min(b, available // max(1, per_image)))
+    if not mm.is_device_cpu(device):
+        available -= int(mm.extra_reserved_memory())
+    available = max(0, available)
+    auto_tile, per_image = plan_encode(encoder, h, w, available)
+    if tile_mode == "auto":
+        tile = auto_tile
+    elif tile_mode == "off":
+        tile = None
+    else:
+        tile = 8 * int(tile_mode)  # latent pixels → image pixels
+    chunk = 1 if tile else max(1, min(b, available // max(1, per_image)))
     outs = []
     for i in range(0, b, chunk):
         x = from_unit_float(images[i:i + chunk]).to(device)
-        tokens, gh, gw = encoder.encode_tokens(x)
+        tokens, gh, gw = encoder.encode_tokens(x, tile=tile)
         outs.append(lat.tokens_to_comfy(tokens, gh, gw).to(mm.intermediate_device()))
-    info = (f"encoded {b}×{w}×{h} on {device} in {len(outs)} pass(es) (≈{mp.gib(per_image)} per image, "
+    how = f"tiled ({tile}×{tile} px)" if tile else "untiled"
+    info = (f"encoded {b}×{w}×{h} {how} on {device} in {len(outs)} pass(es) (untiled ≈{mp.gib(per_image)} per image, "
             f"{mp.gib(available)} free), {encoder.checkpoint_format}, {str(encoder.dtype).replace('torch.', '')}")
     return torch.cat(outs, 0), info
