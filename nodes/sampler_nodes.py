@@ -90,7 +90,7 @@ def size_from_latent(latent: dict) -> tuple[int, int, int]:
 
 
 def _denoise_input() -> io.Float.Input:
-    return io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, round=0.001,
+    return io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
                           tooltip="1 = text-to-image from pure noise (the latent's content is not used unless it has "
                                   "a noise_mask). < 1 = img2img: ComfyUI's KSampler convention — the schedule for "
                                   "int(steps / denoise) steps, its last steps run, starting from t·x0 + (1 − t)·noise "
