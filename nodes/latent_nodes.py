@@ -58,6 +58,17 @@ def aspect_size(choice: str, width: int, height: int) -> tuple[int, int]:
     return w, h
 
 
+def core_bn_stats(vae):
+    """(running_mean, running_var, eps) of a core FLUX.2 ``VAE`` (Load VAE); a ``ValueError`` for other VAEs."""
+    from ..model.vae import latents as lat
+
+    bn = getattr(getattr(vae, "first_stage_model", None), "bn", None)
+    if bn is None or getattr(bn, "running_mean", None) is None:
+        raise ValueError("vae has no BatchNorm latent statistics; it is not a FLUX.2 VAE (load flux2-vae.safetensors "
+                         "with Load VAE)")
+    return bn.running_mean, bn.running_var, float(getattr(vae.first_stage_model, "bn_eps", getattr(bn, "eps", lat.BN_EPS)))
+
+
 class Ideogram4NativeEmptyLatent(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -162,12 +173,8 @@ class Ideogram4NativeLatentToFlux2VAE(io.ComfyNode):
 
         if samples.get(LATENT_SPACE_KEY) == "flux2_vae":
             raise ValueError("this latent is already converted to the Flux2 VAE space")
-        bn = getattr(getattr(vae, "first_stage_model", None), "bn", None)
-        if bn is None or getattr(bn, "running_mean", None) is None:
-            raise ValueError("this VAE has no BatchNorm latent statistics; it is not a FLUX.2 VAE "
-                             "(load flux2-vae.safetensors)")
-        eps = float(getattr(vae.first_stage_model, "bn_eps", getattr(bn, "eps", lat.BN_EPS)))
-        z = lat.ref_to_bn_space(samples["samples"], bn.running_mean, bn.running_var, eps=eps)
+        mean, var, eps = core_bn_stats(vae)
+        z = lat.ref_to_bn_space(samples["samples"], mean, var, eps=eps)
         out = dict(samples)
         out["samples"] = z
         out[LATENT_SPACE_KEY] = "flux2_vae"

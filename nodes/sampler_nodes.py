@@ -79,7 +79,12 @@ def validation_message(node: str, width, height):
 
 
 def size_from_latent(latent: dict) -> tuple[int, int, int]:
-    b, gh, gw = lat.comfy_grid(latent["samples"], hint="use Ideogram4 Empty Latent")
+    if latent.get(LATENT_SPACE_KEY) == "flux2_vae":
+        raise ValueError("latent was converted for core VAEDecode (Ideogram4 Latent To Flux2 VAE); connect the "
+                         "Ideogram 4 latent itself (core VAEEncode output: use Ideogram4 Flux2 VAE To Latent)")
+    b, gh, gw = lat.comfy_grid(latent["samples"], "latent",
+                               hint="a latent from another model family? use Ideogram4 Empty Latent, Ideogram4 VAE "
+                                    "Encode or Ideogram4 Flux2 VAE To Latent")
     return b, gw * 16, gh * 16
 
 
@@ -91,6 +96,22 @@ NO_LATENT = object()
 def size_note(width: int, height: int, batch: int | None, unused: str) -> str:
     return f"size {width}×{height}" + (f", batch {batch}" if batch is not None else "") + \
         f" from the latent ({unused} widgets not used)"
+
+
+def _denoise_input() -> io.Float.Input:
+    return io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, round=0.001, optional=True,
+                          tooltip="1 = text-to-image from pure noise (the latent's content is not used unless it has "
+                                  "a noise_mask). < 1 = img2img: ComfyUI's KSampler convention — the schedule for "
+                                  "int(steps / denoise) steps, its last steps run, starting from t·x0 + (1 − t)·noise "
+                                  "with the seeded noise; needs a latent (Ideogram4 VAE Encode).")
+
+
+def check_denoise(node: str, denoise: float, latent: dict | None) -> None:
+    if not 0.0 < float(denoise) <= 1.0:
+        raise ValueError(f"{node}: denoise = {denoise} is outside the allowed range (0, 1] (0 would run no step)")
+    if float(denoise) < 1.0 and latent is None:
+        raise ValueError(f"{node}: denoise = {denoise} < 1 is img2img and needs a latent to start from "
+                         "(connect Ideogram4 VAE Encode to 'latent'), or set denoise to 1")
 
 
 class Ideogram4NativeKSampler(io.ComfyNode):
@@ -118,9 +139,11 @@ class Ideogram4NativeKSampler(io.ComfyNode):
                                      "reference's batch)."),
                 *_schedule_inputs(),
                 *_guidance_inputs(),
+                _denoise_input(),
                 io.Latent.Input("latent", optional=True,
-                                tooltip="Optional: only its size and batch are used (Ideogram 4 has no img2img); "
-                                        "e.g. from Ideogram4 Empty Latent."),
+                                tooltip="Optional: its size and batch are used; its content only for denoise < 1 "
+                                        "(img2img) or with a noise_mask (inpainting: Ideogram4 VAE Encode with a mask, "
+                                        "or SetLatentNoiseMask). E.g. Ideogram4 Empty Latent / VAE Encode."),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent",
                                       tooltip="(B, 128, H/16, W/16) latent in the model's normalised space.")],
@@ -135,7 +158,8 @@ class Ideogram4NativeKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, unconditional_model, positive, seed: int, preset: str, width: int, height: int,
                 batch_size: int, steps: int, mu: float, std: float, guidance: float, polish_steps: int,
-                polish_guidance: float, guidance_schedule: str, latent: dict | None = None) -> io.NodeOutput:
+                polish_guidance: float, guidance_schedule: str, denoise: float = 1.0,
+                latent: dict | None = None) -> io.NodeOutput:
         import torch
 
         from .host.comfy_model import require_ideogram4
@@ -144,18 +168,27 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         require_ideogram4(model, "model")
         if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
             require_ideogram4(unconditional_model, "unconditional_model")
+        check_denoise("Ideogram4 KSampler", denoise, latent)
         notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS)] if n]
+        init = mask = None
         if latent is not None:
             batch_size, width, height = size_from_latent(latent)
             notes.append(size_note(width, height, batch_size, "width/height/batch_size"))
-            if bool(torch.count_nonzero(latent["samples"])):
-                notes.append("note: the input latent is not empty; only its size is used (no img2img)")
+            mask = latent.get("noise_mask")
+            if denoise < 1.0 or mask is not None:
+                init = latent["samples"]
+                notes.append(f"img2img: denoise {denoise:g}" + (" with the latent's noise_mask (inpainting)"
+                                                                 if mask is not None else ""))
+            elif bool(torch.count_nonzero(latent["samples"])):
+                notes.append("note: the input latent is not empty but denoise = 1 and no noise_mask: only its size "
+                             "is used (set denoise < 1 for img2img)")
         check_size("Ideogram4 KSampler", width, height)
         settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=guidance,
                                         polish_steps=polish_steps, polish_guidance=polish_guidance,
                                         guidance_schedule=guidance_schedule)
         samples, info = run_reference_sampler(model, unconditional_model, positive, settings, width=width,
-                                              height=height, batch=batch_size, seed=seed)
+                                              height=height, batch=batch_size, seed=seed, denoise=denoise,
+                                              init_latent=init, noise_mask=mask)
         text = "\n".join([describe_settings(settings), f"seed {seed}"] + notes + info)
         return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, ui={"text": [text]})
 
@@ -173,6 +206,7 @@ class Ideogram4NativeSigmas(io.ComfyNode):
                 _preset_input(),
                 *_size_inputs("Used when no latent is connected. "),
                 *_schedule_inputs(),
+                _denoise_input(),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: take width/height from this latent."),
             ],
             outputs=[io.Sigmas.Output("sigmas", display_name="sigmas", tooltip="steps + 1 values.")],
@@ -185,10 +219,12 @@ class Ideogram4NativeSigmas(io.ComfyNode):
         return validation_message("Ideogram4 Sigmas", width, height)
 
     @classmethod
-    def execute(cls, preset: str, width: int, height: int, steps: int, mu: float, std: float,
+    def execute(cls, preset: str, width: int, height: int, steps: int, mu: float, std: float, denoise: float = 1.0,
                 latent: dict | None = None) -> io.NodeOutput:
         from .host.comfy_sampling import make_sigmas
 
+        if not 0.0 < float(denoise) <= 1.0:
+            raise ValueError(f"Ideogram4 Sigmas: denoise = {denoise} is outside the allowed range (0, 1]")
         notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS)] if n]
         if latent is not None:
             _, width, height = size_from_latent(latent)
@@ -196,8 +232,10 @@ class Ideogram4NativeSigmas(io.ComfyNode):
         check_size("Ideogram4 Sigmas", width, height)
         settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=7.0, polish_steps=0,
                                         polish_guidance=3.0)
-        sigmas = make_sigmas(settings, width, height)
-        text = "\n".join([f"{settings.steps} steps at {width}×{height}: σ " + ", ".join(f"{v:.6f}" for v in sigmas.tolist())]
+        sigmas = make_sigmas(settings, width, height, denoise)
+        head = (f"denoise {denoise:g}: last {settings.steps} of {int(settings.steps / denoise)} steps; " if denoise < 1
+                else "")
+        text = "\n".join([head + f"{settings.steps} steps at {width}×{height}: σ " + ", ".join(f"{v:.6f}" for v in sigmas.tolist())]
                          + notes)
         return io.NodeOutput(sigmas, ui={"text": [text]})
 

@@ -4,6 +4,13 @@
     for i = N−1 … 0:  t = T(u_{i+1}), s = T(u_i)
         v = g_i · Cond(z, t, text) + (1 − g_i) · Uncond(z, t)     (image-only unconditional pass)
         z ← z + v · (s − t)
+
+img2img / inpainting (``denoise`` d < 1, ``init_latent`` x₀, ``mask``), ComfyUI's KSampler convention:
+the schedule is computed for M = int(N / d) steps and its last N steps are run (d = 1: M = N, the loop
+above unchanged).  d < 1 starts from z = t·x₀ + (1 − t)·ε at the first time run (ε: the same seeded
+draw).  With a mask m (1 = regenerate), the kept region is the exactly noised input,
+z ← m·z + (1 − m)·(s·x₀ + (1 − s)·ε) after every step (and before the first), and x₀ itself after
+the last one — what ComfyUI's ``KSamplerX0Inpaint`` gives for a binary mask.
 """
 
 from __future__ import annotations
@@ -18,6 +25,15 @@ from .schedule import time_grid
 
 LATENT_CHANNELS = 128
 Callback = Callable[[int, int, torch.Tensor], None]
+
+
+def schedule_steps(steps: int, denoise: float) -> int:
+    """M = int(steps / denoise): the length of the schedule whose last ``steps`` steps are run (ComfyUI KSampler)."""
+    d = float(denoise)
+    if not 0.0 < d <= 1.0:
+        raise ValueError(f"denoise = {denoise!r} is outside the allowed range (0, 1] (1 = from pure noise; "
+                         "0 would run no step)")
+    return max(int(steps), int(steps / d))
 
 
 def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -43,13 +59,18 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
            std: Optional[float] = None, guidance: float | Sequence[float] | None = None,
            settings: Optional[SamplerSettings] = None, seed: int = 0,
            text_lengths: Optional[Sequence[int]] = None, callback: Optional[Callback] = None,
-           noise: Optional[torch.Tensor] = None, device: Optional[torch.device | str] = None) -> torch.Tensor:
+           noise: Optional[torch.Tensor] = None, device: Optional[torch.device | str] = None,
+           denoise: float = 1.0, init_latent: Optional[torch.Tensor] = None,
+           mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample latents (B, N, 128) float32 in the model's normalised token space.
 
     ``preset`` ∈ PRESETS, or custom ``steps``/``mu``/``std``/``guidance`` (constant or one value per
     step in sampling order), or a ready ``settings``.  ``callback(step, total, z)`` runs after each
     step (progress, previews, interruption: raise from it to stop).  ``uncond_model=None`` (a CFG-distilled
     single-branch checkpoint) runs the conditional pass only and requires guidance 1 at every step.
+
+    ``denoise`` < 1 needs ``init_latent`` (B, N, 128) model-space tokens; ``mask`` (B or 1, N, 1) in [0, 1]
+    (1 = regenerate, see :mod:`sampling.masks`) needs it too.  See the module docstring.
     """
     if settings is None:
         settings = resolve_settings(preset, steps=steps, mu=mu, std=std, guidance=guidance)
@@ -62,12 +83,15 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
         if tuple(noise.shape) != (batch, grid_h * grid_w, LATENT_CHANNELS):
             raise ValueError(f"noise must be {(batch, grid_h * grid_w, LATENT_CHANNELS)}, got {tuple(noise.shape)}")
         z = noise.to(device=device, dtype=torch.float32)
-    ts = time_grid(settings.steps, settings.mu, settings.std, width, height).tolist()
+    n = settings.steps
+    ts = time_grid(schedule_steps(n, denoise), settings.mu, settings.std, width, height).tolist()
     if uncond_model is None:
         require_single_branch(settings.loop_order_guidance[::-1])
     gw = torch.tensor(settings.loop_order_guidance, dtype=torch.float32, device=device)
     text_features = text_features.to(device)
-    n = settings.steps
+    keep = _Inpaint.make(z, init_latent, mask, denoise, device)
+    if keep is not None:
+        z = keep.start(z, ts[n])
     for k, i in enumerate(range(n - 1, -1, -1)):
         t_val, s_val = ts[i + 1], ts[i]
         t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
@@ -79,6 +103,47 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
             g = gw[i]
             v = g * v_pos + (1.0 - g) * v_neg
         z = z + v * (s_val - t_val)
+        if keep is not None:
+            z = keep.blend(z, s_val if i > 0 else None)  # no-op without a mask
         if callback is not None:
             callback(k, n, z)
     return z
+
+
+class _Inpaint:
+    """The img2img start and the per-step mask blend of :func:`sample` (noise ε = the loop's own draw)."""
+
+    def __init__(self, x0: torch.Tensor, noise: torch.Tensor, mask: Optional[torch.Tensor], img2img: bool):
+        self.x0, self.noise, self.mask, self.img2img = x0, noise, mask, img2img
+
+    @classmethod
+    def make(cls, noise, init_latent, mask, denoise, device) -> Optional["_Inpaint"]:
+        img2img = float(denoise) < 1.0
+        if not img2img and mask is None:
+            return None  # text-to-image: the input latent's content is not used (reference loop unchanged)
+        if init_latent is None:
+            raise ValueError("denoise < 1 and masks need the input latent (init_latent) to start from")
+        if tuple(init_latent.shape) != tuple(noise.shape):
+            raise ValueError(f"init_latent must be {tuple(noise.shape)}, got {tuple(init_latent.shape)}")
+        x0 = init_latent.to(device=device, dtype=torch.float32)
+        if mask is not None:
+            if mask.ndim != 3 or mask.shape[1:] != (noise.shape[1], 1) or mask.shape[0] not in (1, noise.shape[0]):
+                raise ValueError(f"mask must be (B or 1, {noise.shape[1]}, 1), got {tuple(mask.shape)}")
+            mask = mask.to(device=device, dtype=torch.float32)
+        return cls(x0, noise, mask, img2img)
+
+    def noised(self, t: float) -> torch.Tensor:
+        """z = t·x₀ + (1 − t)·ε (model time t: 0 = noise, 1 = clean)."""
+        return t * self.x0 + (1.0 - t) * self.noise
+
+    def start(self, z: torch.Tensor, t0: float) -> torch.Tensor:
+        if self.img2img:
+            z = self.noised(t0)
+        return z if self.mask is None else self.blend(z, t0)
+
+    def blend(self, z: torch.Tensor, s: Optional[float]) -> torch.Tensor:
+        """Put the kept region back: noised to time ``s``, or x₀ itself after the last step (``s`` None)."""
+        if self.mask is None:
+            return z
+        known = self.x0 if s is None else self.noised(s)
+        return self.mask * z + (1.0 - self.mask) * known

@@ -53,7 +53,11 @@ CORE = {
                                    Inp("sigmas", "SIGMAS"), Inp("latent_image", "LATENT")], ["LATENT", "LATENT"]),
     "VAELoader": Node([Inp("vae_name", "COMBO", opts={"options": [FILE_LIST_PREFIX + "vae>"]})], ["VAE"]),
     "VAEDecode": Node([Inp("samples", "LATENT"), Inp("vae", "VAE")], ["IMAGE"]),
+    "LoadImage": Node([Inp("image", "COMBO", opts={"options": [FILE_LIST_PREFIX + "input>"], "image_upload": True})],
+                      ["IMAGE", "MASK"]),
 }
+UPLOAD_VALUE = "image"  # the frontend stores its upload widget's value after an image_upload combo
+FILE_SUFFIXES = (".safetensors", ".sft", ".png", ".jpg", ".jpeg", ".webp")
 
 
 def from_stub(schemas: dict) -> dict[str, Node]:
@@ -105,8 +109,8 @@ def _check_value(where: str, inp: Inp, value: Any) -> list[str]:
         files = [x for x in options if isinstance(x, str) and x.startswith(FILE_LIST_PREFIX)]
         if value in options:
             return []
-        if files and isinstance(value, str) and (value.endswith((".safetensors", ".sft")) or value.endswith("/")):
-            return []  # a model-folder combo: any model file / folder name is legitimate
+        if files and isinstance(value, str) and (value.endswith(FILE_SUFFIXES) or value.endswith("/")):
+            return []  # a model/input-folder combo: any model or image file / folder name is legitimate
         return [f"{where}: {value!r} is not one of {options}"]
     problems = []
     if "min" in o and o["min"] is not None and value < o["min"]:
@@ -202,6 +206,8 @@ def check_ui(workflow: dict, schemas: dict[str, Node]) -> list[str]:
                     problems.append(f"{where}.{inp.name}: missing control_after_generate value {CONTROL_VALUES}")
                 else:
                     pos += 1
+            if inp.opts.get("image_upload") and pos < len(values) and values[pos] == UPLOAD_VALUE:
+                pos += 1
         if pos < len(values):
             problems.append(f"{where}: {len(values) - pos} extra widgets_values {values[pos:]}")
         # sockets
@@ -256,6 +262,8 @@ def ui_to_api(workflow: dict, schemas: dict[str, Node]) -> dict:
             if pos < len(values):
                 inputs[inp.name] = values[pos]
             pos += 2 if inp.opts.get("control_after_generate") else 1
+            if inp.opts.get("image_upload") and pos < len(values) and values[pos] == UPLOAD_VALUE:
+                pos += 1
         for entry in node.get("inputs", []):
             if entry.get("link") is not None:
                 l = links[entry["link"]]

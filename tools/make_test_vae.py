@@ -57,8 +57,14 @@ def _mid_shapes(p: str, c: int) -> dict[str, tuple[int, ...]]:
     return s
 
 
-def core_vae_problem(cfg: VAEDecoderConfig, with_encoder: bool, encoder_ch: int = CORE_ENCODER_CH) -> str | None:
+def _encoder_ch(cfg: VAEDecoderConfig, encoder_ch: Optional[int]) -> int:
+    """The encoder's base channels: ``encoder_ch``, or the decoder's own when None."""
+    return cfg.block_channels[0] // cfg.ch_mult[0] if encoder_ch is None else encoder_ch
+
+
+def core_vae_problem(cfg: VAEDecoderConfig, with_encoder: bool, encoder_ch: Optional[int] = None) -> str | None:
     """Why core ComfyUI's ``comfy.sd.VAE`` cannot load such a file, or None when it can."""
+    encoder_ch = _encoder_ch(cfg, encoder_ch)
     if cfg.ch_mult != CORE_CH_MULT or cfg.blocks_per_level != CORE_NUM_RES_BLOCKS + 1:
         return (f"core ComfyUI assumes ch_mult {CORE_CH_MULT} and {CORE_NUM_RES_BLOCKS + 1} decoder blocks per "
                 f"level (this file: ch_mult {cfg.ch_mult}, {cfg.blocks_per_level} blocks)")
@@ -70,14 +76,15 @@ def core_vae_problem(cfg: VAEDecoderConfig, with_encoder: bool, encoder_ch: int 
 
 
 def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False,
-               encoder_ch: int = CORE_ENCODER_CH) -> dict[str, tuple[int, ...]]:
+               encoder_ch: Optional[int] = None) -> dict[str, tuple[int, ...]]:
     """Every tensor of a BFL-named FLUX.2 VAE file (REF ``AutoEncoder`` names, minus ``bn``).
 
-    The encoder (``with_encoder``) has ``encoder_ch`` base channels and the decoder's multipliers."""
+    The encoder (``with_encoder``) has ``encoder_ch`` base channels (default: the decoder's; core ComfyUI
+    always builds a ch-128 encoder) and the decoder's multipliers."""
     z, chans = cfg.z_channels, cfg.block_channels
     s: dict[str, tuple[int, ...]] = {}
     if with_encoder:
-        enc = tuple(encoder_ch * m for m in cfg.ch_mult)
+        enc = tuple(_encoder_ch(cfg, encoder_ch) * m for m in cfg.ch_mult)
         enc_blocks = cfg.blocks_per_level - 1
         s.update({"encoder.conv_in.weight": (enc[0], 3, 3, 3), "encoder.conv_in.bias": (enc[0],)})
         cin = enc[0]
@@ -109,7 +116,7 @@ def bfl_shapes(cfg: VAEDecoderConfig, with_encoder: bool = False,
 
 
 def random_vae_state_dict(cfg: VAEDecoderConfig, seed: int = 0, *, with_encoder: bool = False,
-                          with_bn: bool = True, encoder_ch: int = CORE_ENCODER_CH) -> dict[str, torch.Tensor]:
+                          with_bn: bool = True, encoder_ch: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Seeded float32 weights in BFL naming (``decoder.*``, ``decoder.post_quant_conv.*``, ``bn.*``,
     optionally ``encoder.*``).  The decoder and bn values do not depend on ``with_encoder``/``with_bn``
     (the encoder has its own generator)."""
@@ -192,7 +199,7 @@ def convert(sd: dict[str, torch.Tensor], naming: str, dtype: Optional[torch.dtyp
 
 def write_vae(path: Path, naming: str = "bfl", *, cfg: Optional[VAEDecoderConfig] = None, seed: int = 0,
               with_encoder: bool = False, with_bn: bool = True, dtype: Optional[torch.dtype] = None,
-              encoder_ch: int = CORE_ENCODER_CH) -> Path:
+              encoder_ch: Optional[int] = None) -> Path:
     """Write one tiny VAE file; ``path`` may be a folder in HF layout (then ``path/vae/...``)."""
     cfg = cfg or tiny_vae_config()
     sd = random_vae_state_dict(cfg, seed, with_encoder=with_encoder, with_bn=with_bn, encoder_ch=encoder_ch)

@@ -159,7 +159,32 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class Flux2VAEDecoder(nn.Module):
+class MidBlock(nn.Module):
+    """REF's ``mid``: ResnetBlock → single-head attention → ResnetBlock (encoder and decoder alike)."""
+
+    def __init__(self, c: int, ops, **kw) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(c, c, ops, **kw)
+        self.attn_1 = AttnBlock(c, ops, **kw)
+        self.block_2 = ResnetBlock(c, c, ops, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class VAEPart(nn.Module):
+    """Common to the encoder and the decoder: compute dtype and device are those of ``conv_in``."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+
+class Flux2VAEDecoder(VAEPart):
     """FLUX.2 KL decoder incl. ``post_quant_conv``: raw latent (B, z, h, w) → image (B, 3, 8h, 8w) in [−1, 1]."""
 
     def __init__(self, cfg: VAEDecoderConfig = VAEDecoderConfig(), *, dtype=None, device=None, operations=VAEOps) -> None:
@@ -171,10 +196,7 @@ class Flux2VAEDecoder(nn.Module):
         block_in = cfg.block_channels[-1]
         self.post_quant_conv = ops.Conv2d(z, z, kernel_size=1, **kw)
         self.conv_in = ops.Conv2d(z, block_in, kernel_size=3, stride=1, padding=1, **kw)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, ops, **kw)
-        self.mid.attn_1 = AttnBlock(block_in, ops, **kw)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, ops, **kw)
+        self.mid = MidBlock(block_in, ops, **kw)
         ups: list[nn.Module] = []
         for i in reversed(range(cfg.num_levels)):
             up = nn.Module()
@@ -195,19 +217,8 @@ class Flux2VAEDecoder(nn.Module):
         self.checkpoint_format = "random init"
 
     # ------------------------------------------------------------------ basics
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
     def _mid(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(self.post_quant_conv(z))
-        h = self.mid.block_1(h)
-        h = self.mid.attn_1(h)
-        return self.mid.block_2(h)
+        return self.mid(self.conv_in(self.post_quant_conv(z)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """REF ``Decoder.forward``: (B, z, h, w) in the module dtype → (B, out, 8h, 8w) in the module dtype."""

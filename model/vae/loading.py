@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..checkpoints import CheckpointReader, describe_other_family, key_problems, open_checkpoint, set_tensor
 from .decoder import LATENT_Z, Flux2VAEDecoder, VAEDecoderConfig, VAEOps
+from .encoder import Flux2VAEEncoder, VAEEncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ class VAEFormat:
     linear_to_conv: set[str] = field(repr=False, default_factory=set)  # our names stored as 2-D linears
     bn: dict[str, str] = field(repr=False, default_factory=dict)  # running_mean/running_var -> file key
     skipped: list[str] = field(repr=False, default_factory=list)  # encoder / quant_conv / bookkeeping keys
+    #: our encoder name (``model.vae.encoder`` = BFL ``encoder.*`` without the prefix) -> file key; empty when
+    #: the file has no encoder.  These keys are also in ``skipped`` (the decoder never reads them).
+    encoder: dict[str, str] = field(repr=False, default_factory=dict)
+    encoder_linear_to_conv: set[str] = field(repr=False, default_factory=set)
+    encoder_unknown: list[str] = field(repr=False, default_factory=list)
     unknown: list[str] = field(repr=False, default_factory=list)
 
     @property
@@ -57,8 +63,8 @@ def _describe_not_vae(keys: list[str]) -> str:
     return describe_other_family(keys, (), unknown="an unknown file")
 
 
-def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
-    """``decoder.<rest>`` in diffusers naming → (our name, stored as linear)."""
+def _map_diffusers_shared(rest: str) -> Optional[tuple[str, bool]]:
+    """The parts both sides name alike (conv_in/out, conv_norm_out, mid block) → (our name, stored as linear)."""
     if rest.startswith(("conv_in.", "conv_out.")):
         return rest, False
     if rest.startswith("conv_norm_out."):
@@ -70,6 +76,14 @@ def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]
     if m:
         sub = _ATTN_DIFFUSERS[m.group(1)]
         return f"mid.attn_1.{sub}.{m.group(2)}", sub != "norm" and m.group(2) == "weight"
+    return None
+
+
+def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]:
+    """``decoder.<rest>`` in diffusers naming → (our name, stored as linear)."""
+    shared = _map_diffusers_shared(rest)
+    if shared is not None:
+        return shared
     m = re.match(r"^up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", rest)
     if m:
         level = num_up - 1 - int(m.group(1))
@@ -78,6 +92,39 @@ def _map_diffusers_decoder(rest: str, num_up: int) -> Optional[tuple[str, bool]]
     if m:
         return f"up.{num_up - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}", False
     return None
+
+
+def _map_diffusers_encoder(rest: str) -> Optional[tuple[str, bool]]:
+    """``encoder.<rest>`` in diffusers naming → (our encoder name, stored as linear)."""
+    shared = _map_diffusers_shared(rest)
+    if shared is not None:
+        return shared
+    m = re.match(r"^down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$", rest)
+    if m:
+        return f"down.{m.group(1)}.block.{m.group(2)}.{m.group(3).replace('conv_shortcut', 'nin_shortcut')}", False
+    m = re.match(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)$", rest)
+    if m:
+        return f"down.{m.group(1)}.downsample.conv.{m.group(2)}", False
+    return None
+
+
+def _add_encoder_key(fmt: VAEFormat, k: str, src: str) -> None:
+    """Record where an ``encoder.*`` / ``quant_conv.*`` tensor of the file goes in :class:`Flux2VAEEncoder`."""
+    if k.startswith(("quant_conv.", "encoder.quant_conv.")):
+        fmt.encoder["quant_conv." + k.rsplit(".", 1)[1]] = src
+        return
+    rest = k[len("encoder."):]
+    if fmt.naming == "bfl":
+        fmt.encoder[rest] = src
+        return
+    mapped = _map_diffusers_encoder(rest)
+    if mapped is None:
+        fmt.encoder_unknown.append(src)
+        return
+    name, is_linear = mapped
+    fmt.encoder[name] = src
+    if is_linear:
+        fmt.encoder_linear_to_conv.add(name)
 
 
 def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAEFormat:
@@ -105,8 +152,11 @@ def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAE
     for k, src in body.items():
         if k in ("bn.running_mean", "bn.running_var"):
             fmt.bn[k[3:]] = src
-        elif k == "bn.num_batches_tracked" or k.startswith(("encoder.", "quant_conv.")):
+        elif k == "bn.num_batches_tracked":
             fmt.skipped.append(src)
+        elif k.startswith(("encoder.", "quant_conv.")):
+            fmt.skipped.append(src)  # not read by the decoder; the encoder's map:
+            _add_encoder_key(fmt, k, src)
         elif k.startswith("post_quant_conv.") or k.startswith("decoder.post_quant_conv."):
             fmt.sources["post_quant_conv." + k.rsplit(".", 1)[1]] = src
         elif k.startswith("decoder."):
@@ -127,21 +177,30 @@ def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAE
     return fmt
 
 
-def _logical_shapes(reader: CheckpointReader, fmt: VAEFormat) -> dict[str, tuple[int, ...]]:
+def _logical_shapes(reader: CheckpointReader, sources: dict[str, str], linear_to_conv: set[str]) -> dict[str, tuple[int, ...]]:
     shapes = {}
-    for name, src in fmt.sources.items():
+    for name, src in sources.items():
         shape = reader.shape(src)
-        if name in fmt.linear_to_conv and len(shape) == 2:
+        if name in linear_to_conv and len(shape) == 2:
             shape = shape + (1, 1)
         shapes[name] = tuple(shape)
     return shapes
 
 
-def _check_keys(model: nn.Module, shapes: dict[str, tuple[int, ...]], fmt: VAEFormat, label: str) -> None:
+def _check_keys(model: nn.Module, shapes: dict[str, tuple[int, ...]], unknown: list[str], label: str, what: str) -> None:
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = key_problems(want, shapes, [k for k in shapes if k not in want] + fmt.unknown)
+    problems = key_problems(want, shapes, [k for k in shapes if k not in want] + unknown)
     if problems:
-        raise ValueError(f"{label}: not a loadable FLUX.2 VAE decoder ({fmt.description}): " + " | ".join(problems))
+        raise ValueError(f"{label}: not a loadable FLUX.2 VAE {what}: " + " | ".join(problems))
+
+
+def _assign(model: nn.Module, reader: CheckpointReader, sources: dict[str, str], linear_to_conv: set[str],
+            dtype: torch.dtype, device: torch.device) -> None:
+    for name in model.state_dict():
+        value = reader.get(sources[name])
+        if name in linear_to_conv and value.ndim == 2:
+            value = value.reshape(*value.shape, 1, 1)
+        set_tensor(model, name, value.to(dtype).contiguous().to(device))
 
 
 def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
@@ -155,7 +214,7 @@ def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", d
     """
     reader = open_checkpoint(source, "vae")
     fmt = detect_vae_format(reader.keys(), reader.label)
-    shapes = _logical_shapes(reader, fmt)
+    shapes = _logical_shapes(reader, fmt.sources, fmt.linear_to_conv)
     try:
         cfg = VAEDecoderConfig.from_shapes(shapes)
     except (KeyError, ValueError) as exc:
@@ -166,13 +225,9 @@ def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", d
         raise ValueError(f"{reader.label}: this is {what}; Ideogram 4 needs the FLUX.2 VAE ({require_z_channels} latent channels)")
     with torch.device("meta"):
         model = Flux2VAEDecoder(cfg, dtype=dtype, operations=operations)
-    _check_keys(model, shapes, fmt, reader.label)
+    _check_keys(model, shapes, fmt.unknown, reader.label, f"decoder ({fmt.description})")
     device = torch.device(device)
-    for name in model.state_dict():
-        value = reader.get(fmt.sources[name])
-        if name in fmt.linear_to_conv and value.ndim == 2:
-            value = value.reshape(*value.shape, 1, 1)
-        set_tensor(model, name, value.to(dtype).contiguous().to(device))
+    _assign(model, reader, fmt.sources, fmt.linear_to_conv, dtype, device)
     if fmt.bn:
         if set(fmt.bn) != {"running_mean", "running_var"}:
             raise ValueError(f"{reader.label}: incomplete bn statistics (has {sorted(fmt.bn)})")
@@ -184,4 +239,35 @@ def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", d
     model.eval().requires_grad_(False)
     model.checkpoint_format = fmt.description
     log.info("Loaded FLUX.2 VAE decoder from %s (%s, channels %s)", reader.label, fmt.description, cfg.block_channels)
+    return model
+
+
+def load_vae_encoder(source: str | os.PathLike, *, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.bfloat16, operations=VAEOps,
+                     require_z_channels: Optional[int] = LATENT_Z) -> Flux2VAEEncoder:
+    """Load the encoder (incl. ``quant_conv``) of a FLUX.2 VAE file/folder — same detection as :func:`load_vae`.
+
+    Built on the meta device, every tensor assigned from the file.  ``dtype`` is the compute dtype (REF
+    encodes in the pipeline dtype, bf16).  A file without encoder tensors raises ``ValueError``.
+    """
+    reader = open_checkpoint(source, "vae")
+    fmt = detect_vae_format(reader.keys(), reader.label)
+    if not fmt.encoder:
+        raise ValueError(f"{reader.label}: this FLUX.2 VAE file has no encoder (encoder.* tensors); image → latent needs "
+                         "the full VAE (flux2-vae.safetensors or the official vae/ folder)")
+    shapes = _logical_shapes(reader, fmt.encoder, fmt.encoder_linear_to_conv)
+    try:
+        cfg = VAEEncoderConfig.from_shapes(shapes)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{reader.label}: incomplete VAE encoder ({fmt.description}): {exc}") from None
+    if require_z_channels is not None and cfg.z_channels != require_z_channels:
+        raise ValueError(f"{reader.label}: the encoder has {cfg.z_channels} latent channels; Ideogram 4 needs the "
+                         f"FLUX.2 VAE ({require_z_channels})")
+    with torch.device("meta"):
+        model = Flux2VAEEncoder(cfg, dtype=dtype, operations=operations)
+    _check_keys(model, shapes, fmt.encoder_unknown, reader.label, f"encoder ({fmt.description})")
+    _assign(model, reader, fmt.encoder, fmt.encoder_linear_to_conv, dtype, torch.device(device))
+    model.eval().requires_grad_(False)
+    model.checkpoint_format = fmt.description
+    log.info("Loaded FLUX.2 VAE encoder from %s (%s, channels %s)", reader.label, fmt.description, cfg.block_channels)
     return model

@@ -39,7 +39,8 @@ import comfy.utils
 import latent_preview
 
 from ...model.vae import latents as lat
-from ...sampling import draw_noise, require_single_branch, sample, sigma_from_time, time_grid, token_grid
+from ...sampling import draw_noise, require_single_branch, sample, schedule_steps, sigma_from_time, time_grid, token_grid
+from ...sampling.masks import latent_mask
 from .comfy_model import dit_of, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .sampler_settings import GuidanceSpec
@@ -56,10 +57,12 @@ def empty_latent(batch_size: int, channels: int, gh: int, gw: int) -> torch.Tens
     return torch.zeros(batch_size, channels, gh, gw, device=mm.intermediate_device())
 
 
-def make_sigmas(settings, width: int, height: int) -> torch.Tensor:
-    """Reference σ list (descending, ends at 1 − t_max) with the exact times attached."""
-    t = time_grid(settings.steps, settings.mu, settings.std, width, height)  # ascending in loop index
-    times = t.flip(0).contiguous()  # sampling order: t_0 (≈ t_min) … t_N (= t_max)
+def make_sigmas(settings, width: int, height: int, denoise: float = 1.0) -> torch.Tensor:
+    """Reference σ list (descending, ends at 1 − t_max) with the exact times attached.  ``denoise`` < 1:
+    the last ``steps`` + 1 values of the ``int(steps / denoise)``-step schedule (ComfyUI BasicScheduler)."""
+    n = settings.steps
+    t = time_grid(schedule_steps(n, denoise), settings.mu, settings.std, width, height)  # ascending in loop index
+    times = t[: n + 1].flip(0).contiguous()  # sampling order: t_0 … t_N (= t_max)
     sig = sigma_from_time(times)
     setattr(sig, TIME_ATTR, times)
     return sig
@@ -238,6 +241,9 @@ class Ideogram4KSampler(comfy.samplers.KSAMPLER):
         model_k.noise = noise
         if latent_image is None or not bool(torch.count_nonzero(latent_image)):
             x = noise  # the reference starts from the unscaled noise
+        elif isinstance(model_wrap, Ideogram4Guider) and model_wrap._times is not None:
+            t0 = model_wrap._times[0]  # img2img: z = t·x₀ + (1 − t)·ε at the first time run (exact float32 t)
+            x = t0 * latent_image.to(noise.dtype) + (1.0 - t0) * noise
         else:  # a non-empty latent: start from the usual flow interpolation at σ₀
             x = model_wrap.inner_model.model_sampling.noise_scaling(sigmas[0], noise, latent_image,
                                                                      self.max_denoise(model_wrap, sigmas))
@@ -247,14 +253,24 @@ class Ideogram4KSampler(comfy.samplers.KSAMPLER):
             if callback is not None:
                 callback(d["i"], d["denoised"], d["x"], total_steps)
 
-        return self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
-                                     disable=disable_pbar, **self.extra_options)
+        x = self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                  disable=disable_pbar, **self.extra_options)
+        if denoise_mask is not None and latent_image is not None:
+            # the kept region is exactly the input, as core's samplers give it when they end at σ = 0 (ours ends
+            # at 1 − t_max, so the last Euler step would leave a σ_end-sized trace of noise there)
+            x = x * denoise_mask + latent_image.to(x.dtype) * (1.0 - denoise_mask)
+        return x
 
 
 # --------------------------------------------------------------------------- one-node sampler
 
-def run_reference_sampler(cond, uncond, positive, settings, *, width: int, height: int, batch: int, seed: int):
-    """Run ``sampling.sample`` on the two loaded DiTs. Returns (latent (B,128,gh,gw) float32, info lines)."""
+def run_reference_sampler(cond, uncond, positive, settings, *, width: int, height: int, batch: int, seed: int,
+                          denoise: float = 1.0, init_latent: Optional[torch.Tensor] = None,
+                          noise_mask: Optional[torch.Tensor] = None):
+    """Run ``sampling.sample`` on the two loaded DiTs. Returns (latent (B,128,gh,gw) float32, info lines).
+
+    ``init_latent`` (B, 128, gh, gw) model space and ``noise_mask`` (any size, 1 = regenerate) are used only
+    for ``denoise`` < 1 or with a mask (img2img / inpainting, ``sampling.euler``)."""
     gh, gw = token_grid(width, height)
     feats, lengths, ours = text_from_conditioning(positive)
     feats, lengths = batch_text(feats, lengths, batch)
@@ -266,10 +282,12 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     info += [plan.summary(), loaded_summary([cond, uncond], ["conditional", "unconditional"])]
     device = cond.load_device
     n = settings.steps
-    ts = time_grid(n, settings.mu, settings.std, width, height).tolist()
+    ts = time_grid(schedule_steps(n, denoise), settings.mu, settings.std, width, height).tolist()
+    init = None if init_latent is None else lat.comfy_to_tokens(init_latent.to(torch.float32)).to(device)
+    mask = None if noise_mask is None else latent_mask(noise_mask, batch, gh, gw, what="noise_mask").to(device)
     preview = latent_preview.prepare_callback(cond, n)
     noise = draw_noise(batch, gh, gw, seed, device)
-    prev = {"z": noise}
+    prev = {"z": noise if init is None or denoise >= 1.0 else ts[n] * init + (1.0 - ts[n]) * noise}  # preview only
 
     def callback(k: int, total: int, z: torch.Tensor) -> None:
         i = total - 1 - k
@@ -284,8 +302,9 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     if uncond is not None:
         uncond.pre_run()
     try:
-        z = sample(dit_of(cond), dit_of(uncond) if uncond is not None else None, feats.to(device), height=height, width=width, settings=settings,
-                   seed=seed, text_lengths=lengths, callback=callback, noise=noise, device=device)
+        z = sample(dit_of(cond), dit_of(uncond) if uncond is not None else None, feats.to(device), height=height,
+                   width=width, settings=settings, seed=seed, text_lengths=lengths, callback=callback, noise=noise,
+                   device=device, denoise=denoise, init_latent=init, mask=mask)
     finally:
         cond.cleanup()
         if uncond is not None:

@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.ops
 
 from ...model.vae import latents as lat
-from ...model.vae import Flux2VAEDecoder, load_vae
+from ...model.vae import Flux2VAEDecoder, Flux2VAEEncoder, from_unit_float, load_vae, load_vae_encoder
 from . import memory_policy as mp
 from .offload import HomePatcher
 
@@ -114,3 +114,81 @@ def decode(patcher, latent: torch.Tensor, *, tile_mode: str = "auto") -> tuple[t
     info = (f"decoded {b}×{width}×{height} {how} on {device} (untiled needs ≈{mp.gib(need)}, "
             f"{mp.gib(max(0, available))} free)")
     return images, info
+
+
+# --------------------------------------------------------------------------- encoder
+
+class EncoderHolder(torch.nn.Module):
+    """ModelPatcher target for the encoder (loaded lazily from the decoder's file on first encode)."""
+
+    def __init__(self, encoder: Flux2VAEEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def get_dtype(self):
+        return self.encoder.dtype
+
+
+def encoder_patcher_of(patcher) -> comfy.model_patcher.ModelPatcher:
+    """The encoder's ModelPatcher for an Ideogram4 VAE Loader output (same file, same compute dtype)."""
+    decoder = decoder_of(patcher)
+    enc = getattr(patcher, "ideogram4_encoder", None)
+    if enc is None:
+        info = getattr(patcher, "ideogram4_info", {})
+        offload = mm.vae_offload_device()
+        encoder = load_vae_encoder(info["source"], device=offload, dtype=decoder.dtype, operations=VAEOpsComfy)
+        enc = comfy.model_patcher.ModelPatcher(EncoderHolder(encoder), load_device=patcher.load_device,
+                                               offload_device=offload)
+        patcher.ideogram4_encoder = enc
+    return enc
+
+
+def encode_bytes_per_pixel(encoder: Flux2VAEEncoder) -> int:
+    """Peak activation bytes per input pixel of an untiled encode (the full-resolution level dominates)."""
+    act = torch.finfo(encoder.dtype).bits // 8
+    return 6 * encoder.cfg.block_channels[0] * act + 12
+
+
+def plan_encode(encoder: Flux2VAEEncoder, height: int, width: int, available: int) -> tuple[Optional[int], int]:
+    """(tile edge in image pixels or None, bytes an untiled encode of one image needs)."""
+    per_px = encode_bytes_per_pixel(encoder)
+    need = int(height * width * per_px * 1.25)
+    if need <= available:
+        return None, need
+    halo, step = encoder.tile_halo(), 8 * encoder.cfg.downscale
+    tile = step
+    while tile + step < max(height, width) and (tile + step + 2 * halo) ** 2 * per_px * 1.25 <= available:
+        tile += step
+    return tile, need
+
+
+def encode(patcher, images: torch.Tensor, *, tile_mode: str = "auto") -> tuple[torch.Tensor, str]:
+    """ComfyUI IMAGE (B, H, W, 3) in [0, 1], H and W multiples of 16 → (model-space latent (B, 128, H/16, W/16)
+    float32 on the intermediate device, info text).  ``tile_mode``: ``auto`` (tile only when one image does not fit
+    in free memory; batches are split to fit), ``off``, or a tile edge in latent pixels (×8 image pixels)."""
+    enc_patcher = encoder_patcher_of(patcher)
+    encoder = enc_patcher.model.encoder
+    mm.load_models_gpu([enc_patcher], force_full_load=True)
+    device = enc_patcher.load_device
+    b, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+    available = int(mm.get_free_memory(device))
+    if not mm.is_device_cpu(device):
+        available -= int(mm.extra_reserved_memory())
+    available = max(0, available)
+    auto_tile, per_image = plan_encode(encoder, h, w, available)
+    if tile_mode == "auto":
+        tile = auto_tile
+    elif tile_mode == "off":
+        tile = None
+    else:
+        tile = 8 * int(tile_mode)  # latent pixels → image pixels
+    chunk = 1 if tile else max(1, min(b, available // max(1, per_image)))
+    outs = []
+    for i in range(0, b, chunk):
+        x = from_unit_float(images[i:i + chunk]).to(device)
+        tokens, gh, gw = encoder.encode_tokens(x, tile=tile)
+        outs.append(lat.tokens_to_comfy(tokens, gh, gw).to(mm.intermediate_device()))
+    how = f"tiled ({tile}×{tile} px)" if tile else "untiled"
+    info = (f"encoded {b}×{w}×{h} {how} on {device} in {len(outs)} pass(es) (untiled ≈{mp.gib(per_image)} per image, "
+            f"{mp.gib(available)} free), {encoder.checkpoint_format}, {str(encoder.dtype).replace('torch.', '')}")
+    return torch.cat(outs, 0), info

@@ -66,7 +66,8 @@ def write_readme_models(models: Path) -> dict:
     write_vae(vae / "flux2-vae.safetensors", "bfl")
     import torch
 
-    write_vae(vae / "tiny_vae_with_core_encoder.safetensors", "bfl", with_encoder=True, dtype=torch.bfloat16)
+    write_vae(vae / "tiny_vae_with_core_encoder.safetensors", "bfl", with_encoder=True, dtype=torch.bfloat16,
+              encoder_ch=128)  # what core ComfyUI builds
     write_vae(vae / "tiny_vae_with_small_encoder.safetensors", "bfl", with_encoder=True, encoder_ch=32)
     return {"te": te / "qwen3vl_8b_fp8_scaled.safetensors"}
 
@@ -249,7 +250,7 @@ def _core_vae_roundtrip(vae_name: str) -> dict:
 def test_make_test_vae_with_encoder_loads_in_core_vae_loader(first_server):
     from tools.make_test_vae import core_vae_problem, tiny_vae_config
 
-    assert core_vae_problem(tiny_vae_config(), True) is None
+    assert core_vae_problem(tiny_vae_config(), True, encoder_ch=128) is None
     entry = first_server.run(_core_vae_roundtrip("tiny_vae_with_core_encoder.safetensors"))
     errs = errors_of(entry)
     assert entry["status"]["status_str"] == "success", errs and errs[0]["exception_message"]
