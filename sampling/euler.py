@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -39,7 +40,9 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
 
     ``preset`` ∈ PRESETS, or custom ``steps``/``mu``/``std``/``guidance`` (constant or one value per
     step in sampling order), or a ready ``settings``.  ``callback(step, total, z)`` runs after each
-    step (progress, previews, interruption: raise from it to stop).
+    step (progress, previews, interruption: raise from it to stop).  Models (or callables) with a
+    ``sampling_run()`` context (``Ideogram4DiT``) are run inside it: step-invariant inputs are then
+    computed once per run.
     """
     if settings is None:
         settings = resolve_settings(preset, steps=steps, mu=mu, std=std, guidance=guidance)
@@ -56,14 +59,19 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
     gw = torch.tensor(settings.loop_order_guidance, dtype=torch.float32, device=device)
     text_features = text_features.to(device)
     n = settings.steps
-    for k, i in enumerate(range(n - 1, -1, -1)):
-        t_val, s_val = ts[i + 1], ts[i]
-        t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
-        v_pos = cond_model(z, t, text_features, grid_hw=(grid_h, grid_w), text_lengths=text_lengths)
-        v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
-        g = gw[i]
-        v = g * v_pos + (1.0 - g) * v_neg
-        z = z + v * (s_val - t_val)
-        if callback is not None:
-            callback(k, n, z)
+    with contextlib.ExitStack() as stack:
+        for m in {id(cond_model): cond_model, id(uncond_model): uncond_model}.values():
+            run = getattr(m, "sampling_run", None)
+            if run is not None:
+                stack.enter_context(run())
+        for k, i in enumerate(range(n - 1, -1, -1)):
+            t_val, s_val = ts[i + 1], ts[i]
+            t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
+            v_pos = cond_model(z, t, text_features, grid_hw=(grid_h, grid_w), text_lengths=text_lengths)
+            v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
+            g = gw[i]
+            v = g * v_pos + (1.0 - g) * v_neg
+            z = z + v * (s_val - t_val)
+            if callback is not None:
+                callback(k, n, z)
     return z
