@@ -56,12 +56,21 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"
 
+    def storage(self) -> tuple[torch.Tensor, ...]:
+        """The packed tensors :meth:`decode` takes (what a streamed layer copies to the device)."""
+        if self.scheme == "nf4":
+            return self.weight, self.absmax, self.quant_map
+        return self.weight, self.weight_scale
+
+    def decode(self, storage: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype`` from :meth:`storage` tensors that are already on one device."""
+        if self.scheme == "nf4":
+            return dequantize_nf4(*storage, (self.out_features, self.in_features), dtype)
+        return dequantize_fp8(*storage, dtype)
+
     def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
         device = device or self.weight.device
-        if self.scheme == "nf4":
-            return dequantize_nf4(self.weight.to(device), self.absmax.to(device), self.quant_map.to(device),
-                                  (self.out_features, self.in_features), dtype)
-        return dequantize_fp8(self.weight.to(device), self.weight_scale.to(device), dtype)
+        return self.decode(tuple(t.to(device) for t in self.storage()), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantized_weight(x.dtype, x.device)

@@ -40,8 +40,9 @@ import latent_preview
 
 from ...model.vae import latents as lat
 from ...sampling import draw_noise, sample, sigma_from_time, time_grid, token_grid
-from .comfy_model import check_patches, dit_of, load_pair, loaded_summary, plan_pair
+from .comfy_model import check_patches, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
+from .model_call import HostModelCall
 from .sampler_settings import GuidanceSpec
 
 log = logging.getLogger("ideogram4_native")
@@ -277,7 +278,11 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     cond.pre_run()
     uncond.pre_run()
     try:
-        z = sample(dit_of(cond), dit_of(uncond), feats.to(device), height=height, width=width, settings=settings,
+        # Through ComfyUI's model call, so wrappers, object/model patches and TorchCompileModel apply.
+        models = HostModelCall(cond, 0), HostModelCall(uncond, 1)
+        for m in models:
+            m.sample_sigmas = make_sigmas(settings, width, height).to(device)
+        z = sample(*models, feats.to(device), height=height, width=width, settings=settings,
                    seed=seed, text_lengths=lengths, callback=callback, noise=noise, device=device)
     finally:
         cond.cleanup()
