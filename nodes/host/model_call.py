@@ -10,7 +10,7 @@ receives the exact float32 time (``ideogram4_time``): the numbers are those of a
 
 from __future__ import annotations
 
-import comfy.patcher_extension
+import comfy.patcher_extension as pe
 import torch
 
 from ...model.vae import latents as lat
@@ -22,6 +22,7 @@ class HostModelCall:
         self.patcher = patcher
         self.cond_or_uncond = cond_or_uncond  # ComfyUI's label: 0 = cond, 1 = uncond
         self.sample_sigmas = None
+        self._options = None
 
     @property
     def model(self):
@@ -31,13 +32,16 @@ class HostModelCall:
         return self.model.diffusion_model.sampling_run()
 
     def transformer_options(self, sigma: torch.Tensor) -> dict:
-        options = self.patcher.model_options
-        opts = comfy.patcher_extension.merge_nested_dicts({}, options.get("transformer_options", {}),
-                                                          copy_dict1=False)
-        opts.update(cond_or_uncond=[self.cond_or_uncond], sigmas=sigma)
-        if self.sample_sigmas is not None:
-            opts["sample_sigmas"] = self.sample_sigmas
-        return opts
+        """The patcher's transformer_options plus its wrappers and callbacks (as ComfyUI's sampler adds them)."""
+        if self._options is None:
+            opts = pe.copy_nested_dicts(self.patcher.model_options.get("transformer_options", {}))
+            pe.merge_nested_dicts(opts.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
+            pe.merge_nested_dicts(opts.setdefault("callbacks", {}), self.patcher.callbacks, copy_dict1=False)
+            opts["cond_or_uncond"] = [self.cond_or_uncond]
+            if self.sample_sigmas is not None:
+                opts["sample_sigmas"] = self.sample_sigmas
+            self._options = opts
+        return {**self._options, "sigmas": sigma}
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor, text_features=None, *, grid_hw, text_lengths=None):
         gh, gw = grid_hw
