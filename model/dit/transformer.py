@@ -22,7 +22,7 @@ from .config import DiTConfig
 from .constants import IMAGE_POSITION_OFFSET
 from ..checkpoints.ops import TorchOps
 from .attention import attention_ops
-from .rope import apply_rope, mrope_cos_sin
+from .rope import apply_rope_tables, mrope_cos_sin, rope_tables
 
 
 class Attention(nn.Module):
@@ -45,8 +45,8 @@ class Attention(nn.Module):
         q = self.norm_q(q).transpose(1, 2)
         k = self.norm_k(k).transpose(1, 2)
         v = v.transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q = apply_rope_tables(q, cos, sin)  # cos/sin: rope_tables (B, 1, L, D)
+        k = apply_rope_tables(k, cos, sin)
         return self.o(self.attention_fn(q, k, v, self.num_heads, attn_mask, transformer_options))
 
 
@@ -283,7 +283,7 @@ class Ideogram4DiT(nn.Module):
                 seg = torch.cat([torch.where(real, 1, -1), torch.ones(b, n, dtype=torch.long, device=device)], dim=1)
                 attn_mask = self.attention_mask_fn((seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1), cd)
         cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cd)
-        return cos.to(cd), sin.to(cd), attn_mask
+        return (*rope_tables(cos.to(cd), sin.to(cd)), attn_mask)
 
     @staticmethod
     def _lengths(text_lengths, batch: int, max_len: int) -> list[int]:
