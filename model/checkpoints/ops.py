@@ -11,33 +11,14 @@ leaves them out, so the DiT uses SDPA.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .packed_linear import QuantizedLinear
-
-_FUSED_RMS_NORM = getattr(torch.ops.aten, "_fused_rms_norm", None)
-
-
-def rms_norm(x: torch.Tensor, normalized_shape, weight, eps) -> torch.Tensor:
-    """``F.rms_norm`` as one aten op where torch has ``_fused_rms_norm`` (the same numbers, one dispatch
-    instead of eight on CPU: ``tests/test_speed_paths.py`` checks the equality)."""
-    if _FUSED_RMS_NORM is not None and weight is not None and eps is not None and not torch.is_grad_enabled():
-        return _FUSED_RMS_NORM(x, list(normalized_shape), weight, eps)[0]
-    return F.rms_norm(x, normalized_shape, weight, eps)
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (the reference's primitive) through :func:`rms_norm`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
 class TorchOps:
     Linear = nn.Linear
-    RMSNorm = RMSNorm
+    RMSNorm = nn.RMSNorm  # forward is F.rms_norm, the reference's primitive
     LayerNorm = nn.LayerNorm
     Embedding = nn.Embedding
     QuantizedLinear = QuantizedLinear

@@ -42,7 +42,6 @@ from ...model.vae import latents as lat
 from ...model.dit import load_transformer
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
-from ...model.checkpoints.ops import RMSNorm as FusedRMSNorm
 from ...sampling import sigma_from_time
 from . import comfy_attention
 from . import memory_policy as mp
@@ -127,8 +126,8 @@ class ComfyOps:
     class Linear(_EagerInit, comfy.ops.disable_weight_init.Linear):
         pass
 
-    class RMSNorm(comfy.ops.disable_weight_init.RMSNorm, FusedRMSNorm):
-        pass  # resident: our one-op rms_norm (same numbers); cast/streamed: ComfyUI's path
+    class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
+        pass
 
     class LayerNorm(comfy.ops.disable_weight_init.LayerNorm):
         pass
