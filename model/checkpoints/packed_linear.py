@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fp8 import FP8_DTYPE, dequantize_fp8
+from .fp8_matmul import fp8_linear
 from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
 
 SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4")
@@ -37,6 +38,7 @@ class QuantizedLinear(nn.Module):
         self.out_features = out_features
         self.scheme = scheme
         self.compute_dtype = dtype or torch.bfloat16
+        self.fast_fp8 = False  # opt-in fp8 tensor-core matmul (model.checkpoints.fp8_matmul), not reference-exact
         if scheme == "nf4":
             n = in_features * out_features
             self.weight = nn.Parameter(torch.empty(n // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
@@ -73,6 +75,8 @@ class QuantizedLinear(nn.Module):
         return self.decode(tuple(t.to(device) for t in self.storage()), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_fp8 and self.scheme != "nf4":
+            return fp8_linear(x, self.weight.to(x.device), self.weight_scale, self.bias)
         w = self.dequantized_weight(x.dtype, x.device)
         b = self.bias.to(device=x.device, dtype=x.dtype) if self.bias is not None else None
         return F.linear(x, w, b)
