@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_comfyui import PACKAGE, import_comfy  # noqa: E402
+from random_models import random_dit  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,8 +60,8 @@ def config(args, cfg_mod):
                              intermediate_size=inter, llm_features_dim=args.text_dim)
 
 
-def build_pair(cfg, fmt: str, seed: int = 0):
-    """(ours with ComfyOps, core's model) on the CPU with the same random weights (ours packed in ``fmt``)."""
+def build_pair(cfg, fmt: str, seed: int = 0, device="cpu"):
+    """(ours with ComfyOps, core's model — bf16 only) on ``device`` with the same random weights."""
     import torch
     import comfy.ops
     from comfy.ldm.ideogram4.model import Ideogram4Transformer2DModel
@@ -68,37 +69,9 @@ def build_pair(cfg, fmt: str, seed: int = 0):
     cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
     dit_mod = importlib.import_module(f"{PACKAGE}.model.dit")
     ck = importlib.import_module(f"{PACKAGE}.model.checkpoints")
-    g = torch.Generator().manual_seed(seed)
-    ours = dit_mod.Ideogram4DiT(cfg, dtype=torch.bfloat16, device="meta", operations=cm.ComfyOps)
-    sd = {}
-    for name, p in ours.state_dict().items():
-        if p.ndim == 1:
-            sd[name] = (1 + 0.1 * torch.randn(p.shape, generator=g)).to(torch.bfloat16) if name.endswith("weight") \
-                else (0.02 * torch.randn(p.shape, generator=g)).to(torch.bfloat16)
-        else:
-            sd[name] = (torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5).to(torch.bfloat16)
-    ours.load_state_dict(sd, assign=True)
-    if fmt != "bf16":
-        for name, module in list(ours.named_modules()):
-            if type(module) is cm.ComfyOps.Linear:
-                parent_name, _, leaf = name.rpartition(".")
-                parent = ours.get_submodule(parent_name) if parent_name else ours
-                scheme = "nf4" if fmt == "nf4" else "fp8_rowwise"
-                q = cm.ComfyQuantizedLinear(module.in_features, module.out_features, bias=module.bias is not None,
-                                            scheme=scheme, device="cpu", dtype=torch.bfloat16)
-                w = module.weight.detach()
-                if scheme == "nf4":
-                    packed, absmax = ck.quantize_nf4(w)
-                    q.weight.data, q.absmax.data = packed, absmax
-                    q.quant_map.copy_(torch.tensor(ck.NF4_CODE))
-                else:
-                    q.weight.data, q.weight_scale.data = ck.quantize_fp8_rowwise(w)
-                if module.bias is not None:
-                    q.bias.data = module.bias.detach()
-                setattr(parent, leaf, q)
-    ours.eval().requires_grad_(False)
+    ours, sd = random_dit(dit_mod.Ideogram4DiT, cfg, fmt, ck=ck, operations=cm.ComfyOps, seed=seed, device=device)
     core = None
-    if fmt == "bf16":
+    if sd is not None:
         core = Ideogram4Transformer2DModel(
             num_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
             intermediate_size=cfg.intermediate_size, adaln_dim=cfg.adaln_dim, llm_features_dim=cfg.llm_features_dim,
@@ -216,9 +189,7 @@ def main(argv=None):
     if args.ops_only:
         return out
     cfg = config(args, cfg_mod)
-    ours, core = build_pair(cfg, "bf16")
-    ours.to(device)
-    core.to(device)
+    ours, core = build_pair(cfg, "bf16", device=device)
     gh = gw = args.size // 16
     x, feats, sigma = (t.to(device) for t in inputs(cfg, args, gh, gw))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
