@@ -88,3 +88,18 @@ def test_attention_and_mask_come_from_the_operations_namespace(tiny_files, tiny_
     # the additive mask gives SDPA's bool-mask result to within bf16 rounding of the softmax
     ref = bf16_pair[0](x, torch.full((2,), 0.6), feats, grid_hw=(3, 5), text_lengths=[7, 4])
     assert torch.allclose(out, ref, rtol=0, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_torch_compile_traces_the_block_loop_as_one_graph(bf16_pair, tiny_cfg):
+    """torch._dynamo.explain: the only break is the per-run cache lookup before the blocks."""
+    cond, _ = bf16_pair
+    feats, x = _inputs(11, [7], 15, tiny_cfg.llm_features_dim)
+    torch._dynamo.reset()
+    with torch.no_grad(), cond.sampling_run():
+        cond(x, torch.tensor([0.5]), feats, grid_hw=(3, 5))
+        e = torch._dynamo.explain(cond)(x, torch.tensor([0.5]), feats, grid_hw=(3, 5))
+    torch._dynamo.reset()
+    assert e.graph_break_count == 1, [b.reason for b in e.break_reasons]
+    assert "_memo" in e.break_reasons[0].reason
+    assert all("TransformerBlock" not in str(frame) and "layer(" not in str(frame)
+               for b in e.break_reasons for frame in b.user_stack)

@@ -165,7 +165,8 @@ class Ideogram4DiT(nn.Module):
     def sampling_run(self):
         """Within this context, step-invariant inputs are computed once and reused by every forward.
 
-        Cached per run (keyed by the inputs they depend on, so a changed input is recomputed): the
+        Cached per run (keyed by the inputs they depend on, so a changed input is recomputed; one
+        lookup per forward, run eagerly under torch.compile — the block loop stays one graph): the
         text rows ``llm_cond_proj(llm_cond_norm(features))`` (keyed by the identity and version of the
         features tensor), the indicator embedding rows, the RoPE cos/sin and the attention mask.  The
         values are the ones an uncached forward computes (same ops, same order): bit-identical.
@@ -180,6 +181,7 @@ class Ideogram4DiT(nn.Module):
         finally:
             self._run_cache = None
 
+    @torch.compiler.disable  # a dict lookup keyed by tensor identity: run eagerly under torch.compile
     def _memo(self, key, build, keep=None):
         cache = self._run_cache
         if cache is None:
@@ -230,33 +232,41 @@ class Ideogram4DiT(nn.Module):
 
         h_img = self.input_proj(x.to(cd))
 
-        # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
-        # text and padding rows, row 1 by image rows.
-        emb = self._memo(("indicator", device, cd),
-                         lambda: self.embed_image_indicator(torch.arange(2, device=device)).to(cd))
         lengths = None
-        if text_features is None:
-            h = h_img + emb[1]
-            n_txt = 0
-        else:
+        if text_features is not None:
             if self.image_only:
                 raise ValueError("this DiT was loaded image_only (as the unconditional model) and has no text "
                                  "projection; pass text_features=None or load it with image_only=False")
             if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
                 raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
-            n_txt = text_features.shape[1]
-            lengths = tuple(self._lengths(text_lengths, b, n_txt))
-            key = ("text", id(text_features), text_features._version, lengths, device, cd)
-            h_txt = self._memo(key, lambda: self._text_rows(text_features, lengths, device, cd) + emb[0],
-                               keep=text_features)
+            lengths = tuple(self._lengths(text_lengths, b, text_features.shape[1]))
+        key = (None if text_features is None else (id(text_features), text_features._version), lengths, b, gh, gw,
+               device, cd)
+        emb, h_txt, cos, sin, attn_mask = self._memo(
+            key, lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd), keep=text_features)
+        if h_txt is None:
+            h = h_img + emb[1]
+            n_txt = 0
+        else:
             h = torch.cat([h_txt, h_img + emb[1]], dim=1)
+            n_txt = h_txt.shape[1]
 
-        cos, sin, attn_mask = self._memo(("positions", b, gh, gw, n_txt, lengths, device, cd),
-                                         lambda: self._positions(b, gh, gw, n_txt, lengths, device, cd))
         for layer in self.layers:
             h = layer(h, a, cos, sin, attn_mask, transformer_options)
         out = self.final_layer(h[:, n_txt:], a)
         return out.to(torch.float32)
+
+    def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd):
+        """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask."""
+        # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
+        # text and padding rows, row 1 by image rows.
+        emb = self.embed_image_indicator(torch.arange(2, device=device)).to(cd)
+        h_txt = None
+        n_txt = 0
+        if text_features is not None:
+            h_txt = self._text_rows(text_features, lengths, device, cd) + emb[0]
+            n_txt = text_features.shape[1]
+        return (emb, h_txt, *self._positions(b, gh, gw, n_txt, lengths, device, cd))
 
     def _real_rows(self, lengths, n_txt: int, device) -> torch.Tensor:
         """(B, L) bool: which text rows are real tokens (left padding is False)."""
