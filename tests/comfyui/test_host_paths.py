@@ -8,30 +8,13 @@ Skipped unless ``COMFYUI_PATH`` is set.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
-from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
+from comfy_harness import requires_comfyui, run_worker
 
 pytestmark = requires_comfyui()
 
 WORKER = r'''
-import json, sys, importlib, contextlib
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-import comfy.model_management as mm
+import contextlib
 import comfy.patcher_extension as pe
 importlib.import_module("i4pack")
 cm = importlib.import_module("i4pack.nodes.host.comfy_model")
@@ -141,20 +124,7 @@ print("RESULT " + json.dumps(res))
 
 @pytest.fixture(scope="module")
 def result():
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_parent = Path(tmp) / "pkgs"
-        pack_parent.mkdir()
-        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
-        out = Path(tmp) / "ckpt"
-        out.mkdir()
-        script = Path(tmp) / "worker.py"
-        script.write_text(WORKER)
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
-                              capture_output=True, text=True, timeout=600, cwd=tmp)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return json.loads(line[len("RESULT "):])
+    return run_worker(WORKER)
 
 
 def test_attention_goes_through_comfyui_dispatcher_and_overrides(result):

@@ -21,30 +21,13 @@ Skipped unless ``COMFYUI_PATH`` is set.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
-from comfy_harness import COMFYUI_PATH, REPO, requires_comfyui
+from comfy_harness import requires_comfyui, run_worker
 
 pytestmark = requires_comfyui()
 
 WORKER = r'''
-import json, sys, importlib, importlib.util
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-import comfy.model_management as mm
+import importlib.util
 import comfy.memory_management
 pack = importlib.import_module("i4pack")
 cm = importlib.import_module("i4pack.nodes.host.comfy_model")
@@ -148,20 +131,7 @@ print("RESULT " + json.dumps(res))
 
 @pytest.fixture(scope="module")
 def worker_result():
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_parent = Path(tmp) / "pkgs"
-        pack_parent.mkdir()
-        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
-        out = Path(tmp) / "ckpt"
-        out.mkdir()
-        script = Path(tmp) / "worker.py"
-        script.write_text(WORKER)
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
-                              capture_output=True, text=True, timeout=600, cwd=tmp)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return json.loads(line[len("RESULT "):])
+    return run_worker(WORKER)
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "bf16", "diffusers", "fp8", "comfy_fp8_scaled", "nf4"])
