@@ -7,7 +7,10 @@ Prints, for one conditional + one unconditional (image-only) forward:
 * ours with core's attention kernel for this device forced through a per-model attention override
   (``transformer_options["optimized_attention_override"]``, what attention-patch nodes do) — on the CPU
   ComfyUI's default is its sub-quadratic kernel, which is not the reference's SDPA;
-* the max |ours − core| of the velocities (core rounds differently: fused RoPE, additive mask);
+* the max |ours − core| of the velocities at t = 0.5 (≈ 5e-3: bf16 rounding, core's fused RoPE).  At a t that
+  bf16 cannot represent the two differ completely: the reference (and ours) rounds t to bf16 before the
+  1e4-scaled sinusoid, core's ``Ideogram4EmbedScalar`` does not (t = 0.4: 96 % relative difference of the
+  time embedding, measured with forward hooks);
 * aten ops dispatched per transformer block (``TorchDispatchMode``) for ours in bf16 / fp8 / nf4 and for core.
 
 Both models use ComfyUI's operations (``comfy.ops.disable_weight_init``; ours: ``ComfyOps``).  Weights are
@@ -114,7 +117,7 @@ def inputs(cfg, args, gh, gw):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 128, gh, gw, generator=g)
     feats = torch.randn(1, args.text_tokens, cfg.llm_features_dim, generator=g)
-    return x, feats, torch.tensor([0.6])
+    return x, feats, torch.tensor([0.5])  # t = 0.5 is exact in bf16 (see the module docstring)
 
 
 def ours_step(ours, x, feats, sigma, opts):
