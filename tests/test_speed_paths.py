@@ -103,3 +103,15 @@ def test_torch_compile_traces_the_block_loop_as_one_graph(bf16_pair, tiny_cfg):
     assert "_memo" in e.break_reasons[0].reason
     assert all("TransformerBlock" not in str(frame) and "layer(" not in str(frame)
                for b in e.break_reasons for frame in b.user_stack)
+
+
+def test_cache_works_under_inference_mode(bf16_pair, tiny_cfg):
+    """ComfyUI samples under torch.inference_mode: inference tensors have no version counter."""
+    cond, _ = bf16_pair
+    feats, x = _inputs(11, [7], 15, tiny_cfg.llm_features_dim)
+    plain = cond(x, torch.tensor([0.4]), feats, grid_hw=(3, 5))
+    with torch.inference_mode():
+        f_inf = feats.clone()
+        with cond.sampling_run():
+            outs = [cond(x, torch.tensor([0.4]), f_inf, grid_hw=(3, 5)) for _ in range(2)]
+    assert all(torch.equal(o, plain) for o in outs)

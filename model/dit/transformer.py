@@ -135,6 +135,11 @@ def text_position_ids(text_lengths: Sequence[int], max_len: int, device=None) ->
     return out
 
 
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: -1, identity alone keys them)."""
+    return -1 if t.is_inference() else t._version
+
+
 class Ideogram4DiT(nn.Module):
     """Ideogram 4 flow-matching transformer (conditional or unconditional weights; same class).
 
@@ -240,7 +245,7 @@ class Ideogram4DiT(nn.Module):
             if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
                 raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
             lengths = tuple(self._lengths(text_lengths, b, text_features.shape[1]))
-        key = (None if text_features is None else (id(text_features), text_features._version), lengths, b, gh, gw,
+        key = (None if text_features is None else (id(text_features), _version(text_features)), lengths, b, gh, gw,
                device, cd)
         emb, h_txt, cos, sin, attn_mask = self._memo(
             key, lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd), keep=text_features)
