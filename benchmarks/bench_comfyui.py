@@ -77,7 +77,7 @@ def random_dit(fmt: str, tiny: bool, seed: int):
 
     cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
     dit_mod = importlib.import_module(f"{PACKAGE}.model.dit")
-    cfg_mod = importlib.import_module(f"{PACKAGE}.model.config")
+    cfg_mod = importlib.import_module(f"{PACKAGE}.model.dit.config")
     quant = importlib.import_module(f"{PACKAGE}.model.checkpoints")
     cfg = cfg_mod.DiTConfig(emb_dim=512, num_layers=2, num_heads=2, intermediate_size=1024, adaln_dim=64,
                             llm_features_dim=13 * 64) if tiny else cfg_mod.DiTConfig()

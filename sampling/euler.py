@@ -15,6 +15,7 @@ the last one — what ComfyUI's ``KSamplerX0Inpaint`` gives for a binary mask.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -68,6 +69,8 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
     step in sampling order), or a ready ``settings``.  ``callback(step, total, z)`` runs after each
     step (progress, previews, interruption: raise from it to stop).  ``uncond_model=None`` (a CFG-distilled
     single-branch checkpoint) runs the conditional pass only and requires guidance 1 at every step.
+    Models (or callables) with a ``sampling_run()`` context (``Ideogram4DiT``) are run inside it:
+    step-invariant inputs are then computed once per run.
 
     ``denoise`` < 1 needs ``init_latent`` (B, N, 128) model-space tokens; ``mask`` (B or 1, N, 1) in [0, 1]
     (1 = regenerate, see :mod:`sampling.masks`) needs it too.  See the module docstring.
@@ -92,21 +95,26 @@ def sample(cond_model, uncond_model, text_features: torch.Tensor, *, height: int
     keep = _Inpaint.make(z, init_latent, mask, denoise, device)
     if keep is not None:
         z = keep.start(z, ts[n])
-    for k, i in enumerate(range(n - 1, -1, -1)):
-        t_val, s_val = ts[i + 1], ts[i]
-        t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
-        v_pos = cond_model(z, t, text_features, grid_hw=(grid_h, grid_w), text_lengths=text_lengths)
-        if uncond_model is None:  # CFG-distilled single-branch model: guidance 1, the conditional pass only
-            v = v_pos
-        else:
-            v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
-            g = gw[i]
-            v = g * v_pos + (1.0 - g) * v_neg
-        z = z + v * (s_val - t_val)
-        if keep is not None:
-            z = keep.blend(z, s_val if i > 0 else None)  # no-op without a mask
-        if callback is not None:
-            callback(k, n, z)
+    with contextlib.ExitStack() as stack:
+        for m in {id(cond_model): cond_model, id(uncond_model): uncond_model}.values():
+            run = getattr(m, "sampling_run", None)
+            if run is not None:
+                stack.enter_context(run())
+        for k, i in enumerate(range(n - 1, -1, -1)):
+            t_val, s_val = ts[i + 1], ts[i]
+            t = torch.full((batch,), t_val, dtype=torch.float32, device=device)
+            v_pos = cond_model(z, t, text_features, grid_hw=(grid_h, grid_w), text_lengths=text_lengths)
+            if uncond_model is None:  # CFG-distilled single-branch model: guidance 1, the conditional pass only
+                v = v_pos
+            else:
+                v_neg = uncond_model(z, t, None, grid_hw=(grid_h, grid_w))
+                g = gw[i]
+                v = g * v_pos + (1.0 - g) * v_neg
+            z = z + v * (s_val - t_val)
+            if keep is not None:
+                z = keep.blend(z, s_val if i > 0 else None)  # no-op without a mask
+            if callback is not None:
+                callback(k, n, z)
     return z
 
 

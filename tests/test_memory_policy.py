@@ -12,6 +12,7 @@ import itertools
 import pytest
 
 from nodes.host.memory_policy import (GiB, MiB, ComfyMemoryConstants, ModelSize, activation_bytes, comfy_budget,
+                                      decode_temp_bytes,
                                  plan_memory, plan_text_encoder, vae_tile)
 from nodes.host import memory_policy as mp
 
@@ -210,3 +211,37 @@ def test_ram_budget_warns_before_a_load_that_cannot_fit():
     short = mp.ram_budget(_plan("disabled", 16 * GiB), total=16 * GiB, available=10 * GiB, private_weights=0,
                           file_backed={"conditional": 9 * GiB}, activation_cpu=2 * GiB)
     assert short.ram.fits and "re-read from disk" in short.ram.warnings()[0]
+
+
+def _full_size_linears():
+    import torch
+
+    from model.dit import Ideogram4DiT
+    from model.dit.config import DiTConfig
+
+    with torch.device("meta"):
+        dit = Ideogram4DiT(DiTConfig())
+    return [m.in_features * m.out_features for m in dit.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_16gb_card_holds_both_nf4_models_with_the_honest_decode_estimate(kernel):
+    from model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES
+
+    sizes = _full_size_linears()
+    assert max(sizes) == 53248 * 4608  # llm_cond_proj
+    dq = decode_temp_bytes([("nf4", n) for n in sizes], act_bytes=2, nf4_kernel=kernel,
+                           nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
+    assert dq == max(sizes) * 2 + (0 if kernel else NF4_CHUNK_TEMP_BYTES)  # the bf16 weight (+ chunk temporaries)
+    plan = plan_memory(pair(NF4), int(15.0 * GiB), activation_bytes(1, 4096, 512, **FULL, dequant_bytes=dq), NVIDIA)
+    assert plan.mode == "resident", plan.summary()
+    # the former reserve of 18 B per weight of the largest layer made the same card stream
+    old = activation_bytes(1, 4096, 512, **FULL, dequant_bytes=18 * max(sizes))
+    assert plan_memory(pair(NF4), int(15.0 * GiB), old, NVIDIA).mode == "partial"
+
+
+def test_decode_estimate_per_kind():
+    assert decode_temp_bytes([("fp8", 100), ("linear", 50)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 200
+    assert decode_temp_bytes([("nf4", 10)], act_bytes=4, nf4_kernel=False, nf4_chunk_temp=7) == 47
+    with pytest.raises(ValueError, match="int8"):
+        decode_temp_bytes([("int8", 1)], act_bytes=2, nf4_kernel=True, nf4_chunk_temp=0)

@@ -79,4 +79,6 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
         s = s.unsqueeze(1)
     elif s.numel() == 1:
         s = s.reshape(())
-    return fp8_codes_to(weight, dtype, table=table) * s
+    w = fp8_codes_to(weight, dtype, table=table)
+    # One weight-sized temporary: scale the fresh copy in place (the same rounding as ``w * s``).
+    return w.mul_(s) if w is not weight else w * s

@@ -52,6 +52,8 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[
 
 
 _NF4_CHUNK_BYTES = 1 << 22  # packed bytes decoded per chunk (8M weights): bounds the temporaries
+# temporaries of one chunk besides the output: int64 indices (8 B) + two float32 values (8 B) per byte
+NF4_CHUNK_TEMP_BYTES = 16 * _NF4_CHUNK_BYTES
 
 
 def _nf4_byte_table(quant_map: torch.Tensor, device) -> torch.Tensor:

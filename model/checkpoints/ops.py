@@ -4,7 +4,9 @@
 namespace with ``Linear``, ``RMSNorm``, ``LayerNorm``, ``Embedding`` (the ``comfy.ops``
 signatures: ``dtype=`` / ``device=`` keywords) plus ``QuantizedLinear`` for packed weights.
 ``TorchOps`` is the plain-torch default; the node layer passes a ComfyUI-backed namespace so
-ModelPatcher can cast, offload and partially load every layer.
+ModelPatcher can cast, offload and partially load every layer.  A namespace may also supply the
+attention kernel (``attention`` / ``attention_mask``, see ``model.dit.attention``); ``TorchOps``
+leaves them out, so the DiT uses SDPA.
 """
 
 from __future__ import annotations

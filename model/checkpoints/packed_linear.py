@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from .comfy_quant import COMFY_CODECS, COMFY_SCHEMES, dequantize_comfy, storage_shape
 from .fp8 import FP8_DTYPE, dequantize_fp8, fp8_storage_to
+from .fp8_matmul import fp8_linear
 from .gguf_codec import dequantize_gguf, row_bytes
 from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
 
+FP8_SCHEMES = ("fp8_rowwise", "fp8_tensorwise")
 SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4") + COMFY_SCHEMES + ("gguf",)
 
 
@@ -41,6 +43,7 @@ class QuantizedLinear(nn.Module):
         self.scheme = scheme
         self.compute_dtype = dtype or torch.bfloat16
         self.options = dict(options or {})  # per-layer codec options (gguf qtype, int8 convrot)
+        self.fast_fp8 = False  # opt-in fp8 tensor-core matmul (model.checkpoints.fp8_matmul), not reference-exact
         if scheme == "gguf":
             shape = (out_features, row_bytes(self.options["qtype"], in_features))
             self.weight = nn.Parameter(torch.empty(shape, dtype=torch.uint8, device=device), requires_grad=False)
@@ -70,20 +73,38 @@ class QuantizedLinear(nn.Module):
         opts = "".join(f", {k}={v}" for k, v in self.options.items())
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}{opts}"
 
-    def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
-        device = device or self.weight.device
+    def storage(self) -> tuple[torch.Tensor, ...]:
+        """The packed tensors :meth:`decode` takes (what a streamed layer copies to the device)."""
+        if self.scheme == "gguf":
+            return (self.weight,)
+        if self.scheme in COMFY_CODECS:
+            return (self.weight, *(getattr(self, tail) for tail, _ in COMFY_CODECS[self.scheme].scales))
+        if self.scheme == "nf4":
+            return self.weight, self.absmax, self.quant_map
+        return self.weight, self.weight_scale
+
+    def decode(self, storage: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype`` from :meth:`storage` tensors that are already on one device."""
         shape = (self.out_features, self.in_features)
         if self.scheme == "gguf":
-            return dequantize_gguf(self.weight.to(device), self.options["qtype"], shape, dtype)
+            return dequantize_gguf(storage[0], self.options["qtype"], shape, dtype)
         if self.scheme in COMFY_CODECS:
-            scales = {tail: getattr(self, tail).to(device) for tail, _ in COMFY_CODECS[self.scheme].scales}
-            return dequantize_comfy(self.scheme, self.weight.to(device), scales, shape, dtype, self.options)
+            tails = [tail for tail, _ in COMFY_CODECS[self.scheme].scales]
+            return dequantize_comfy(self.scheme, storage[0], dict(zip(tails, storage[1:])), shape, dtype, self.options)
         if self.scheme == "nf4":
-            return dequantize_nf4(self.weight.to(device), self.absmax.to(device), self.quant_map.to(device),
-                                  (self.out_features, self.in_features), dtype)
-        return dequantize_fp8(fp8_storage_to(self.weight, device), self.weight_scale.to(device), dtype)
+            return dequantize_nf4(*storage, shape, dtype)
+        return dequantize_fp8(*storage, dtype)
+
+    def dequantized_weight(self, dtype: torch.dtype, device=None) -> torch.Tensor:
+        device = device or self.weight.device
+        storage = self.storage()
+        if self.scheme in FP8_SCHEMES:  # float8 travels as its uint8 view to devices without float8
+            storage = (fp8_storage_to(storage[0], device), *storage[1:])
+        return self.decode(tuple(t.to(device) for t in storage), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_fp8 and self.scheme in FP8_SCHEMES:
+            return fp8_linear(x, self.weight.to(x.device), self.weight_scale, self.bias)
         w = self.dequantized_weight(x.dtype, x.device)
         b = self.bias.to(device=x.device, dtype=x.dtype) if self.bias is not None else None
         return F.linear(x, w, b)

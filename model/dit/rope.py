@@ -58,3 +58,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos.unsqueeze(1)
     sin = sin.unsqueeze(1)
     return x * cos + rotate_half(x) * sin
+
+
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, D) cos/sin → (B, 1, L, D) cos and a sign-folded sin for :func:`apply_rope_tables` (once per run)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(1), signed.unsqueeze(1)
+
+
+def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in four ops: ``rotate_half(x)·sin = roll(x, D/2)·sin_signed`` exactly
+    (the sign moves from one factor to the other; IEEE products are sign-symmetric)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed

@@ -10,6 +10,7 @@ unmasked path can use fused attention).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from .config import DiTConfig
 from .constants import IMAGE_POSITION_OFFSET
 from ..checkpoints.ops import TorchOps
-from .rope import apply_rope, mrope_cos_sin
+from .attention import attention_ops
+from .rope import apply_rope_tables, mrope_cos_sin, rope_tables
 
 
 class Attention(nn.Module):
@@ -33,19 +35,19 @@ class Attention(nn.Module):
         self.norm_q = operations.RMSNorm(self.head_dim, eps=cfg.norm_eps, elementwise_affine=True, dtype=dtype, device=device)
         self.norm_k = operations.RMSNorm(self.head_dim, eps=cfg.norm_eps, elementwise_affine=True, dtype=dtype, device=device)
         self.o = operations.Linear(e, e, bias=False, dtype=dtype, device=device)
+        self.attention_fn = attention_ops(operations)[0]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor], transformer_options: Optional[dict] = None) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(dim=2)  # rows q | k | v, heads contiguous
         q = self.norm_q(q).transpose(1, 2)
         k = self.norm_k(k).transpose(1, 2)
         v = v.transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+        q = apply_rope_tables(q, cos, sin)  # cos/sin: rope_tables (B, 1, L, D)
+        k = apply_rope_tables(k, cos, sin)
+        return self.o(self.attention_fn(q, k, v, self.num_heads, attn_mask, transformer_options))
 
 
 class FeedForward(nn.Module):
@@ -74,9 +76,9 @@ class TransformerBlock(nn.Module):
         self.adaln_modulation = operations.Linear(cfg.adaln_dim, 4 * e, bias=True, **kw)
 
     def forward(self, h: torch.Tensor, a: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+                attn_mask: Optional[torch.Tensor], transformer_options: Optional[dict] = None) -> torch.Tensor:
         scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaln_modulation(a).chunk(4, dim=-1)
-        attn = self.attention(self.attention_norm1(h) * (1.0 + scale_msa), cos, sin, attn_mask)
+        attn = self.attention(self.attention_norm1(h) * (1.0 + scale_msa), cos, sin, attn_mask, transformer_options)
         h = h + torch.tanh(gate_msa) * self.attention_norm2(attn)
         ff = self.feed_forward(self.ffn_norm1(h) * (1.0 + scale_mlp))
         return h + torch.tanh(gate_mlp) * self.ffn_norm2(ff)
@@ -133,6 +135,11 @@ def text_position_ids(text_lengths: Sequence[int], max_len: int, device=None) ->
     return out
 
 
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: -1, identity alone keys them)."""
+    return -1 if t.is_inference() else t._version
+
+
 class Ideogram4DiT(nn.Module):
     """Ideogram 4 flow-matching transformer (conditional or unconditional weights; same class).
 
@@ -156,6 +163,38 @@ class Ideogram4DiT(nn.Module):
         self.embed_image_indicator = operations.Embedding(2, e, **kw)
         self.layers = nn.ModuleList(TransformerBlock(cfg, operations=operations, **kw) for _ in range(cfg.num_layers))
         self.final_layer = FinalLayer(cfg, operations=operations, **kw)
+        self.attention_mask_fn = attention_ops(operations)[1]
+        self._run_cache: Optional[dict] = None
+
+    @contextlib.contextmanager
+    def sampling_run(self):
+        """Within this context, step-invariant inputs are computed once and reused by every forward.
+
+        Cached per run (keyed by the inputs they depend on, so a changed input is recomputed; one
+        lookup per forward, run eagerly under torch.compile — the block loop stays one graph): the
+        text rows ``llm_cond_proj(llm_cond_norm(features))`` (keyed by the identity and version of the
+        features tensor), the indicator embedding rows, the RoPE cos/sin and the attention mask.  The
+        values are the ones an uncached forward computes (same ops, same order): bit-identical.
+        Nested entries share the outer run's cache.
+        """
+        if self._run_cache is not None:
+            yield self
+            return
+        self._run_cache = {}
+        try:
+            yield self
+        finally:
+            self._run_cache = None
+
+    @torch.compiler.disable  # a dict lookup keyed by tensor identity: run eagerly under torch.compile
+    def _memo(self, key, build, keep=None):
+        cache = self._run_cache
+        if cache is None:
+            return build()
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = (build(), keep)  # ``keep`` holds the keyed tensor alive: its id stays unique
+        return hit[0]
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -164,7 +203,8 @@ class Ideogram4DiT(nn.Module):
         return getattr(layer, "compute_dtype", None) or layer.weight.dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_features: Optional[torch.Tensor] = None, *,
-                grid_hw: tuple[int, int], text_lengths: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+                grid_hw: tuple[int, int], text_lengths: Optional[Sequence[int] | torch.Tensor] = None,
+                transformer_options: Optional[dict] = None) -> torch.Tensor:
         """Velocity for image tokens.
 
         Args:
@@ -175,6 +215,7 @@ class Ideogram4DiT(nn.Module):
             grid_hw: token grid (gh, gw) with gh·gw = N (pixels / 16).
             text_lengths: real token count per caption when the batch is left-padded;
                 ``None`` means every row of ``text_features`` is a real token.
+            transformer_options: passed to the attention kernel (ComfyUI's overrides live there).
 
         Returns:
             (B, N, 128) float32 velocity; the update is ``z ← z + v·(s − t)``.
@@ -195,40 +236,69 @@ class Ideogram4DiT(nn.Module):
         a = F.silu(self.adaln_proj(t_cond))  # (B, 1, adaln_dim)
 
         h_img = self.input_proj(x.to(cd))
-        img_pos = image_position_ids(gh, gw, device).unsqueeze(0).expand(b, n, 3)
 
-        # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
-        # text and padding rows, row 1 by image rows.
-        emb = self.embed_image_indicator(torch.arange(2, device=device)).to(cd)
-        attn_mask = None
-        if text_features is None:
-            h = h_img + emb[1]
-            position_ids = img_pos
-            n_txt = 0
-        else:
+        lengths = None
+        if text_features is not None:
             if self.image_only:
                 raise ValueError("this DiT was loaded image_only (as the unconditional model) and has no text "
                                  "projection; pass text_features=None or load it with image_only=False")
             if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
                 raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
-            n_txt = text_features.shape[1]
-            lengths = self._lengths(text_lengths, b, n_txt)
-            real = torch.arange(n_txt, device=device).unsqueeze(0) >= (n_txt - torch.tensor(lengths, device=device)).unsqueeze(1)
-            m_txt = real.to(cd).unsqueeze(-1)  # (B, L, 1)
-            feats = text_features.to(device=device, dtype=cd) * m_txt
-            h_txt = self.llm_cond_proj(self.llm_cond_norm(feats)) * m_txt
-            h = torch.cat([h_txt + emb[0], h_img + emb[1]], dim=1)
-            position_ids = torch.cat([text_position_ids(lengths, n_txt, device), img_pos], dim=1)
-            if min(lengths) != n_txt:  # padding present: block padding from real tokens
-                seg = torch.cat([torch.where(real, 1, -1), torch.ones(b, n, dtype=torch.long, device=device)], dim=1)
-                attn_mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1)
+            lengths = tuple(self._lengths(text_lengths, b, text_features.shape[1]))
+        key = (None if text_features is None else (id(text_features), _version(text_features)), lengths, b, gh, gw,
+               device, cd)
+        emb, h_txt, cos, sin, attn_mask = self._memo(
+            key, lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd), keep=text_features)
+        if h_txt is None:
+            h = h_img + emb[1]
+            n_txt = 0
+        else:
+            h = torch.cat([h_txt, h_img + emb[1]], dim=1)
+            n_txt = h_txt.shape[1]
 
-        cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cd)
-        cos, sin = cos.to(cd), sin.to(cd)
         for layer in self.layers:
-            h = layer(h, a, cos, sin, attn_mask)
+            h = layer(h, a, cos, sin, attn_mask, transformer_options)
         out = self.final_layer(h[:, n_txt:], a)
         return out.to(torch.float32)
+
+    def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd):
+        """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask."""
+        # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
+        # text and padding rows, row 1 by image rows.
+        emb = self.embed_image_indicator(torch.arange(2, device=device)).to(cd)
+        h_txt = None
+        n_txt = 0
+        if text_features is not None:
+            h_txt = self._text_rows(text_features, lengths, device, cd) + emb[0]
+            n_txt = text_features.shape[1]
+        return (emb, h_txt, *self._positions(b, gh, gw, n_txt, lengths, device, cd))
+
+    def _real_rows(self, lengths, n_txt: int, device) -> torch.Tensor:
+        """(B, L) bool: which text rows are real tokens (left padding is False)."""
+        starts = torch.tensor([n_txt - v for v in lengths], device=device)
+        return torch.arange(n_txt, device=device).unsqueeze(0) >= starts.unsqueeze(1)
+
+    def _text_rows(self, text_features, lengths, device, cd) -> torch.Tensor:
+        m_txt = self._real_rows(lengths, text_features.shape[1], device).to(cd).unsqueeze(-1)  # (B, L, 1)
+        feats = text_features.to(device=device, dtype=cd) * m_txt
+        return self.llm_cond_proj(self.llm_cond_norm(feats)) * m_txt
+
+    def _positions(self, b: int, gh: int, gw: int, n_txt: int, lengths, device, cd):
+        """RoPE cos/sin in the compute dtype and the attention mask in the kernel's form (or None)."""
+        cfg = self.config
+        n = gh * gw
+        img_pos = image_position_ids(gh, gw, device).unsqueeze(0).expand(b, n, 3)
+        attn_mask = None
+        if lengths is None:
+            position_ids = img_pos
+        else:
+            position_ids = torch.cat([text_position_ids(lengths, n_txt, device), img_pos], dim=1)
+            if min(lengths) != n_txt:  # padding present: block padding from real tokens
+                real = self._real_rows(lengths, n_txt, device)
+                seg = torch.cat([torch.where(real, 1, -1), torch.ones(b, n, dtype=torch.long, device=device)], dim=1)
+                attn_mask = self.attention_mask_fn((seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1), cd)
+        cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cd)
+        return (*rope_tables(cos.to(cd), sin.to(cd)), attn_mask)
 
     @staticmethod
     def _lengths(text_lengths, batch: int, max_len: int) -> list[int]:

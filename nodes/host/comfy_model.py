@@ -44,6 +44,7 @@ from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...sampling import sigma_from_time
+from . import comfy_attention
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
 from .offload import system_ram_budget
@@ -87,16 +88,27 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
         return functions
 
     def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
-        # Streamed (or patched) layer: move the packed storage, decode on the compute device.
-        weight = self.dequantized_weight(x.dtype, x.device)
+        # Streamed (or patched) layer: the packed storage and scales take ComfyUI's offload path (an
+        # offload stream, non_blocking copies), then they are decoded on the compute device.
+        device = x.device
+        stream = mm.get_offload_stream(device)
+        non_blocking = mm.device_supports_non_blocking(device)
+        tensors = (*self.storage(), self.bias)
+        moved = [None if t is None else mm.cast_to(t, None, device, non_blocking=non_blocking, stream=stream)
+                 for t in tensors]
+        mm.sync_stream(device, stream)
+        weight = self.decode(tuple(moved[:-1]), x.dtype)
         for fn in self._weight_functions():
             weight = fn(weight)
-        bias = None
-        if self.bias is not None:
-            bias = mm.cast_to(self.bias, x.dtype, x.device, copy=bool(self.bias_function))
+        bias = moved[-1]
+        if bias is not None:
+            bias = bias.to(dtype=x.dtype, copy=bool(self.bias_function))
             for fn in self.bias_function:
                 bias = fn(bias)
-        return F.linear(x, weight, bias)
+        out = F.linear(x, weight, bias)
+        # the copies' memory may be reused by the next copy on that stream only once this layer is done
+        comfy.ops.uncast_bias_weight(self, weight, bias, (stream, moved[0], moved[-1]))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()
@@ -150,6 +162,8 @@ class ComfyOps:
 
     QuantizedLinear = ComfyQuantizedLinear
     TextRMSNorm = ComfyTextRMSNorm
+    attention = staticmethod(comfy_attention.attention)  # ComfyUI's attention dispatcher + overrides
+    attention_mask = staticmethod(comfy_attention.attention_mask)
 
 
 # --------------------------------------------------------------------------- model config / BaseModel
@@ -212,7 +226,8 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
             if lengths is not None:
                 lengths = [int(v) for v in torch.as_tensor(lengths).reshape(-1).tolist()]
         tokens = lat.comfy_to_tokens(x.to(torch.float32))
-        v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths)
+        v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths,
+                                 transformer_options=transformer_options)
         v = lat.tokens_to_comfy(v, gh, gw)
         if kwargs.get("ideogram4_velocity", False):
             return v
@@ -291,25 +306,14 @@ def dit_of(patcher) -> torch.nn.Module:
 
 def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
     """Largest temporary a single Linear needs when its weight is decoded or cast on the fly."""
-    worst = 0
-    bnb_kernel = False
-    if device is not None and torch.device(device).type == "cuda":
-        from ...model.checkpoints.nf4 import _bnb_functional
+    from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
 
-        bnb_kernel = _bnb_functional() is not None
-    act = torch.finfo(dit.compute_dtype).bits // 8
-    for module in dit.modules():
-        if isinstance(module, QuantizedLinear):
-            n = module.in_features * module.out_features
-            if module.scheme == "nf4":
-                # pure-torch codec: int64 codes + fp32 values + fp32 product + output
-                per = act if bnb_kernel else 8 + 4 + 4 + act
-            else:
-                per = 2 * act  # fp8 → compute dtype copy, then the scaled result
-            worst = max(worst, n * per)
-        elif isinstance(module, torch.nn.Linear):
-            worst = max(worst, module.in_features * module.out_features * act)
-    return worst
+    cuda = device is not None and torch.device(device).type == "cuda"
+    layers = [(m.scheme[:3] if isinstance(m, QuantizedLinear) else "linear", m.in_features * m.out_features)
+              for m in dit.modules() if isinstance(m, (QuantizedLinear, torch.nn.Linear))]
+    return mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
+                                nf4_kernel=cuda and _bnb_functional() is not None,
+                                nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
 
 
 def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None) -> int:

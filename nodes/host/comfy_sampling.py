@@ -41,8 +41,9 @@ import latent_preview
 from ...model.vae import latents as lat
 from ...sampling import draw_noise, require_single_branch, sample, schedule_steps, sigma_from_time, time_grid, token_grid
 from ...sampling.masks import latent_mask
-from .comfy_model import dit_of, load_pair, loaded_summary, plan_pair
+from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
+from .model_call import HostModelCall
 from .sampler_settings import GuidanceSpec
 
 log = logging.getLogger("ideogram4_native")
@@ -302,9 +303,15 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     if uncond is not None:
         uncond.pre_run()
     try:
-        z = sample(dit_of(cond), dit_of(uncond) if uncond is not None else None, feats.to(device), height=height,
-                   width=width, settings=settings, seed=seed, text_lengths=lengths, callback=callback, noise=noise,
-                   device=device, denoise=denoise, init_latent=init, mask=mask)
+        # Through ComfyUI's model call, so wrappers, object/model patches and TorchCompileModel apply.
+        models = tuple(HostModelCall(p, label) if p is not None else None for p, label in ((cond, 0), (uncond, 1)))
+        sample_sigmas = make_sigmas(settings, width, height, denoise).to(device)
+        for m in models:
+            if m is not None:
+                m.sample_sigmas = sample_sigmas
+        z = sample(*models, feats.to(device), height=height, width=width, settings=settings, seed=seed,
+                   text_lengths=lengths, callback=callback, noise=noise, device=device, denoise=denoise,
+                   init_latent=init, mask=mask)
     finally:
         cond.cleanup()
         if uncond is not None:

@@ -244,6 +244,23 @@ def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, interm
     return int(peak * 1.25) + 64 * MiB
 
 
+def decode_temp_bytes(layers, *, act_bytes: int, nf4_kernel: bool, nf4_chunk_temp: int) -> int:
+    """Largest temporary one Linear needs when its weight is decoded or cast on the fly.
+
+    ``layers``: ``(kind, n_weights)`` with kind ``"linear"`` (a plain weight, counted when streamed:
+    its copy in the compute dtype), ``"fp8"`` (one decoded copy, scaled in place) or ``"nf4"``
+    (the decoded weight; without bitsandbytes' kernel plus the pure-torch codec's per-chunk
+    temporaries, ``nf4_chunk_temp`` bytes, independent of the layer size).
+    """
+    worst = 0
+    for kind, n in layers:
+        if kind not in ("linear", "fp8", "nf4"):
+            raise ValueError(f"layer kind {kind!r} is not one of linear, fp8, nf4")
+        extra = nf4_chunk_temp if kind == "nf4" and not nf4_kernel else 0
+        worst = max(worst, int(n) * act_bytes + extra)
+    return worst
+
+
 def vae_tile(latent_h: int, latent_w: int, *, batch: int, bytes_per_latent_px: int, halo: int, available: int,
              min_tile: int = 16, margin: float = 1.25) -> "int | None":
     """Tile edge (latent pixels, multiple of 8) for the exact tiled VAE decode, or None if untiled fits.

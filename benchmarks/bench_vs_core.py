@@ -1,0 +1,228 @@
+"""Ours vs ComfyUI core's own Ideogram 4 model (``comfy/ldm/ideogram4``): same weights, same device, one run.
+
+Prints, for one conditional + one unconditional (image-only) forward:
+
+* seconds of ours (steady state inside a sampling run: the text projection, RoPE tables and mask are
+  cached per run, as in sampling) and of core's model, and the ratio ours / core (target ≤ 0.9);
+* ours with core's attention kernel for this device forced through a per-model attention override
+  (``transformer_options["optimized_attention_override"]``, what attention-patch nodes do) — on the CPU
+  ComfyUI's default is its sub-quadratic kernel, which is not the reference's SDPA;
+* the max |ours − core| of the velocities at t = 0.5 (≈ 5e-3: bf16 rounding, core's fused RoPE).  At a t that
+  bf16 cannot represent the two differ completely: the reference (and ours) rounds t to bf16 before the
+  1e4-scaled sinusoid, core's ``Ideogram4EmbedScalar`` does not (t = 0.4: 96 % relative difference of the
+  time embedding, measured with forward hooks);
+* aten ops dispatched per transformer block (``TorchDispatchMode``) for ours in bf16 / fp8 / nf4 and for core.
+
+Both models use ComfyUI's operations (``comfy.ops.disable_weight_init``; ours: ``ComfyOps``).  Weights are
+random (real head_dim 256 and text width 53248 by default; width/layers set by flags).  Nothing is downloaded.
+
+    python benchmarks/bench_vs_core.py --comfyui /work/comfyui --width 1536 --layers 6 --size 512
+    python benchmarks/bench_vs_core.py --comfyui ~/ComfyUI --full --size 1024 -- --gpu-only   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_comfyui import PACKAGE, import_comfy  # noqa: E402
+from random_models import random_dit  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"))
+    ap.add_argument("--width", type=int, default=1536, help="emb_dim (multiple of 256)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--intermediate", type=int, default=0, help="FFN width (default 8/3 · width)")
+    ap.add_argument("--text-dim", type=int, default=53248)
+    ap.add_argument("--full", action="store_true", help="the real 34 × 4608 configuration")
+    ap.add_argument("--size", type=int, default=512, help="square image size in pixels")
+    ap.add_argument("--text-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ops-only", action="store_true", help="only count aten ops (tiny width)")
+    ap.add_argument("--formats", default="bf16,fp8,nf4", help="formats for the op counts")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("comfy_args", nargs="*")
+    return ap.parse_args(argv)
+
+
+def config(args, cfg_mod):
+    if args.full:
+        return cfg_mod.DiTConfig()
+    inter = args.intermediate or (args.width * 8 // 3 // 256) * 256
+    return cfg_mod.DiTConfig(emb_dim=args.width, num_layers=args.layers, num_heads=args.width // 256,
+                             intermediate_size=inter, llm_features_dim=args.text_dim)
+
+
+def build_pair(cfg, fmt: str, seed: int = 0, device="cpu"):
+    """(ours with ComfyOps, core's model — bf16 only) on ``device`` with the same random weights."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.ideogram4.model import Ideogram4Transformer2DModel
+
+    cm = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_model")
+    dit_mod = importlib.import_module(f"{PACKAGE}.model.dit")
+    ck = importlib.import_module(f"{PACKAGE}.model.checkpoints")
+    ours, sd = random_dit(dit_mod.Ideogram4DiT, cfg, fmt, ck=ck, operations=cm.ComfyOps, seed=seed, device=device)
+    core = None
+    if sd is not None:
+        core = Ideogram4Transformer2DModel(
+            num_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+            intermediate_size=cfg.intermediate_size, adaln_dim=cfg.adaln_dim, llm_features_dim=cfg.llm_features_dim,
+            dtype=torch.bfloat16, device="meta", operations=comfy.ops.disable_weight_init)
+        missing, unexpected = core.load_state_dict(sd, strict=False, assign=True)
+        if missing or unexpected:
+            sys.exit(f"core's model does not take our weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        core.eval().requires_grad_(False)
+    return ours, core
+
+
+class OpCounter:
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                outer.counts[str(func.overloadpacket)] += 1
+                return func(*args, **(kwargs or {}))
+
+        self.counts = collections.Counter()
+        self.mode = Mode()
+
+    def hook(self, block):
+        orig = block.forward
+
+        def forward(*a, **k):
+            with self.mode:
+                return orig(*a, **k)
+
+        block.forward = forward
+        return lambda: setattr(block, "forward", orig)
+
+
+def inputs(cfg, args, gh, gw):
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 128, gh, gw, generator=g)
+    feats = torch.randn(1, args.text_tokens, cfg.llm_features_dim, generator=g)
+    return x, feats, torch.tensor([0.5])  # t = 0.5 is exact in bf16 (see the module docstring)
+
+
+def ours_step(ours, x, feats, sigma, opts):
+    lat = importlib.import_module(f"{PACKAGE}.model.vae.latents")
+    gh, gw = x.shape[-2:]
+    tokens = lat.comfy_to_tokens(x)
+    t = 1 - sigma
+    v = ours(tokens, t, feats, grid_hw=(gh, gw), transformer_options=opts)
+    u = ours(tokens, t, None, grid_hw=(gh, gw), transformer_options=opts)
+    return lat.tokens_to_comfy(v, gh, gw), lat.tokens_to_comfy(u, gh, gw)
+
+
+def core_step(core, x, feats, sigma):
+    """Core's model as its BaseModel calls it: inputs in the model dtype, output −v."""
+    import torch
+
+    x, feats = x.to(torch.bfloat16), feats.to(torch.bfloat16)
+    return (-core(x, sigma, context=feats, transformer_options={}).float(),
+            -core(x, sigma, context=None, transformer_options={}).float())
+
+
+def timed(fn, repeats):
+    fn()  # warm-up (also fills ours' per-run cache)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_ops(cfg, args, fmt):
+    import torch
+
+    ours, core = build_pair(cfg, fmt)
+    gh = gw = max(2, args.size // 16)
+    x, feats, sigma = inputs(cfg, args, gh, gw)
+    res = {}
+    for name, model in (("ours", ours), ("core", core)):
+        if model is None:
+            continue
+        counter = OpCounter()
+        undo = counter.hook(model.layers[0])
+        with torch.no_grad():
+            if name == "ours":
+                with ours.sampling_run():
+                    ours_step(ours, x, feats, sigma, {})
+            else:
+                core_step(core, x, feats, sigma)
+        undo()
+        res[name] = sum(counter.counts.values()) // 2  # two passes through the block
+    return res
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import_comfy(args.comfyui, args.comfy_args)
+    import torch
+    import comfy.ldm.modules.attention as comfy_attention
+    import comfy.model_management as mm
+
+    ca = importlib.import_module(f"{PACKAGE}.nodes.host.comfy_attention")
+    cfg_mod = importlib.import_module(f"{PACKAGE}.model.dit.config")
+    device = mm.get_torch_device()
+    out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    ops_cfg = cfg_mod.DiTConfig(emb_dim=512, num_layers=2, num_heads=2, intermediate_size=1024, adaln_dim=64,
+                                llm_features_dim=13 * 64)
+    small = argparse.Namespace(**{**vars(args), "size": 128, "text_tokens": 16})
+    out["ops_per_block"] = {fmt: count_ops(ops_cfg, small, fmt) for fmt in args.formats.split(",") if fmt}
+    for fmt, r in out["ops_per_block"].items():
+        print(f"aten ops per block, {fmt:4s}: ours {r['ours']}" + (f" | core {r['core']}" if "core" in r else ""))
+    if args.ops_only:
+        return out
+    cfg = config(args, cfg_mod)
+    ours, core = build_pair(cfg, "bf16", device=device)
+    gh = gw = args.size // 16
+    x, feats, sigma = (t.to(device) for t in inputs(cfg, args, gh, gw))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    host_kernel = comfy_attention.optimized_attention_for_device(device)
+    override = {"optimized_attention_override": lambda func, *a, **k: host_kernel(*a, **k)}
+    with torch.no_grad(), ours.sampling_run():
+        ov, ou = ours_step(ours, x, feats, sigma, {})
+        cv, cu = core_step(core, x, feats, sigma)
+        t_ours = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), args.repeats)
+        t_ours_host = timed(lambda: (ours_step(ours, x, feats, sigma, override), sync()), args.repeats)
+        t_core = timed(lambda: (core_step(core, x, feats, sigma), sync()), args.repeats)
+    with torch.no_grad():
+        t_first = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), 1)  # uncached: outside a run
+    diff = max(float((ov - cv).abs().max() / cv.abs().max()), float((ou - cu).abs().max() / cu.abs().max()))
+    out.update(config=f"{cfg.num_layers}×{cfg.emb_dim} (ffn {cfg.intermediate_size}, text {cfg.llm_features_dim})",
+               size=args.size, text_tokens=args.text_tokens, ours_kernel=ca.kernel_name(),
+               core_kernel=comfy_attention.optimized_attention.__name__, host_kernel=host_kernel.__name__,
+               ours_s=t_ours, ours_uncached_s=t_first, ours_host_attention_s=t_ours_host, core_s=t_core,
+               ratio=t_ours / t_core, ratio_host_attention=t_ours_host / t_core, rel_diff_vs_core=diff)
+    print(f"{out['config']} at {args.size}², {args.text_tokens} text tokens, {device}, {out['threads']} threads:")
+    print(f"  ours (exact, {out['ours_kernel']} attention, cached run): {t_ours:.3f} s per cond+uncond forward "
+          f"(first step, uncached: {t_first:.3f} s)")
+    print(f"  ours with the host's {host_kernel.__name__} via an attention override: {t_ours_host:.3f} s")
+    print(f"  core comfy/ldm/ideogram4 ({out['core_kernel']}): {t_core:.3f} s")
+    print(f"  ratio ours/core: {out['ratio']:.2f}× (exact) | {out['ratio_host_attention']:.2f}× (same kernel as core)"
+          f" | max rel |ours − core| {diff:.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Every GPU check of the speed/VRAM work in one run (``benchmarks/gpu_check.sh`` calls this).
+
+Sections (each prints a table; ``--json`` writes everything):
+
+1. ``speed``   — s/step (one conditional + one image-only unconditional forward, steady state inside a
+   sampling run) and peak VRAM (``max_memory_allocated``, no ballast tensor) per format: bf16, fp8 exact,
+   fp8 fast (opt-in ``_scaled_mm``), nf4, Comfy fp8_scaled; at 1024² and 2048².  Real-size (34 × 4608)
+   random weights generated on the GPU; the same weights serve both passes (the pair's second model only
+   changes residency, which section 2 plans).  Attention backend and a per-kernel breakdown (torch
+   profiler, top CUDA kernels of one bf16 step) are printed.
+2. ``plan``    — the memory plan (``nodes.host.memory_policy``) for the real checkpoint sizes under 24, 16 and
+   12 GB caps, with the decode-temporary estimate of this machine (bitsandbytes kernel or not).
+3. ``parity``  — CUDA vs the CPU goldens of ``tests/data/dit_golden.safetensors`` (tiny model, fp32 and bf16),
+   with the stated tolerances (fp32: 1e-4 relative, TF32 off; bf16: 3e-2 relative — different kernels and
+   summation orders, the CPU goldens are bit-exact only on the CPU).
+4. ``core``    — ours vs ComfyUI core's model on the same GPU (``bench_vs_core.py``), when ``--comfyui`` is given.
+
+``--cpu-smoke``: a 2-layer 512-wide model at 256² on the CPU, one timed step — checks the code paths only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+
+FORMATS = ("bf16", "fp8", "fp8_fast", "nf4", "fp8_scaled")
+GiB = 1024 ** 3
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--sections", default="speed,plan,parity")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--sizes", default="1024,2048")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per format and size (after one warm-up)")
+    ap.add_argument("--text-tokens", type=int, default=512)
+    ap.add_argument("--json", type=Path)
+    return ap.parse_args(argv)
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def speed(args, device, out):
+    import torch
+
+    from model.checkpoints import ops
+    import model.checkpoints as ck
+    from model.dit import Ideogram4DiT
+    from model.dit.config import DiTConfig
+    from model.checkpoints.fp8_matmul import kernel_available
+    from random_models import random_dit
+
+    cfg = (DiTConfig(emb_dim=512, num_layers=2, num_heads=2, intermediate_size=1024, adaln_dim=64,
+                     llm_features_dim=13 * 64) if args.cpu_smoke else DiTConfig())
+    sizes = [256] if args.cpu_smoke else [int(s) for s in args.sizes.split(",")]
+    n_txt = 16 if args.cpu_smoke else args.text_tokens
+    cuda = device.type == "cuda"
+    print(f"\n== speed: {cfg.num_layers}×{cfg.emb_dim}, {n_txt} text tokens, {device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}")
+    if cuda:
+        from torch.nn.attention import sdpa_kernel  # noqa: F401  (presence only)
+        print(f"   attention: F.scaled_dot_product_attention (flash {torch.backends.cuda.flash_sdp_enabled()}, "
+              f"cudnn {torch.backends.cuda.cudnn_sdp_enabled()}); fp8 _scaled_mm rowwise: {kernel_available()}")
+    rows = []
+    for fmt in [f for f in args.formats.split(",") if f]:
+        if cuda:
+            torch.cuda.empty_cache()
+        t0 = time.perf_counter()
+        model, _ = random_dit(Ideogram4DiT, cfg, fmt, ck=ck, operations=ops.TorchOps, device=device)
+        sync(device)
+        build = time.perf_counter() - t0
+        weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        for size in sizes:
+            gh = gw = size // 16
+            g = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(1, gh * gw, 128, generator=g, device=device)
+            feats = torch.randn(1, n_txt, cfg.llm_features_dim, generator=g, device=device)
+            t = torch.tensor([0.5], device=device)
+            with torch.no_grad(), model.sampling_run():
+                model(x, t, feats, grid_hw=(gh, gw))
+                model(x, t, None, grid_hw=(gh, gw))  # warm-up fills the per-run cache
+                sync(device)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                times = []
+                for _ in range(args.steps):
+                    t1 = time.perf_counter()
+                    model(x, t, feats, grid_hw=(gh, gw))
+                    model(x, t, None, grid_hw=(gh, gw))
+                    sync(device)
+                    times.append(time.perf_counter() - t1)
+            peak = torch.cuda.max_memory_allocated() / GiB if cuda else float("nan")
+            row = {"format": fmt, "size": size, "s_per_step": sorted(times)[len(times) // 2], "peak_vram_gib": peak,
+                   "weights_gib": weights / GiB, "build_s": build}
+            rows.append(row)
+            print(f"   {fmt:10s} {size:5d}²: {row['s_per_step']:7.3f} s/step | peak {peak:6.2f} GiB "
+                  f"(weights {weights / GiB:5.2f} GiB) | built in {build:.1f} s")
+        if cuda and fmt == "bf16" and not args.cpu_smoke:
+            kernels(model, cfg, n_txt, device)
+        del model
+    out["speed"] = rows
+
+
+def kernels(model, cfg, n_txt, device):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    gh = gw = 64
+    x = torch.randn(1, gh * gw, 128, device=device)
+    feats = torch.randn(1, n_txt, cfg.llm_features_dim, device=device)
+    t = torch.tensor([0.5], device=device)
+    with torch.no_grad(), model.sampling_run():
+        model(x, t, feats, grid_hw=(gh, gw))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(x, t, feats, grid_hw=(gh, gw))
+            model(x, t, None, grid_hw=(gh, gw))
+            torch.cuda.synchronize()
+    print("   per-kernel breakdown (bf16, 1024², one step):")
+    print("\n".join("     " + l for l in prof.key_averages().table(sort_by="cuda_time_total", row_limit=12).splitlines()))
+
+
+def plan(args, device, out):
+    from model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
+    from nodes.host.memory_policy import ComfyMemoryConstants, ModelSize, activation_bytes, decode_temp_bytes, plan_memory
+    from test_memory_policy import BF16, FP8, FULL, NF4, _full_size_linears
+
+    kernel = device.type == "cuda" and _bnb_functional() is not None
+    linears = _full_size_linears()
+    print(f"\n== memory plan (real checkpoint sizes; nf4 decode kernel: {kernel})")
+    rows = []
+    for name, sizes, kind in (("bf16", BF16, "linear"), ("fp8", FP8, "fp8"), ("nf4", NF4, "nf4")):
+        dq = decode_temp_bytes([(kind, n) for n in linears], act_bytes=2, nf4_kernel=kernel,
+                               nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
+        for px, n_img in ((1024, 4096), (2048, 16384)):
+            act = activation_bytes(1, n_img, 512, **FULL, dequant_bytes=dq)
+            for cap in (24, 16, 12):
+                p = plan_memory([ModelSize("conditional", sizes[0]), ModelSize("unconditional", sizes[1])],
+                                int((cap - 0.6) * GiB), act, ComfyMemoryConstants())
+                rows.append({"format": name, "size": px, "cap_gib": cap, "mode": p.mode,
+                             "streamed_gib": p.streamed_per_step / GiB, "reserve_gib": p.reserve / GiB})
+                print(f"   {name:5s} {px}² {cap:2d} GB: {p.mode:8s} streamed/step {p.streamed_per_step / GiB:6.2f} GiB"
+                      f" | reserve {p.reserve / GiB:5.2f} GiB")
+    out["plan"] = rows
+
+
+def parity(args, device, out):
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    from model import load_transformer
+    from test_dit_parity import _inputs
+    from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    golden = load_file(str(ROOT / "tests" / "data" / "dit_golden.safetensors"))
+    cfg = tiny_config()
+    tol = {"fp32": 1e-4, "bf16": 3e-2}
+    rows = []
+    print(f"\n== parity on {device} vs the CPU goldens (tolerances: {tol}, relative to max |golden|)")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [write_file(convert(random_state_dict(cfg, s), "fp32"), Path(tmp) / f"{s}.safetensors", "fp32")
+                 for s in (0, 1)]
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            cond = load_transformer(paths[0], dtype=dtype, device=device)
+            uncond = load_transformer(paths[1], dtype=dtype, device=device)
+            feats, x = _inputs(10, [7], 15, cfg.llm_features_dim)
+            pf, px = _inputs(11, [7, 4], 15, cfg.llm_features_dim)
+            t = torch.tensor([0.8989259], device=device)
+            with torch.no_grad():
+                got = {"cond": cond(x.to(device), t, feats.to(device), grid_hw=(3, 5)),
+                       "uncond": uncond(x.to(device), t, None, grid_hw=(3, 5)),
+                       "padded": cond(px.to(device), torch.tensor([0.3, 0.7], device=device), pf.to(device),
+                                      grid_hw=(3, 5), text_lengths=[7, 4])}
+            for case, v in got.items():
+                ref = golden[f"{name}.{case}"]
+                err = float((v.cpu() - ref).abs().max() / ref.abs().max())
+                ok = err <= tol[name]
+                rows.append({"dtype": name, "case": case, "rel_err": err, "tol": tol[name], "ok": ok})
+                print(f"   {name} {case:7s}: rel err {err:.2e} (tol {tol[name]:.0e}) {'OK' if ok else 'FAIL'}")
+    out["parity"] = rows
+    return all(r["ok"] for r in rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    device = torch.device("cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu" and not args.cpu_smoke:
+        sys.exit("no CUDA device: use --cpu-smoke for the code-path check")
+    print(f"torch {torch.__version__}, device {device}")
+    out = {"device": str(device), "torch": torch.__version__}
+    sections = [s for s in args.sections.split(",") if s]
+    ok = True
+    if "speed" in sections:
+        speed(args, device, out)
+    if "plan" in sections:
+        plan(args, device, out)
+    if "parity" in sections:
+        ok = parity(args, device, out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The DiT's attention through ComfyUI's dispatcher (``comfy.ldm.modules.attention``).
+
+``optimized_attention`` is what ComfyUI picked from its flags (``--use-sage-attention``,
+``--use-flash-attention``, xformers, ``--use-pytorch-cross-attention``, ``--use-split-cross-attention``)
+and every kernel is ``wrap_attn``-decorated, so a per-model override in
+``transformer_options["optimized_attention_override"]`` (attention-patch nodes) applies too.
+
+One exception keeps the default path reference-exact: when ComfyUI falls back to its
+sub-quadratic kernel only because PyTorch attention is not enabled (the CPU default), we use its
+``attention_pytorch`` (SDPA, the reference's kernel; overrides still apply).  Masks are built
+in the form the chosen kernel takes: bool for SDPA, additive (0 / −max) for the others.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from ...model.dit.attention import additive_mask, bool_mask
+
+
+def host_kernel():
+    """The attention function ComfyUI dispatches to (see the module docstring for the one exception)."""
+    fn = comfy_attention.optimized_attention
+    if fn is comfy_attention.attention_sub_quad:
+        return comfy_attention.attention_pytorch
+    return fn
+
+
+def kernel_name() -> str:
+    return host_kernel().__name__.removeprefix("attention_")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: Optional[torch.Tensor] = None,
+              transformer_options: Optional[dict] = None) -> torch.Tensor:
+    return host_kernel()(q, k, v, heads, mask=mask, skip_reshape=True, transformer_options=transformer_options or {})
+
+
+def attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if host_kernel() is comfy_attention.attention_pytorch:
+        return bool_mask(allowed, dtype)
+    return additive_mask(allowed, dtype)

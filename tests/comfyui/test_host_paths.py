@@ -1,0 +1,156 @@
+"""The pack's speed paths inside ComfyUI (CPU): attention dispatcher and overrides, the one-node
+sampler through ComfyUI's model call (patches and wrappers honoured), packed layers streamed
+through ComfyUI's offload path (a mocked offload stream sees the packed buffers).
+
+Runs inside ComfyUI's Python in a subprocess (``--cpu``), like ``test_model_management.py``.
+Skipped unless ``COMFYUI_PATH`` is set.
+"""
+
+from __future__ import annotations
+
+import pytest
+from comfy_harness import requires_comfyui, run_worker
+
+pytestmark = requires_comfyui()
+
+WORKER = r'''
+import contextlib
+import comfy.patcher_extension as pe
+importlib.import_module("i4pack")
+cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+ca = importlib.import_module("i4pack.nodes.host.comfy_attention")
+cs = importlib.import_module("i4pack.nodes.host.comfy_sampling")
+cond_mod = importlib.import_module("i4pack.nodes.host.conditioning")
+sampling = importlib.import_module("i4pack.sampling")
+from pathlib import Path
+from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
+
+res = {"kernel": ca.kernel_name()}
+cfg = tiny_config()
+paths = {}
+for fmt in ("bf16", "fp8", "nf4"):
+    paths[fmt] = [write_file(convert(random_state_dict(cfg, s), fmt), Path(out_dir) / f"{fmt}{s}.safetensors", fmt)
+                  for s in (0, 1)]
+g = torch.Generator().manual_seed(3)
+x = torch.randn(2, 128, 3, 4, generator=g)
+feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
+feats[1, :3] = 0
+sigma = torch.tensor([0.7, 0.3])
+
+# 1. attention: ComfyUI's dispatcher, per-model override from transformer_options
+p = cm.load_model_patcher(paths["bf16"][0], weight_dtype="bf16")
+call = lambda opts: p.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]),
+                                        transformer_options=opts, ideogram4_velocity=True)
+plain = call({})
+seen = []
+def override(func, q, k, v, heads, mask=None, **kw):
+    seen.append((tuple(q.shape), None if mask is None else str(mask.dtype), kw.get("skip_reshape")))
+    return func(q, k, v, heads, mask=mask, **kw)
+hooked = call({"optimized_attention_override": override})
+res["override"] = {"calls": len(seen), "first": seen[0], "equal": bool(torch.equal(plain, hooked))}
+oracle = cm.load_transformer(paths["bf16"][0], dtype=torch.bfloat16)  # plain torch, SDPA
+from i4pack.model.vae import latents as lat
+ref = oracle(lat.comfy_to_tokens(x), 1 - sigma, feats, grid_hw=(3, 4), text_lengths=[7, 4])
+res["override"]["exact_vs_torch"] = bool(torch.equal(lat.comfy_to_tokens(plain), ref))
+
+# 2. one-node sampler through ComfyUI's model call
+settings = sampling.custom_settings(3, 0.0, 1.75, 5.0)
+positive = cond_mod.make_conditioning(feats[:1, 3:], [4])
+def one_node(cond, uncond):
+    z, _ = cs.run_reference_sampler(cond, uncond, positive, settings, width=256, height=256, batch=1, seed=5)
+    return z
+pc, pu = (cm.load_model_patcher(f, weight_dtype="bf16") for f in paths["bf16"])
+base = one_node(pc, pu)
+oc = cm.load_transformer(paths["bf16"][0], dtype=torch.bfloat16)
+ou = cm.load_transformer(paths["bf16"][1], dtype=torch.bfloat16)
+z = sampling.sample(oc, ou, feats[:1, 3:], height=256, width=256, settings=settings, seed=5, text_lengths=[4])
+res["one_node"] = {"exact": bool(torch.equal(lat.comfy_to_tokens(base), z))}
+wrapped = pc.clone()
+calls = []
+def unet_wrapper(apply_model, args):
+    calls.append(args["cond_or_uncond"])
+    return apply_model(args["input"], args["timestep"], **args["c"]) * 0.5
+wrapped.set_model_unet_function_wrapper(unet_wrapper)
+res["one_node"]["wrapper_changes_output"] = not bool(torch.equal(one_node(wrapped, pu), base))
+res["one_node"]["wrapper_calls"] = len(calls)
+apply_calls = []
+def apply_wrapper(executor, *args, **kwargs):
+    apply_calls.append(1)
+    return executor(*args, **kwargs)
+w2 = pu.clone()
+w2.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test", apply_wrapper)
+res["one_node"]["apply_model_wrapper_same_output"] = bool(torch.equal(one_node(pc, w2), base))
+res["one_node"]["apply_model_wrapper_calls"] = len(apply_calls)
+attn = []
+w3 = pc.clone()
+w3.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+    lambda func, *a, **k: (attn.append(1), func(*a, **k))[1]
+one_node(w3, pu)
+res["one_node"]["attention_override_calls"] = len(attn)
+
+# 3. packed layers stream through ComfyUI's offload path (mocked stream)
+class FakeStream:
+    def __init__(self):
+        self.waits = 0
+    def as_context(self, stream):
+        return contextlib.nullcontext()
+    def wait_stream(self, other):
+        self.waits += 1
+fake = FakeStream()
+seen_casts = []
+real_cast_to, real_get = mm.cast_to, mm.get_offload_stream
+def spy_cast_to(t, dtype=None, device=None, non_blocking=False, copy=False, stream=None, r=None):
+    seen_casts.append((str(t.dtype), tuple(t.shape), stream is fake))
+    return real_cast_to(t, dtype, device, non_blocking=non_blocking, copy=copy, stream=stream, r=r)
+res["stream"] = {}
+for fmt in ("fp8", "nf4"):
+    p = cm.load_model_patcher(paths[fmt][0], weight_dtype="bf16")
+    p.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
+    full = call.__class__  # placeholder to keep names short
+    full = p.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]), ideogram4_velocity=True)
+    p.detach()
+    p.load(torch.device("cpu"), lowvram_model_memory=1)
+    seen_casts.clear(); fake.waits = 0
+    mm.cast_to, mm.get_offload_stream = spy_cast_to, (lambda device: fake)
+    try:
+        part = p.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]), ideogram4_velocity=True)
+    finally:
+        mm.cast_to, mm.get_offload_stream = real_cast_to, real_get
+    p.detach()
+    res["stream"][fmt] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part))}
+print("RESULT " + json.dumps(res))
+'''
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_worker(WORKER)
+
+
+def test_attention_goes_through_comfyui_dispatcher_and_overrides(result):
+    assert result["kernel"] == "pytorch"  # the CPU default sub-quadratic kernel is replaced by SDPA (exact)
+    r = result["override"]
+    assert r["calls"] == 2  # one per block of the 2-layer model
+    assert r["first"] == [[2, 2, 19, 256], "torch.bool", True]  # (B, H, L, D), bool mask for SDPA
+    assert r["equal"] and r["exact_vs_torch"]
+
+
+def test_one_node_sampler_is_exact_and_honours_model_patches(result):
+    r = result["one_node"]
+    assert r["exact"]  # through ComfyUI's model call, bit-identical to sampling.sample
+    assert r["wrapper_changes_output"] and r["wrapper_calls"] == 3  # set_model_unet_function_wrapper
+    assert r["apply_model_wrapper_same_output"] and r["apply_model_wrapper_calls"] == 3  # e.g. TorchCompileModel
+    assert r["attention_override_calls"] == 3 * 2
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "nf4"])
+def test_packed_layers_take_the_offload_stream(result, fmt):
+    r = result["stream"][fmt]
+    packed = "torch.float8_e4m3fn" if fmt == "fp8" else "torch.uint8"
+    scale = "torch.float32"
+    on_stream = [c for c in r["casts"] if c[2]]
+    assert any(c[0] == packed for c in on_stream), r["casts"][:8]  # packed storage on the offload stream
+    assert any(c[0] == scale for c in on_stream)  # its scales / absmax too
+    assert all(c[2] for c in r["casts"] if c[0] in (packed, scale))
+    assert r["waits"] > 0  # the stream waits for the compute before its buffers are reused
+    assert r["equal"]

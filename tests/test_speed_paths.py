@@ -1,0 +1,117 @@
+"""Speed paths that must not change a bit: per-run caching, the attention hook, the fp8 decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import load_transformer
+from model.checkpoints.ops import TorchOps
+from model.dit.attention import additive_mask, sdpa_attention
+from sampling import sample
+
+from test_dit_parity import _inputs
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(tiny_files):
+    return (load_transformer(tiny_files["bf16"]["cond"], dtype=torch.bfloat16),
+            load_transformer(tiny_files["bf16"]["uncond"], dtype=torch.bfloat16))
+
+
+def _count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("lengths", [[7], [7, 4]])
+def test_cached_run_equals_uncached_bit_for_bit(bf16_pair, tiny_cfg, lengths):
+    cond, uncond = bf16_pair
+    feats, x = _inputs(11, lengths, 15, tiny_cfg.llm_features_dim)
+    times = [torch.full((len(lengths),), v) for v in (0.2, 0.5, 0.9)]
+    plain = [cond(x, t, feats, grid_hw=(3, 5), text_lengths=lengths) for t in times]
+    plain_u = [uncond(x, t, None, grid_hw=(3, 5)) for t in times]
+    calls, handle = _count_calls(cond.llm_cond_proj)
+    try:
+        with cond.sampling_run(), uncond.sampling_run():
+            cached = [cond(x, t, feats, grid_hw=(3, 5), text_lengths=lengths) for t in times]
+            cached_u = [uncond(x, t, None, grid_hw=(3, 5)) for t in times]
+            # a different features tensor is a cache miss, not a stale hit
+            other = cond(x, times[0], feats * 2, grid_hw=(3, 5), text_lengths=lengths)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the text projection ran once for `feats` (3 steps) and once for `feats * 2`
+    assert all(torch.equal(a, b) for a, b in zip(plain + plain_u, cached + cached_u))
+    assert torch.equal(other, cond(x, times[0], feats * 2, grid_hw=(3, 5), text_lengths=lengths))
+    assert cond._run_cache is None and uncond._run_cache is None  # dropped after the run
+
+
+def test_sample_runs_each_model_inside_one_cached_run(bf16_pair, tiny_cfg):
+    cond, uncond = bf16_pair
+    feats, _ = _inputs(12, [9], 1, tiny_cfg.llm_features_dim)
+    calls, handle = _count_calls(cond.llm_cond_proj)
+    try:
+        sample(cond, uncond, feats, height=256, width=384, preset="V4_TURBO_12", seed=1234)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # 12 steps, one text projection
+
+
+class RecordingOps(TorchOps):
+    seen: list = []
+    masks: list = []
+
+    @staticmethod
+    def attention(q, k, v, heads, mask=None, transformer_options=None):
+        RecordingOps.seen.append((heads, None if mask is None else mask.dtype, transformer_options))
+        return sdpa_attention(q, k, v, heads, mask)
+
+    @staticmethod
+    def attention_mask(allowed, dtype):
+        RecordingOps.masks.append(dtype)
+        return additive_mask(allowed, dtype)
+
+
+def test_attention_and_mask_come_from_the_operations_namespace(tiny_files, tiny_cfg, bf16_pair):
+    RecordingOps.seen.clear()
+    RecordingOps.masks.clear()
+    dit = load_transformer(tiny_files["bf16"]["cond"], dtype=torch.bfloat16, operations=RecordingOps)
+    feats, x = _inputs(11, [7, 4], 15, tiny_cfg.llm_features_dim)
+    opts = {"marker": 1}
+    with dit.sampling_run():
+        for t in (0.3, 0.6):
+            out = dit(x, torch.full((2,), t), feats, grid_hw=(3, 5), text_lengths=[7, 4], transformer_options=opts)
+    assert RecordingOps.masks == [torch.bfloat16]  # the kernel-form mask is built once per run
+    assert len(RecordingOps.seen) == 2 * tiny_cfg.num_layers
+    assert all(s == (tiny_cfg.num_heads, torch.bfloat16, opts) for s in RecordingOps.seen)
+    # the additive mask gives SDPA's bool-mask result to within bf16 rounding of the softmax
+    ref = bf16_pair[0](x, torch.full((2,), 0.6), feats, grid_hw=(3, 5), text_lengths=[7, 4])
+    assert torch.allclose(out, ref, rtol=0, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_torch_compile_traces_the_block_loop_as_one_graph(bf16_pair, tiny_cfg):
+    """torch._dynamo.explain: the only break is the per-run cache lookup before the blocks."""
+    cond, _ = bf16_pair
+    feats, x = _inputs(11, [7], 15, tiny_cfg.llm_features_dim)
+    torch._dynamo.reset()
+    with torch.no_grad(), cond.sampling_run():
+        cond(x, torch.tensor([0.5]), feats, grid_hw=(3, 5))
+        e = torch._dynamo.explain(cond)(x, torch.tensor([0.5]), feats, grid_hw=(3, 5))
+    torch._dynamo.reset()
+    assert e.graph_break_count == 1, [b.reason for b in e.break_reasons]
+    assert "_memo" in e.break_reasons[0].reason
+    assert all("TransformerBlock" not in str(frame) and "layer(" not in str(frame)
+               for b in e.break_reasons for frame in b.user_stack)
+
+
+def test_cache_works_under_inference_mode(bf16_pair, tiny_cfg):
+    """ComfyUI samples under torch.inference_mode: inference tensors have no version counter."""
+    cond, _ = bf16_pair
+    feats, x = _inputs(11, [7], 15, tiny_cfg.llm_features_dim)
+    plain = cond(x, torch.tensor([0.4]), feats, grid_hw=(3, 5))
+    with torch.inference_mode():
+        f_inf = feats.clone()
+        with cond.sampling_run():
+            outs = [cond(x, torch.tensor([0.4]), f_inf, grid_hw=(3, 5)) for _ in range(2)]
+    assert all(torch.equal(o, plain) for o in outs)
