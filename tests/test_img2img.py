@@ -159,8 +159,12 @@ def test_fit_size(size, mode, want):
 def test_fit_size_errors_name_the_value_and_the_options():
     from sampling import fit_size
 
-    with pytest.raises(ValueError, match=r"image is 250×260 px: width = 250 is not a multiple of 16.*crop or resize"):
+    with pytest.raises(ValueError, match=r"image is 250×260 px: width = 250 is outside the supported range 256–2048 px "
+                                         r"\(try width = 256\).*crop or resize"):
         fit_size(250, 260, "error")
+    with pytest.raises(ValueError, match=r"image is 272×260 px: height = 260 is not a multiple of 16 "
+                                         r"\(try height = 256\).*crop or resize"):
+        fit_size(272, 260, "error")
     with pytest.raises(ValueError, match="after crop it would be 240×256"):
         fit_size(250, 260, "crop")
     with pytest.raises(ValueError, match="exceeds the supported 6:1"):

@@ -187,13 +187,15 @@ class Ideogram4DiT(nn.Module):
             self._run_cache = None
 
     @torch.compiler.disable  # a dict lookup keyed by tensor identity: run eagerly under torch.compile
-    def _memo(self, key, build, keep=None):
+    def _memo(self, keyed: Optional[torch.Tensor], rest: tuple, build):
+        """``build()`` once per run for the same ``keyed`` tensor (identity + version) and ``rest``."""
         cache = self._run_cache
         if cache is None:
             return build()
+        key = (None if keyed is None else (id(keyed), _version(keyed)), *rest)
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = (build(), keep)  # ``keep`` holds the keyed tensor alive: its id stays unique
+            hit = cache[key] = (build(), keyed)  # holding the keyed tensor keeps its id unique
         return hit[0]
 
     @property
@@ -245,10 +247,9 @@ class Ideogram4DiT(nn.Module):
             if text_features.ndim != 3 or text_features.shape[0] != b or text_features.shape[2] != cfg.llm_features_dim:
                 raise ValueError(f"text_features must be (B={b}, L, {cfg.llm_features_dim}); got {tuple(text_features.shape)}")
             lengths = tuple(self._lengths(text_lengths, b, text_features.shape[1]))
-        key = (None if text_features is None else (id(text_features), _version(text_features)), lengths, b, gh, gw,
-               device, cd)
         emb, h_txt, cos, sin, attn_mask = self._memo(
-            key, lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd), keep=text_features)
+            text_features, (lengths, b, gh, gw, device, cd),
+            lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd))
         if h_txt is None:
             h = h_img + emb[1]
             n_txt = 0
