@@ -122,11 +122,11 @@ class SharedUnconditionalDiT(torch.nn.Module):
     def compute_dtype(self) -> torch.dtype:
         return self.base.compute_dtype
 
-    def forward(self, x, t, text_features=None, *, grid_hw, text_lengths=None):
+    def forward(self, x, t, text_features=None, *, grid_hw, text_lengths=None, transformer_options=None):
         if text_features is not None:
             raise ValueError("the unconditional model built from a LoRA runs the image-only pass only")
         with active_role("view"):
-            return self.base(x, t, None, grid_hw=grid_hw)
+            return self.base(x, t, None, grid_hw=grid_hw, transformer_options=transformer_options)
 
 
 class Ideogram4ViewPatcher(Ideogram4ModelPatcher):

@@ -141,44 +141,6 @@ def write_models(root: Path) -> dict[str, Any]:
             "tokenizer": te / "tiny_tokenizer", "vae": vae_file}
 
 
-# --------------------------------------------------------------------------- in-process workers
-
-WORKER_PREAMBLE = r'''
-import json, sys, importlib
-comfy_path, repo, pack_parent, out_dir = sys.argv[1:5]
-sys.path[:0] = [comfy_path]
-sys.path.append(pack_parent)
-sys.path.append(repo)
-import comfy.options
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
-import torch
-torch.set_num_threads(2)
-import comfy.model_management as mm
-'''
-
-
-def run_worker(body: str, timeout: int = 600) -> dict:
-    """Run ``WORKER_PREAMBLE + body`` in ComfyUI's Python (``--cpu``; the pack importable as ``i4pack``,
-    ``out_dir`` a scratch folder) and return the JSON it prints on a ``RESULT `` line."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pack_parent = Path(tmp) / "pkgs"
-        pack_parent.mkdir()
-        (pack_parent / "i4pack").symlink_to(REPO, target_is_directory=True)
-        out = Path(tmp) / "ckpt"
-        out.mkdir()
-        script = Path(tmp) / "worker.py"
-        script.write_text(WORKER_PREAMBLE + body)
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        proc = subprocess.run([python, str(script), COMFYUI_PATH, str(REPO), str(pack_parent), str(out)],
-                              capture_output=True, text=True, timeout=timeout, cwd=tmp)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        assert line is not None, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return json.loads(line[len("RESULT "):])
-
-
 # --------------------------------------------------------------------------- server
 
 class ComfyServer:

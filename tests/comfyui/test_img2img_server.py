@@ -353,7 +353,7 @@ def _error(server, prompt) -> str:
 @pytest.mark.parametrize("changes,message", [
     ({"Ideogram4NativeKSampler": {"denoise": 0.0}}, "denoise = 0.0 is outside the allowed range (0, 1]"),
     ({"Ideogram4NativeVAEEncode": {"size": "error"}, "LoadImage": {"image": "odd.png"}},
-     "image is 250×260 px: width = 250 is not a multiple of 16"),
+     "image is 250×260 px: width = 250 is outside the supported range 256–2048 px"),
     ({"Ideogram4NativeVAEEncode": {"size": "crop"}, "LoadImage": {"image": "odd.png"}},
      "after crop it would be 240×256: width = 240 is outside the supported range 256–2048 px"),
     ({"Ideogram4NativeVAELoader": {"vae_name": "tiny_flux2_vae.safetensors"}}, "has no encoder"),
