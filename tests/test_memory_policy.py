@@ -243,5 +243,6 @@ def test_16gb_card_holds_both_nf4_models_with_the_honest_decode_estimate(kernel)
 def test_decode_estimate_per_kind():
     assert decode_temp_bytes([("fp8", 100), ("linear", 50)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 200
     assert decode_temp_bytes([("nf4", 10)], act_bytes=4, nf4_kernel=False, nf4_chunk_temp=7) == 47
+    assert decode_temp_bytes([("packed", 10)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 60
     with pytest.raises(ValueError, match="int8"):
         decode_temp_bytes([("int8", 1)], act_bytes=2, nf4_kernel=True, nf4_chunk_temp=0)

@@ -304,12 +304,19 @@ def dit_of(patcher) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------- memory
 
+def _decode_kind(module: torch.nn.Module) -> str:
+    """``memory_policy.decode_temp_bytes`` kind of a Linear."""
+    if not isinstance(module, QuantizedLinear):
+        return "linear"
+    return "fp8" if module.scheme.startswith("fp8") else "nf4" if module.scheme == "nf4" else "packed"
+
+
 def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
     """Largest temporary a single Linear needs when its weight is decoded or cast on the fly."""
     from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
 
     cuda = device is not None and torch.device(device).type == "cuda"
-    layers = [(m.scheme[:3] if isinstance(m, QuantizedLinear) else "linear", m.in_features * m.out_features)
+    layers = [(_decode_kind(m), m.in_features * m.out_features)
               for m in dit.modules() if isinstance(m, (QuantizedLinear, torch.nn.Linear))]
     return mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
                                 nf4_kernel=cuda and _bnb_functional() is not None,
