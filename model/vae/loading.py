@@ -113,18 +113,21 @@ def _add_encoder_key(fmt: VAEFormat, k: str, src: str) -> None:
     if k.startswith(("quant_conv.", "encoder.quant_conv.")):
         fmt.encoder["quant_conv." + k.rsplit(".", 1)[1]] = src
         return
-    rest = k[len("encoder."):]
-    if fmt.naming == "bfl":
-        fmt.encoder[rest] = src
-        return
-    mapped = _map_diffusers_encoder(rest)
+    _place(k[len("encoder."):], src, None if fmt.naming == "bfl" else _map_diffusers_encoder,
+           fmt.encoder, fmt.encoder_linear_to_conv, fmt.encoder_unknown)
+
+
+def _place(rest: str, src: str, diffusers_map, sources: dict, linear_to_conv: set, unknown: list) -> None:
+    """Record file key ``src`` (``rest`` without ``encoder.``/``decoder.``) under our module name: as is for BFL
+    naming (``diffusers_map`` None), else through ``diffusers_map``; keys it cannot map go to ``unknown``."""
+    mapped = (rest, False) if diffusers_map is None else diffusers_map(rest)
     if mapped is None:
-        fmt.encoder_unknown.append(src)
+        unknown.append(src)
         return
     name, is_linear = mapped
-    fmt.encoder[name] = src
+    sources[name] = src
     if is_linear:
-        fmt.encoder_linear_to_conv.add(name)
+        linear_to_conv.add(name)
 
 
 def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAEFormat:
@@ -160,18 +163,8 @@ def detect_vae_format(keys: Sequence[str], label: str = "VAE checkpoint") -> VAE
         elif k.startswith("post_quant_conv.") or k.startswith("decoder.post_quant_conv."):
             fmt.sources["post_quant_conv." + k.rsplit(".", 1)[1]] = src
         elif k.startswith("decoder."):
-            rest = k[len("decoder."):]
-            if naming == "bfl":
-                fmt.sources[rest] = src
-            else:
-                mapped = _map_diffusers_decoder(rest, num_up)
-                if mapped is None:
-                    fmt.unknown.append(src)
-                    continue
-                name, is_linear = mapped
-                fmt.sources[name] = src
-                if is_linear:
-                    fmt.linear_to_conv.add(name)
+            _place(k[len("decoder."):], src, None if naming == "bfl" else lambda r: _map_diffusers_decoder(r, num_up),
+                   fmt.sources, fmt.linear_to_conv, fmt.unknown)
         else:
             fmt.unknown.append(src)
     return fmt
