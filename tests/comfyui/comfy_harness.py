@@ -8,6 +8,7 @@ a 2-layer DiT with 13 × 64 text features, a 36-layer 64-wide Qwen3-VL text enco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -279,6 +280,18 @@ class ComfyServer:
 
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=60)
         return ws
+
+
+@contextlib.contextmanager
+def running_server(root: Path, **kwargs):
+    """A started ComfyServer on ``root`` (ComfyUI in ``$COMFYUI_PATH``, ``$COMFYUI_PYTHON`` or this interpreter),
+    always stopped."""
+    server = ComfyServer(Path(COMFYUI_PATH), root, python=os.environ.get("COMFYUI_PYTHON", sys.executable), **kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def ws_messages(ws, timeout: float):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import io as _io
 import json
-import os
 import shutil
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfy_harness import (COMFYUI_PATH, REPO, TEXT_WIDTH, ComfyServer, errors_of, new_client_id,
+from comfy_harness import (REPO, TEXT_WIDTH, running_server, errors_of, new_client_id,
                            requires_comfyui, ws_messages)
 
 pytestmark = requires_comfyui()
@@ -76,12 +75,8 @@ def write_readme_models(models: Path) -> dict:
 def first_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("first_run_root")
     write_readme_models(root / "models")
-    server = ComfyServer(Path(COMFYUI_PATH), root, python=os.environ.get("COMFYUI_PYTHON", sys.executable))
-    server.start()
-    try:
+    with running_server(root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def api_prompt() -> dict:

@@ -16,14 +16,11 @@ Screenshots go to ``$EDITOR_SHOTS_DIR`` (default /tmp/editor_shots). Skipped wit
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from comfy_harness import COMFYUI_PATH, REPO, ComfyServer, requires_comfyui, write_models
+from comfy_harness import REPO, running_server, requires_comfyui, write_models
 
 fe = pytest.importorskip("test_frontend_editor")
 
@@ -46,12 +43,8 @@ def server(tmp_path_factory):
     write_models(root / "models")
     (root / "user" / "default").mkdir(parents=True)
     (root / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    srv = ComfyServer(Path(COMFYUI_PATH), root, python=os.environ.get("COMFYUI_PYTHON", sys.executable))
-    srv.start()
-    try:
+    with running_server(root) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

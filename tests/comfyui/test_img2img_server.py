@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_harness import COMFYUI_PATH, PACK_DIR_NAME, REPO, ComfyServer, errors_of, requires_comfyui, write_models
+from comfy_harness import PACK_DIR_NAME, REPO, running_server, errors_of, requires_comfyui, write_models
 
 pytestmark = requires_comfyui()
 
@@ -72,13 +72,8 @@ def comfy_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def comfy_server(comfy_models):
-    server = ComfyServer(Path(COMFYUI_PATH), comfy_models["root"],
-                         python=os.environ.get("COMFYUI_PYTHON", sys.executable))
-    server.start()
-    try:
+    with running_server(comfy_models["root"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def template(name: str, **changes) -> dict:

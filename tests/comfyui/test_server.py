@@ -9,8 +9,6 @@ frontend) and compares the prompt it builds with the API twin.  Skipped unless `
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_harness import (COMFYUI_PATH, PACK_DIR_NAME, REPO, ComfyServer, errors_of, new_client_id,
+from comfy_harness import (PACK_DIR_NAME, REPO, running_server, errors_of, new_client_id,
                            requires_comfyui, write_models, ws_messages)
 
 pytestmark = requires_comfyui()
@@ -49,13 +47,8 @@ def comfy_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comfy_server(comfy_models):
     """One real ComfyUI (this interpreter, or $COMFYUI_PYTHON) for the module, always stopped."""
-    server = ComfyServer(Path(COMFYUI_PATH), comfy_models["root"],
-                         python=os.environ.get("COMFYUI_PYTHON", sys.executable))
-    server.start()
-    try:
+    with running_server(comfy_models["root"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------- helpers
