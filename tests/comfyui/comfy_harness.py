@@ -74,6 +74,23 @@ feats = torch.randn(2, 7, cfg.llm_features_dim, generator=g)
 '''
 
 
+# Worker setup for the LoRA tests: ComfyUI's LoRA folder pointed at ``loras`` (a scratch folder), the pack's
+# LoRA host module, the test-LoRA writers, and ``sigma`` for the two-sample test inputs.
+LORA_WORKER_SETUP = '''
+import folder_paths
+import nodes as comfy_nodes
+from safetensors.torch import save_file
+from i4pack.model.checkpoints import QuantizedLinear
+lora_host = importlib.import_module("i4pack.nodes.host.lora")
+from tools.make_test_loras import layout_state_dict, lora_factors, merge_reference, write_peft_lora
+
+out = Path(out_dir)
+loras = out / "loras"
+loras.mkdir()
+folder_paths.add_model_folder_path("loras", str(loras))
+sigma = torch.tensor([0.7, 0.3])
+'''
+
 def run_worker(source: str, timeout: float = 600) -> dict:
     """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (``$COMFYUI_PYTHON`` or this one), ComfyUI in ``--cpu``
     mode, with the pack importable as ``i4pack`` (``cm`` = its ``nodes.host.comfy_model``) and ``out_dir`` an

@@ -14,23 +14,11 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker
 
 pytestmark = requires_comfyui()
 
-WORKER = r'''
-import folder_paths
-import nodes as comfy_nodes
-from safetensors.torch import save_file
-lora_host = importlib.import_module("i4pack.nodes.host.lora")
-from i4pack.model.checkpoints import QuantizedLinear
-from tools.make_test_loras import layout_state_dict, lora_factors, merge_reference, write_peft_lora
-
-out = Path(out_dir)
-loras = out / "loras"
-loras.mkdir()
-folder_paths.add_model_folder_path("loras", str(loras))
-sigma = torch.tensor([0.7, 0.3])
+WORKER = LORA_WORKER_SETUP + r'''
 
 def run(patcher, full=True):
     mm.unload_all_models()

@@ -12,27 +12,15 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker
 
 pytestmark = requires_comfyui()
 
-WORKER = r'''
+WORKER = LORA_WORKER_SETUP + r'''
 import gc
-import nodes as comfy_nodes
-import folder_paths
-from safetensors.torch import save_file
-from i4pack.model.checkpoints import QuantizedLinear
 from i4pack.nodes.host import conditioning, sampler_settings
 from i4pack.nodes.host.comfy_sampling import run_reference_sampler
 from benchmarks.proc_status import proc_status
-lora_host = importlib.import_module("i4pack.nodes.host.lora")
-from tools.make_test_loras import layout_state_dict, lora_factors, merge_reference
-
-out = Path(out_dir)
-loras = out / "loras"
-loras.mkdir()
-folder_paths.add_model_folder_path("loras", str(loras))
-sigma = torch.tensor([0.7, 0.3])
 style = lora_factors(cfg, seed=21, rank=4, alpha=4.0)
 ulora = lora_factors(cfg, seed=22, rank=8, alpha=4.0, modules=None)
 ulora["llm_cond_proj"] = lora_factors(cfg, seed=23, rank=8, alpha=4.0, modules=["llm_cond_proj"])["llm_cond_proj"]
