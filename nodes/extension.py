@@ -20,9 +20,10 @@ def all_nodes() -> list[type[io.ComfyNode]]:
 
 class Ideogram4NativeExtension(ComfyExtension):
     async def on_load(self) -> None:
-        from .host import folders
+        from .host import core_lora_loaders, folders
 
         folders.register()
+        core_lora_loaders.install_core_loader_hooks()  # core's LoRA loaders: the pack's checks on the pack's models
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return all_nodes()

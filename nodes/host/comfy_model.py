@@ -80,9 +80,10 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
     applied to the decoded weight on each call.
     """
 
-    def _weight_functions(self) -> list:
-        functions = list(self.weight_function)
-        patch = self.role_patch()
+    def _functions(self, leaf: str) -> list:
+        """ComfyUI's ``weight_function`` / ``bias_function`` plus this pass's run-time patch of ``leaf``."""
+        functions = list(getattr(self, f"{leaf}_function"))
+        patch = self.role_patch(leaf)
         if patch is not None and not any(getattr(f, "is_lowvram_patch", False) for f in functions):
             functions.insert(0, patch)  # ComfyUI's streamed-layer patch already holds the same patches
         return functions
@@ -98,12 +99,13 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
                  for t in tensors]
         mm.sync_stream(device, stream)
         weight = self.decode(tuple(moved[:-1]), x.dtype)
-        for fn in self._weight_functions():
+        for fn in self._functions("weight"):
             weight = fn(weight)
         bias = moved[-1]
         if bias is not None:
-            bias = bias.to(dtype=x.dtype, copy=bool(self.bias_function))
-            for fn in self.bias_function:
+            bias_functions = self._functions("bias")
+            bias = bias.to(dtype=x.dtype, copy=bool(bias_functions))
+            for fn in bias_functions:
                 bias = fn(bias)
         out = F.linear(x, weight, bias)
         # the copies' memory may be reused by the next copy on that stream only once this layer is done
@@ -112,7 +114,7 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()
-        if self.comfy_cast_weights or self.weight_function or self.bias_function or self.role_patch() is not None:
+        if self.comfy_cast_weights or self.weight_function or self.bias_function or self.role_patches:
             return self.forward_comfy_cast_weights(x)
         return super().forward(x)
 
@@ -143,13 +145,15 @@ class ComfyOps:
 
     class Linear(_EagerInit, RolePatched, comfy.ops.disable_weight_init.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            patch = self.role_patch()  # only on a base shared with an unconditional view (see lora_patching)
-            if patch is None:
+            # run-time patches exist only on a base shared with an unconditional view (see lora_patching)
+            w_patch, b_patch = (self.role_patch("weight"), self.role_patch("bias")) if self.role_patches else (None, None)
+            if w_patch is None and b_patch is None:
                 return super().forward(x)
             comfy.ops.run_every_op()
-            weight = patch(self.weight.to(device=x.device, dtype=x.dtype, copy=True))
-            bias = mm.cast_to(self.bias, x.dtype, x.device) if self.bias is not None else None
-            return F.linear(x, weight, bias)
+            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=w_patch is not None)
+            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype, copy=b_patch is not None)
+            return F.linear(x, w_patch(weight) if w_patch else weight, b_patch(bias) if b_patch and bias is not None
+                            else bias)
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass

@@ -23,7 +23,8 @@ from ...model.dit import TEXT_PROJECTION_MODULES
 from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
-from .lora_patching import Ideogram4ModelPatcher, RolePatched, active_role, packed_module, runtime_patch
+from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, packed_module, runtime_patch, split_key,
+                            unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
 
@@ -57,6 +58,7 @@ def apply_lora(patcher, sd: dict, strength: float, label: str):
         skipped = sorted({(k if isinstance(k, str) else k[0]) for k in patches
                           if _is_text_projection(k if isinstance(k, str) else k[0])})
         patches = {k: v for k, v in patches.items() if (k if isinstance(k, str) else k[0]) not in skipped}
+    _refuse_unshareable(patcher, patches, label)
     clone = patcher.clone()
     accepted = set(clone.add_patches(patches, strength))
     refused = [str(k if isinstance(k, str) else k[0]) for k in patches if k not in accepted]
@@ -64,6 +66,21 @@ def apply_lora(patcher, sd: dict, strength: float, label: str):
         raise ValueError(f"{label}: ComfyUI refused {len(refused)} patches (no such weight): {', '.join(refused[:6])}")
     weights = sorted({k if isinstance(k, str) else k[0] for k in accepted})
     return clone, weights, skipped
+
+
+def _refuse_unshareable(patcher, patches: dict, label: str) -> None:
+    """On a base shared by the conditional and an unconditional-from-LoRA model, a patch must act in one pass only:
+    that holds for Linear weights and biases (applied when the layer runs), not for norms or embeddings."""
+    dit = dit_of(patcher)
+    root = dit.base if isinstance(dit, SharedUnconditionalDiT) else dit if getattr(dit, "shared_view", False) else None
+    if root is None:
+        return
+    keys = {(k if isinstance(k, str) else k[0]).removeprefix("diffusion_model.") for k in patches}
+    bad = unshareable_keys(root, keys)
+    if bad:
+        raise ValueError(f"{label}: {len(bad)} patched weights are not Linear weights or biases ({', '.join(bad[:6])}); "
+                         f"on a base shared with an unconditional-from-LoRA model they would act in both passes. "
+                         f"Load a separate unconditional checkpoint instead, or use a LoRA without those keys")
 
 
 def load_lora_onto(model, unconditional_model, path: str | Path, strength: float, target: str, name: str):
@@ -180,10 +197,11 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         base = self._view().base
         for module in base.modules():
             if isinstance(module, RolePatched):
-                module.set_role_patch("view", None)
+                module.clear_role_patches("view")
         for key in self.patches:
-            module = comfy.utils.get_attr(base, key.removeprefix("diffusion_model.").rpartition(".")[0])
-            module.set_role_patch("view", runtime_patch(self.patches, key, device_to))
+            module_name, leaf = split_key(key.removeprefix("diffusion_model."))
+            comfy.utils.get_attr(base, module_name).set_role_patch("view", runtime_patch(self.patches, key, device_to),
+                                                                   leaf)
         return out
 
 

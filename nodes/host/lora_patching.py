@@ -91,20 +91,24 @@ def active_role(role: str):
 
 
 class RolePatched:
-    """Mixin for the DiT's layers: the run-time patch of the pass in progress (or None)."""
+    """Mixin for the DiT's layers: the run-time patch of the pass in progress for ``leaf`` (or None)."""
 
     role_patches = None
 
-    def role_patch(self):
-        return self.role_patches.get(_ROLE.get()) if self.role_patches else None
+    def role_patch(self, leaf: str = "weight"):
+        return self.role_patches.get((_ROLE.get(), leaf)) if self.role_patches else None
 
-    def set_role_patch(self, role: str, patch) -> None:
+    def set_role_patch(self, role: str, patch, leaf: str = "weight") -> None:
         patches = dict(self.role_patches or {})
         if patch is None:
-            patches.pop(role, None)
+            patches.pop((role, leaf), None)
         else:
-            patches[role] = patch
+            patches[(role, leaf)] = patch
         self.role_patches = patches or None
+
+    def clear_role_patches(self, role: str) -> None:
+        for leaf in ("weight", "bias"):
+            self.set_role_patch(role, None, leaf)
 
 
 def runtime_patch(patches: dict, key: str, device=None):
@@ -119,13 +123,26 @@ def _is_shared(model) -> bool:
     return bool(getattr(getattr(model, "diffusion_model", None), "shared_view", False))
 
 
-def _layer_of(model, key: str):
+def split_key(key: str) -> tuple[str, str]:
+    """(module name, leaf) of a patch key: ``"diffusion_model.layers.0.attention.qkv.weight"`` →
+    (``"diffusion_model.layers.0.attention.qkv"``, ``"weight"``)."""
     module_name, _, leaf = key.rpartition(".")
+    return module_name, leaf
+
+
+def role_layer(model, key: str):
+    """The layer that can apply ``key``'s patch when it runs (a Linear's weight or bias), or None."""
+    module_name, leaf = split_key(key)
     try:
         module = comfy.utils.get_attr(model, module_name)
     except AttributeError:
         return None
-    return module if leaf == "weight" and isinstance(module, RolePatched) else None
+    return module if leaf in ("weight", "bias") and isinstance(module, RolePatched) else None
+
+
+def unshareable_keys(model, keys) -> list[str]:
+    """Patched keys that a base shared by two passes cannot keep to one pass (not a Linear's weight or bias)."""
+    return sorted(k for k in keys if role_layer(model, k) is None)
 
 
 class Ideogram4ModelPatcher(HomePatcher):
@@ -136,15 +153,23 @@ class Ideogram4ModelPatcher(HomePatcher):
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
         module = None
         if key in self.patches:
-            module = packed_module(self.model, key) or (_layer_of(self.model, key) if _is_shared(self.model) else None)
+            module = packed_module(self.model, key)
+            if module is None and _is_shared(self.model):
+                module = role_layer(self.model, key)
+                if module is None:
+                    raise ValueError(f"{key}: a patch of this weight would also act in the unconditional pass that "
+                                     f"shares this base (only Linear weights and biases can be patched per pass); "
+                                     f"load this LoRA on a model that is not shared, or without that key")
         if module is None:
             return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
                                                   return_weight=return_weight, force_cast=force_cast)
+        leaf = split_key(key)[1]
         if return_weight:  # a merged copy was asked for (saving, merging): this layer only
-            weight = (module.dequantized_weight(torch.float32, device_to) if isinstance(module, QuantizedLinear)
-                      else module.weight.to(device=device_to, dtype=torch.float32, copy=True))
+            weight = (module.dequantized_weight(torch.float32, device_to)
+                      if isinstance(module, QuantizedLinear) and leaf == "weight"
+                      else getattr(module, leaf).to(device=device_to, dtype=torch.float32, copy=True))
             return comfy.lora.calculate_weight(self.patches[key], weight, key)
-        module.set_role_patch("own", runtime_patch(self.patches, key, device_to))
+        module.set_role_patch("own", runtime_patch(self.patches, key, device_to), leaf)
         return None
 
     def _keep_lowvram_patches_to_own_pass(self) -> None:
@@ -152,13 +177,14 @@ class Ideogram4ModelPatcher(HomePatcher):
         if not _is_shared(self.model):
             return
         for module in self.model.modules():
-            functions = getattr(module, "weight_function", None)
-            if not functions or not isinstance(module, RolePatched):
+            if not isinstance(module, RolePatched):
                 continue
-            lowvram = [f for f in functions if getattr(f, "is_lowvram_patch", False)]
-            if lowvram:
-                module.weight_function = [f for f in functions if f not in lowvram]
-                module.set_role_patch("own", lowvram[-1])
+            for leaf in ("weight", "bias"):
+                functions = getattr(module, f"{leaf}_function", None) or []
+                lowvram = [f for f in functions if getattr(f, "is_lowvram_patch", False)]
+                if lowvram:
+                    setattr(module, f"{leaf}_function", [f for f in functions if f not in lowvram])
+                    module.set_role_patch("own", lowvram[-1], leaf)
 
     def load(self, *args, **kwargs):
         out = super().load(*args, **kwargs)
@@ -175,4 +201,4 @@ class Ideogram4ModelPatcher(HomePatcher):
         if unpatch_weights:
             for module in self.model.modules():
                 if isinstance(module, RolePatched):
-                    module.set_role_patch("own", None)
+                    module.clear_role_patches("own")

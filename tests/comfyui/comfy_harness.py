@@ -82,6 +82,7 @@ import nodes as comfy_nodes
 from safetensors.torch import save_file
 from i4pack.model.checkpoints import QuantizedLinear
 lora_host = importlib.import_module("i4pack.nodes.host.lora")
+importlib.import_module("i4pack.nodes.host.core_lora_loaders").install_core_loader_hooks()  # as the pack's on_load
 from tools.make_test_loras import layout_state_dict, lora_factors, merge_reference, write_peft_lora
 
 out = Path(out_dir)

@@ -6,7 +6,8 @@ base plus the LoRA, merged in pure torch (``tools.make_test_loras.merge_referenc
 fp32 file.  fp32 compute must agree within 1e-5 relative; bf16 compute within the bf16 noise measured
 in the same run (the merged reference computed in bf16 vs fp32).  In fp32 the LoRA's own effect must be
 orders of magnitude larger than the error.  Packed bytes are never modified; streamed (partially loaded) layers give
-the same output as resident ones.  The diffusers file is written by diffusers + peft.
+the same output as resident ones.  The diffusers file is written by diffusers + peft with ``lora_alpha ≠ r`` (the scale is read from its metadata, also
+through core's loader).
 
 Skipped unless ``COMFYUI_PATH`` is set.
 """
@@ -62,7 +63,8 @@ cases = {"bf16": "peft", "fp8": "kohya", "comfy_fp8_scaled": "ai-toolkit", "nf4"
 factors = lora_factors(cfg, seed=7, rank=4, alpha=2.0)
 for layout in ("kohya", "ai-toolkit", "onetrainer", "comfyui"):
     save_file(layout_state_dict(factors, layout), str(loras / f"{layout}.safetensors"))
-peft_path, _ = write_peft_lora(out / "peft_tmp", cfg, sd, rank=4, lora_alpha=4.0)  # alpha == r: core needs no metadata
+# alpha ≠ r: the scale 2 lives only in the file's metadata (core reads it into lora_metadata but never applies it)
+peft_path, _ = write_peft_lora(out / "peft_tmp", cfg, sd, rank=4, lora_alpha=8.0)
 (loras / "peft.safetensors").write_bytes(peft_path.read_bytes())
 
 for fmt, layout in cases.items():
@@ -79,7 +81,7 @@ for fmt, layout in cases.items():
         y0_again = run(base)
         if layout == "peft":
             # diffusers' own merge: the LoRA applied by PEFT to the dequantised base
-            _, ref_sd = write_peft_lora(out / f"peft_ref_{fmt}_{dtype}", cfg, dequantised(base), rank=4, lora_alpha=4.0)
+            _, ref_sd = write_peft_lora(out / f"peft_ref_{fmt}_{dtype}", cfg, dequantised(base), rank=4, lora_alpha=8.0)
             ref_sd = {k: base_v + 0.8 * (ref_sd[k] - base_v) for k, base_v in dequantised(base).items()}
         else:
             ref_sd = merge_reference(dequantised(base), factors, 0.8)
@@ -134,6 +136,27 @@ try:
     node["missing_uncond"] = None
 except ValueError as exc:
     node["missing_uncond"] = str(exc)
+# core's loaders on the pack's model: a LoRA that does not map is an error (core alone only logs), strength 0 is
+# the model itself, bypass mode gives the normal mode's model
+try:
+    core_lora(cond, "flux.safetensors", 1.0)
+    node["core_flux_error"] = None
+except ValueError as exc:
+    node["core_flux_error"] = str(exc)
+partial = dict(layout_state_dict(factors, "kohya"))
+partial["lora_unet_not_a_module.lora_down.weight"] = torch.zeros(4, 64)
+partial["lora_unet_not_a_module.lora_up.weight"] = torch.zeros(64, 4)
+save_file(partial, str(loras / "partial.safetensors"))
+try:
+    core_lora(cond, "partial.safetensors", 1.0)
+    node["core_partial_error"] = None
+except ValueError as exc:
+    node["core_partial_error"] = str(exc)
+node["core_strength0_same"] = core_lora(cond, "kohya.safetensors", 0.0) is cond
+import comfy.sd
+bypass = comfy.sd.load_bypass_lora_for_models(cond, None, comfy.utils.load_torch_file(str(loras / "kohya.safetensors")),
+                                              0.8, 0.0)[0]
+node["bypass_equal"] = bool(torch.equal(run(bypass), run(core_lora(cond, "kohya.safetensors", 0.8))))
 # the node class itself (V3 schema) lists the loras folder
 from i4pack.nodes.lora_nodes import Ideogram4NativeLoraLoader
 schema = Ideogram4NativeLoraLoader.define_schema()
@@ -181,3 +204,12 @@ def test_pack_node_errors(result):
     assert "a FLUX LoRA" in node["flux_error"] and "no key of this LoRA maps" in node["flux_error"]
     assert "unconditional_model input" in node["missing_uncond"]
     assert "kohya.safetensors" in node["options"]
+
+
+def test_core_loader_refuses_what_does_not_map(result):
+    """Through core LoraLoaderModelOnly too: never "lora key not loaded" log lines and an unchanged model."""
+    node = result["node"]
+    assert "a FLUX LoRA" in node["core_flux_error"] and "no key of this LoRA maps" in node["core_flux_error"], node
+    assert "keys map nowhere" in node["core_partial_error"], node
+    assert "not_a_module" in node["core_partial_error"], node
+    assert node["core_strength0_same"] and node["bypass_equal"], node

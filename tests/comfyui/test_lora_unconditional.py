@@ -2,7 +2,8 @@
 
 Equal (fp32, ≤ 1e-5 relative) to a separately loaded *merged* unconditional checkpoint, also when a style
 LoRA sits on the conditional model (it must not leak into the unconditional pass, and the LoRA must not leak
-into the conditional pass); the one-node sampler's latent equals the one from the merged pair; the pair
+into the conditional pass — weight and bias patches alike; a norm patch, which cannot be kept to one pass, is an
+error); the one-node sampler's latent equals the one from the merged pair; the pair
 holds one base: no weight of its own in the unconditional model, ComfyUI's sizes are base + LoRA, and the
 process memory grows by far less than a second base when it is built and run.
 
@@ -24,8 +25,18 @@ from benchmarks.proc_status import proc_status
 style = lora_factors(cfg, seed=21, rank=4, alpha=4.0)
 ulora = lora_factors(cfg, seed=22, rank=8, alpha=4.0, modules=None)
 ulora["llm_cond_proj"] = lora_factors(cfg, seed=23, rank=8, alpha=4.0, modules=["llm_cond_proj"])["llm_cond_proj"]
-save_file(layout_state_dict(style, "kohya"), str(loras / "style.safetensors"))
-save_file(layout_state_dict(ulora, "ai-toolkit"), str(loras / "uncond.safetensors"))
+# bias patches (diff_b) too: on the shared base they must stay in their own pass like the weight patches
+g = torch.Generator().manual_seed(24)
+style_b = {"layers.0.adaln_modulation.bias": 0.05 * torch.randn(4 * cfg.emb_dim, generator=g)}
+ulora_b = {"layers.1.adaln_modulation.bias": 0.05 * torch.randn(4 * cfg.emb_dim, generator=g)}
+save_file({**layout_state_dict(style, "kohya"), "lora_unet_layers_0_adaln_modulation.diff_b": style_b[
+    "layers.0.adaln_modulation.bias"]}, str(loras / "style.safetensors"))
+save_file({**layout_state_dict(ulora, "ai-toolkit"), "diffusion_model.layers.1.adaln_modulation.diff_b": ulora_b[
+    "layers.1.adaln_modulation.bias"]}, str(loras / "uncond.safetensors"))
+save_file({"diffusion_model.layers.0.attention_norm1.diff": torch.zeros(cfg.emb_dim)}, str(loras / "norm.safetensors"))
+
+def with_bias(sd_in, biases, strength):
+    return {k: v + strength * biases[k] if k in biases else v for k, v in sd_in.items()}
 
 def rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
@@ -64,15 +75,20 @@ for fmt in ("bf16", "fp8"):
     rss0 = proc_status("VmRSS")["VmRSS"]
     uncond, lines = lora_host.unconditional_from_lora(base, loras / "uncond.safetensors", 1.0, "uncond")
     cond = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "style.safetensors", 0.7)[0]
+    try:  # a norm patch cannot be kept to one pass of the shared base
+        comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "norm.safetensors", 1.0)
+        r["norm_error"] = None
+    except ValueError as exc:
+        r["norm_error"] = str(exc)
     vc, vu = passes(cond, uncond)
     gc.collect()
     rss1 = proc_status("VmRSS")["VmRSS"]
     vc0, _ = passes(base, uncond)  # the view is there, the conditional model has no LoRA
     plan_names = list(cm.plan_pair(cond, uncond, batch=1, n_img=12, n_txt=7).totals)
     # references: separately loaded merged checkpoints
-    ref_c = cm.load_model_patcher(write_file(merge_reference(base_sd, style, 0.7), out / f"rc_{fmt}.safetensors", "fp32"),
-                                  weight_dtype="fp32")
-    u_sd = merge_reference(base_sd, {k: v for k, v in ulora.items() if k != "llm_cond_proj"}, 1.0)
+    ref_c = cm.load_model_patcher(write_file(with_bias(merge_reference(base_sd, style, 0.7), style_b, 0.7),
+                                             out / f"rc_{fmt}.safetensors", "fp32"), weight_dtype="fp32")
+    u_sd = with_bias(merge_reference(base_sd, {k: v for k, v in ulora.items() if k != "llm_cond_proj"}, 1.0), ulora_b, 1.0)
     ref_u = cm.load_model_patcher(write_file(u_sd, out / f"ru_{fmt}.safetensors", "fp32"), weight_dtype="fp32",
                                   image_only=True)
     gc.collect()
@@ -110,6 +126,7 @@ def test_unconditional_from_lora_equals_merged_checkpoint(result, fmt):
     assert r["uncond_effect"] > 1e3 * max(r["uncond_err"], 1e-7) and r["style_effect"] > 1e-2, r
     assert r["cond_plain_equal"], r  # the view's LoRA never acts in the conditional pass
     assert r["latent_err"] <= 1e-5, r  # the one-node sampler on the shared pair
+    assert "attention_norm1" in r["norm_error"] and "would act in both passes" in r["norm_error"], r
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])
