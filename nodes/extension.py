@@ -6,9 +6,11 @@ never silently skipped.
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import caption_nodes, encode_nodes, latent_nodes, loader_nodes, lora_nodes, sampler_nodes, text_encoder_nodes
+from . import (caption_nodes, encode_nodes, latent_nodes, loader_nodes, lora_nodes, sampler_nodes, speed_nodes,
+               text_encoder_nodes)
 
-NODE_MODULES = (caption_nodes, loader_nodes, lora_nodes, text_encoder_nodes, sampler_nodes, latent_nodes, encode_nodes)
+NODE_MODULES = (caption_nodes, loader_nodes, lora_nodes, text_encoder_nodes, sampler_nodes, latent_nodes, encode_nodes,
+                speed_nodes)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from .fp8 import FP8_DTYPE, FP8_MAX
 
+FP8_SCHEMES = ("fp8_rowwise", "fp8_tensorwise")  # the packed-Linear schemes stored as float8_e4m3fn + scale
+
 
 def quantize_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row e4m3 quantisation of a (M, K) activation: (x8, scale (M, 1) float32)."""
@@ -85,21 +87,35 @@ def measure_deviation(layer, x: torch.Tensor) -> float:
     return float((fast.float() - exact.float()).abs().max() / exact.float().abs().max().clamp(min=1e-30))
 
 
-def set_fast_fp8(model: torch.nn.Module, enabled: bool, *, probe_tokens: int = 64, seed: int = 0) -> str:
-    """Switch the fast path on/off for every packed fp8 layer; returns what to show on the node.
+def fp8_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, layer) of every packed fp8 Linear of ``model`` (the layers the fast path can run)."""
+    return [(name, m) for name, m in model.named_modules()
+            if getattr(m, "fast_fp8", None) is not None and getattr(m, "scheme", None) in FP8_SCHEMES]
 
-    The deviation is measured on a seeded N(0, 1) probe through each switched layer (worst layer reported).
-    """
-    layers = [m for m in model.modules() if getattr(m, "fast_fp8", None) is not None and m.scheme != "nf4"]
-    for m in layers:
+
+def fast_fp8_report(layers: list, *, on_kernel: bool, probe_layers: Optional[int] = None, probe_tokens: int = 64,
+                    seed: int = 0) -> str:
+    """What to show on a node once the fast path is on for ``layers``: NOT reference-exact, the worst relative
+    deviation from the exact path measured on a seeded N(0, 1) probe through ``probe_layers`` of them (all by
+    default; the first ones in model order otherwise), and whether tensor cores run it."""
+    g = torch.Generator().manual_seed(seed)
+    probed = layers[:probe_layers] if probe_layers else layers
+    worst = 0.0
+    for _, m in probed:
+        x = torch.randn(probe_tokens, m.in_features, generator=g).to(device=m.weight.device, dtype=m.compute_dtype)
+        worst = max(worst, measure_deviation(m, x))
+    where = "fp8 tensor cores" if on_kernel else "emulated in float32 — slower than the exact path; fast only on CUDA sm89+"
+    sample = f"{len(probed)} of them" if len(probed) < len(layers) else "each"
+    return (f"fp8 matmul: FAST ({where}), NOT reference-exact — {len(layers)} layers, max relative deviation "
+            f"{worst:.2e} per layer on a random probe ({sample} measured)")
+
+
+def set_fast_fp8(model: torch.nn.Module, enabled: bool, *, probe_tokens: int = 64, seed: int = 0) -> str:
+    """Switch the fast path on/off for every packed fp8 layer of a plain-torch model; returns what to show."""
+    layers = fp8_layers(model)
+    for _, m in layers:
         m.fast_fp8 = bool(enabled)
     if not enabled or not layers:
         return "fp8 matmul: exact (decode to bf16, bf16 matmul)" if layers else "fp8 matmul: no fp8 layers"
-    g = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for m in layers:
-        x = torch.randn(probe_tokens, m.in_features, generator=g).to(device=m.weight.device, dtype=m.compute_dtype)
-        worst = max(worst, measure_deviation(m, x))
-    where = "fp8 tensor cores" if any(p.is_cuda for p in model.parameters()) and kernel_available() else "emulated"
-    return (f"fp8 matmul: FAST ({where}), NOT reference-exact — {len(layers)} layers, max relative deviation "
-            f"{worst:.2e} per layer on a random probe")
+    on_kernel = any(p.is_cuda for p in model.parameters()) and kernel_available()
+    return fast_fp8_report(layers, on_kernel=on_kernel, probe_tokens=probe_tokens, seed=seed)

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 
 from .comfy_quant import COMFY_CODECS, COMFY_SCHEMES, dequantize_comfy, storage_shape
 from .fp8 import FP8_DTYPE, dequantize_fp8, fp8_storage_to
-from .fp8_matmul import fp8_linear
+from .fp8_matmul import FP8_SCHEMES, fp8_linear
 from .gguf_codec import dequantize_gguf, row_bytes
 from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
 
-FP8_SCHEMES = ("fp8_rowwise", "fp8_tensorwise")
 SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4") + COMFY_SCHEMES + ("gguf",)
 
 

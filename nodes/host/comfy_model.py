@@ -43,6 +43,7 @@ from ...model.dit import load_transformer
 from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
+from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
 from . import comfy_attention
 from . import memory_policy as mp
@@ -98,8 +99,13 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
         moved = [None if t is None else mm.cast_to(t, None, device, non_blocking=non_blocking, stream=stream)
                  for t in tensors]
         mm.sync_stream(device, stream)
+        functions = self._functions("weight")
+        if self.fast_fp8 and self.scheme in FP8_SCHEMES and not functions and not self._functions("bias"):
+            out = fp8_linear(x, moved[0], moved[1], moved[-1])  # opt-in fast fp8 matmul, not reference-exact
+            comfy.ops.uncast_bias_weight(self, moved[0], moved[-1], (stream, moved[0], moved[-1]))
+            return out
         weight = self.decode(tuple(moved[:-1]), x.dtype)
-        for fn in self._functions("weight"):
+        for fn in functions:
             weight = fn(weight)
         bias = moved[-1]
         if bias is not None:

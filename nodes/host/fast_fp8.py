@@ -1,0 +1,36 @@
+"""The opt-in fast fp8 matmul on the pack's MODELs (what ``Ideogram4NativeFastFP8`` runs).
+
+Each packed fp8 layer has a ``fast_fp8`` switch (``model.checkpoints.fp8_matmul``).  It is set on a
+*clone* of the ``ModelPatcher`` as ComfyUI object patches, so ComfyUI applies it when that clone is
+loaded and restores the exact path when it is unloaded: the model the loader gave to other nodes
+stays reference-exact.  Layers carrying a LoRA patch keep the exact path (the patch needs the decoded
+weight); streamed layers take the fast path on their moved fp8 storage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...model.checkpoints.fp8_matmul import fast_fp8_report, fp8_layers, kernel_available
+from .comfy_model import dit_of, require_ideogram4
+
+PROBE_LAYERS = 7  # the deviation is measured on the first block's Linears (decoding all 200+ takes ~30 s on a CPU)
+
+
+def _on_kernel(patcher) -> bool:
+    device = torch.device(patcher.load_device)
+    return device.type == "cuda" and kernel_available(device.index or 0)
+
+
+def with_fast_fp8(patcher, what: str):
+    """(clone of ``patcher`` whose fp8 layers run the fast matmul, report line) — ValueError without fp8 layers."""
+    require_ideogram4(patcher, what)
+    dit = dit_of(patcher)
+    layers = fp8_layers(dit)
+    if not layers:
+        raise ValueError(f"{what}: this model ({dit.checkpoint_format}) has no fp8 layers; the fast fp8 matmul "
+                         f"applies to official fp8 and ComfyUI fp8_scaled checkpoints")
+    clone = patcher.clone()
+    for name, _ in layers:
+        clone.add_object_patch(f"diffusion_model.{name}.fast_fp8", True)
+    return clone, f"{what}: " + fast_fp8_report(layers, on_kernel=_on_kernel(patcher), probe_layers=PROBE_LAYERS)
