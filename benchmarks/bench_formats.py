@@ -110,12 +110,12 @@ def comfy_entries(family: str, cfg):
     return out
 
 
-def write_safetensors_streamed(entries, path: Path) -> int:
+def write_safetensors_streamed(entries, path: Path, prefix: str = PREFIX) -> int:
     """A safetensors file written tensor by tensor (header first): RAM for one tensor only."""
     header, offset = {}, 0
     for name, dtype, shape, _ in entries:
         n = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
-        header[PREFIX + name] = {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[prefix + name] = {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()

@@ -50,9 +50,21 @@ out = [rss("after load")]
 cfg = cm.dit_of(p).config
 x = torch.randn(1, 128, 16, 16)
 feats = torch.randn(1, 64, cfg.llm_features_dim)
-with torch.inference_mode():
-    p.model.apply_model(x, torch.tensor([0.5]), c_crossattn=feats)
+import time
+def forward():
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        p.model.apply_model(x, torch.tensor([0.5]), c_crossattn=feats)
+    return time.perf_counter() - t0
+first = forward()  # warm-up (first touch of the mapped file, kernels' first calls)
+seconds = {"first_forward_s": first, "forward_s": forward()}
 out.append(rss("after a forward (256²)"))
+if cm.dit_of(p).checkpoint_format.lower().find("nf4") >= 0:  # the decode before this change: pure torch
+    nf4 = importlib.import_module("i4pack.model.checkpoints.nf4")
+    fast = nf4._bnb_functional
+    nf4._bnb_functional = lambda: None
+    seconds["forward_pure_torch_decode_s"] = forward()
+    nf4._bnb_functional = fast
 original_to = torch.nn.Module.to
 def upload(mod, *a, **k):  # what reaches the device leaves nothing on the host: file weights become meta tensors
     homes = off.homes_of(p.model)
@@ -71,6 +83,7 @@ torch.nn.Module.to = original_to
 out.append(rss("on the (simulated) device"))
 p.unpatch_model(p.offload_device)
 out.append(rss("after offload"))
+out.append(seconds)
 print("RESULT " + json.dumps(out))
 '''
 
@@ -84,29 +97,31 @@ def main(argv=None) -> None:
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""))
     ap.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable))
     args = ap.parse_args(argv)
+    from bench_formats import write_safetensors_streamed
     from model.dit.config import DiTConfig
-    from tools.make_test_checkpoints import convert, random_state_dict, write_file
+    from random_models import official_entries
 
     cfg = DiTConfig(emb_dim=args.width, num_layers=args.layers, num_heads=args.width // 256,
                     intermediate_size=args.width * 8 // 3 // 64 * 64, adaln_dim=512)
     args.out.mkdir(parents=True, exist_ok=True)
-    sd = None
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "i4pack").symlink_to(ROOT, target_is_directory=True)
         script = Path(tmp) / "child.py"
         script.write_text(CHILD)
         for fmt in args.formats.split(","):
             path = args.out / f"dit_{args.layers}x{args.width}_{fmt}.safetensors"
-            if not path.exists():
-                sd = sd if sd is not None else random_state_dict(cfg, 0)
-                write_file(convert(sd, fmt), path, fmt)
+            if not path.exists():  # streamed tensor by tensor: RAM for one layer, also at the real size
+                write_safetensors_streamed(official_entries(cfg, fmt), path, prefix="")
             proc = subprocess.run([args.python, str(script), args.comfyui, tmp, str(ROOT), str(path)],
                                   capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(proc.stdout[-2000:] + proc.stderr[-4000:])
             print(f"{fmt} ({path.stat().st_size / 2**30:.2f} GiB file)")
-            for r in json.loads(line[len("RESULT "):]):
+            *rows, seconds = json.loads(line[len("RESULT "):])
+            print("  CPU seconds per forward (256², 64 text tokens): " + ", ".join(
+                f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in seconds.items()))
+            for r in rows:
                 print(f"  {r['at']:24s} RSS private {r['private_rss_gib']:6.2f} GiB, file-backed {r['file_rss_gib']:6.2f}"
                       f" GiB | weights: private {r['weights_private_gib']:6.2f} GiB, file views "
                       f"{r['weights_file_gib']:6.2f} GiB")

@@ -65,3 +65,27 @@ def random_dit(dit_cls, cfg, fmt: str, *, ck, operations, device="cpu", seed: in
             raise RuntimeError(f"buffer {name} left on the meta device")
     model.eval().requires_grad_(False)
     return model, bf16_state
+
+
+def official_entries(cfg, fmt: str, seed: int = 0):
+    """(name, dtype, shape, make()) of every tensor of an official-layout file in ``fmt`` (``tools.make_test_checkpoints``
+    formats: bf16, fp8, nf4, …), for ``bench_formats.write_safetensors_streamed``: the layout comes from converting
+    meta tensors, the data from one seeded random weight at a time (RAM for one layer, also at the real size)."""
+    import torch
+
+    from model.dit import expected_shapes
+    from tools.make_test_checkpoints import convert, random_tensor
+
+    cache = {}
+
+    def make(key, shape, i, name):
+        if cache.get("key") != key:  # entries of one weight are written one after another
+            g = torch.Generator().manual_seed(seed * 100003 + i)
+            cache.update(key=key, tensors=convert({key: random_tensor(key, shape, g)}, fmt))
+        return cache["tensors"][name]
+
+    out = []
+    for i, (key, shape) in enumerate(expected_shapes(cfg).items()):
+        for name, meta in convert({key: torch.empty(shape, device="meta")}, fmt).items():
+            out.append((name, meta.dtype, tuple(meta.shape), lambda k=key, s=shape, i=i, n=name: make(k, s, i, n)))
+    return out

@@ -32,23 +32,25 @@ def tiny_config(num_layers: int = 2, num_heads: int = 2, head_dim: int = 256, in
                      intermediate_size=intermediate_size, adaln_dim=adaln_dim, llm_features_dim=13 * text_width)
 
 
+def random_tensor(key: str, shape, g: torch.Generator) -> torch.Tensor:
+    """One seeded float32 weight of the official layout, scaled so activations stay O(1)."""
+    if key.endswith("norm.weight") or "norm" in key.rsplit(".", 2)[-2] and key.endswith(".weight"):
+        value = 1.0 + 0.1 * torch.randn(shape, generator=g)
+    elif key == "embed_image_indicator.weight":
+        value = 0.5 * torch.randn(shape, generator=g)
+    elif key.endswith(".bias"):
+        value = 0.05 * torch.randn(shape, generator=g)
+    else:  # Linear weights
+        value = torch.randn(shape, generator=g) / shape[1] ** 0.5
+        if "adaln_modulation" in key:
+            value = value * 0.5
+    return value.contiguous()
+
+
 def random_state_dict(cfg: DiTConfig, seed: int) -> dict[str, torch.Tensor]:
     """Seeded float32 weights in the official (fused-qkv) layout, scaled so activations stay O(1)."""
     g = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for key, shape in expected_shapes(cfg).items():
-        if key.endswith("norm.weight") or "norm" in key.rsplit(".", 2)[-2] and key.endswith(".weight"):
-            value = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif key == "embed_image_indicator.weight":
-            value = 0.5 * torch.randn(shape, generator=g)
-        elif key.endswith(".bias"):
-            value = 0.05 * torch.randn(shape, generator=g)
-        else:  # Linear weights
-            value = torch.randn(shape, generator=g) / shape[1] ** 0.5
-            if "adaln_modulation" in key:
-                value = value * 0.5
-        out[key] = value.contiguous()
-    return out
+    return {key: random_tensor(key, shape, g) for key, shape in expected_shapes(cfg).items()}
 
 
 def _is_linear_weight(key: str, sd: dict[str, torch.Tensor]) -> bool:

@@ -216,8 +216,8 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         if cross_attn is not None:
             out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
             lengths = kwargs.get("text_lengths", None)
-            if lengths is not None:
-                out["text_lengths"] = comfy.conds.CONDRegular(torch.as_tensor(list(lengths), dtype=torch.long))
+            if lengths is not None:  # a constant (host-side tuple): never moved to the device, read without a sync
+                out["text_lengths"] = comfy.conds.CONDConstant(tuple(int(v) for v in lengths))
         return out
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
@@ -234,7 +234,9 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         if feats is not None:
             feats = feats.to(device=x.device)
             if lengths is not None:
-                lengths = [int(v) for v in torch.as_tensor(lengths).reshape(-1).tolist()]
+                lengths = [int(v) for v in (lengths.reshape(-1).tolist() if torch.is_tensor(lengths) else lengths)]
+                if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
+                    lengths = lengths * (b // len(lengths))
         tokens = lat.comfy_to_tokens(x.to(torch.float32))
         v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths,
                                  transformer_options=transformer_options)

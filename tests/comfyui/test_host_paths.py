@@ -1,6 +1,7 @@
 """The pack's speed paths inside ComfyUI (CPU): attention dispatcher and overrides, the one-node
 sampler through ComfyUI's model call (patches and wrappers honoured), packed layers streamed
-through ComfyUI's offload path (a mocked offload stream sees the packed buffers).
+through ComfyUI's offload path (a mocked offload stream sees the packed buffers), core's Dual Model CFG Guider on
+the pack's models.
 
 Runs inside ComfyUI's Python in a subprocess (``--cpu``), like ``test_model_management.py``.
 Skipped unless ``COMFYUI_PATH`` is set.
@@ -118,6 +119,31 @@ for fmt in ("fp8", "nf4"):
         mm.cast_to, mm.get_offload_stream = real_cast_to, real_get
     p.detach()
     res["stream"][fmt] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part))}
+
+# 4. core's Dual Model CFG Guider (SamplerCustomAdvanced) on the pack's models: the text features and their lengths
+# arrive through extra_conds (the lengths as a host-side constant: read every step without a device sync); two
+# left-padded captions; against a hand-written Euler loop over direct model calls
+from comfy_extras.nodes_custom_sampler import Guider_DualModel
+import comfy.samplers
+pc32, pu32 = (cm.load_model_patcher(f, weight_dtype="fp32") for f in paths["bf16"])
+positive2 = cond_mod.make_conditioning(feats, [7, 4])
+conds = pc32.model.extra_conds(cross_attn=feats, text_lengths=[7, 4])
+res["core_guider"] = {"lengths_cond": type(conds["text_lengths"]).__name__}
+guider = Guider_DualModel(pc32, pu32)
+guider.set_conds(positive2, [[None, {}]])
+guider.set_cfg(5.0)
+sig = torch.tensor([0.9, 0.6, 0.3])
+noise = torch.randn(2, 128, 16, 16, generator=torch.Generator().manual_seed(11))
+z_core = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.ksampler("euler"), sig, seed=1, disable_pbar=True)
+z = sig[0] * noise  # ComfyUI's CONST noise scaling of an empty latent
+mm.load_models_gpu([pc32, pu32])
+for s0, s1 in zip(sig[:-1], sig[1:]):
+    sb = s0.expand(2)
+    vc = pc32.model.apply_model(z, sb, c_crossattn=feats, text_lengths=[7, 4], ideogram4_velocity=True)
+    vu = pu32.model.apply_model(z, sb, ideogram4_velocity=True)
+    z = z + (s1 - s0) * -(vu + 5.0 * (vc - vu))  # d = (x − x0)/σ = −v_cfg
+z = z / (1.0 - sig[-1])  # CONST inverse noise scaling
+res["core_guider"]["rel"] = float((z_core - z).abs().max() / z.abs().max())
 print("RESULT " + json.dumps(res))
 '''
 
@@ -154,3 +180,9 @@ def test_packed_layers_take_the_offload_stream(result, fmt):
     assert all(c[2] for c in r["casts"] if c[0] in (packed, scale))
     assert r["waits"] > 0  # the stream waits for the compute before its buffers are reused
     assert r["equal"]
+
+
+def test_core_dual_model_guider_runs_the_pack_models(result):
+    r = result["core_guider"]
+    assert r["lengths_cond"] == "CONDConstant", r  # no device tensor to read back every step
+    assert r["rel"] <= 1e-5, r  # ComfyUI's denoised-space CFG and Euler vs the velocity-space loop, fp32

@@ -9,8 +9,8 @@ no longer the one in use).  On the way back, ComfyUI's plain ``ModelPatcher`` ke
 (the control: the test can fail); ``HomePatcher`` must leave none.  ``/proc/self/maps`` says which bytes
 are file-backed.
 
-Models: the tiny DiT in bf16, fp8 and nf4 (``tools/make_test_checkpoints``), bf16 also with a LoRA-style
-weight patch (``add_patches``; packed layers refuse patches), the tiny text encoder (official bf16 / fp8 /
+Models: the tiny DiT in bf16, fp8 and nf4 (``tools/make_test_checkpoints``), each also with a LoRA-style
+weight patch (``add_patches``: merged into bf16 weights, applied at run time on packed layers), the tiny text encoder (official bf16 / fp8 /
 nf4 layouts) and the tiny VAE.
 
 Skipped unless ``COMFYUI_PATH`` is set (Linux only: ``/proc/self/maps``).
@@ -85,18 +85,18 @@ sd = random_state_dict(cfg, 0)
 key = "diffusion_model.layers.0.attention.qkv.weight"
 for fmt in ("bf16", "fp8", "nf4"):
     path = write_file(convert(sd, fmt), Path(out_dir) / f"{fmt}.safetensors", fmt)
-    cases = [("full", False, None), ("partial", True, None)]
-    if fmt == "bf16":
-        shape = cm.load_model_patcher(path).model.diffusion_model.layers[0].attention.qkv.weight.shape
-        lora = {key: (0.01 * torch.randn(shape, generator=torch.Generator().manual_seed(1)),)}
-        cases += [("full_lora", False, lora), ("partial_lora", True, lora)]
+    # a LoRA-style weight patch on every format: merged into the bf16 weight (ComfyUI's backup restores it), on
+    # packed fp8 / nf4 layers applied to the decoded weight when the layer runs (the packed bytes are never written)
+    lora = {key: (0.01 * torch.randn(3 * cfg.emb_dim, cfg.emb_dim, generator=torch.Generator().manual_seed(1)),)}
+    cases = [("full", False, None), ("partial", True, None), ("full_lora", False, lora), ("partial_lora", True, lora)]
     for name, partial, patches in cases:
         p = cm.load_model_patcher(path, weight_dtype="bf16")
         r = cycle(p, partial=partial, patches=patches)
         if patches:
             w = p.model.diffusion_model.layers[0].attention.qkv.weight
             with __import__("safetensors").safe_open(str(path), "pt") as f:
-                r["patch_undone"] = bool(torch.equal(w, f.get_tensor(key.replace("diffusion_model.", "")).to(w.dtype)))
+                stored = f.get_tensor(key.replace("diffusion_model.", ""))
+            r["patch_undone"] = bool(torch.equal(w.view(torch.uint8), stored.view(torch.uint8)))
         res[f"dit_{fmt}_{name}"] = r
     # the control: ComfyUI's plain ModelPatcher on the same model keeps private copies
     p = cm.load_model_patcher(path, weight_dtype="bf16")
@@ -129,7 +129,7 @@ def result():
 
 
 CASES = ([f"dit_{f}_{c}" for f in ("bf16", "fp8", "nf4") for c in ("full", "partial")]
-         + ["dit_bf16_full_lora", "dit_bf16_partial_lora"]
+         + [f"dit_{f}_{c}_lora" for f in ("bf16", "fp8", "nf4") for c in ("full", "partial")]
          + [f"te_official_{f}_{c}" for f in ("bf16", "fp8", "nf4") for c in ("full", "partial")]
          + ["vae_full", "vae_partial"])
 
@@ -148,7 +148,7 @@ def test_offload_returns_every_file_weight_to_the_mapping(result, case):
         assert r["freed"] > 0 and r["half_file_backed"] >= r["freed"] - r["before"]["private"], r
 
 
-@pytest.mark.parametrize("case", ["dit_bf16_full_lora", "dit_bf16_partial_lora"])
+@pytest.mark.parametrize("case", [f"dit_{f}_{c}_lora" for f in ("bf16", "fp8", "nf4") for c in ("full", "partial")])
 def test_patched_weight_is_restored_to_the_file_weight(result, case):
     assert result[case]["patch_undone"], result[case]
 
