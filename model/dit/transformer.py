@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -165,6 +165,9 @@ class Ideogram4DiT(nn.Module):
         self.final_layer = FinalLayer(cfg, operations=operations, **kw)
         self.attention_mask_fn = attention_ops(operations)[1]
         self._run_cache: Optional[dict] = None
+        # Called with this model once the text rows of a sampling run are cached (they are not needed again in the
+        # run): a host can move ``llm_cond_norm`` / ``llm_cond_proj`` off the compute device for the rest of it.
+        self.after_text_projection: Optional[Callable[["Ideogram4DiT"], None]] = None
 
     @contextlib.contextmanager
     def sampling_run(self):
@@ -272,6 +275,8 @@ class Ideogram4DiT(nn.Module):
         if text_features is not None:
             h_txt = self._text_rows(text_features, lengths, device, cd) + emb[0]
             n_txt = text_features.shape[1]
+            if self._run_cache is not None and self.after_text_projection is not None:
+                self.after_text_projection(self)
         return (emb, h_txt, *self._positions(b, gh, gw, n_txt, lengths, device, cd))
 
     def _real_rows(self, lengths, n_txt: int, device) -> torch.Tensor:

@@ -23,6 +23,7 @@ ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -48,6 +49,7 @@ from ...sampling import sigma_from_time
 from . import comfy_attention
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
+from .text_projection_release import release_text_projection
 from .offload import system_ram_budget
 
 install_key_map_hook()
@@ -292,6 +294,8 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer", we
     config = Ideogram4NativeConfig(dict(Ideogram4NativeConfig.unet_config))
     config.set_inference_dtype(dtype, None)
     model = Ideogram4NativeModel(config, dit, device=offload_device)
+    if not image_only:  # once a run's text rows are cached, the text projection leaves VRAM
+        dit.after_text_projection = functools.partial(release_text_projection, base_model=model)
     patcher = Ideogram4ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "component": component,
                               "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}

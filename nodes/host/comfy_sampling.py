@@ -26,6 +26,7 @@ bit for bit — ``tests/comfyui/test_inprocess.py``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Optional
@@ -167,7 +168,12 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         if self.uncond_patcher is not None:
             self.uncond_patcher.pre_run()
         try:
-            return super().outer_sample(*args, **kwargs)
+            with contextlib.ExitStack() as runs:  # per-run cache of both DiTs (text rows, RoPE, mask): bit-identical
+                for patcher in (self.model_patcher, self.uncond_patcher):
+                    run = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+                    if hasattr(run, "sampling_run"):
+                        runs.enter_context(run.sampling_run())
+                return super().outer_sample(*args, **kwargs)
         finally:
             self._last = None
 

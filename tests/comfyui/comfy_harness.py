@@ -92,6 +92,29 @@ folder_paths.add_model_folder_path("loras", str(loras))
 sigma = torch.tensor([0.7, 0.3])
 '''
 
+# Worker snippet: ``uploads_copy()`` — while active, ``Module.to(device)`` leaves a private copy of every tensor in
+# use, like an upload to a GPU does (on a CPU there is no device copy to observe otherwise).
+UPLOADS_COPY = """
+@contextlib.contextmanager
+def uploads_copy():
+    original = torch.nn.Module.to
+    def to(self, *args, **kwargs):
+        for sub in self.modules():
+            for name, t in list(sub._parameters.items()):
+                if t is not None:
+                    t.data = t.data.clone()
+            for name, t in list(sub._buffers.items()):
+                if t is not None:
+                    sub._buffers[name] = t.clone()
+        return self
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+"""
+
+
 def run_worker(source: str, timeout: float = 600) -> dict:
     """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (``$COMFYUI_PYTHON`` or this one), ComfyUI in ``--cpu``
     mode, with the pack importable as ``i4pack`` (``cm`` = its ``nodes.host.comfy_model``) and ``out_dir`` an

@@ -21,12 +21,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-from comfy_harness import requires_comfyui, run_worker
+from comfy_harness import UPLOADS_COPY, requires_comfyui, run_worker
 
 pytestmark = [*requires_comfyui(), pytest.mark.skipif(not sys.platform.startswith("linux"),
                                                       reason="file-backed memory is read from /proc/self/maps")]
 
-WORKER = r'''
+WORKER = UPLOADS_COPY + r'''
 import comfy.model_patcher
 te_mod = importlib.import_module("i4pack.nodes.host.comfy_text_encoder")
 vae_mod = importlib.import_module("i4pack.nodes.host.comfy_vae")
@@ -34,25 +34,6 @@ off = importlib.import_module("i4pack.nodes.host.offload")
 from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
 from tools.make_test_text_encoder import tiny_text_config, write_layout
 from tools.make_test_vae import write_vae
-
-@contextlib.contextmanager
-def uploads_copy():
-    """Module.to(device) leaves a private copy of every tensor in use, like an upload to a GPU does."""
-    original = torch.nn.Module.to
-    def to(self, *args, **kwargs):
-        for sub in self.modules():
-            for name, t in list(sub._parameters.items()):
-                if t is not None:
-                    t.data = t.data.clone()
-            for name, t in list(sub._buffers.items()):
-                if t is not None:
-                    sub._buffers[name] = t.clone()
-        return self
-    torch.nn.Module.to = to
-    try:
-        yield
-    finally:
-        torch.nn.Module.to = original
 
 def file_backed_keys(model):
     maps = off.FileMappings.read()
