@@ -115,3 +115,58 @@ def test_cache_works_under_inference_mode(bf16_pair, tiny_cfg):
         with cond.sampling_run():
             outs = [cond(x, torch.tensor([0.4]), f_inf, grid_hw=(3, 5)) for _ in range(2)]
     assert all(torch.equal(o, plain) for o in outs)
+
+
+# --------------------------------------------------------------------------- pinned staging ring
+
+class _Event:
+    def __init__(self, log):
+        self.log, self.done = log, False
+
+    def record(self, stream=None):
+        self.log.append(("record", stream))
+
+    def synchronize(self):
+        self.log.append(("wait", id(self)))
+        self.done = True
+
+
+def _ring(log, slots=4, **kw):
+    from nodes.host.staging_ring import StagingRing
+
+    return StagingRing(slots, allocate=lambda n: torch.empty(n, dtype=torch.uint8),
+                       new_event=lambda: _Event(log), min_bytes=1024, **kw)
+
+
+def test_staging_ring_reuses_a_buffer_only_after_its_upload_finished():
+    from nodes.host.staging_ring import upload
+
+    log, uploads = [], []
+
+    def cast_to(t, dtype, device, non_blocking=False, stream=None):
+        uploads.append((t.data_ptr(), non_blocking, stream))
+        return t.clone()  # "the device copy", taken when queued
+
+    ring = _ring(log)
+    g = torch.Generator().manual_seed(0)
+    sources = [torch.randn(64, 80 - 8 * i, generator=g).to(torch.bfloat16) for i in range(6)]  # later ones fit
+    outs = [upload(t, "cuda", "stream", False, cast_to, ring) for t in sources]
+    assert all(torch.equal(o, t) for o, t in zip(outs, sources))
+    assert all(nb and s == "stream" for _, nb, s in uploads)  # staged copies go non_blocking on the offload stream
+    assert len({p for p, _, _ in uploads}) == 4  # four slots reused in turn, no new pinned buffer per tensor
+    waits = [e for e in log if e[0] == "wait"]
+    assert len(waits) == 2  # the 5th and 6th tensors waited for the uploads from slots 0 and 1
+    assert log.index(waits[0]) > 3  # …only after four uploads were recorded
+    assert ring.pinned_bytes <= 4 * max(t.nbytes for t in sources)
+
+
+def test_staging_ring_leaves_small_pinned_and_huge_tensors_to_comfyui():
+    from nodes.host.staging_ring import upload
+
+    seen = []
+    ring = _ring([], max_slot_bytes=1 << 16)
+    small, huge = torch.zeros(8), torch.zeros(1 << 15)
+    for t in (small, huge, None):
+        upload(t, "cuda", None, True, lambda t, *a, **k: seen.append(t) or t, ring)
+    assert [s is t for s, t in zip(seen, (small, huge))] == [True, True] and len(seen) == 2
+    assert ring.pinned_bytes == 0

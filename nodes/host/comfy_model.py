@@ -46,7 +46,7 @@ from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
-from . import comfy_attention
+from . import comfy_attention, staging_ring
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
 from .text_projection_release import release_text_projection
@@ -97,9 +97,9 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
         device = x.device
         stream = mm.get_offload_stream(device)
         non_blocking = mm.device_supports_non_blocking(device)
-        tensors = (*self.storage(), self.bias)
-        moved = [None if t is None else mm.cast_to(t, None, device, non_blocking=non_blocking, stream=stream)
-                 for t in tensors]
+        ring = staging_ring.ring_for(device)  # pinned staging (CUDA): the copies overlap compute
+        moved = [staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring)
+                 for t in (*self.storage(), self.bias)]
         mm.sync_stream(device, stream)
         functions = self._functions("weight")
         if self.fast_fp8 and self.scheme in FP8_SCHEMES and not functions and not self._functions("bias"):

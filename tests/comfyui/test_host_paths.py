@@ -103,6 +103,13 @@ real_cast_to, real_get = mm.cast_to, mm.get_offload_stream
 def spy_cast_to(t, dtype=None, device=None, non_blocking=False, copy=False, stream=None, r=None):
     seen_casts.append((str(t.dtype), tuple(t.shape), stream is fake))
     return real_cast_to(t, dtype, device, non_blocking=non_blocking, copy=copy, stream=stream, r=r)
+sr = importlib.import_module("i4pack.nodes.host.staging_ring")
+class FakeEvent:
+    recorded = 0
+    def record(self, stream=None):
+        FakeEvent.recorded += stream is fake
+    def synchronize(self):
+        pass
 res["stream"] = {}
 for fmt in ("fp8", "nf4"):
     p = cm.load_model_patcher(paths[fmt][0], weight_dtype="bf16")
@@ -111,14 +118,18 @@ for fmt in ("fp8", "nf4"):
     full = p.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]), ideogram4_velocity=True)
     p.detach()
     p.load(torch.device("cpu"), lowvram_model_memory=1)
-    seen_casts.clear(); fake.waits = 0
-    mm.cast_to, mm.get_offload_stream = spy_cast_to, (lambda device: fake)
+    seen_casts.clear(); fake.waits = 0; FakeEvent.recorded = 0
+    # a pinned staging ring as on CUDA (here: plain CPU buffers, events that record which stream they were put on)
+    ring = sr.StagingRing(allocate=lambda n: torch.empty(n, dtype=torch.uint8), new_event=FakeEvent, min_bytes=64)
+    real_ring_for = sr.ring_for
+    mm.cast_to, mm.get_offload_stream, sr.ring_for = spy_cast_to, (lambda device: fake), (lambda device: ring)
     try:
         part = p.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]), ideogram4_velocity=True)
     finally:
-        mm.cast_to, mm.get_offload_stream = real_cast_to, real_get
+        mm.cast_to, mm.get_offload_stream, sr.ring_for = real_cast_to, real_get, real_ring_for
     p.detach()
-    res["stream"][fmt] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part))}
+    res["stream"][fmt] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part)),
+                          "staged_on_stream": FakeEvent.recorded, "ring_bytes": ring.pinned_bytes}
 
 # 4. core's Dual Model CFG Guider (SamplerCustomAdvanced) on the pack's models: the text features and their lengths
 # arrive through extra_conds (the lengths as a host-side constant: read every step without a device sync); two
@@ -180,6 +191,7 @@ def test_packed_layers_take_the_offload_stream(result, fmt):
     assert all(c[2] for c in r["casts"] if c[0] in (packed, scale))
     assert r["waits"] > 0  # the stream waits for the compute before its buffers are reused
     assert r["equal"]
+    assert r["staged_on_stream"] > 0 and 0 < r["ring_bytes"], r  # packed buffers went through the pinned ring
 
 
 def test_core_dual_model_guider_runs_the_pack_models(result):

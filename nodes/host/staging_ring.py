@@ -1,0 +1,97 @@
+"""A ring of a few page-locked staging buffers for streamed (partially loaded) packed layers.
+
+A host → GPU copy overlaps compute only from page-locked memory.  Pinning every streamed weight in place
+would lock gigabytes of the file mapping (ComfyUI's ``pin_weight_to_device``; ``offload.HomePatcher`` caps
+that at a few layers).  Instead each packed layer's storage, scales and bias are copied (CPU memcpy from the
+file mapping) into the next of ``SLOTS`` pinned buffers and uploaded from there with ``non_blocking`` on
+ComfyUI's offload stream; a buffer is reused only after the event recorded behind its last upload has
+completed.  Pinned memory stays ``SLOTS`` × the largest staged tensor (≈ 0.2–0.45 GB for the real model), whatever
+the model size.  Used only on CUDA, and not when ComfyUI runs with pinned memory disabled.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+SLOTS = 4
+MIN_STAGED_BYTES = 2**20  # smaller tensors (scales, biases, code tables) take ComfyUI's plain copy: cheap anyway
+MAX_SLOT_BYTES = 256 * 2**20  # so do larger ones (none in the real model: its largest packed weight is 113 MB)
+
+
+class StagingRing:
+    """``SLOTS`` reusable pinned byte buffers; ``allocate`` / ``new_event`` are injectable for tests."""
+
+    def __init__(self, slots: int = SLOTS, *, allocate: Optional[Callable[[int], torch.Tensor]] = None,
+                 new_event: Optional[Callable[[], object]] = None, min_bytes: int = MIN_STAGED_BYTES,
+                 max_slot_bytes: int = MAX_SLOT_BYTES):
+        self.allocate = allocate or (lambda n: torch.empty(n, dtype=torch.uint8, pin_memory=True))
+        self.new_event = new_event or torch.cuda.Event
+        self.min_bytes = min_bytes
+        self.max_slot_bytes = max_slot_bytes
+        self.buffers: list[Optional[torch.Tensor]] = [None] * slots
+        self.events: list[Optional[object]] = [None] * slots
+        self._next = 0
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(b.numel() for b in self.buffers if b is not None)
+
+    def fits(self, t: torch.Tensor) -> bool:
+        return t.device.type == "cpu" and not t.is_pinned() and self.min_bytes <= t.nbytes <= self.max_slot_bytes
+
+    def stage(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(a pinned copy of ``t``, its slot); call :meth:`uploaded` with the slot once its upload is queued."""
+        i = self._next
+        self._next = (i + 1) % len(self.buffers)
+        event = self.events[i]
+        if event is not None:
+            event.synchronize()  # the last upload from this buffer has finished
+            self.events[i] = None
+        n = t.nbytes
+        buf = self.buffers[i]
+        if buf is None or buf.numel() < n:
+            self.buffers[i] = buf = None  # drop the smaller buffer before allocating its replacement
+            self.buffers[i] = buf = self.allocate(n)
+        view = buf[:n].view(t.dtype).view(t.shape)
+        view.copy_(t.contiguous() if not t.is_contiguous() else t)
+        return view, i
+
+    def uploaded(self, slot: int, stream=None) -> None:
+        """Record that slot's upload on ``stream`` (None: the current stream)."""
+        event = self.new_event()
+        if stream is None:
+            event.record()
+        else:
+            event.record(stream)
+        self.events[slot] = event
+
+
+_RINGS: dict[str, StagingRing] = {}
+
+
+def ring_for(device: torch.device) -> Optional[StagingRing]:
+    """The process's ring for uploads to ``device`` (CUDA only, pinned memory allowed), else None."""
+    if torch.device(device).type != "cuda":
+        return None
+    import comfy.model_management as mm
+
+    if getattr(mm, "MAX_PINNED_MEMORY", 1) <= 0:  # --disable-pinned-memory
+        return None
+    key = str(device)
+    if key not in _RINGS:
+        _RINGS[key] = StagingRing()
+    return _RINGS[key]
+
+
+def upload(t: Optional[torch.Tensor], device, stream, non_blocking: bool, cast_to, ring: Optional[StagingRing]):
+    """``t`` on ``device`` through ``cast_to`` (ComfyUI's ``cast_to``), staged in ``ring`` when it can be."""
+    if t is None:
+        return None
+    if ring is None or not ring.fits(t):
+        return cast_to(t, None, device, non_blocking=non_blocking, stream=stream)
+    staged, slot = ring.stage(t)
+    out = cast_to(staged, None, device, non_blocking=True, stream=stream)
+    ring.uploaded(slot, stream)
+    return out
