@@ -49,6 +49,7 @@ def main(argv=None) -> None:
         sys.path += [str(parent), str(ROOT)]
         importlib.import_module("i4pack")
         cm = importlib.import_module("i4pack.nodes.host.comfy_model")
+        importlib.import_module("i4pack.nodes.host.core_lora_loaders").install_core_loader_hooks()  # as on_load
         from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
         from tools.make_test_loras import layout_state_dict, lora_factors
 

@@ -10,6 +10,7 @@ again (ComfyUI's plain ``ModelPatcher`` would copy every weight back into privat
 ``tests/comfyui/test_offload.py``).
 
     COMFYUI_PATH=~/ComfyUI python benchmarks/bench_offload.py --out /tmp/offload [--layers 34 --width 4608]
+    COMFYUI_PATH=~/ComfyUI python benchmarks/bench_offload.py --out /tmp/offload --device cuda   # on a GPU
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ if str(ROOT) not in sys.path:
 
 CHILD = r'''
 import importlib, json, sys
-comfy_path, pack_parent, repo, path = sys.argv[1:5]
+comfy_path, pack_parent, repo, path, device = sys.argv[1:6]
 sys.path[:0] = [comfy_path]
 sys.path += [pack_parent, repo]
 import comfy.options
 comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
+sys.argv = [sys.argv[0]] + (["--cpu"] if device == "cpu" else [])
 import torch
+import comfy.model_management as mm
 from benchmarks.proc_status import proc_status
 cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 off = importlib.import_module("i4pack.nodes.host.offload")
@@ -48,14 +50,20 @@ def rss(label):
 p = cm.load_model_patcher(path, weight_dtype="bf16")
 out = [rss("after load")]
 cfg = cm.dit_of(p).config
-x = torch.randn(1, 128, 16, 16)
-feats = torch.randn(1, 64, cfg.llm_features_dim)
+dev = mm.get_torch_device()
+x = torch.randn(1, 128, 16, 16).to(dev)
+feats = torch.randn(1, 64, cfg.llm_features_dim).to(dev)
 import time
 def forward():
     t0 = time.perf_counter()
     with torch.inference_mode():
-        p.model.apply_model(x, torch.tensor([0.5]), c_crossattn=feats)
+        p.model.apply_model(x, torch.tensor([0.5], device=dev), c_crossattn=feats)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
+if dev.type == "cuda":  # a real load → forward → offload cycle on the GPU
+    mm.load_models_gpu([p], force_full_load=True)
+    out.append(rss("loaded on " + str(dev)))
 first = forward()  # warm-up (first touch of the mapped file, kernels' first calls)
 seconds = {"first_forward_s": first, "forward_s": forward()}
 out.append(rss("after a forward (256²)"))
@@ -65,6 +73,13 @@ if cm.dit_of(p).checkpoint_format.lower().find("nf4") >= 0:  # the decode before
     nf4._bnb_functional = lambda: None
     seconds["forward_pure_torch_decode_s"] = forward()
     nf4._bnb_functional = fast
+if dev.type == "cuda":
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    out.append(rss("after offload (unload_all_models)"))
+    out.append(seconds)
+    print("RESULT " + json.dumps(out))
+    sys.exit(0)
 original_to = torch.nn.Module.to
 def upload(mod, *a, **k):  # what reaches the device leaves nothing on the host: file weights become meta tensors
     homes = off.homes_of(p.model)
@@ -94,6 +109,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--formats", default="bf16,fp8,nf4")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cpu: simulated upload/offload (ComfyUI --cpu); cuda: a real load → forward → offload")
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""))
     ap.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable))
     args = ap.parse_args(argv)
@@ -112,7 +129,7 @@ def main(argv=None) -> None:
             path = args.out / f"dit_{args.layers}x{args.width}_{fmt}.safetensors"
             if not path.exists():  # streamed tensor by tensor: RAM for one layer, also at the real size
                 write_safetensors_streamed(official_entries(cfg, fmt), path, prefix="")
-            proc = subprocess.run([args.python, str(script), args.comfyui, tmp, str(ROOT), str(path)],
+            proc = subprocess.run([args.python, str(script), args.comfyui, tmp, str(ROOT), str(path), args.device],
                                   capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:

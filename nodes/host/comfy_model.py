@@ -23,6 +23,7 @@ ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -40,7 +41,7 @@ import comfy.ops
 import comfy.supported_models_base
 
 from ...model.vae import latents as lat
-from ...model.dit import load_transformer
+from ...model.dit import TEXT_PROJECTION_MODULES, load_transformer
 from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
@@ -367,6 +368,12 @@ def available_memory(device) -> int:
     return int(mm.get_free_memory(device)) + int(loaded)
 
 
+def text_projection_bytes(dit: torch.nn.Module) -> int:
+    """Bytes of ``llm_cond_norm`` + ``llm_cond_proj`` (0 for an image-only model)."""
+    return sum(t.numel() * t.element_size() for name in TEXT_PROJECTION_MODULES if hasattr(dit, name)
+               for t in (*getattr(dit, name).parameters(), *getattr(dit, name).buffers()))
+
+
 def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
     """``uncond=None``: a CFG-distilled single-branch model (the conditional model alone)."""
     device = cond.load_device
@@ -378,6 +385,11 @@ def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryP
         models.append(mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared
                                    else "unconditional", int(uncond.model_size())))
     plan = mp.plan_memory(models, available_memory(device), act, memory_constants(device))
+    text = text_projection_bytes(dit_of(cond))
+    if plan.mode != "cpu" and text:
+        plan = dataclasses.replace(plan, notes=plan.notes + (
+            f"the text projection ({mp.gib(text)}) leaves VRAM after the first step of each run (unless a LoRA "
+            f"patches it)",))
     patchers = {"conditional": cond, **({"unconditional": uncond} if uncond is not None else {})}
     return system_ram_budget(plan, patchers, act)
 

@@ -112,6 +112,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self._g: Optional[torch.Tensor] = None
         self._text: Optional[tuple] = None  # (device, batch, features on device, lengths tensor)
         self._last = None
+        self.step_hint: Optional[int] = None  # set by sample_ideogram4_euler before each model call
 
     def set_positive(self, positive) -> None:
         feats, lengths, _ = text_from_conditioning(positive)
@@ -134,6 +135,10 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             require_single_branch(self._values)
 
     def _step(self, timestep: torch.Tensor) -> tuple[int, float]:
+        hint, self.step_hint = self.step_hint, None
+        if hint is not None:  # our sampler says which step this is: no read-back of the device σ
+            return hint, (self._times[hint] if self._times is not None
+                          else float(torch.tensor(1.0 - self._sigmas[hint], dtype=torch.float32)))
         sigma = float(timestep.reshape(-1)[0].to(torch.float32))
         k = self._sigma_index.get(sigma)
         if k is not None and self._times is not None:
@@ -221,6 +226,8 @@ def sample_ideogram4_euler(model, x, sigmas, extra_args=None, callback=None, dis
     exact_guider = guider if isinstance(guider, Ideogram4Guider) else None
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma = sigmas[i]
+        if exact_guider is not None:
+            exact_guider.step_hint = i  # the guider needs not read σ back from the device (a sync per step)
         denoised = model(x, sigma * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
