@@ -47,7 +47,7 @@ from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
 from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
-from . import comfy_attention, staging_ring
+from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
 from .text_projection_release import release_text_projection
@@ -81,7 +81,7 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
     Weight patches (LoRA…) are never merged into the packed storage: a streamed layer gets ComfyUI's
     own ``LowVramPatch`` in ``weight_function``; a resident one gets the same patch as
     run-time patch (``role_patches``, set by :class:`nodes.host.lora_patching.Ideogram4ModelPatcher`),
-    applied to the decoded weight on each call.
+    applied on each call (plain LoRAs as a low-rank side branch: ``lora_branch``).
     """
 
     def _functions(self, leaf: str) -> list:
@@ -102,23 +102,26 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
         moved = [staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring)
                  for t in (*self.storage(), self.bias)]
         mm.sync_stream(device, stream)
-        functions = self._functions("weight")
-        if self.fast_fp8 and self.scheme in FP8_SCHEMES and not functions and not self._functions("bias"):
+        # plain LoRAs run as a low-rank side branch (no weight-sized merge per call); other patches are merged
+        functions, terms = lora_branch.split_functions(self._functions("weight"))
+        bias_functions = self._functions("bias")
+        if self.fast_fp8 and self.scheme in FP8_SCHEMES and not functions and not bias_functions:
+            weight = bias = None
             out = fp8_linear(x, moved[0], moved[1], moved[-1])  # opt-in fast fp8 matmul, not reference-exact
-            comfy.ops.uncast_bias_weight(self, moved[0], moved[-1], (stream, moved[0], moved[-1]))
-            return out
-        weight = self.decode(tuple(moved[:-1]), x.dtype)
-        for fn in functions:
-            weight = fn(weight)
-        bias = moved[-1]
-        if bias is not None:
-            bias_functions = self._functions("bias")
-            bias = bias.to(dtype=x.dtype, copy=bool(bias_functions))
-            for fn in bias_functions:
-                bias = fn(bias)
-        out = F.linear(x, weight, bias)
+        else:
+            weight = self.decode(tuple(moved[:-1]), x.dtype)
+            for fn in functions:
+                weight = fn(weight)
+            bias = moved[-1]
+            if bias is not None:
+                bias = bias.to(dtype=x.dtype, copy=bool(bias_functions))
+                for fn in bias_functions:
+                    bias = fn(bias)
+            out = F.linear(x, weight, bias)
+        out = lora_branch.add_side_branches(out, x, terms)
         # the copies' memory may be reused by the next copy on that stream only once this layer is done
-        comfy.ops.uncast_bias_weight(self, weight, bias, (stream, moved[0], moved[-1]))
+        comfy.ops.uncast_bias_weight(self, moved[0] if weight is None else weight, moved[-1] if bias is None else bias,
+                                     (stream, moved[0], moved[-1]))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,10 +162,12 @@ class ComfyOps:
             if w_patch is None and b_patch is None:
                 return super().forward(x)
             comfy.ops.run_every_op()
-            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=w_patch is not None)
+            functions, terms = lora_branch.split_functions([w_patch] if w_patch is not None else [])
+            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=bool(functions))
             bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype, copy=b_patch is not None)
-            return F.linear(x, w_patch(weight) if w_patch else weight, b_patch(bias) if b_patch and bias is not None
-                            else bias)
+            out = F.linear(x, functions[0](weight) if functions else weight,
+                           b_patch(bias) if b_patch and bias is not None else bias)
+            return lora_branch.add_side_branches(out, x, terms)
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass

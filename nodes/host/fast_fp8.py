@@ -3,8 +3,9 @@
 Each packed fp8 layer has a ``fast_fp8`` switch (``model.checkpoints.fp8_matmul``).  It is set on a
 *clone* of the ``ModelPatcher`` as ComfyUI object patches, so ComfyUI applies it when that clone is
 loaded and restores the exact path when it is unloaded: the model the loader gave to other nodes
-stays reference-exact.  Layers carrying a LoRA patch keep the exact path (the patch needs the decoded
-weight); streamed layers take the fast path on their moved fp8 storage.
+stays reference-exact.  Plain LoRAs are added to the fast matmul as a low-rank side branch
+(``lora_branch``); a layer with another adapter (LoHa, LoKr, DoRA…) keeps the exact path, which that
+adapter needs the decoded weight for; streamed layers take the fast path on their moved fp8 storage.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def load_lora_onto(model, unconditional_model, path: str | Path, strength: float
         line = f"{role}: {name} ×{strength:g} — {mapping.describe()}; {len(weights)} weights patched"
         packed = sum(packed_module(out[role].model, k) is not None for k in weights)
         if packed:
-            line += f" ({packed} packed: applied to the decoded weight when the layer runs)"
+            line += f" ({packed} packed: applied when the layer runs, never merged into the packed bytes)"
         if skipped:
             line += f"; {len(skipped)} text-projection weights skipped (the unconditional pass is image-only)"
         lines.append(line)

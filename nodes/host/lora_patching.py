@@ -9,8 +9,9 @@
   merged into: ComfyUI's merge (``patch_weight_to_device``) would add the LoRA to the packed
   values without their scale (fp8) or fail on the packed shape (nf4).  For those weights the patch
   becomes a ``LowVramPatch`` (ComfyUI's own "apply the patches to the weight when the layer runs",
-  every adapter type and fused-row offsets included) held by the layer and applied to its decoded
-  weight; streamed layers already get exactly that from ComfyUI.  Memory overhead: the LoRA's own
+  every adapter type and fused-row offsets included) held by the layer and applied when it runs —
+  plain LoRAs as a low-rank side branch (``lora_branch``), other adapters to its decoded weight;
+  streamed layers already get exactly that from ComfyUI.  Memory overhead: the LoRA's own
   tensors (moved once to the load device) plus the per-layer decode temporary that packed layers
   need anyway.  Plain (bf16 / fp32) weights keep ComfyUI's normal merge.
 """

@@ -155,6 +155,14 @@ for s0, s1 in zip(sig[:-1], sig[1:]):
     z = z + (s1 - s0) * -(vu + 5.0 * (vc - vu))  # d = (x − x0)/σ = −v_cfg
 z = z / (1.0 - sig[-1])  # CONST inverse noise scaling
 res["core_guider"]["rel"] = float((z_core - z).abs().max() / z.abs().max())
+
+# 5. the Ideogram4 Guider under our sampler never reads σ back from the device (a meta tensor cannot be read)
+from i4pack.nodes.host.sampler_settings import GuidanceSpec
+hinted = cs.Ideogram4Guider(pc, pu, GuidanceSpec.from_inputs("custom", 5.0, 0, 1.0))
+hinted._prepare(cs.make_sigmas(settings, 256, 256))
+hinted.step_hint = 2
+k, t_val = hinted._step(torch.empty(1, device="meta"))
+res["step_hint"] = {"k": k, "t_exact": t_val == hinted.step_times(2)[0], "consumed": hinted.step_hint is None}
 print("RESULT " + json.dumps(res))
 '''
 
@@ -198,3 +206,7 @@ def test_core_dual_model_guider_runs_the_pack_models(result):
     r = result["core_guider"]
     assert r["lengths_cond"] == "CONDConstant", r  # no device tensor to read back every step
     assert r["rel"] <= 1e-5, r  # ComfyUI's denoised-space CFG and Euler vs the velocity-space loop, fp32
+
+
+def test_guider_takes_the_step_from_the_sampler(result):
+    assert result["step_hint"] == {"k": 2, "t_exact": True, "consumed": True}, result["step_hint"]

@@ -194,7 +194,7 @@ def test_pack_node_stacks_targets_and_reports(result):
     assert node["stack_err"] <= 1e-5 and node["uncond_err"] <= 1e-5, node
     report = "\n".join(node["report"])
     assert "conditional: kohya ×0.8 — LoRA in kohya / musubi-tuner" in report, report
-    assert "packed: applied to the decoded weight" in report, report
+    assert "packed: applied when the layer runs" in report, report
     assert "unconditional: third ×1.2" in report and "1 text-projection weights skipped" in report, report
     assert node["strength0_same"]
 
