@@ -155,6 +155,11 @@ def per_run_streamed_bytes(patcher) -> int:
                if name.split(".")[0] in PER_RUN_LAYERS and getattr(m, "comfy_cast_weights", False))
 
 
+def streamed_layer_bytes(patcher) -> int:
+    """Bytes of the layers ComfyUI left cast-on-the-fly (not resident: copied each time they run)."""
+    return sum(own_bytes(m) for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False))
+
+
 def castable_bytes(patcher) -> int:
     """Bytes of the layers ComfyUI can stream (those with ``comfy_cast_weights``)."""
     return sum(own_bytes(m) for m in patcher.model.modules() if hasattr(m, "comfy_cast_weights"))
@@ -260,8 +265,9 @@ def main(argv=None) -> dict:
         # Layers used only once per run (the DiT's per-run cache: text projection, indicator rows) are not
         # streamed again at later steps.
         row["per_run_streamed_bytes"] = sum(per_run_streamed_bytes(p) for p in (cond, uncond))
-        row["expected_streamed_per_step"] = sum(castable[id(p)] - min(p.loaded_size(), castable[id(p)])
-                                                for p in (cond, uncond)) - row["per_run_streamed_bytes"]
+        # the layers left cast-on-the-fly after the run (streamed at every step), less the per-run ones
+        row["expected_streamed_per_step"] = sum(streamed_layer_bytes(p) for p in (cond, uncond)) - \
+            row["per_run_streamed_bytes"]
 
         # One model at a time: load_models_gpu([model]) before each pass, as a single-model sampler would.
         mm.unload_all_models()

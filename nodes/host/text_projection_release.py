@@ -30,8 +30,8 @@ def _loaded_patcher(base_model):
 
 
 def release_text_projection(dit: torch.nn.Module, base_model) -> int:
-    """Send the text projection of ``dit`` (the ``diffusion_model`` of ``base_model``) home; returns the bytes freed
-    on the compute device (0 when nothing was resident there)."""
+    """Send the text projection of ``dit`` (the ``diffusion_model`` of ``base_model``) home; returns the bytes ComfyUI
+    counts as freed on the compute device (0 when nothing was resident there)."""
     patcher = _loaded_patcher(base_model)
     if patcher is None:
         return 0
@@ -54,7 +54,7 @@ def release_text_projection(dit: torch.nn.Module, base_model) -> int:
         module.prev_comfy_cast_weights = module.comfy_cast_weights
         module.comfy_cast_weights = True
         module.comfy_patched_weights = False
-        freed += resident
+        freed += mm.module_size(module)  # ComfyUI's own measure of an offloaded module (partially_unload)
     if freed:
         base_model.model_loaded_weight_memory = max(0, getattr(base_model, "model_loaded_weight_memory", 0) - freed)
         base_model.model_lowvram = True

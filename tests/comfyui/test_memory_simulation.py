@@ -7,7 +7,8 @@ with the CPU presented as a card of a chosen size) and checks what it measured:
   (no model is evicted and reloaded between the conditional and the unconditional pass);
 * the bytes streamed per step equal the weights that are not resident, exactly (each streamed
   layer is copied once per pass, nothing else is moved; the text projection and indicator rows,
-  cached per run, only at the first step), and the plan names the right mode;
+  cached per run, only at the first step; on a roomy card the text projection leaves the device after that
+  first step), and the plan names the right mode;
 * the latent is bit-identical on every card (streaming changes no number);
 * loading one model at a time would copy more per step once the pair does not fit;
 * the Text Encode node's code loads the text encoder whole on a roomy card and partially on a tight
@@ -60,7 +61,9 @@ def test_streamed_bytes_per_step_are_exactly_the_non_resident_weights(measured):
         # the plan's figure, up to ComfyUI's whole-layer granularity
         assert abs(row["streamed_per_step"] - row["plan_streamed_per_step"]) <= 2 * measured["largest_layer_bytes"], row
         if row["budget_fraction"] >= 1:
-            assert row["streamed_per_step"] == 0 and sum(row["resident"]) == measured["pair_bytes"], row
+            # everything resident — but the text projection, which left the device after its one use in the run
+            assert row["streamed_per_step"] == 0 and row["per_run_streamed_bytes"] > 0, row
+            assert sum(row["resident"]) == measured["pair_bytes"] - row["per_run_streamed_bytes"], row
         elif row["budget_fraction"] > 0:
             assert 0 < row["streamed_per_step"] < measured["castable_bytes"], row
         else:
