@@ -115,6 +115,19 @@ def uploads_copy():
 """
 
 
+def worker_result(source: str, timeout: float = 600):
+    """A module-scoped ``result`` fixture: the JSON of one :func:`run_worker` run of ``source`` (printed for -s)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def result():
+        res = run_worker(source, timeout)
+        print(res)  # the measured figures (pytest -s)
+        return res
+
+    return result
+
+
 def run_worker(source: str, timeout: float = 600) -> dict:
     """Run ``WORKER_PREAMBLE + source`` in ComfyUI's Python (``$COMFYUI_PYTHON`` or this one), ComfyUI in ``--cpu``
     mode, with the pack importable as ``i4pack`` (``cm`` = its ``nodes.host.comfy_model``) and ``out_dir`` an

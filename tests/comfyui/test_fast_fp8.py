@@ -12,7 +12,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -75,11 +75,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    res = run_worker(WORKER)
-    print(res)
-    return res
+result = worker_result(WORKER)
 
 
 def test_fast_fp8_deviates_a_little_and_says_so(result):

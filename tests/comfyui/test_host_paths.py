@@ -10,7 +10,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import requires_comfyui, run_worker
+from comfy_harness import requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -167,9 +167,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    return run_worker(WORKER)
+result = worker_result(WORKER)
 
 
 def test_attention_goes_through_comfyui_dispatcher_and_overrides(result):

@@ -15,7 +15,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -166,11 +166,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    res = run_worker(WORKER)
-    print(res)  # the measured figures (pytest -s)
-    return res
+result = worker_result(WORKER)
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8", "comfy_fp8_scaled", "nf4"])

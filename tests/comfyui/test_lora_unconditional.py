@@ -13,7 +13,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -112,11 +112,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    res = run_worker(WORKER)
-    print(res)
-    return res
+result = worker_result(WORKER)
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])

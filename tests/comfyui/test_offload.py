@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from comfy_harness import UPLOADS_COPY, requires_comfyui, run_worker
+from comfy_harness import UPLOADS_COPY, requires_comfyui, worker_result
 
 pytestmark = [*requires_comfyui(), pytest.mark.skipif(not sys.platform.startswith("linux"),
                                                       reason="file-backed memory is read from /proc/self/maps")]
@@ -104,9 +104,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    return run_worker(WORKER)
+result = worker_result(WORKER)
 
 
 CASES = ([f"dit_{f}_{c}" for f in ("bf16", "fp8", "nf4") for c in ("full", "partial")]

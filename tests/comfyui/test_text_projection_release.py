@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from comfy_harness import LORA_WORKER_SETUP, UPLOADS_COPY, requires_comfyui, run_worker
+from comfy_harness import LORA_WORKER_SETUP, UPLOADS_COPY, requires_comfyui, worker_result
 
 pytestmark = [*requires_comfyui(), pytest.mark.skipif(not sys.platform.startswith("linux"),
                                                       reason="file-backed memory is read from /proc/self/maps")]
@@ -102,11 +102,7 @@ print("RESULT " + json.dumps(res))
 '''
 
 
-@pytest.fixture(scope="module")
-def result():
-    res = run_worker(WORKER)
-    print(res)
-    return res
+result = worker_result(WORKER)
 
 
 def test_projection_released_after_use_and_results_unchanged(result):
