@@ -90,6 +90,15 @@ loras = out / "loras"
 loras.mkdir()
 folder_paths.add_model_folder_path("loras", str(loras))
 sigma = torch.tensor([0.7, 0.3])
+
+def load_for_run(patcher, full=True):
+    """Load ``patcher`` alone: whole, or partially (64 KiB resident, the rest streamed) with its object patches."""
+    mm.unload_all_models()
+    if full:
+        mm.load_models_gpu([patcher], force_full_load=True)
+    else:
+        patcher.detach()
+        patcher.patch_model(torch.device("cpu"), lowvram_model_memory=64 * 1024)
 '''
 
 # Worker snippet: ``uploads_copy()`` — while active, ``Module.to(device)`` leaves a private copy of every tensor in

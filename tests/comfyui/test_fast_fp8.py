@@ -20,12 +20,8 @@ WORKER = LORA_WORKER_SETUP + r'''
 from i4pack.nodes.speed_nodes import Ideogram4NativeFastFP8
 
 def run(patcher, full=True):
-    mm.unload_all_models()
-    if full:
-        mm.load_models_gpu([patcher], force_full_load=True)
-    else:
-        patcher.detach()
-        patcher.patch_model(torch.device("cpu"), lowvram_model_memory=64 * 1024)  # object patches + a partial load
+    load_for_run(patcher, full)
+    if not full:
         res.setdefault("streamed_layers", sum(1 for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)))
     v = patcher.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
     return v.float()

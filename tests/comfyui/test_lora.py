@@ -22,12 +22,7 @@ pytestmark = requires_comfyui()
 WORKER = LORA_WORKER_SETUP + r'''
 
 def run(patcher, full=True):
-    mm.unload_all_models()
-    if full:
-        mm.load_models_gpu([patcher], force_full_load=True)
-    else:
-        patcher.detach()
-        patcher.load(torch.device("cpu"), lowvram_model_memory=64 * 1024)
+    load_for_run(patcher, full)
     m = patcher.model
     v = m.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
     u = m.apply_model(x, sigma, ideogram4_velocity=True)
