@@ -24,7 +24,6 @@ ComfyUI-specific glue only; the maths is ``model.dit.Ideogram4DiT``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -50,7 +49,7 @@ from ...sampling import sigma_from_time
 from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
 from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
-from .text_projection_release import release_text_projection
+from .text_projection_release import text_projection_hook
 from .offload import system_ram_budget
 
 install_key_map_hook()
@@ -162,12 +161,17 @@ class ComfyOps:
             if w_patch is None and b_patch is None:
                 return super().forward(x)
             comfy.ops.run_every_op()
-            functions, terms = lora_branch.split_functions([w_patch] if w_patch is not None else [])
+            functions, terms = lora_branch.split_functions(([w_patch] if w_patch is not None else [])
+                                                           + list(self.weight_function))
+            bias_functions = ([b_patch] if b_patch is not None else []) + list(self.bias_function)
             weight = self.weight.to(device=x.device, dtype=x.dtype, copy=bool(functions))
-            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype, copy=b_patch is not None)
-            out = F.linear(x, functions[0](weight) if functions else weight,
-                           b_patch(bias) if b_patch and bias is not None else bias)
-            return lora_branch.add_side_branches(out, x, terms)
+            for fn in functions:
+                weight = fn(weight)
+            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype,
+                                                               copy=bool(bias_functions))
+            for fn in bias_functions if bias is not None else ():
+                bias = fn(bias)
+            return lora_branch.add_side_branches(F.linear(x, weight, bias), x, terms)
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass
@@ -193,6 +197,25 @@ class Ideogram4NativeConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.Flux2
     memory_usage_factor = 11.6  # core's figure for this architecture (only used by core heuristics)
     supported_inference_dtypes = [torch.bfloat16, torch.float32]
+
+
+class TextLengthsCond(comfy.conds.CONDRegular):
+    """Real token counts of the rows of ``cross_attn``, kept as a host-side tuple (reading a device tensor back each
+    step would be a sync), batched exactly like the features: tiled then cut to the batch as
+    ``comfy.utils.repeat_to_batch_size`` does, and joined when ComfyUI concatenates conditionings."""
+
+    def process_cond(self, batch_size, **kwargs):
+        n = len(self.cond)
+        return self._copy_with((self.cond * -(-batch_size // n))[:batch_size])
+
+    def can_concat(self, other):
+        return True  # the features' own cond decides whether rows are concatenated
+
+    def concat(self, others):
+        return tuple(self.cond) + tuple(v for other in others for v in other.cond)
+
+    def size(self):
+        return [len(self.cond)]
 
 
 class Ideogram4NativeModel(comfy.model_base.BaseModel):
@@ -224,8 +247,8 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         if cross_attn is not None:
             out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
             lengths = kwargs.get("text_lengths", None)
-            if lengths is not None:  # a constant (host-side tuple): never moved to the device, read without a sync
-                out["text_lengths"] = comfy.conds.CONDConstant(tuple(int(v) for v in lengths))
+            if lengths is not None:  # a host-side tuple: never moved to the device, read without a sync
+                out["text_lengths"] = TextLengthsCond(tuple(int(v) for v in lengths))
         return out
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
@@ -301,7 +324,7 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer", we
     config.set_inference_dtype(dtype, None)
     model = Ideogram4NativeModel(config, dit, device=offload_device)
     if not image_only:  # once a run's text rows are cached, the text projection leaves VRAM
-        dit.after_text_projection = functools.partial(release_text_projection, base_model=model)
+        dit.after_text_projection = text_projection_hook(model)
     patcher = Ideogram4ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "component": component,
                               "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}

@@ -45,6 +45,7 @@ def _ours(model) -> bool:
 
 
 def _load(original, model, clip, lora, strength_model, strength_clip, lora_metadata=None):
+    """``original`` (core's function, normal or bypass) takes the CLIP part; the DiT part goes the pack's way."""
     clip_keys = _clip_keys(lora, clip)
     new_clip = None
     if clip is not None:
@@ -65,15 +66,13 @@ def install_core_loader_hooks() -> None:
     """Wrap ``comfy.sd.load_lora_for_models`` and ``load_bypass_lora_for_models`` once (scoped to this pack's models)."""
     if getattr(comfy.sd.load_lora_for_models, "ideogram4_hook", False):
         return
-    core_load = comfy.sd.load_lora_for_models  # also loads the CLIP part of a LoRA given to our model
-
     def make(original):
         @functools.wraps(original)
         def wrapped(model, clip, lora, strength_model, strength_clip, *args, **kwargs):
             if not _ours(model):
                 return original(model, clip, lora, strength_model, strength_clip, *args, **kwargs)
             metadata = kwargs.get("lora_metadata", args[0] if args else None)
-            return _load(core_load, model, clip, lora, strength_model, strength_clip, metadata)
+            return _load(original, model, clip, lora, strength_model, strength_clip, metadata)  # CLIP part: core's
 
         wrapped.ideogram4_hook = True
         return wrapped

@@ -15,7 +15,7 @@ import torch
 from ...model.checkpoints.fp8_matmul import fast_fp8_report, fp8_layers, kernel_available
 from .comfy_model import dit_of, require_ideogram4
 
-PROBE_LAYERS = 7  # the deviation is measured on the first block's Linears (decoding all 200+ takes ~30 s on a CPU)
+PROBE_BLOCK = "layers.0."  # the deviation is measured on the first block's Linears (decoding all 200+: ~30 s on a CPU)
 
 
 def _on_kernel(patcher) -> bool:
@@ -27,6 +27,9 @@ def with_fast_fp8(patcher, what: str):
     """(clone of ``patcher`` whose fp8 layers run the fast matmul, report line) — ValueError without fp8 layers."""
     require_ideogram4(patcher, what)
     dit = dit_of(patcher)
+    if getattr(dit, "base", None) is not None:  # an unconditional model built from a LoRA on the conditional base
+        return patcher, (f"{what}: shares the conditional model's layers — its pass runs the fast fp8 matmul "
+                         f"exactly when the conditional model does")
     layers = fp8_layers(dit)
     if not layers:
         raise ValueError(f"{what}: this model ({dit.checkpoint_format}) has no fp8 layers; the fast fp8 matmul "
@@ -34,4 +37,7 @@ def with_fast_fp8(patcher, what: str):
     clone = patcher.clone()
     for name, _ in layers:
         clone.add_object_patch(f"diffusion_model.{name}.fast_fp8", True)
-    return clone, f"{what}: " + fast_fp8_report(layers, on_kernel=_on_kernel(patcher), probe_layers=PROBE_LAYERS)
+    probed = [item for item in layers if item[0].startswith(PROBE_BLOCK)]
+    ordered = probed + [item for item in layers if item not in probed]
+    report = fast_fp8_report(ordered, on_kernel=_on_kernel(patcher), probe_layers=len(probed) or None)
+    return clone, f"{what}: {report}"

@@ -192,12 +192,20 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
                 visit(p[1])
         return total
 
+    def _clear_view_patches(self) -> None:
+        for module in self._view().base.modules():
+            if isinstance(module, RolePatched):
+                module.clear_role_patches("view")
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+        if unpatch_weights:  # the base's layers keep no patch (nor its device copies) of an unloaded view
+            self._clear_view_patches()
+
     def load(self, device_to=None, *args, **kwargs):
         out = super().load(device_to, *args, **kwargs)
         base = self._view().base
-        for module in base.modules():
-            if isinstance(module, RolePatched):
-                module.clear_role_patches("view")
+        self._clear_view_patches()
         for key in self.patches:
             module_name, leaf = split_key(key.removeprefix("diffusion_model."))
             comfy.utils.get_attr(base, module_name).set_role_patch("view", runtime_patch(self.patches, key, device_to),

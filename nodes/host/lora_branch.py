@@ -28,18 +28,16 @@ _TERMS_ATTR = "_ideogram4_low_rank"
 class LowRankTerm:
     """One plain LoRA on one weight: ``scale · up @ down`` on output rows ``rows`` (None: all)."""
 
-    __slots__ = ("scale", "down", "up", "rows", "_moved")
+    __slots__ = ("scale", "down", "up", "rows")
 
     def __init__(self, scale: float, down: torch.Tensor, up: torch.Tensor, rows: Optional[tuple[int, int]]):
         self.scale, self.down, self.up, self.rows = scale, down, up, rows
-        self._moved = None
 
     def factors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(down, up) on ``device`` in ``dtype``, moved once and kept (a LoRA's own size)."""
-        moved = self._moved
-        if moved is None or moved[0].device != torch.device(device) or moved[0].dtype != dtype:
-            moved = self._moved = (self.down.to(device=device, dtype=dtype), self.up.to(device=device, dtype=dtype))
-        return moved
+        """(down, up) on ``device`` in ``dtype`` for this call.  Nothing is kept: a streamed layer's LoRA stays in
+        system RAM as ComfyUI keeps it (its memory accounting counts no device copy), a resident one is already
+        on the device (moved once when the layer was loaded)."""
+        return self.down.to(device=device, dtype=dtype), self.up.to(device=device, dtype=dtype)
 
 
 def _entries(patch):

@@ -173,28 +173,33 @@ class Ideogram4ModelPatcher(HomePatcher):
         module.set_role_patch("own", runtime_patch(self.patches, key, device_to), leaf)
         return None
 
-    def _keep_lowvram_patches_to_own_pass(self) -> None:
-        """On a shared base, ComfyUI's streamed-layer patches would also act in the view's pass: move them."""
-        if not _is_shared(self.model):
-            return
+    def _settle_lowvram_patches(self) -> None:
+        """ComfyUI gave streamed layers its own ``LowVramPatch`` (``weight_function`` / ``bias_function``).  On a
+        shared base that patch would also act in the view's pass: it becomes this pass's run-time patch instead.
+        Elsewhere it replaces the run-time patch the layer held while resident (whose device copies are dropped)."""
+        shared = _is_shared(self.model)
         for module in self.model.modules():
             if not isinstance(module, RolePatched):
                 continue
             for leaf in ("weight", "bias"):
                 functions = getattr(module, f"{leaf}_function", None) or []
                 lowvram = [f for f in functions if getattr(f, "is_lowvram_patch", False)]
-                if lowvram:
+                if not lowvram:
+                    continue
+                if shared:
                     setattr(module, f"{leaf}_function", [f for f in functions if f not in lowvram])
                     module.set_role_patch("own", lowvram[-1], leaf)
+                else:
+                    module.set_role_patch("own", None, leaf)
 
     def load(self, *args, **kwargs):
         out = super().load(*args, **kwargs)
-        self._keep_lowvram_patches_to_own_pass()
+        self._settle_lowvram_patches()
         return out
 
     def partially_unload(self, *args, **kwargs):
         out = super().partially_unload(*args, **kwargs)
-        self._keep_lowvram_patches_to_own_pass()
+        self._settle_lowvram_patches()
         return out
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):

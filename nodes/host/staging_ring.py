@@ -58,9 +58,11 @@ class StagingRing:
         view.copy_(t.contiguous() if not t.is_contiguous() else t)
         return view, i
 
-    def uploaded(self, slot: int, stream=None) -> None:
-        """Record that slot's upload on ``stream`` (None: the current stream)."""
+    def uploaded(self, slot: int, stream=None, device=None) -> None:
+        """Record that slot's upload on ``stream`` (None: the current stream of ``device``, where the copy ran)."""
         event = self.new_event()
+        if stream is None:
+            stream = torch.cuda.current_stream(device) if device is not None else None
         if stream is None:
             event.record()
         else:
@@ -93,5 +95,5 @@ def upload(t: Optional[torch.Tensor], device, stream, non_blocking: bool, cast_t
         return cast_to(t, None, device, non_blocking=non_blocking, stream=stream)
     staged, slot = ring.stage(t)
     out = cast_to(staged, None, device, non_blocking=True, stream=stream)
-    ring.uploaded(slot, stream)
+    ring.uploaded(slot, stream, device)
     return out

@@ -13,6 +13,8 @@ when there is room.  Modules that carry a patch (a merged LoRA) or have no file 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 import comfy.model_management as mm
@@ -59,3 +61,16 @@ def release_text_projection(dit: torch.nn.Module, base_model) -> int:
         base_model.model_loaded_weight_memory = max(0, getattr(base_model, "model_loaded_weight_memory", 0) - freed)
         base_model.model_lowvram = True
     return freed
+
+
+def text_projection_hook(base_model):
+    """``Ideogram4DiT.after_text_projection`` for the DiT of ``base_model``; holds the model weakly (no reference
+    cycle: a dropped model is freed by reference counting, as ComfyUI's model management expects)."""
+    ref = weakref.ref(base_model)
+
+    def hook(dit) -> None:
+        model = ref()
+        if model is not None:
+            release_text_projection(dit, model)
+
+    return hook

@@ -61,6 +61,8 @@ save_file(loha, str(loras / "loha.safetensors"))
 loha_exact = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "loha.safetensors", 1.0)[0]
 loha_fast = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(fast_model, "loha.safetensors", 1.0)[0]
 res["loha_fast_equal_exact"] = bool(torch.equal(run(loha_fast), run(loha_exact)))
+view, _ = lora_host.unconditional_from_lora(base, loras / "all.safetensors", 1.0, "all")
+res["view_line"] = Ideogram4NativeFastFP8.execute(base, view).ui["text"][0].splitlines()[1]
 bf16 = cm.load_model_patcher(write_file(sd, out / "bf16.safetensors", "bf16"), weight_dtype="bf16")
 try:
     Ideogram4NativeFastFP8.execute(bf16, None)
@@ -89,6 +91,10 @@ def test_plain_lora_rides_the_fast_path_other_adapters_keep_the_exact_one(result
     assert result["lora_fast_dev"] < 0.1, result  # the fast path's own deviation, nothing more
     assert abs(result["lora_effect_fast"] - result["lora_effect_exact"]) < 0.2 * result["lora_effect_exact"], result
     assert result["loha_fast_equal_exact"], result  # merged into the decoded weight: those layers run exact
+
+
+def test_unconditional_view_follows_its_base(result):
+    assert "shares the conditional model's layers" in result["view_line"], result
 
 
 def test_fast_fp8_needs_fp8_layers(result):

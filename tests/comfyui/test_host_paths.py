@@ -140,6 +140,8 @@ pc32, pu32 = (cm.load_model_patcher(f, weight_dtype="fp32") for f in paths["bf16
 positive2 = cond_mod.make_conditioning(feats, [7, 4])
 conds = pc32.model.extra_conds(cross_attn=feats, text_lengths=[7, 4])
 res["core_guider"] = {"lengths_cond": type(conds["text_lengths"]).__name__}
+three = conds["text_lengths"].process_cond(batch_size=3)  # batched as ComfyUI batches the features: tiled, cut,
+res["core_guider"]["batched"] = list(three.concat([three]))  # joined — rows (a, b, a) twice
 guider = Guider_DualModel(pc32, pu32)
 guider.set_conds(positive2, [[None, {}]])
 guider.set_cfg(5.0)
@@ -202,7 +204,8 @@ def test_packed_layers_take_the_offload_stream(result, fmt):
 
 def test_core_dual_model_guider_runs_the_pack_models(result):
     r = result["core_guider"]
-    assert r["lengths_cond"] == "CONDConstant", r  # no device tensor to read back every step
+    assert r["lengths_cond"] == "TextLengthsCond", r  # no device tensor to read back every step
+    assert r["batched"] == [7, 4, 7, 7, 4, 7], r  # follows the feature rows of repeat_to_batch_size + cat
     assert r["rel"] <= 1e-5, r  # ComfyUI's denoised-space CFG and Euler vs the velocity-space loop, fp32
 
 

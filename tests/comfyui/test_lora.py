@@ -152,6 +152,18 @@ import comfy.sd
 bypass = comfy.sd.load_bypass_lora_for_models(cond, None, comfy.utils.load_torch_file(str(loras / "kohya.safetensors")),
                                               0.8, 0.0)[0]
 node["bypass_equal"] = bool(torch.equal(run(bypass), run(core_lora(cond, "kohya.safetensors", 0.8))))
+# ComfyUI frees part of a LoRA'd packed model: a layer it streams from now on holds ComfyUI's patch only (the
+# run-time patch it held while resident, with its device copies, is dropped; never both)
+lp = core_lora(cm.load_model_patcher(path, weight_dtype="fp32"), "kohya.safetensors", 0.8)
+mm.unload_all_models()
+mm.load_models_gpu([lp], force_full_load=True)
+packed = [m for m in lp.model.diffusion_model.modules() if isinstance(m, QuantizedLinear)]
+node["resident_patched"] = sum(1 for m in packed if m.role_patch() is not None)
+lp.partially_unload(lp.offload_device, memory_to_free=lp.model_size() // 2)
+streamed = [m for m in packed if any(getattr(f, "is_lowvram_patch", False) for f in m.weight_function)]
+node["streamed_patched"] = len(streamed)
+node["streamed_with_stale_patch"] = sum(1 for m in streamed if m.role_patch() is not None)
+mm.unload_all_models()
 # the node class itself (V3 schema) lists the loras folder
 from i4pack.nodes.lora_nodes import Ideogram4NativeLoraLoader
 schema = Ideogram4NativeLoraLoader.define_schema()
@@ -195,6 +207,12 @@ def test_pack_node_errors(result):
     assert "a FLUX LoRA" in node["flux_error"] and "no key of this LoRA maps" in node["flux_error"]
     assert "unconditional_model input" in node["missing_uncond"]
     assert "kohya.safetensors" in node["options"]
+
+
+def test_partial_unload_leaves_one_patch_per_layer(result):
+    node = result["node"]
+    assert node["resident_patched"] > 0 and node["streamed_patched"] > 0, node
+    assert node["streamed_with_stale_patch"] == 0, node
 
 
 def test_core_loader_refuses_what_does_not_map(result):

@@ -108,6 +108,9 @@ for fmt in ("bf16", "fp8"):
         "rss_view": int(rss1 - rss0), "rss_separate": int(rss3 - rss2), "plan": plan_names, "lines": lines,
     })
     mm.unload_all_models()
+    # an unloaded view leaves no patch (nor device copy) on the base's layers
+    r["view_patches_after_unload"] = sum(1 for m in base.model.diffusion_model.modules()
+                                         if any(k[0] == "view" for k in (getattr(m, "role_patches", None) or {})))
 print("RESULT " + json.dumps(res))
 '''
 
@@ -135,3 +138,4 @@ def test_unconditional_from_lora_holds_one_base(result, fmt):
     assert r["rss_view"] < 0.5 * r["rss_separate"] and r["rss_separate"] > 0.5 * base_size, r
     assert "unconditional (shares the conditional weights; LoRA only)" in r["plan"], r["plan"]
     assert "1 text-projection weights skipped" in "\n".join(r["lines"]), r["lines"]
+    assert r["view_patches_after_unload"] == 0, r

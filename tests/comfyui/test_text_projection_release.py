@@ -98,6 +98,15 @@ mm.unload_all_models()
 with uploads_copy():
     one_node(patched, uncond)
 res["lora_state"] = state(patched)
+
+# the hook holds its model weakly: a dropped model is freed by reference counting (no cycle for ComfyUI to leak)
+import gc, weakref
+gc.disable()
+dropped = cm.load_model_patcher(cond_path, weight_dtype="bf16")
+ref = weakref.ref(dropped.model)
+del dropped
+res["freed_by_refcount"] = ref() is None
+gc.enable()
 print("RESULT " + json.dumps(res))
 '''
 
@@ -126,3 +135,7 @@ def test_guider_path_caches_and_releases_too(result):
 
 def test_patched_projection_stays(result):
     assert not result["lora_state"]["file_backed"] and not result["lora_state"]["cast"], result
+
+
+def test_dropped_model_is_freed_without_the_garbage_collector(result):
+    assert result["freed_by_refcount"], result
