@@ -91,6 +91,24 @@ loras.mkdir()
 folder_paths.add_model_folder_path("loras", str(loras))
 sigma = torch.tensor([0.7, 0.3])
 
+def rel(a, b):
+    """max |a − b| / max |b|"""
+    return float((a - b).abs().max() / b.abs().max())
+
+def dequantised(dit):
+    """Official fp32 state dict of what a loaded DiT computes with (packed weights decoded)."""
+    out_sd = {}
+    for name, module in dit.named_modules():
+        p = name + "." if name else ""
+        if isinstance(module, QuantizedLinear):
+            out_sd[p + "weight"] = module.dequantized_weight(torch.float32, "cpu")
+            if module.bias is not None:
+                out_sd[p + "bias"] = module.bias.float()
+        else:
+            for leaf, t in module.named_parameters(recurse=False):
+                out_sd[p + leaf] = t.detach().float()
+    return out_sd
+
 def load_for_run(patcher, full=True):
     """Load ``patcher`` alone: whole, or partially (64 KiB resident, the rest streamed) with its object patches."""
     mm.unload_all_models()

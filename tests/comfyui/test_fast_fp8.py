@@ -26,9 +26,6 @@ def run(patcher, full=True):
     v = patcher.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
     return v.float()
 
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
 path = write_file(convert(sd, "fp8"), out / "fp8.safetensors", "fp8")
 base = cm.load_model_patcher(path, weight_dtype="bf16")
 exact = run(base)

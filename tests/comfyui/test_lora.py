@@ -28,27 +28,9 @@ def run(patcher, full=True):
     u = m.apply_model(x, sigma, ideogram4_velocity=True)
     return torch.cat([v.flatten(), u.flatten()]).float()
 
-def dequantised(patcher):
-    """Official fp32 state dict of what the loaded model computes with (packed weights decoded)."""
-    dit = patcher.model.diffusion_model
-    out_sd = {}
-    for name, module in dit.named_modules():
-        p = name + "." if name else ""
-        if isinstance(module, QuantizedLinear):
-            out_sd[p + "weight"] = module.dequantized_weight(torch.float32, "cpu")
-            if module.bias is not None:
-                out_sd[p + "bias"] = module.bias.float()
-        else:
-            for leaf, t in module.named_parameters(recurse=False):
-                out_sd[p + leaf] = t.detach().float()
-    return out_sd
-
 def merged_model(ref_sd, name, dtype, image_only=False):
     path = write_file({k: v.contiguous() for k, v in ref_sd.items()}, out / f"merged_{name}.safetensors", "fp32")
     return cm.load_model_patcher(path, weight_dtype=dtype, image_only=image_only)
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 def core_lora(patcher, file_name, strength):
     return comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(patcher, file_name, strength)[0]
@@ -76,10 +58,10 @@ for fmt, layout in cases.items():
         y0_again = run(base)
         if layout == "peft":
             # diffusers' own merge: the LoRA applied by PEFT to the dequantised base
-            _, ref_sd = write_peft_lora(out / f"peft_ref_{fmt}_{dtype}", cfg, dequantised(base), rank=4, lora_alpha=8.0)
-            ref_sd = {k: base_v + 0.8 * (ref_sd[k] - base_v) for k, base_v in dequantised(base).items()}
+            _, ref_sd = write_peft_lora(out / f"peft_ref_{fmt}_{dtype}", cfg, dequantised(cm.dit_of(base)), rank=4, lora_alpha=8.0)
+            ref_sd = {k: base_v + 0.8 * (ref_sd[k] - base_v) for k, base_v in dequantised(cm.dit_of(base)).items()}
         else:
-            ref_sd = merge_reference(dequantised(base), factors, 0.8)
+            ref_sd = merge_reference(dequantised(cm.dit_of(base)), factors, 0.8)
         ref32 = run(merged_model(ref_sd, f"{fmt}_{dtype}", "fp32"))
         r[dtype] = {"err": rel(y1, ref32), "effect": rel(y1, y0) if dtype == "fp32" else rel(y0, y1),
                     "streamed_equal": bool(torch.equal(y1, y1s)) if dtype == "fp32" else rel(y1s, ref32),
@@ -106,10 +88,10 @@ c, u, lines = lora_host.load_lora_onto(cond, uncond, loras / "kohya.safetensors"
 c, u, l2 = lora_host.load_lora_onto(c, u, loras / "second.safetensors", -0.5, "both", "second")
 c, u, l3 = lora_host.load_lora_onto(c, u, loras / "third.safetensors", 1.2, "both", "third")
 node["report"] = lines + l2 + l3
-base_sd = dequantised(cond)
+base_sd = dequantised(cm.dit_of(cond))
 ref = merge_reference(merge_reference(merge_reference(base_sd, factors, 0.8), f2, -0.5, with_alpha=False), f3, 1.2)
 node["stack_err"] = rel(run(c), run(merged_model(ref, "stack", "fp32")))
-u_ref = merge_reference(merge_reference(dequantised(uncond), f2, -0.5, with_alpha=False),
+u_ref = merge_reference(merge_reference(dequantised(cm.dit_of(uncond)), f2, -0.5, with_alpha=False),
                         {k: v for k, v in f3.items() if k != "llm_cond_proj"}, 1.2)
 u_ref.update({k: v for k, v in random_state_dict(cfg, 1).items() if k.startswith("llm_cond")})  # never read
 u_ref_model = merged_model(u_ref, "ustack", "fp32", image_only=True)

@@ -38,22 +38,6 @@ save_file({"diffusion_model.layers.0.attention_norm1.diff": torch.zeros(cfg.emb_
 def with_bias(sd_in, biases, strength):
     return {k: v + strength * biases[k] if k in biases else v for k, v in sd_in.items()}
 
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-def dequantised(dit):
-    sd_out = {}
-    for name, module in dit.named_modules():
-        p = name + "." if name else ""
-        if isinstance(module, QuantizedLinear):
-            sd_out[p + "weight"] = module.dequantized_weight(torch.float32, "cpu")
-            if module.bias is not None:
-                sd_out[p + "bias"] = module.bias.float()
-        else:
-            for leaf, t in module.named_parameters(recurse=False):
-                sd_out[p + leaf] = t.detach().float()
-    return sd_out
-
 def passes(c, u):
     mm.unload_all_models()
     cm.load_pair(c, u, batch=2, n_img=gh * gw, n_txt=7)
