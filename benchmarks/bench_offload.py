@@ -67,7 +67,7 @@ if dev.type == "cuda":  # a real load → forward → offload cycle on the GPU
 first = forward()  # warm-up (first touch of the mapped file, kernels' first calls)
 seconds = {"first_forward_s": first, "forward_s": forward()}
 out.append(rss("after a forward (256²)"))
-if cm.dit_of(p).checkpoint_format.lower().find("nf4") >= 0:  # the decode before this change: pure torch
+if "nf4" in cm.dit_of(p).checkpoint_format.lower():  # the decode before this change: pure torch
     nf4 = importlib.import_module("i4pack.model.checkpoints.nf4")
     fast = nf4._bnb_functional
     nf4._bnb_functional = lambda: None

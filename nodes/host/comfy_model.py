@@ -398,8 +398,7 @@ def available_memory(device) -> int:
 
 def text_projection_bytes(dit: torch.nn.Module) -> int:
     """Bytes of ``llm_cond_norm`` + ``llm_cond_proj`` (0 for an image-only model)."""
-    return sum(t.numel() * t.element_size() for name in TEXT_PROJECTION_MODULES if hasattr(dit, name)
-               for t in (*getattr(dit, name).parameters(), *getattr(dit, name).buffers()))
+    return sum(mm.module_size(getattr(dit, name)) for name in TEXT_PROJECTION_MODULES if hasattr(dit, name))
 
 
 def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:

@@ -76,10 +76,7 @@ def low_rank_terms(patch) -> Optional[list]:
     cached = getattr(patch, _TERMS_ATTR, False)
     if cached is False:
         cached = _terms_of(patch)
-        try:
-            setattr(patch, _TERMS_ATTR, cached)
-        except AttributeError:  # an object that takes no attributes: computed again next time
-            pass
+        setattr(patch, _TERMS_ATTR, cached)
     return cached
 
 

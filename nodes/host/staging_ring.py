@@ -58,15 +58,10 @@ class StagingRing:
         view.copy_(t.contiguous() if not t.is_contiguous() else t)
         return view, i
 
-    def uploaded(self, slot: int, stream=None, device=None) -> None:
+    def uploaded(self, slot: int, stream, device) -> None:
         """Record that slot's upload on ``stream`` (None: the current stream of ``device``, where the copy ran)."""
         event = self.new_event()
-        if stream is None:
-            stream = torch.cuda.current_stream(device) if device is not None else None
-        if stream is None:
-            event.record()
-        else:
-            event.record(stream)
+        event.record(stream if stream is not None else torch.cuda.current_stream(device))
         self.events[slot] = event
 
 

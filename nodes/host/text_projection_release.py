@@ -49,8 +49,7 @@ def release_text_projection(dit: torch.nn.Module, base_model) -> int:
         if (any(k in patcher.patches for k in tensors) or getattr(module, "role_patches", None)
                 or any(k not in homes for k in tensors)):
             continue  # patched weights are not the file's; no home to return to
-        resident = sum(t.numel() * t.element_size() for k, t in tensors.items() if not offload._is(t, homes[k]))
-        if not resident:
+        if all(offload._is(t, homes[k]) for k, t in tensors.items()):
             continue  # already the file's tensors (a CPU run): nothing to free
         offload.send_home(base_model, module, prefix)
         module.prev_comfy_cast_weights = module.comfy_cast_weights
