@@ -392,3 +392,25 @@ def test_connected_latent_size_wins_over_invalid_size_widgets(server):
     del prompt[ks]["inputs"]["latent"]
     status, body = server.queue(prompt)
     assert status == 400 and "width" in json.dumps(body), body
+
+
+def test_fast_fp8_node_reports_on_the_canvas(server, page):
+    """The opt-in fast fp8 node dropped between the loader and the sampler of the template (fp8 files): after the
+    run its UI text, on the node itself, says it is not reference-exact and what deviation it measured."""
+    cdp = page
+    ids = _load_template(cdp, Ideogram4NativeModelLoader={0: "i4tiny_fp8.safetensors"})
+    fast = cdp.js(f"""(() => {{ const a = {APP}, g = a.graph;
+      const loader = g.getNodeById({ids["Ideogram4NativeModelLoader"]}), ks = g.getNodeById({ids["Ideogram4NativeKSampler"]});
+      const n = LiteGraph.createNode('Ideogram4NativeFastFP8'); n.pos = [loader.pos[0], loader.pos[1] + 1400];  // clear of the template
+      g.add(n); loader.connect(0, n, 0); loader.connect(1, n, 1); n.connect(0, ks, 0); n.connect(1, ks, 1);
+      return n.id; }})()""")
+    cdp.js(f"(async () => {{ await {APP}.queuePrompt(0, 1); return true; }})()")
+    reports = cdp.wait_js(f"""(() => {{ const r = {REPORTS};
+      return r.Ideogram4NativeFastFP8?.value && r.Ideogram4NativeVAEDecode?.value && r; }})()""",
+                          timeout=240, what="reports after the run with the fast fp8 node")
+    text = reports["Ideogram4NativeFastFP8"]["value"]
+    assert "model: fp8 matmul: FAST" in text and "unconditional_model: fp8 matmul: FAST" in text, text
+    assert "NOT reference-exact" in text and "max relative deviation" in text, text
+    _focus(cdp, fast)
+    assert cdp.js(REPORTS)["Ideogram4NativeFastFP8"]["shown"]  # drawn on the node once it is on screen
+    cdp.screenshot(SHOTS / "30_report_fast_fp8.png", fe._node_clip(cdp, fast))

@@ -119,7 +119,8 @@ def test_object_info_lists_every_node_with_declared_inputs(comfy_server, comfy_m
                 "Ideogram4NativeTextEncode", "Ideogram4NativeKSampler", "Ideogram4NativeSigmas",
                 "Ideogram4NativeGuider", "Ideogram4NativeSampler", "Ideogram4NativeNoise", "Ideogram4NativeEmptyLatent",
                 "Ideogram4NativeVAEDecode", "Ideogram4NativeLatentToFlux2VAE", "Ideogram4NativeCaptionBuilder",
-                "Ideogram4NativeCaptionElement", "Ideogram4NativeCaptionFromJSON", "Ideogram4NativeMagicPrompt"}
+                "Ideogram4NativeCaptionElement", "Ideogram4NativeCaptionFromJSON", "Ideogram4NativeMagicPrompt",
+                "Ideogram4NativeLoraLoader", "Ideogram4NativeUnconditionalFromLora", "Ideogram4NativeFastFP8"}
     assert expected <= set(ours)
     for name, d in ours.items():
         assert d["category"].startswith("Ideogram4 Native/"), name
