@@ -138,6 +138,16 @@ def test_bitsandbytes_nf4_cpu_path_is_used_and_bit_identical_per_layer(tiny_file
             assert torch.equal(layer.dequantized_weight(torch.bfloat16), ref), name
 
 
+def test_bitsandbytes_is_probed_on_each_device_type_it_decodes_on():
+    """A CPU probe says nothing of the CUDA library (bitsandbytes stubs a CUDA library it cannot load while its
+    CPU path works): the CUDA decision probes on CUDA — here, with no usable CUDA device, it is refused."""
+    pytest.importorskip("bitsandbytes.functional")
+    assert nf4._bnb_functional("cpu") is not None
+    if not torch.cuda.is_available():
+        assert nf4._bnb_functional("cuda") is None
+    assert nf4._bnb_functional("meta") is None  # a device bitsandbytes cannot decode on
+
+
 def test_bitsandbytes_cpu_kernel_is_not_used_for_rows_that_are_not_whole_blocks():
     """bitsandbytes' CPU dequantize_4bit is wrong for a (512, 416) weight (rows of 6.5 blocks): not used there."""
     bnbf = pytest.importorskip("bitsandbytes.functional")

@@ -98,24 +98,27 @@ def _bnb_dequantize(bnbf, packed, absmax, quant_map, shape, dtype) -> torch.Tens
 
 
 @functools.cache
-def _bnb_functional():
-    """bitsandbytes.functional if it imports AND its CPU kernel decodes a probe layer bit-identically to the
-    pure-torch codec (a broken or mismatching native library is logged and not used), else None."""
+def _bnb_functional(device_type: str = "cpu"):
+    """bitsandbytes.functional if it imports AND its kernel on ``device_type`` ("cpu" or "cuda") decodes a probe
+    layer bit-identically to the pure-torch codec, else None (probed once per device type).  A broken or
+    mismatching native library is logged and not used — bitsandbytes substitutes a stub for a CUDA library it
+    cannot load, whose CPU path still works, so each device type is probed on that device."""
     try:
         import bitsandbytes.functional as bnbf  # noqa: WPS433 (optional dependency)
+        device = torch.device(device_type)
         gen = torch.Generator().manual_seed(0)
         probe = torch.randn(64, 128, generator=gen)
         packed, absmax = quantize_nf4(probe)
         code = torch.tensor(NF4_CODE, dtype=torch.float32)
         for dtype in (torch.bfloat16, torch.float32):
-            got = _bnb_dequantize(bnbf, packed, absmax, code, (64, 128), dtype)
+            got = _bnb_dequantize(bnbf, packed.to(device), absmax.to(device), code, (64, 128), dtype)
             want = dequantize_nf4_reference(packed, absmax, code, (64, 128), dtype)
-            if got.dtype != dtype or not torch.equal(got, want):
-                raise RuntimeError(f"its {dtype} decode differs from the NF4 reference")
+            if got.dtype != dtype or not torch.equal(got.cpu(), want):
+                raise RuntimeError(f"its {dtype} decode on {device_type} differs from the NF4 reference")
     except Exception as exc:  # not installed, no usable native library, or wrong numbers
         if not isinstance(exc, ImportError):
-            log.warning("bitsandbytes is installed but not used for nf4 decoding (%s); using the pure-torch codec",
-                        exc)
+            log.warning("bitsandbytes is installed but not used for nf4 decoding on %s (%s); using the pure-torch "
+                        "codec", device_type, exc)
         return None
     return bnbf
 
@@ -129,7 +132,7 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.
     # whole blocks — every Linear of the real model; the tiny test models' 416-wide text projection is not.
     auto = packed.is_cuda or (packed.device.type == "cpu" and shape[1] % NF4_BLOCKSIZE == 0)
     wanted = auto if use_bitsandbytes is None else use_bitsandbytes
-    bnbf = _bnb_functional() if wanted else None
+    bnbf = _bnb_functional(packed.device.type) if wanted else None
     if use_bitsandbytes and bnbf is None:
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
     if bnbf is not None:

@@ -364,7 +364,7 @@ def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
     layers = [(_decode_kind(m), m.in_features * m.out_features)
               for m in dit.modules() if isinstance(m, (QuantizedLinear, torch.nn.Linear))]
     return mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
-                                nf4_kernel=cuda and _bnb_functional() is not None,
+                                nf4_kernel=cuda and _bnb_functional("cuda") is not None,
                                 nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
 
 
