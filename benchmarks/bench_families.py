@@ -4,9 +4,10 @@ For each family (bf16, official fp8 / nf4, ComfyUI fp8_scaled / nvfp4 / mxfp8 / 
 a real-width file with ``--layers`` blocks (default 1: 34 × 4608 does not fit every disk and takes minutes to
 write; the text projection, run once per sampling run and not timed, is made narrow) is written in the exact on-disk layout (``bench_formats``: streamed, random valid data), loaded by
 ``load_transformer`` onto ``--device`` and timed inside a sampling run (the text projection cached, as in
-sampling): one conditional + one image-only forward at ``--size``².  The per-block time of each family and
-the 34-block step it implies (``2 × 34 × block``; the embeddings and final layer are < 1 % of a step) are
-printed, with the ratio to bf16.
+sampling): one conditional + one image-only forward at ``--size``².  The per-block time of each family (the
+forward minus the same forward with no blocks) and the 34-block step it implies (``2 × 34 × block``) are
+printed as each family is measured, with the ratio to bf16 and the comfy-kitchen backend that decoded it
+(``cuda``, ``triton`` or ``eager``: without comfy-kitchen's compiled extension its rows are not its CUDA kernels').
 
     python benchmarks/bench_families.py --device cuda --out /tmp/families            # on a GPU
     python benchmarks/bench_families.py --device cpu --width 512 --size 256 --out /tmp/f  # code-path smoke test
@@ -15,6 +16,7 @@ printed, with the ratio to bf16.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -47,6 +49,7 @@ def write(family: str, cfg, out: Path) -> Path:
 
 
 def time_forward(model, device, size: int, n_txt: int, repeats: int) -> float:
+    """Median seconds of one conditional + one image-only forward inside a sampling run."""
     import torch
 
     gh = gw = size // 16
@@ -65,6 +68,44 @@ def time_forward(model, device, size: int, n_txt: int, repeats: int) -> float:
             if i:
                 times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def time_blocks(model, device, size: int, n_txt: int, repeats: int) -> tuple[float, float]:
+    """(step seconds, seconds per block and pass): the blocks' share is the step minus the same forward with no
+    blocks (embeddings, final layer, launches), so the 34-block estimate does not multiply that overhead."""
+    import torch
+
+    step = time_forward(model, device, size, n_txt, repeats)
+    blocks = model.layers
+    model.layers = torch.nn.ModuleList()
+    try:
+        bare = time_forward(model, device, size, n_txt, repeats)
+    finally:
+        model.layers = blocks
+    return step, max(step - bare, 0.0) / (2 * len(blocks))
+
+
+@contextlib.contextmanager
+def kitchen_backends():
+    """Records which comfy-kitchen backend ran each of its functions (``{function: backend}``), when installed."""
+    chosen = {}
+    try:
+        from comfy_kitchen.registry import registry
+    except ImportError:
+        yield chosen
+        return
+    original = registry.get_capable_backend
+
+    def recording(func_name, kwargs=None):
+        backend = original(func_name, kwargs)
+        chosen[func_name] = backend
+        return backend
+
+    registry.get_capable_backend = recording
+    try:
+        yield chosen
+    finally:
+        del registry.get_capable_backend  # the instance attribute; the class method is back
 
 
 def main(argv=None) -> None:
@@ -95,34 +136,41 @@ def main(argv=None) -> None:
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
     rows = []
     for family in [f for f in args.families.split(",") if f]:
-        t0 = time.perf_counter()
-        path = write(family, cfg, args.out)
-        written = time.perf_counter() - t0
+        row = {"family": family}
+        path = None
         try:
+            t0 = time.perf_counter()
+            path = write(family, cfg, args.out)
+            row["written_s"] = time.perf_counter() - t0
             model = load_transformer(path, device=device, dtype=torch.bfloat16)
-            step = time_forward(model, device, args.size, args.text_tokens, args.repeats)
+            with kitchen_backends() as kitchen:
+                step, block = time_blocks(model, device, args.size, args.text_tokens, args.repeats)
+            row.update(format=model.checkpoint_format, step_s=step, block_s=block,
+                       real_step_estimate_s=2 * REAL_LAYERS * block, comfy_kitchen=kitchen)
+            del model
         except Exception as exc:  # noqa: BLE001 - a figure per family; one failure must not hide the rest
-            print(f"  {family:16s} FAILED: {type(exc).__name__}: {exc}")
-            rows.append({"family": family, "error": str(exc)})
-            continue
+            row["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        block = step / (2 * args.layers)
-        row = {"family": family, "format": model.checkpoint_format, "step_s": step, "block_s": block,
-               "real_step_estimate_s": 2 * REAL_LAYERS * block, "written_s": written}
         rows.append(row)
-        del model
-    base = next((r["block_s"] for r in rows if r.get("family") == "bf16" and "block_s" in r), None)
-    for r in rows:
-        if "block_s" in r:
-            ratio = f" ({r['block_s'] / base:.2f}× bf16)" if base else ""
-            print(f"  {r['family']:16s} {r['block_s'] * 1e3:8.2f} ms per block and pass → ≈ "
-                  f"{r['real_step_estimate_s']:6.2f} s per 34-block step{ratio} | {r['format']}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        print_row(row, rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
 
+
+def print_row(row: dict, rows: list[dict]) -> None:
+    if "error" in row:
+        print(f"  {row['family']:16s} FAILED: {row['error']}")
+        return
+    base = next((r["block_s"] for r in rows if r["family"] == "bf16" and "block_s" in r), None)
+    ratio = f" ({row['block_s'] / base:.2f}× bf16)" if base else ""
+    kitchen = ", ".join(f"{f} → {b}" for f, b in row["comfy_kitchen"].items())
+    print(f"  {row['family']:16s} {row['block_s'] * 1e3:8.2f} ms per block and pass → ≈ "
+          f"{row['real_step_estimate_s']:6.2f} s per 34-block step{ratio} | {row['format']}"
+          + (f" | comfy-kitchen: {kitchen}" if kitchen else ""))
 
 if __name__ == "__main__":
     main()

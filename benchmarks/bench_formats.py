@@ -27,6 +27,7 @@ Files are deleted after their family is measured unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -120,7 +121,7 @@ def write_safetensors_streamed(entries, path: Path, prefix: str = PREFIX) -> int
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
+    with written_whole(path) as partial, open(partial, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for name, dtype, shape, make in entries:
@@ -130,12 +131,23 @@ def write_safetensors_streamed(entries, path: Path, prefix: str = PREFIX) -> int
     return path.stat().st_size
 
 
+@contextlib.contextmanager
+def written_whole(path: Path):
+    """Yields a temporary name next to ``path`` and renames it to ``path`` only once it is written, so a run
+    stopped half-way (a time limit) leaves no truncated file that a later run would reuse."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_gguf_streamed(qtype: str, cfg, path: Path) -> int:
     """A ComfyUI-GGUF-layout file: random valid ``qtype`` blocks for the Linears, F16/F32 for the rest."""
     import gguf
 
     from model.dit import expected_shapes
-    from tools.make_test_quantized import random_blocks
 
     T = gguf.GGMLQuantizationType
     block, size = gguf.GGML_QUANT_SIZES[T[qtype]]
@@ -149,6 +161,14 @@ def write_gguf_streamed(qtype: str, cfg, path: Path) -> int:
         else:
             kind = "F16"
         plan.append((key, shape, kind))
+    with written_whole(path) as partial:
+        _write_gguf(gguf, T, block, size, plan, partial)
+    return path.stat().st_size
+
+
+def _write_gguf(gguf, T, block, size, plan, path: Path) -> None:
+    from tools.make_test_quantized import random_blocks
+
     writer = gguf.GGUFWriter(str(path), "ideogram4")
     for key, shape, kind in plan:
         if kind in ("F32", "F16"):
@@ -170,7 +190,6 @@ def write_gguf_streamed(qtype: str, cfg, path: Path) -> int:
             data = random_blocks(kind, shape[0], shape[1], 0.1 / shape[1] ** 0.5, i)
         writer.write_tensor_data(data)
     writer.close()
-    return path.stat().st_size
 
 
 def write_family(family: str, out: Path, layers: int = 34) -> Path:

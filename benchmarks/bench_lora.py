@@ -59,6 +59,7 @@ def main(argv=None) -> None:
         loras = [layout_state_dict(lora_factors(cfg, seed=10 + i, rank=args.rank, alpha=args.rank), "kohya")
                  for i in range(3)]
         device = mm.get_torch_device()
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, 128, args.grid, args.grid, generator=g).to(device)
         feats = torch.randn(1, 64, cfg.llm_features_dim, generator=g).to(device)
@@ -77,17 +78,18 @@ def main(argv=None) -> None:
                 mm.unload_all_models()
                 t0 = time.perf_counter()
                 mm.load_models_gpu([patcher], force_full_load=True)
+                sync()
                 load_s = time.perf_counter() - t0
                 model = patcher.model
                 with torch.no_grad():
                     model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)  # warm-up
+                    sync()
                     times = []
                     for _ in range(args.repeats):
                         t0 = time.perf_counter()
                         model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
                         model.apply_model(x, sigma, ideogram4_velocity=True)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
+                        sync()
                         times.append(time.perf_counter() - t0)
                 step = min(times)
                 base_times.setdefault(fmt, step)

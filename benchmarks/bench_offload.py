@@ -70,7 +70,7 @@ out.append(rss("after a forward (256²)"))
 if "nf4" in cm.dit_of(p).checkpoint_format.lower():  # the decode before this change: pure torch
     nf4 = importlib.import_module("i4pack.model.checkpoints.nf4")
     fast = nf4._bnb_functional
-    nf4._bnb_functional = lambda: None
+    nf4._bnb_functional = lambda *device: None
     seconds["forward_pure_torch_decode_s"] = forward()
     nf4._bnb_functional = fast
 if dev.type == "cuda":
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
                 raise SystemExit(proc.stdout[-2000:] + proc.stderr[-4000:])
             print(f"{fmt} ({path.stat().st_size / 2**30:.2f} GiB file)")
             *rows, seconds = json.loads(line[len("RESULT "):])
-            print("  CPU seconds per forward (256², 64 text tokens): " + ", ".join(
+            print(f"  {args.device.upper()} seconds per forward (256², 64 text tokens): " + ", ".join(
                 f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in seconds.items()))
             for r in rows:
                 print(f"  {r['at']:24s} RSS private {r['private_rss_gib']:6.2f} GiB, file-backed {r['file_rss_gib']:6.2f}"

@@ -15,6 +15,10 @@ Sections (each prints a table; ``--json`` writes everything):
    summation orders, the CPU goldens are bit-exact only on the CPU).
 4. ``core``    — ours vs ComfyUI core's model on the same GPU (``bench_vs_core.py``), when ``--comfyui`` is given.
 
+They run quick ones first (plan, parity, then speed); ``--json`` is rewritten after every section and every speed
+row, and a section or format that fails is reported and skipped, so a run stopped by its time limit or by one
+broken kernel keeps everything else it measured.
+
 ``--cpu-smoke``: a 2-layer 512-wide model at 256² on the CPU, one timed step — checks the code paths only.
 """
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +60,8 @@ def sync(device):
 def speed(args, device, out):
     import torch
 
-    from model.checkpoints import ops
-    import model.checkpoints as ck
-    from model.dit import Ideogram4DiT
     from model.dit.config import DiTConfig
     from model.checkpoints.fp8_matmul import kernel_available
-    from random_models import random_dit
 
     cfg = (DiTConfig(emb_dim=512, num_layers=2, num_heads=2, intermediate_size=1024, adaln_dim=64,
                      llm_features_dim=13 * 64) if args.cpu_smoke else DiTConfig())
@@ -70,47 +71,65 @@ def speed(args, device, out):
     print(f"\n== speed: {cfg.num_layers}×{cfg.emb_dim}, {n_txt} text tokens, {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}")
     if cuda:
-        from torch.nn.attention import sdpa_kernel  # noqa: F401  (presence only)
-        print(f"   attention: F.scaled_dot_product_attention (flash {torch.backends.cuda.flash_sdp_enabled()}, "
-              f"cudnn {torch.backends.cuda.cudnn_sdp_enabled()}); fp8 _scaled_mm rowwise: {kernel_available()}")
-    rows = []
+        print(f"   attention: F.scaled_dot_product_attention; SDPA backends enabled: flash "
+              f"{torch.backends.cuda.flash_sdp_enabled()}, cudnn {torch.backends.cuda.cudnn_sdp_enabled()}, "
+              f"mem-efficient {torch.backends.cuda.mem_efficient_sdp_enabled()} (the kernel that ran is in the "
+              f"profile below); fp8 _scaled_mm rowwise: {kernel_available()}")
+    rows = out["speed"] = []
     for fmt in [f for f in args.formats.split(",") if f]:
+        try:
+            _speed_rows(args, device, cfg, sizes, n_txt, fmt, rows, out)
+        except Exception as exc:  # noqa: BLE001 - a figure per format; one failure must not hide the rest
+            rows.append({"format": fmt, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"   {fmt:10s} FAILED: {type(exc).__name__}: {exc}")
         if cuda:
             torch.cuda.empty_cache()
-        t0 = time.perf_counter()
-        model, _ = random_dit(Ideogram4DiT, cfg, fmt, ck=ck, operations=ops.TorchOps, device=device)
-        sync(device)
-        build = time.perf_counter() - t0
-        weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-        for size in sizes:
-            gh = gw = size // 16
-            g = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(1, gh * gw, 128, generator=g, device=device)
-            feats = torch.randn(1, n_txt, cfg.llm_features_dim, generator=g, device=device)
-            t = torch.tensor([0.5], device=device)
-            with torch.no_grad(), model.sampling_run():
+        out.save()
+
+
+def _speed_rows(args, device, cfg, sizes, n_txt, fmt, rows, out):
+    """Build one real-size model in ``fmt`` and time it at each size; each row is saved as soon as it is measured."""
+    import torch
+
+    from model.checkpoints import ops
+    import model.checkpoints as ck
+    from model.dit import Ideogram4DiT
+    from random_models import random_dit
+
+    cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    model, _ = random_dit(Ideogram4DiT, cfg, fmt, ck=ck, operations=ops.TorchOps, device=device)
+    sync(device)
+    build = time.perf_counter() - t0
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for size in sizes:
+        gh = gw = size // 16
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(1, gh * gw, 128, generator=g, device=device)
+        feats = torch.randn(1, n_txt, cfg.llm_features_dim, generator=g, device=device)
+        t = torch.tensor([0.5], device=device)
+        with torch.no_grad(), model.sampling_run():
+            model(x, t, feats, grid_hw=(gh, gw))
+            model(x, t, None, grid_hw=(gh, gw))  # warm-up fills the per-run cache
+            sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(args.steps):
+                t1 = time.perf_counter()
                 model(x, t, feats, grid_hw=(gh, gw))
-                model(x, t, None, grid_hw=(gh, gw))  # warm-up fills the per-run cache
+                model(x, t, None, grid_hw=(gh, gw))
                 sync(device)
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                times = []
-                for _ in range(args.steps):
-                    t1 = time.perf_counter()
-                    model(x, t, feats, grid_hw=(gh, gw))
-                    model(x, t, None, grid_hw=(gh, gw))
-                    sync(device)
-                    times.append(time.perf_counter() - t1)
-            peak = torch.cuda.max_memory_allocated() / GiB if cuda else float("nan")
-            row = {"format": fmt, "size": size, "s_per_step": sorted(times)[len(times) // 2], "peak_vram_gib": peak,
-                   "weights_gib": weights / GiB, "build_s": build}
-            rows.append(row)
-            print(f"   {fmt:10s} {size:5d}²: {row['s_per_step']:7.3f} s/step | peak {peak:6.2f} GiB "
-                  f"(weights {weights / GiB:5.2f} GiB) | built in {build:.1f} s")
-        if cuda and fmt == "bf16" and not args.cpu_smoke:
-            kernels(model, cfg, n_txt, device)
-        del model
-    out["speed"] = rows
+                times.append(time.perf_counter() - t1)
+        peak = torch.cuda.max_memory_allocated() / GiB if cuda else float("nan")
+        row = {"format": fmt, "size": size, "s_per_step": sorted(times)[len(times) // 2], "peak_vram_gib": peak,
+               "weights_gib": weights / GiB, "build_s": build}
+        rows.append(row)
+        out.save()
+        print(f"   {fmt:10s} {size:5d}²: {row['s_per_step']:7.3f} s/step | peak {peak:6.2f} GiB "
+              f"(weights {weights / GiB:5.2f} GiB) | built in {build:.1f} s")
+    if cuda and fmt == "bf16" and not args.cpu_smoke:
+        kernels(model, cfg, n_txt, device)
 
 
 def kernels(model, cfg, n_txt, device):
@@ -136,7 +155,7 @@ def plan(args, device, out):
     from nodes.host.memory_policy import ComfyMemoryConstants, ModelSize, activation_bytes, decode_temp_bytes, plan_memory
     from test_memory_policy import BF16, FP8, FULL, NF4, _full_size_linears
 
-    kernel = device.type == "cuda" and _bnb_functional() is not None
+    kernel = device.type == "cuda" and _bnb_functional("cuda") is not None
     linears = _full_size_linears()
     print(f"\n== memory plan (real checkpoint sizes; nf4 decode kernel: {kernel})")
     rows = []
@@ -196,6 +215,19 @@ def parity(args, device, out):
     return all(r["ok"] for r in rows)
 
 
+class Results(dict):
+    """What the run measured; written to ``--json`` after every section and every speed row, so a run stopped by
+    its time limit keeps what it had measured."""
+
+    def __init__(self, path, **fields):
+        super().__init__(**fields)
+        self.path = path
+
+    def save(self):
+        if self.path:
+            self.path.write_text(json.dumps(self, indent=2))
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -204,19 +236,22 @@ def main(argv=None):
     if device.type == "cpu" and not args.cpu_smoke:
         sys.exit("no CUDA device: use --cpu-smoke for the code-path check")
     print(f"torch {torch.__version__}, device {device}")
-    out = {"device": str(device), "torch": torch.__version__}
-    sections = [s for s in args.sections.split(",") if s]
+    out = Results(args.json, device=str(device), torch=torch.__version__)
+    wanted = [s for s in args.sections.split(",") if s]
     ok = True
-    if "speed" in sections:
-        speed(args, device, out)
-    if "plan" in sections:
-        plan(args, device, out)
-    if "parity" in sections:
-        ok = parity(args, device, out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    # quick sections first: the long speed section must not keep the plan and the parity from being reported
+    for name, section in (("plan", plan), ("parity", parity), ("speed", speed)):
+        if name not in wanted:
+            continue
+        try:
+            ok = section(args, device, out) is not False and ok
+        except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+            ok = False
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"!! section {name} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+        out.save()
     sys.exit(0 if ok else 1)
-
 
 if __name__ == "__main__":
     main()
