@@ -1,59 +1,85 @@
 #!/usr/bin/env bash
-# Every GPU check in one command (step limits add up to 470 s: < 8 min on one H100/H200):
+# Every GPU check in one command (step limits add up to 430 s, so one H100/H200 call stays under 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
 #   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel test,
 #   and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM
 #   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step.
 #
-#   bash benchmarks/gpu_check.sh                 # on the GPU machine; results also in $OUT (or /tmp)/gpu_check.json
-#   bash benchmarks/gpu_check.sh --cpu-smoke     # code-path check on a CPU (tiny model), ~1 min
+#   bash benchmarks/gpu_check.sh                 # on the GPU machine; log + JSON in $OUT (or /tmp)
+#   bash benchmarks/gpu_check.sh --cpu-smoke     # code-path check on a CPU (tiny model), ~3 min
 #   PYTHON=/path/to/python COMFYUI_PATH=~/ComfyUI bash benchmarks/gpu_check.sh
+# On a bare GPU machine (no ComfyUI, no package index) build the kit first: python benchmarks/gpu_kit.py --help.
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-DEST="${OUT:-/tmp}"
-mkdir -p "$DEST"
+DEST="${OUT:-/tmp}"           # results only: small files (a device call brings back 8 files of ≤ 16 MiB)
+SCRATCH="${TMPDIR:-/tmp}/gpu_check_scratch"   # checkpoint files the benchmarks write, never under $DEST
+mkdir -p "$DEST" "$SCRATCH"
+export PYTHONUNBUFFERED=1     # a step killed by its limit keeps what it printed
+exec > >(tee "$DEST/gpu_check.log") 2>&1
+TEE_PID=$!
+trap 'exec >&- 2>&-; wait "$TEE_PID"' EXIT  # the last lines reach the log and the caller
 SMOKE=""
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE="--cpu-smoke"
 status=0
-step() {  # step <seconds> <label> <command...>
+rc=0
+step() {  # step <seconds> <label> <command...>; sets rc
   local limit="$1" label="$2"; shift 2
   echo; echo "######## $label (limit ${limit}s)"
   local t0=$SECONDS
-  timeout "$limit" "$@" || { echo "!! $label failed or timed out (rc $?)"; status=1; }
+  timeout "$limit" "$@"; rc=$?
+  [ $rc -eq 0 ] || { echo "!! $label failed or timed out (rc $rc)"; status=1; }
   echo "######## $label: $((SECONDS - t0)) s"
 }
-echo "gpu_check: $(date -u) | $("$PY" -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda)')"
+# The carried kit (benchmarks/gpu_kit.py): the packages and the ComfyUI sources a bare GPU machine lacks.
+KIT="${GPU_KIT:-.carry/gpu_kit.tar.xz}"
+if [ -f "$KIT" ]; then
+  KIT_DIR="${TMPDIR:-/tmp}/gpu_kit"
+  rm -rf "$KIT_DIR" && mkdir -p "$KIT_DIR"
+  step 20 "unpack the kit $KIT" "$PY" -c \
+    'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="data")' "$KIT" "$KIT_DIR"
+  [ $rc -eq 0 ] || exit 1
+  export PYTHONPATH="$KIT_DIR/site${PYTHONPATH:+:$PYTHONPATH}"
+  export COMFYUI_PATH="${COMFYUI_PATH:-$KIT_DIR/comfyui}"
+  cat "$KIT_DIR/manifest.txt"
+fi
+echo "gpu_check: $(date -u)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# exit 2: a package the checks cannot run without is missing (stop here); 3: ComfyUI does not import (its steps skip)
+step 25 "environment (benchmarks/gpu_env.py)" "$PY" benchmarks/gpu_env.py
+[ $rc -eq 2 ] && { echo "gpu_check stopped: see the environment above"; exit 1; }
+COMFY_OK=0
+[ $rc -eq 0 ] && [ -n "${COMFYUI_PATH:-}" ] && COMFY_OK=1
 if [ -n "$SMOKE" ]; then
   step 300 "speed + plan + parity (cpu smoke)" "$PY" benchmarks/gpu_check.py --cpu-smoke --steps 1 --json "$DEST/gpu_check.json"
   step 200 "every checkpoint family (cpu smoke)" "$PY" benchmarks/bench_families.py --device cpu --width 512 --size 256 \
-    --text-tokens 16 --repeats 1 --out "$DEST/families"
+    --text-tokens 16 --repeats 1 --out "$SCRATCH/families" --json "$DEST/families.json"
 else
-  step 190 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
-  step 90 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
-    benchmarks/bench_families.py --device cuda --out "$DEST/families" --json "$DEST/families.json"
-  step 30 "fp8 _scaled_mm kernel vs emulation" "$PY" -m pytest -q -p no:cacheprovider tests/test_fp8_matmul.py
+  step 145 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
+  step 75 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
+    benchmarks/bench_families.py --device cuda --out "$SCRATCH/families" --json "$DEST/families.json"
+  step 20 "fp8 _scaled_mm kernel vs emulation" "$PY" -m pytest -q -p no:cacheprovider tests/test_fp8_matmul.py
 fi
-if [ -n "${COMFYUI_PATH:-}" ] && [ -d "${COMFYUI_PATH}/comfy" ]; then
+if [ $COMFY_OK -eq 1 ]; then
   if [ -n "$SMOKE" ]; then
     step 300 "ours vs core (tiny, cpu)" "$PY" benchmarks/bench_vs_core.py --comfyui "$COMFYUI_PATH" --width 512 --layers 2 \
       --text-dim 832 --size 128 --text-tokens 16 --repeats 1 --json "$DEST/vs_core.json" -- --cpu
-    step 120 "system RAM, simulated offload (tiny, cpu)" "$PY" benchmarks/bench_offload.py --out "$DEST/offload" \
+    step 120 "system RAM, simulated offload (tiny, cpu)" "$PY" benchmarks/bench_offload.py --out "$SCRATCH/offload" \
       --layers 2 --width 512 --formats fp8,nf4
     step 120 "LoRA cost per step (tiny, cpu)" "$PY" benchmarks/bench_lora.py --comfyui "$COMFYUI_PATH" --layers 2 \
       --heads 2 --intermediate 1024 --grid 8 --repeats 1
   else
-    step 80 "ours vs core (34×4608, 1024²)" "$PY" benchmarks/bench_vs_core.py --comfyui "$COMFYUI_PATH" --full --size 1024 \
+    step 55 "ours vs core (34×4608, 1024²)" "$PY" benchmarks/bench_vs_core.py --comfyui "$COMFYUI_PATH" --full --size 1024 \
       --text-tokens 512 --repeats 3 --json "$DEST/vs_core.json"
-    step 40 "system RAM through a real CUDA load → forward → offload (2 × 4608, fp8)" "$PY" \
-      benchmarks/bench_offload.py --out "$DEST/offload" --layers 2 --width 4608 --formats fp8 --device cuda
-    step 40 "LoRA cost per step on CUDA (0/1/3 LoRAs, bf16 + fp8, 4 × 4608)" "$PY" benchmarks/bench_lora.py \
-      --comfyui "$COMFYUI_PATH" --layers 4 --heads 18 --intermediate 12288 --grid 64 --device cuda
+    step 45 "system RAM through a real CUDA load → forward → offload (2 × 4608, fp8)" "$PY" \
+      benchmarks/bench_offload.py --out "$SCRATCH/offload" --layers 2 --width 4608 --formats fp8 --device cuda
+    step 45 "LoRA cost per step on CUDA (0/1/3 LoRAs, bf16 + fp8, 2 × 4608)" "$PY" benchmarks/bench_lora.py \
+      --comfyui "$COMFYUI_PATH" --layers 2 --heads 18 --intermediate 12288 --grid 64 --device cuda
   fi
 else
-  echo; echo "######## ours vs core: skipped (set COMFYUI_PATH to a ComfyUI checkout)"
+  echo; echo "######## ours vs core, system RAM, LoRA cost: skipped (COMFYUI_PATH unset or ComfyUI does not import)"
 fi
-echo; echo "gpu_check done: status $status (JSON in $DEST)"
+rm -rf "$SCRATCH"
+echo; echo "gpu_check done: status $status (log and JSON in $DEST)"
 exit $status

@@ -266,7 +266,7 @@ def _third_party_imports(path: Path) -> set[str]:
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-    local = {p.stem for p in (ROOT / "tests").rglob("*.py")}
+    local = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
     return {n for n in names if n not in sys.stdlib_module_names and n not in _PROVIDED and n not in local}
 
 

@@ -1,0 +1,112 @@
+"""Preflight of ``gpu_check.sh``: what this machine will run the checks with, in a few seconds.
+
+Prints torch / CUDA / the GPU, and for each package the checks use its version or why it cannot be used —
+bitsandbytes' native library (nf4 decode kernel), comfy-kitchen's backends (ComfyUI's nvfp4 / mxfp8 / int8
+kernels), the fp8 ``_scaled_mm`` kernel — and imports ComfyUI from ``$COMFYUI_PATH`` the way the benchmarks do.
+Exits 2 when a package the checks cannot do without is missing (the pack's own dependencies), so a device call
+stops in seconds instead of failing step by step, and 3 when ComfyUI does not import (its steps are skipped).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+REQUIRED = ("safetensors", "transformers", "tokenizers", "jsonschema", "numpy", "PIL", "gguf")
+OPTIONAL = ("triton", "bitsandbytes", "comfy_kitchen", "comfy_aimdo", "torchsde", "diffusers", "peft")
+# What the ComfyUI benchmarks import: core's modules and the pack's host glue (the pack loaded as ComfyUI loads it).
+COMFY_MODULES = ("comfy.sd", "comfy.ldm.ideogram4.model", "comfy.ldm.modules.attention")
+PACK_HOST_MODULES = ("comfy_model", "comfy_attention", "comfy_sampling", "offload", "core_lora_loaders")
+MISSING_REQUIRED, COMFYUI_BROKEN = 2, 3  # exit codes gpu_check.sh reads
+DISTRIBUTIONS = {"PIL": "pillow", "comfy_kitchen": "comfy-kitchen", "comfy_aimdo": "comfy-aimdo"}
+
+
+def version(name: str) -> str:
+    importlib.import_module(name)
+    return importlib.metadata.version(DISTRIBUTIONS.get(name, name))
+
+
+def packages() -> list[str]:
+    missing = []
+    for name in REQUIRED + OPTIONAL:
+        try:
+            print(f"   {name:14s} {version(name)}")
+        except Exception as exc:  # noqa: BLE001 - a report line per package
+            print(f"   {name:14s} NOT USABLE: {type(exc).__name__}: {exc}")
+            if name in REQUIRED:
+                missing.append(name)
+    return missing
+
+
+def kernels():
+    import torch
+
+    from model.checkpoints.fp8_matmul import kernel_available
+    from model.checkpoints.nf4 import _bnb_functional
+
+    print(f"   nf4 decode: {'bitsandbytes kernel' if _bnb_functional() is not None else 'pure torch'}"
+          " (bitsandbytes probed bit-exact on the CPU)")
+    if torch.cuda.is_available():
+        print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
+    try:
+        import comfy_kitchen
+
+        for name, info in comfy_kitchen.list_backends().items():
+            state = "available" if info.get("available") else f"unavailable ({info.get('unavailable_reason')})"
+            print(f"   comfy-kitchen backend {name}: {state}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"   comfy-kitchen backends: NOT USABLE: {type(exc).__name__}: {exc}")
+
+
+def comfyui() -> bool:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        print("   COMFYUI_PATH not set: the ComfyUI steps are skipped")
+        return True
+    from bench_comfyui import PACKAGE, import_comfy
+
+    argv = sys.argv
+    try:
+        import_comfy(Path(path), [] if _has_cuda() else ["--cpu"])
+        for name in COMFY_MODULES + tuple(f"{PACKAGE}.nodes.host.{m}" for m in PACK_HOST_MODULES):
+            importlib.import_module(name)
+        import comfyui_version
+
+        print(f"   ComfyUI {comfyui_version.__version__} from {path}: {', '.join(COMFY_MODULES)} and the pack's "
+              f"host modules import")
+        return True
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the one line the developer needs
+        print(f"   ComfyUI from {path} does NOT import: {type(exc).__name__}: {exc}")
+        return False
+    finally:
+        sys.argv = argv
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main() -> int:
+    import torch
+
+    gpu = (f"{torch.cuda.get_device_name()} (sm{''.join(map(str, torch.cuda.get_device_capability()))}, "
+           f"{torch.cuda.get_device_properties(0).total_memory / 1024 ** 3:.0f} GiB)" if _has_cuda() else "no CUDA device")
+    print(f"######## environment: Python {sys.version.split()[0]}, torch {torch.__version__} "
+          f"(CUDA {torch.version.cuda}), {gpu}")
+    missing = packages()
+    kernels()
+    if missing:
+        print(f"!! missing: {', '.join(missing)} (build the kit: python benchmarks/gpu_kit.py --comfyui PATH)")
+        return MISSING_REQUIRED
+    return 0 if comfyui() else COMFYUI_BROKEN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The tools around gpu_check.sh: the GPU kit (benchmarks/gpu_kit.py), the preflight (benchmarks/gpu_env.py) and
+gpu_check.py's way of keeping what it measured when a section fails.
+
+The kit is what a bare GPU machine needs to run gpu_check.sh: these tests check its rules on small fake trees
+(which pins it takes, which binaries and files it leaves out) without pip or a network."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+import gpu_env  # noqa: E402
+import gpu_kit  # noqa: E402
+
+
+def _write(path: Path, text: str = "x", size: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if not size else "y" * size)
+    return path
+
+
+def test_requirements_take_comfyuis_pins_and_the_packs_own_lines(tmp_path):
+    _write(tmp_path / "requirements.txt", "torch\ncomfy-kitchen==0.2.31\ncomfy_aimdo==0.4.13  # pinned\n"
+                                          "av>=16.0.0\n\n#non essential\nkornia>=0.7.1\n")
+    reqs = gpu_kit.kit_requirements(tmp_path)
+    assert "comfy-kitchen==0.2.31" in reqs and "comfy_aimdo==0.4.13" in reqs and "av>=16.0.0" in reqs
+    assert "torchsde" in reqs  # not pinned by this checkout: the bare name
+    ours = gpu_kit.requirement_specs(ROOT / "requirements.txt")
+    assert ours["gguf"] in reqs and ours["jsonschema"] in reqs
+    assert not any(r.startswith(("safetensors", "transformers", "torch>", "torch=", "kornia")) for r in reqs)
+    assert "bitsandbytes>=0.45" in reqs
+
+
+def test_prune_keeps_this_gpus_libraries_and_lists_the_rest(tmp_path):
+    site = tmp_path / "site"
+    for name in ("libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so", "libbitsandbytes_cuda128.so",
+                 "libbitsandbytes_rocm72.so"):
+        _write(site / "bitsandbytes" / name, size=1024)
+    _write(site / "comfy_kitchen" / "backends" / "cuda" / "_C.abi3.so", size=10)
+    _write(site / "comfy_kitchen" / "backends" / "hip" / "_C.abi3.so", size=10)
+    removed = gpu_kit.prune_binaries(site, "130")
+    left = sorted(p.name for p in (site / "bitsandbytes").iterdir())
+    assert left == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so"]
+    assert (site / "comfy_kitchen" / "backends" / "cuda" / "_C.abi3.so").exists()
+    assert not (site / "comfy_kitchen" / "backends" / "hip" / "_C.abi3.so").exists()
+    assert len(removed) == 3 and any("cuda128" in r for r in removed) and any("hip" in r for r in removed)
+    with pytest.raises(SystemExit, match="no library for CUDA 129"):
+        gpu_kit.prune_binaries(site, "129")
+
+
+def test_comfyui_copy_keeps_code_and_configs_not_tests_or_vocabularies(tmp_path):
+    src, dest = tmp_path / "ComfyUI", tmp_path / "out"
+    keep = ["comfy/model_management.py", "comfy/sd1_clip_config.json", "nodes.py", "comfyui_version.py",
+            "comfy/ldm/cosmos/cosmos_tokenizer/layers.py", "comfy_extras/nodes_lora.py"]
+    drop = ["tests/test_x.py", "tests-unit/a.py", "comfy_api_nodes/big.py", "comfy/sd1_tokenizer/vocab.json",
+            "comfy/text_encoders/qwen25_tokenizer/merges.txt", "comfy/comfy_types/examples/a.png",
+            ".git/config.py", "comfy/__pycache__/x.py", "blueprints/a.json"]
+    for rel in keep + drop:
+        _write(src / rel)
+    _write(src / "comfy" / "huge.json", size=gpu_kit.COMFY_MAX_FILE + 1)
+    copied = gpu_kit.copy_comfyui(src, dest)
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert got == sorted(keep) and copied == len(keep)
+    assert all((dest / d).is_dir() for d in ("custom_nodes", "models", "input", "output", "temp"))
+    with pytest.raises(SystemExit, match="not a ComfyUI checkout"):
+        gpu_kit.copy_comfyui(tmp_path / "nothing", dest)
+
+
+def test_manifest_is_read_back_from_the_kit(tmp_path):
+    kit = tmp_path / "gpu_kit.tar.xz"
+    _write(tmp_path / "stage" / "manifest.txt", "gpu_kit built … for Python 3.12\n")
+    with tarfile.open(kit, "w:xz", preset=0) as tar:
+        tar.add(tmp_path / "stage" / "manifest.txt", arcname="manifest.txt")
+    assert gpu_kit.read_manifest(kit).startswith("gpu_kit built")
+
+
+def test_preflight_stops_the_run_naming_what_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_env, "REQUIRED", gpu_env.REQUIRED + ("no_such_package_i4",))
+    monkeypatch.setattr(gpu_env, "OPTIONAL", ("another_missing_optional_i4",))
+    assert gpu_env.main() == gpu_env.MISSING_REQUIRED == 2  # gpu_check.sh stops on 2
+    out = capsys.readouterr().out
+    assert "no_such_package_i4" in out.split("!! missing:")[1]
+    assert "another_missing_optional_i4 NOT USABLE" in " ".join(out.split())
+    assert "another_missing_optional_i4" not in out.split("!! missing:")[1]
+
+
+def test_preflight_passes_without_comfyui_and_says_its_steps_are_skipped(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_env, "OPTIONAL", ())
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    assert gpu_env.main() == 0
+    out = capsys.readouterr().out
+    assert "COMFYUI_PATH not set" in out and "nf4 decode:" in out
+
+
+def test_preflight_reports_a_comfyui_that_does_not_import(monkeypatch, tmp_path, capsys):
+    _write(tmp_path / "comfy" / "__init__.py", "")
+    _write(tmp_path / "comfy" / "options.py", "raise ImportError('broken checkout')\n")
+    monkeypatch.setattr(gpu_env, "OPTIONAL", ())
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "argv", ["gpu_env.py"])
+    for name in ("comfy", "comfy.options"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert gpu_env.main() == gpu_env.COMFYUI_BROKEN == 3  # gpu_check.sh skips the ComfyUI steps on 3
+    assert "does NOT import: ImportError: broken checkout" in capsys.readouterr().out
+    assert sys.argv == ["gpu_env.py"]
+
+
+def test_a_failing_section_keeps_the_others_and_their_json(monkeypatch, tmp_path, capsys):
+    """gpu_check.py runs the quick sections first and writes the JSON after each: one that raises is reported
+    (exit 1) while the others' figures stay in the file."""
+    def broken(args, device, out):
+        raise RuntimeError("no kernel image is available")
+
+    monkeypatch.setattr(gpu_check, "parity", broken)
+    json_path = tmp_path / "gpu_check.json"
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--cpu-smoke", "--sections", "plan,parity", "--json", str(json_path)])
+    assert exit_info.value.code == 1
+    saved = __import__("json").loads(json_path.read_text())
+    assert saved["parity"] == {"error": "RuntimeError: no kernel image is available"}
+    nf4_16 = [r for r in saved["plan"] if r["format"] == "nf4" and r["cap_gib"] == 16]
+    assert nf4_16 and all(r["mode"] == "resident" for r in nf4_16)
+    assert "!! section parity failed" in capsys.readouterr().out
