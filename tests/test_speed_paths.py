@@ -68,8 +68,8 @@ class RecordingOps(TorchOps):
         return sdpa_attention(q, k, v, heads, mask)
 
     @staticmethod
-    def attention_mask(allowed, dtype):
-        RecordingOps.masks.append(dtype)
+    def attention_mask(allowed, dtype, transformer_options=None):
+        RecordingOps.masks.append((dtype, transformer_options))
         return additive_mask(allowed, dtype)
 
 
@@ -82,7 +82,8 @@ def test_attention_and_mask_come_from_the_operations_namespace(tiny_files, tiny_
     with dit.sampling_run():
         for t in (0.3, 0.6):
             out = dit(x, torch.full((2,), t), feats, grid_hw=(3, 5), text_lengths=[7, 4], transformer_options=opts)
-    assert RecordingOps.masks == [torch.bfloat16]  # the kernel-form mask is built once per run
+    # the kernel-form mask is built once per run, knowing the options that may route the call elsewhere
+    assert RecordingOps.masks == [(torch.bfloat16, opts)]
     assert len(RecordingOps.seen) == 2 * tiny_cfg.num_layers
     assert all(s == (tiny_cfg.num_heads, torch.bfloat16, opts) for s in RecordingOps.seen)
     # the additive mask gives SDPA's bool-mask result to within bf16 rounding of the softmax

@@ -4,8 +4,10 @@ The DiT never calls a kernel directly: it asks its ``operations`` namespace for
 
 * ``attention(q, k, v, heads, mask=None, transformer_options=None)`` — q/k/v (B, H, L, D) →
   (B, L, H·D), the signature of ComfyUI's ``optimized_attention(..., skip_reshape=True)``;
-* ``attention_mask(allowed, dtype)`` — the (B, 1, L, L) bool "may attend" matrix turned into the
-  form that kernel wants, once per forward (bool for SDPA, additive for kernels that need it).
+* ``attention_mask(allowed, dtype, transformer_options=None)`` — the (B, 1, L, L) bool "may attend"
+  matrix turned into the form the kernel that will run wants, once per sampling run (bool for SDPA,
+  additive for kernels that need it; ``transformer_options`` says whether a per-model override may
+  route the call to another kernel).
 
 ``TorchOps`` uses :func:`sdpa_attention` / :func:`bool_mask` (the reference's numerics); the
 ComfyUI namespace routes through ComfyUI's attention dispatcher so ``--use-sage-attention``,
@@ -29,12 +31,13 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, -1)
 
 
-def bool_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def bool_mask(allowed: torch.Tensor, dtype: torch.dtype, transformer_options: Optional[dict] = None) -> torch.Tensor:
     """SDPA takes the bool matrix as it is."""
     return allowed
 
 
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype,
+                  transformer_options: Optional[dict] = None) -> torch.Tensor:
     """0 where attending is allowed, −max(dtype) elsewhere (what kernels without bool masks take)."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, -torch.finfo(dtype).max)
 

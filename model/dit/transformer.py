@@ -252,7 +252,7 @@ class Ideogram4DiT(nn.Module):
             lengths = tuple(self._lengths(text_lengths, b, text_features.shape[1]))
         emb, h_txt, cos, sin, attn_mask = self._memo(
             text_features, (lengths, b, gh, gw, device, cd),
-            lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd))
+            lambda: self._step_invariants(text_features, lengths, b, gh, gw, device, cd, transformer_options))
         if h_txt is None:
             h = h_img + emb[1]
             n_txt = 0
@@ -265,8 +265,9 @@ class Ideogram4DiT(nn.Module):
         out = self.final_layer(h[:, n_txt:], a)
         return out.to(torch.float32)
 
-    def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd):
-        """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask."""
+    def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd, transformer_options=None):
+        """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask (in the form
+        of the kernel ``transformer_options`` leads to; they are the same for every step of a run)."""
         # Indicator rows through the module (so offloaded / cast-on-the-fly weights work): row 0 is used by
         # text and padding rows, row 1 by image rows.
         emb = self.embed_image_indicator(torch.arange(2, device=device)).to(cd)
@@ -277,7 +278,7 @@ class Ideogram4DiT(nn.Module):
             n_txt = text_features.shape[1]
             if self._run_cache is not None and self.after_text_projection is not None:
                 self.after_text_projection(self)
-        return (emb, h_txt, *self._positions(b, gh, gw, n_txt, lengths, device, cd))
+        return (emb, h_txt, *self._positions(b, gh, gw, n_txt, lengths, device, cd, transformer_options))
 
     def _real_rows(self, lengths, n_txt: int, device) -> torch.Tensor:
         """(B, L) bool: which text rows are real tokens (left padding is False)."""
@@ -289,7 +290,7 @@ class Ideogram4DiT(nn.Module):
         feats = text_features.to(device=device, dtype=cd) * m_txt
         return self.llm_cond_proj(self.llm_cond_norm(feats)) * m_txt
 
-    def _positions(self, b: int, gh: int, gw: int, n_txt: int, lengths, device, cd):
+    def _positions(self, b: int, gh: int, gw: int, n_txt: int, lengths, device, cd, transformer_options=None):
         """RoPE cos/sin in the compute dtype and the attention mask in the kernel's form (or None)."""
         cfg = self.config
         n = gh * gw
@@ -302,7 +303,8 @@ class Ideogram4DiT(nn.Module):
             if min(lengths) != n_txt:  # padding present: block padding from real tokens
                 real = self._real_rows(lengths, n_txt, device)
                 seg = torch.cat([torch.where(real, 1, -1), torch.ones(b, n, dtype=torch.long, device=device)], dim=1)
-                attn_mask = self.attention_mask_fn((seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1), cd)
+                attn_mask = self.attention_mask_fn((seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1), cd,
+                                                   transformer_options)
         cos, sin = mrope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, cd)
         return (*rope_tables(cos.to(cd), sin.to(cd)), attn_mask)
 

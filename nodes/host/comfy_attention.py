@@ -7,8 +7,14 @@ and every kernel is ``wrap_attn``-decorated, so a per-model override in
 
 One exception keeps the default path reference-exact: when ComfyUI falls back to its
 sub-quadratic kernel only because PyTorch attention is not enabled (the CPU default), we use its
-``attention_pytorch`` (SDPA, the reference's kernel; overrides still apply).  Masks are built
-in the form the chosen kernel takes: bool for SDPA, additive (0 / −max) for the others.
+``attention_pytorch`` (SDPA, the reference's kernel; overrides still apply).
+
+Masks (padded caption batches only) are built once per sampling run in the form of the kernel that
+will run: bool for SDPA (the reference's call); additive (0 / −max, ComfyUI's convention, which every
+one of its kernels and SDPA take) for the others and whenever a per-model override may route the call
+elsewhere — a bool mask there would be added as 0/1 (xformers, split, sub-quadratic) or fail to reshape
+(basic).  ComfyUI's flash-attention kernel takes no mask: a masked call goes to SDPA directly instead of
+failing inside it and logging a warning per layer.
 """
 
 from __future__ import annotations
@@ -34,12 +40,20 @@ def kernel_name() -> str:
     return host_kernel().__name__.removeprefix("attention_")
 
 
+def masked_kernel():
+    """The kernel for a call with a mask: ComfyUI's flash-attention kernel takes none, SDPA does."""
+    fn = host_kernel()
+    return comfy_attention.attention_pytorch if fn is getattr(comfy_attention, "attention_flash", None) else fn
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: Optional[torch.Tensor] = None,
               transformer_options: Optional[dict] = None) -> torch.Tensor:
-    return host_kernel()(q, k, v, heads, mask=mask, skip_reshape=True, transformer_options=transformer_options or {})
+    kernel = host_kernel() if mask is None else masked_kernel()
+    return kernel(q, k, v, heads, mask=mask, skip_reshape=True, transformer_options=transformer_options or {})
 
 
-def attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if host_kernel() is comfy_attention.attention_pytorch:
+def attention_mask(allowed: torch.Tensor, dtype: torch.dtype, transformer_options: Optional[dict] = None) -> torch.Tensor:
+    overridden = "optimized_attention_override" in (transformer_options or {})
+    if masked_kernel() is comfy_attention.attention_pytorch and not overridden:
         return bool_mask(allowed, dtype)
     return additive_mask(allowed, dtype)

@@ -49,6 +49,31 @@ def override(func, q, k, v, heads, mask=None, **kw):
     return func(q, k, v, heads, mask=mask, **kw)
 hooked = call({"optimized_attention_override": override})
 res["override"] = {"calls": len(seen), "first": seen[0], "equal": bool(torch.equal(plain, hooked))}
+allowed = torch.tensor([[[[True, False], [True, True]]]])
+res["override"]["mask_forms"] = [str(ca.attention_mask(allowed, torch.bfloat16, opts).dtype)
+                                 for opts in ({}, {"optimized_attention_override": override})]
+# an override that routes the call to another of ComfyUI's kernels gets a mask that kernel takes (fp32 model)
+import comfy.ldm.modules.attention as comfy_attention
+p32 = cm.load_model_patcher(paths["bf16"][0], weight_dtype="fp32")
+call32 = lambda opts: p32.model.apply_model(x, sigma, c_crossattn=feats, text_lengths=torch.tensor([7, 4]),
+                                            transformer_options=opts, ideogram4_velocity=True)
+plain32 = call32({})
+res["routed"] = {}
+for name in ("attention_basic", "attention_sub_quad", "attention_split"):
+    kernel = getattr(comfy_attention, name)
+    try:
+        got = call32({"optimized_attention_override": lambda func, *a, _k=kernel, **kw: _k(*a, **kw)})
+        res["routed"][name] = float((got - plain32).abs().max() / plain32.abs().max())
+    except Exception as exc:
+        res["routed"][name] = f"{type(exc).__name__}: {exc}"
+# ComfyUI's flash-attention kernel takes no mask: a masked call goes to SDPA, an unmasked one stays on flash
+real_default = comfy_attention.optimized_attention
+comfy_attention.optimized_attention = comfy_attention.attention_flash
+try:
+    res["flash"] = [ca.masked_kernel().__name__, ca.host_kernel().__name__,
+                    str(ca.attention_mask(allowed, torch.bfloat16, {}).dtype)]
+finally:
+    comfy_attention.optimized_attention = real_default
 oracle = cm.load_transformer(paths["bf16"][0], dtype=torch.bfloat16)  # plain torch, SDPA
 from i4pack.model.vae import latents as lat
 ref = oracle(lat.comfy_to_tokens(x), 1 - sigma, feats, grid_hw=(3, 4), text_lengths=[7, 4])
@@ -176,8 +201,21 @@ def test_attention_goes_through_comfyui_dispatcher_and_overrides(result):
     assert result["kernel"] == "pytorch"  # the CPU default sub-quadratic kernel is replaced by SDPA (exact)
     r = result["override"]
     assert r["calls"] == 2  # one per block of the 2-layer model
-    assert r["first"] == [[2, 2, 19, 256], "torch.bool", True]  # (B, H, L, D), bool mask for SDPA
+    # (B, H, L, D); with an override the mask is additive (it may route elsewhere), without it bool for SDPA
+    assert r["first"] == [[2, 2, 19, 256], "torch.bfloat16", True]
+    assert r["mask_forms"] == ["torch.bool", "torch.bfloat16"]
     assert r["equal"] and r["exact_vs_torch"]
+
+
+@pytest.mark.parametrize("kernel", ["attention_basic", "attention_sub_quad", "attention_split"])
+def test_an_override_routing_to_another_kernel_gets_a_mask_it_takes(result, kernel):
+    """A padded batch (captions of 7 and 4 tokens): a bool mask would crash attention_basic and be added as 0/1
+    by the others; the additive mask gives SDPA's result (fp32)."""
+    assert result["routed"][kernel] <= 1e-5, result["routed"]
+
+
+def test_flash_attention_host_sends_masked_calls_to_sdpa(result):
+    assert result["flash"] == ["attention_pytorch", "attention_flash", "torch.bool"]
 
 
 def test_one_node_sampler_is_exact_and_honours_model_patches(result):
