@@ -57,14 +57,25 @@ def test_fast_path_is_off_by_default_and_its_deviation_is_reported():
     assert torch.equal(model(x), exact)
 
 
+def test_an_fp32_model_gets_the_kernels_bf16_output_in_fp32():
+    """Rowwise-scaled fp8 GEMMs write bf16 only: an fp32 model's call runs them with bf16 out and bias."""
+    layer = _layer()
+    x = torch.randn(16, 128, generator=torch.Generator().manual_seed(4))
+    out = fp8_linear(x, layer.weight, layer.weight_scale, layer.bias, use_kernel=False)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, out.to(torch.bfloat16).float())
+    assert torch.equal(out, fp8_linear(x, layer.weight, layer.weight_scale, layer.bias.float(), use_kernel=False))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch._scaled_mm needs CUDA sm89+")
-def test_kernel_matches_emulation_on_cuda():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_matches_emulation_on_cuda(dtype):
     from model.checkpoints.fp8_matmul import kernel_available
 
     if not kernel_available():
         pytest.skip("no rowwise fp8 _scaled_mm on this GPU")
     layer = _layer(256, 512).cuda()
-    x = torch.randn(333, 512, device="cuda").to(torch.bfloat16)
+    x = torch.randn(333, 512, device="cuda").to(dtype)
     k = fp8_linear(x, layer.weight, layer.weight_scale, layer.bias, use_kernel=True)
     e = fp8_linear(x, layer.weight, layer.weight_scale, layer.bias, use_kernel=False)
     assert torch.allclose(k.float(), e.float(), rtol=2e-2, atol=1e-2 * float(e.float().abs().max()))

@@ -69,14 +69,16 @@ def fp8_linear(x: torch.Tensor, w8: torch.Tensor, weight_scale: torch.Tensor, bi
     x2 = x.reshape(-1, k)
     x8, sx = quantize_rows(x2)
     sw = weight_scales(weight_scale, n).to(x.device)
-    b = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
+    # rowwise-scaled fp8 GEMMs write bf16 (cuBLAS and CUTLASS on sm89/sm90 alike; float32 output only on some
+    # builds): bf16 out and bias, then the activation dtype — an fp32 model runs the kernel too
+    b = None if bias is None else bias.to(device=x.device, dtype=torch.bfloat16)
     if use_kernel is None:
         use_kernel = x.is_cuda and k % 16 == 0 and n % 16 == 0 and kernel_available(x.device.index or 0)
     if use_kernel:
-        out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=b, out_dtype=x.dtype)
+        out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=b, out_dtype=torch.bfloat16)
     else:
-        out = emulate_scaled_mm(x8, w8, sx, sw, b, x.dtype)
-    return out.reshape(*x.shape[:-1], n)
+        out = emulate_scaled_mm(x8, w8, sx, sw, b, torch.bfloat16)
+    return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 def measure_deviation(layer, x: torch.Tensor) -> float:
