@@ -10,6 +10,7 @@ Storage is the raw block bytes, uint8 (rows, bytes per row) — packed in memory
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -33,6 +34,13 @@ def _split(blocks: torch.Tensor, *sizes: int) -> list[torch.Tensor]:
 
 
 def _shifts(values, device, dtype=torch.uint8, shape=(1, 1, -1, 1)) -> torch.Tensor:
+    return _constant(tuple(values), torch.device(device), dtype, tuple(shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    """A small constant table on ``device``, made once: built per call it is a blocking host-to-device copy in
+    every chunk of every GGUF layer at every step on a GPU."""
     return torch.tensor(values, dtype=dtype, device=device).reshape(shape)
 
 
@@ -83,7 +91,7 @@ def _q8_0(b):
 def _iq4_nl(b):
     n = b.shape[0]
     d, qs = _split(b, 2)
-    table = torch.tensor(IQ4_NL_VALUES, dtype=torch.float32, device=b.device)
+    table = _constant(tuple(IQ4_NL_VALUES), b.device, torch.float32, (-1,))
     return _f16(d) * table[_nibbles(qs, n, 16).long()]
 
 

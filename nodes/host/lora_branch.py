@@ -36,8 +36,10 @@ class LowRankTerm:
     def factors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(down, up) on ``device`` in ``dtype`` for this call.  Nothing is kept: a streamed layer's LoRA stays in
         system RAM as ComfyUI keeps it (its memory accounting counts no device copy), a resident one is already
-        on the device (moved once when the layer was loaded)."""
-        return self.down.to(device=device, dtype=dtype), self.up.to(device=device, dtype=dtype)
+        on the device (moved once when the layer was loaded).  The copy does not block the host: the factors are
+        read-only, and a blocking copy per layer would drain the GPU queue the offload stream keeps full."""
+        return (self.down.to(device=device, dtype=dtype, non_blocking=True),
+                self.up.to(device=device, dtype=dtype, non_blocking=True))
 
 
 def _entries(patch):
