@@ -38,6 +38,14 @@ def test_activation_estimate_is_in_the_expected_range():
     # fp8 decode of llm_cond_proj ≈ 0.98 GB; ×1.25 + 64 MiB.
     assert 2.0 * GiB < a < 3.0 * GiB
     assert activation_bytes(2, 4096, 512, **FULL) > activation_bytes(1, 4096, 512, **FULL)
+    # a batch of captions may be padded: its (B, 1, L, L) mask (bool kept + SDPA's per-call bf16 copy) is counted
+    # (the estimate is int(1.25 · peak) + 64 MiB with peak = B · per-image + mask: the mask term is what a batch of
+    # two adds beyond two single images)
+    L = 4096 + 512
+    one, two = activation_bytes(1, 4096, 512, **FULL), activation_bytes(2, 4096, 512, **FULL)
+    assert abs((two - 2 * one + 64 * 2 ** 20) / 1.25 - 2 * L * L * (2 + 1)) < 4
+    image_only_one, image_only_two = activation_bytes(1, 4096, 0, **FULL), activation_bytes(2, 4096, 0, **FULL)
+    assert abs((image_only_two - 2 * image_only_one + 64 * 2 ** 20) / 1.25) < 4  # no text, no mask
     assert activation_bytes(1, 16384, 512, **FULL) > 3 * activation_bytes(1, 4096, 512, **FULL) / 2
     no_flash = activation_bytes(1, 4096, 512, **FULL, flash_attention=False)
     assert no_flash - activation_bytes(1, 4096, 512, **FULL) >= 2 * 18 * 4608 ** 2 * 2  # the score matrix

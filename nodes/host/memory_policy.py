@@ -229,9 +229,11 @@ def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, interm
     to the residual stream and the normalised input (≈ 3 × L × E).  Text features arrive as
     float32 (B, L_txt, F) and are cast/normalised (≈ 12 bytes per element in flight).  Without
     a fused attention kernel the score matrix (heads × L² in the compute dtype, ×2 for softmax)
-    is materialised.  ``dequant_bytes`` is the largest per-layer temporary of a quantised or
-    streamed weight (see ``nodes.host.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the
-    allocator's fragmentation.
+    is materialised.  A batch of captions of different lengths has a padding mask (B, 1, L, L), kept for
+    the run (bool, or additive in the compute dtype) and, as bool, converted to the compute dtype by SDPA
+    in every call: counted as ``act_bytes + 1`` bytes per element whenever ``batch > 1`` has text.
+    ``dequant_bytes`` is the largest per-layer temporary of a quantised or streamed weight (see
+    ``nodes.host.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the allocator's fragmentation.
     """
     if min(batch, n_img) < 1 or n_txt < 0:
         raise ValueError("batch and n_img must be >= 1, n_txt >= 0")
@@ -240,7 +242,8 @@ def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, interm
     text = n_txt * llm_features_dim * 12
     attn = 0 if flash_attention else 2 * num_heads * length * length * act_bytes
     io = 6 * n_img * 128 * 4  # z, noise, both velocities, the combination, the update (fp32)
-    peak = batch * (block + text + attn + io) + dequant_bytes
+    mask = batch * length * length * (act_bytes + 1) if batch > 1 and n_txt > 0 else 0
+    peak = batch * (block + text + attn + io) + mask + dequant_bytes
     return int(peak * 1.25) + 64 * MiB
 
 
