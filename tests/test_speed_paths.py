@@ -158,7 +158,27 @@ def test_staging_ring_reuses_a_buffer_only_after_its_upload_finished():
     waits = [e for e in log if e[0] == "wait"]
     assert len(waits) == 2  # the 5th and 6th tensors waited for the uploads from slots 0 and 1
     assert log.index(waits[0]) > 3  # …only after four uploads were recorded
-    assert ring.pinned_bytes <= 4 * max(t.nbytes for t in sources)
+    assert ring.pinned_bytes == 4 * ring.slot_bytes == 4 * 16384  # one power-of-two size ≥ the largest tensor
+
+
+def test_staging_ring_grows_all_slots_at_once_after_their_uploads_and_accounts_for_them():
+    from nodes.host.staging_ring import upload
+
+    log, accounted, released = [], [], []
+    ring = _ring(log, account=accounted.append, release=lambda: released.append(len(log)))
+    copy = lambda t, *a, **k: t.clone()
+    small = [torch.zeros(600, dtype=torch.float16) for _ in range(3)]  # 1200 bytes → 2 KiB slots
+    for t in small:
+        upload(t, "cuda", "stream", True, copy, ring)
+    assert ring.slot_bytes == 2048 and ring.pinned_bytes == 3 * 2048 and sum(accounted) == ring.pinned_bytes
+    big = torch.zeros(5000, dtype=torch.float16)  # 10 000 bytes → 16 KiB slots
+    assert torch.equal(upload(big, "cuda", "stream", True, copy, ring), big)
+    assert ring.slot_bytes == 16384
+    waits = [e for e in log if e[0] == "wait"]
+    # every earlier upload finished before the buffers went and the pinned cache was emptied
+    assert len(waits) == 3 and released == [log.index(waits[-1]) + 1]
+    assert [b.numel() for b in ring.buffers if b is not None] == [16384]  # old buffers gone, the new one allocated
+    assert sum(accounted) == ring.pinned_bytes == 16384  # ComfyUI's total follows: −3 × 2 KiB, +16 KiB
 
 
 def test_staging_ring_leaves_small_pinned_and_huge_tensors_to_comfyui():
