@@ -164,11 +164,13 @@ class ComfyOps:
             functions, terms = lora_branch.split_functions(([w_patch] if w_patch is not None else [])
                                                            + list(self.weight_function))
             bias_functions = ([b_patch] if b_patch is not None else []) + list(self.bias_function)
-            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=bool(functions))
+            # non_blocking: the weights are read-only (a streamed one is the file mapping), and a blocking copy per
+            # layer would drain the GPU queue in both passes
+            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=bool(functions), non_blocking=True)
             for fn in functions:
                 weight = fn(weight)
             bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype,
-                                                               copy=bool(bias_functions))
+                                                               copy=bool(bias_functions), non_blocking=True)
             for fn in bias_functions if bias is not None else ():
                 bias = fn(bias)
             return lora_branch.add_side_branches(F.linear(x, weight, bias), x, terms)
