@@ -49,9 +49,11 @@ def kernels():
     from model.checkpoints.fp8_matmul import kernel_available
     from model.checkpoints.nf4 import _bnb_functional
 
-    print(f"   nf4 decode: {'bitsandbytes kernel' if _bnb_functional() is not None else 'pure torch'}"
-          " (bitsandbytes probed bit-exact on the CPU)")
-    if torch.cuda.is_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"   nf4 decode on {device}: "
+          f"{'bitsandbytes kernel' if _bnb_functional(device) is not None else 'pure torch'}"
+          f" (bitsandbytes probed bit-exact on {device})")
+    if device == "cuda":
         print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
     try:
         import comfy_kitchen
