@@ -51,12 +51,17 @@ class StagingRing:
     def fits(self, t: torch.Tensor) -> bool:
         return t.device.type == "cpu" and not t.is_pinned() and self.min_bytes <= t.nbytes <= self.max_slot_bytes
 
+    def _wait(self, slot: int) -> None:
+        """Until the last upload from ``slot``'s buffer has finished."""
+        event = self.events[slot]
+        if event is not None:
+            event.synchronize()
+            self.events[slot] = None
+
     def _grow(self, n: int) -> None:
         """Every slot to the next power of two ≥ ``n``: the old buffers go once their uploads have finished."""
-        for i, event in enumerate(self.events):
-            if event is not None:
-                event.synchronize()
-                self.events[i] = None
+        for i in range(len(self.events)):
+            self._wait(i)
         dropped = self.pinned_bytes
         self.buffers = [None] * len(self.buffers)
         if dropped:
@@ -71,10 +76,7 @@ class StagingRing:
             self._grow(n)
         i = self._next
         self._next = (i + 1) % len(self.buffers)
-        event = self.events[i]
-        if event is not None:
-            event.synchronize()  # the last upload from this buffer has finished
-            self.events[i] = None
+        self._wait(i)
         buf = self.buffers[i]
         if buf is None:
             self.buffers[i] = buf = self.allocate(self.slot_bytes)
