@@ -48,8 +48,9 @@ def write(family: str, cfg, out: Path) -> Path:
     return path
 
 
-def time_forward(model, device, size: int, n_txt: int, repeats: int) -> float:
-    """Median seconds of one conditional + one image-only forward inside a sampling run."""
+def time_forward(model, device, size: int, n_txt: int, repeats: int, after_warmup=None) -> float:
+    """Median seconds of one conditional + one image-only forward inside a sampling run (``after_warmup()`` runs
+    once the first, cache-filling forward pair has finished, e.g. to reset peak-memory counters)."""
     import torch
 
     gh = gw = size // 16
@@ -67,6 +68,8 @@ def time_forward(model, device, size: int, n_txt: int, repeats: int) -> float:
             sync()
             if i:
                 times.append(time.perf_counter() - t0)
+            elif after_warmup is not None:
+                after_warmup()
     return sorted(times)[len(times) // 2]
 
 
@@ -171,6 +174,7 @@ def print_row(row: dict, rows: list[dict]) -> None:
     print(f"  {row['family']:16s} {row['block_s'] * 1e3:8.2f} ms per block and pass → ≈ "
           f"{row['real_step_estimate_s']:6.2f} s per 34-block step{ratio} | {row['format']}"
           + (f" | comfy-kitchen: {kitchen}" if kitchen else ""))
+
 
 if __name__ == "__main__":
     main()

@@ -93,6 +93,7 @@ def _speed_rows(args, device, cfg, sizes, n_txt, fmt, rows, out):
 
     from model.checkpoints import ops
     import model.checkpoints as ck
+    from bench_families import time_forward
     from model.dit import Ideogram4DiT
     from random_models import random_dit
 
@@ -103,26 +104,10 @@ def _speed_rows(args, device, cfg, sizes, n_txt, fmt, rows, out):
     build = time.perf_counter() - t0
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     for size in sizes:
-        gh = gw = size // 16
-        g = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(1, gh * gw, 128, generator=g, device=device)
-        feats = torch.randn(1, n_txt, cfg.llm_features_dim, generator=g, device=device)
-        t = torch.tensor([0.5], device=device)
-        with torch.no_grad(), model.sampling_run():
-            model(x, t, feats, grid_hw=(gh, gw))
-            model(x, t, None, grid_hw=(gh, gw))  # warm-up fills the per-run cache
-            sync(device)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(args.steps):
-                t1 = time.perf_counter()
-                model(x, t, feats, grid_hw=(gh, gw))
-                model(x, t, None, grid_hw=(gh, gw))
-                sync(device)
-                times.append(time.perf_counter() - t1)
+        s_per_step = time_forward(model, device, size, n_txt, args.steps,
+                                  after_warmup=torch.cuda.reset_peak_memory_stats if cuda else None)
         peak = torch.cuda.max_memory_allocated() / GiB if cuda else float("nan")
-        row = {"format": fmt, "size": size, "s_per_step": sorted(times)[len(times) // 2], "peak_vram_gib": peak,
+        row = {"format": fmt, "size": size, "s_per_step": s_per_step, "peak_vram_gib": peak,
                "weights_gib": weights / GiB, "build_s": build}
         rows.append(row)
         out.save()

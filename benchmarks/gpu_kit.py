@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -156,7 +157,7 @@ def tree_bytes() -> int:
 
 
 def build(args) -> str:
-    comfyui = (args.comfyui or Path(__import__("os").environ.get("COMFYUI_PATH", ""))).expanduser()
+    comfyui = (args.comfyui or Path(os.environ.get("COMFYUI_PATH", ""))).expanduser()
     if not str(comfyui):
         sys.exit("--comfyui (or $COMFYUI_PATH) must name a local ComfyUI checkout")
     reqs = kit_requirements(comfyui)
