@@ -17,14 +17,13 @@ import torch
 import comfy.lora
 import comfy.model_management as mm
 import comfy.utils
-import comfy.weight_adapter
 
 from ...model.dit import TEXT_PROJECTION_MODULES
 from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
-from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, packed_module, runtime_patch, split_key,
-                            unshareable_keys)
+from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module, runtime_patch,
+                            split_key, unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
 
@@ -105,7 +104,8 @@ def load_lora_onto(model, unconditional_model, path: str | Path, strength: float
         line = f"{role}: {name} ×{strength:g} — {mapping.describe()}; {len(weights)} weights patched"
         packed = sum(packed_module(out[role].model, k) is not None for k in weights)
         if packed:
-            line += f" ({packed} packed: applied when the layer runs, never merged into the packed bytes)"
+            line += (f" ({packed} packed: applied when the layer runs, never merged into the packed bytes; the model's "
+                     f"run-time patches take {out[role].runtime_patch_bytes() / 2**20:.1f} MiB on the device)")
         if skipped:
             line += f"; {len(skipped)} text-projection weights skipped (the unconditional pass is image-only)"
         lines.append(line)
@@ -169,28 +169,16 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         self.patches_uuid = uuid.uuid4()
         return accepted
 
-    def model_size(self) -> int:  # its own memory: the LoRA (the base belongs to the conditional model)
-        return self.lora_bytes()
+    def runtime_patch_bytes(self) -> int:
+        """Every patch of the view is a run-time patch of a base layer, its copies on the load device in the
+        compute dtype: ComfyUI counts them as this model's size (the base belongs to the conditional model)."""
+        seen, dtype = set(), self._compute_dtype()
+        return sum(device_bytes(entries, dtype, seen) for entries in self.patches.values())
 
     def lora_bytes(self) -> int:
-        seen, total = set(), 0
-
-        def visit(value):
-            nonlocal total
-            if isinstance(value, torch.Tensor):
-                if value.data_ptr() not in seen:
-                    seen.add(value.data_ptr())
-                    total += value.numel() * value.element_size()
-            elif isinstance(value, comfy.weight_adapter.WeightAdapterBase):
-                visit(value.weights)
-            elif isinstance(value, (tuple, list)):
-                for v in value:
-                    visit(v)
-
-        for patch_list in self.patches.values():
-            for p in patch_list:
-                visit(p[1])
-        return total
+        """Bytes of the LoRA's tensors as they were read (each counted once)."""
+        seen = set()
+        return sum(device_bytes(entries, None, seen) for entries in self.patches.values())
 
     def _clear_view_patches(self) -> None:
         for module in self._view().base.modules():
@@ -206,10 +194,13 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         out = super().load(device_to, *args, **kwargs)
         base = self._view().base
         self._clear_view_patches()
+        dtype = self._compute_dtype()
         for key in self.patches:
             module_name, leaf = split_key(key.removeprefix("diffusion_model."))
-            comfy.utils.get_attr(base, module_name).set_role_patch("view", runtime_patch(self.patches, key, device_to),
-                                                                   leaf)
+            comfy.utils.get_attr(base, module_name).set_role_patch(
+                "view", runtime_patch(self.patches, key, device_to, dtype), leaf)
+        if device_to is not None:  # the copies are on the device whether ComfyUI loaded this model whole or not
+            self.model.model_loaded_weight_memory = self.model_size()
         return out
 
 
@@ -241,7 +232,8 @@ def unconditional_from_lora(model, path: str | Path, strength: float, name: str)
     lines = [f"unconditional = conditional base + {name} ×{strength:g}: {mapping.describe()}; {len(weights)} weights "
              f"patched when the layers run (image-only pass)",
              f"shares the conditional model's weights ({mp.gib(model.model_size())}, resident once); "
-             f"adds the LoRA: {patcher.lora_bytes() / 2**20:.1f} MiB"]
+             f"adds the LoRA: {patcher.lora_bytes() / 2**20:.1f} MiB in the file, "
+             f"{patcher.runtime_patch_bytes() / 2**20:.1f} MiB on the device in {str(view.compute_dtype).removeprefix('torch.')}"]
     if skipped:
         lines.append(f"{len(skipped)} text-projection weights skipped (the unconditional pass is image-only)")
     return patcher, lines

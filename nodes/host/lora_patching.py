@@ -12,8 +12,12 @@
   every adapter type and fused-row offsets included) held by the layer and applied when it runs —
   plain LoRAs as a low-rank side branch (``lora_branch``), other adapters to its decoded weight;
   streamed layers already get exactly that from ComfyUI.  Memory overhead: the LoRA's own
-  tensors (moved once to the load device) plus the per-layer decode temporary that packed layers
-  need anyway.  Plain (bf16 / fp32) weights keep ComfyUI's normal merge.
+  tensors, moved once to the load device in the model's compute dtype (the dtype ComfyUI's
+  ``calculate_weight`` and the side branch cast them to on every call anyway, so the result is
+  the same), plus the per-layer decode temporary that packed layers need anyway.  Those copies are
+  ComfyUI's to count: they are part of the patched layer's size in the load list, of
+  ``model_size()`` and so of ``loaded_size()``, and go when the layer is streamed or unloaded.
+  Plain (bf16 / fp32) weights keep ComfyUI's normal merge.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import functools
 import torch
 
 import comfy.lora
+import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import comfy.weight_adapter
@@ -63,15 +68,45 @@ def packed_module(model: torch.nn.Module, key: str):
     return module if isinstance(module, QuantizedLinear) else None
 
 
-def _to_device(value, device):
-    """A patch value (tensor / weight adapter / nested tuples) with its tensors on ``device``."""
+def _device_dtype(tensor: torch.Tensor, dtype):
+    """The dtype a patch tensor is kept in on the device: ``dtype`` for floating factors, as stored for scalars
+    (a 0-d ``alpha``) and integer tensors."""
+    return dtype if dtype is not None and tensor.is_floating_point() and tensor.ndim else tensor.dtype
+
+
+def _to_device(value, device, dtype=None):
+    """A patch value (tensor / weight adapter / nested tuples) with its tensors on ``device`` (floating factors in
+    ``dtype``)."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return value.to(device=device, dtype=_device_dtype(value, dtype))
     if isinstance(value, comfy.weight_adapter.WeightAdapterBase):
-        return type(value)(value.loaded_keys, _to_device(value.weights, device))
+        return type(value)(value.loaded_keys, _to_device(value.weights, device, dtype))
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
+        return type(value)(_to_device(v, device, dtype) for v in value)
     return value
+
+
+def device_bytes(entries, dtype, seen=None) -> int:
+    """Bytes the tensors of a key's patch entries take on the load device once :func:`runtime_patch` moved them
+    there in ``dtype`` (each tensor counted once)."""
+    seen = set() if seen is None else seen
+    total = 0
+
+    def visit(value):
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            if id(value) not in seen:
+                seen.add(id(value))
+                total += value.numel() * _device_dtype(value, dtype).itemsize
+        elif isinstance(value, comfy.weight_adapter.WeightAdapterBase):
+            visit(value.weights)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                visit(v)
+
+    for entry in entries:
+        visit(entry[1])
+    return total
 
 
 # ---------------------------------------------------------------- run-time patches, per pass ("role")
@@ -112,11 +147,12 @@ class RolePatched:
             self.set_role_patch(role, None, leaf)
 
 
-def runtime_patch(patches: dict, key: str, device=None):
-    """ComfyUI's ``LowVramPatch`` for ``key`` (applied to a weight when the layer runs), its tensors on ``device``."""
+def runtime_patch(patches: dict, key: str, device=None, dtype=None):
+    """ComfyUI's ``LowVramPatch`` for ``key`` (applied to a weight when the layer runs), its tensors on ``device``
+    in ``dtype`` (the compute dtype)."""
     patch = comfy.model_patcher.LowVramPatch(key, patches)
     if device is not None:
-        patch.prepared_patches = [(p[0], _to_device(p[1], device), *p[2:]) for p in patches[key]]
+        patch.prepared_patches = [(p[0], _to_device(p[1], device, dtype), *p[2:]) for p in patches[key]]
     return patch
 
 
@@ -149,18 +185,64 @@ def unshareable_keys(model, keys) -> list[str]:
 class Ideogram4ModelPatcher(HomePatcher):
     """``HomePatcher`` (offload returns file-backed weights to their mapping) that applies patches of packed
     layers (and, on a base shared with an unconditional view, of every layer) to the weight when the layer
-    runs, instead of merging them into the stored weights."""
+    runs, instead of merging them into the stored weights; the device copies of those patches are counted
+    in the layer's size (module docstring)."""
+
+    def _runtime_layer(self, key: str, strict: bool = True):
+        """The layer that applies ``key``'s patch when it runs (packed, or on a shared base), or None (merged).
+        ``strict``: a patch a shared base cannot keep to one pass is a ValueError (else None)."""
+        module = packed_module(self.model, key)
+        if module is None and _is_shared(self.model):
+            module = role_layer(self.model, key)
+            if module is None and strict:
+                raise ValueError(f"{key}: a patch of this weight would also act in the unconditional pass that "
+                                 f"shares this base (only Linear weights and biases can be patched per pass); "
+                                 f"load this LoRA on a model that is not shared, or without that key")
+        return module
+
+    def _compute_dtype(self):
+        return self.model.diffusion_model.compute_dtype
+
+    def layer_patch_bytes(self) -> dict:
+        """{layer name: bytes its run-time patches take on the load device} (cached per patch set)."""
+        key = (self.patches_uuid, self._compute_dtype(), len(self.patches), _is_shared(self.model))
+        cached = getattr(self, "_runtime_patch_bytes", None)
+        if cached is None or cached[0] != key:
+            sizes: dict = {}
+            dtype = key[1]
+            for k, entries in self.patches.items():
+                if self._runtime_layer(k, strict=False) is not None:
+                    name = split_key(k)[0]
+                    sizes[name] = sizes.get(name, 0) + device_bytes(entries, dtype)
+            cached = self._runtime_patch_bytes = (key, sizes)
+        return cached[1]
+
+    def runtime_patch_bytes(self) -> int:
+        """Bytes of the device copies of this model's run-time patches when every layer is resident."""
+        return sum(self.layer_patch_bytes().values())
+
+    def weight_bytes(self) -> int:
+        """ComfyUI's size of the weights alone (``module_size``; a clone is handed its parent's ``model_size()``,
+        which holds the parent's patches, so it is measured here)."""
+        if getattr(self, "_weight_bytes", None) is None:
+            self._weight_bytes = comfy.model_management.module_size(self.model)
+        return self._weight_bytes
+
+    def model_size(self) -> int:
+        return self.weight_bytes() + self.runtime_patch_bytes()
+
+    def _load_list(self, *args, **kwargs):
+        """ComfyUI's load list with each layer's size counting the device copies of its run-time patches, so what
+        fits, what is loaded and what a partial unload frees include them (``module_mem`` is the 4th entry from
+        the end of each row)."""
+        loading = super()._load_list(*args, **kwargs)
+        extra = self.layer_patch_bytes()
+        if not extra:
+            return loading
+        return [row[:-4] + (row[-4] + extra.get(row[-3], 0),) + row[-3:] for row in loading]
 
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
-        module = None
-        if key in self.patches:
-            module = packed_module(self.model, key)
-            if module is None and _is_shared(self.model):
-                module = role_layer(self.model, key)
-                if module is None:
-                    raise ValueError(f"{key}: a patch of this weight would also act in the unconditional pass that "
-                                     f"shares this base (only Linear weights and biases can be patched per pass); "
-                                     f"load this LoRA on a model that is not shared, or without that key")
+        module = self._runtime_layer(key) if key in self.patches else None
         if module is None:
             return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,
                                                   return_weight=return_weight, force_cast=force_cast)
@@ -170,7 +252,7 @@ class Ideogram4ModelPatcher(HomePatcher):
                       if isinstance(module, QuantizedLinear) and leaf == "weight"
                       else getattr(module, leaf).to(device=device_to, dtype=torch.float32, copy=True))
             return comfy.lora.calculate_weight(self.patches[key], weight, key)
-        module.set_role_patch("own", runtime_patch(self.patches, key, device_to), leaf)
+        module.set_role_patch("own", runtime_patch(self.patches, key, device_to, self._compute_dtype()), leaf)
         return None
 
     def _settle_lowvram_patches(self) -> None:

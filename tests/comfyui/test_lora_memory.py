@@ -1,0 +1,114 @@
+"""ComfyUI counts the device copies of LoRA patches that are applied when a layer runs (real ComfyUI, ``--cpu``).
+
+A packed (fp8) layer's LoRA is never merged: its factors are copied once to the load device and applied as the
+layer runs.  Those copies are memory ComfyUI must know of, or a card that looks full-enough runs out: they are
+kept in the compute dtype (half the bytes of an fp32 LoRA file on a bf16 model, and no cast per call), they
+are part of ``model_size()`` and ``loaded_size()``, a partial unload that streams a layer frees (and reports)
+its copies, an unload leaves none.  The figures are checked against the factors written to the file, not
+against the code's own sums; the output with the copies equals the streamed output, which casts per call.
+
+Skipped unless ``COMFYUI_PATH`` is set.
+"""
+
+from __future__ import annotations
+
+import pytest
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
+
+pytestmark = requires_comfyui()
+
+WORKER = LORA_WORKER_SETUP + r'''
+factors = lora_factors(cfg, seed=31, rank=4, alpha=2.0)  # float32, every default module
+save_file(layout_state_dict(factors, "kohya"), str(loras / "kohya.safetensors"))
+path = write_file(convert(sd, "fp8"), out / "fp8.safetensors", "fp8")
+
+def copies(patcher, role="own"):
+    """(bytes, dtypes) of the device copies the model's layers hold for ``role`` (tensors the patcher does not own)."""
+    own = {id(t) for entries in patcher.patches.values() for e in entries for t in tensors(e[1])}
+    held, dtypes = 0, set()
+    for m in cm.dit_of(patcher).modules() if role == "own" else patcher.model.diffusion_model.base.modules():
+        for (r, _), patch in (getattr(m, "role_patches", None) or {}).items():
+            for e in (patch.prepared_patches or []) if r == role else []:
+                for t in tensors(e[1]):
+                    if id(t) not in own and t.ndim:
+                        held += t.numel() * t.element_size()
+                        dtypes.add(str(t.dtype))
+    return held, sorted(dtypes)
+
+def tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if hasattr(value, "weights"):
+        return tensors(value.weights)
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors(v)]
+    return []
+
+base = cm.load_model_patcher(path, weight_dtype="bf16")
+dit = cm.dit_of(base)
+packed = {name for name, m in dit.named_modules() if isinstance(m, QuantizedLinear)}
+# what the file holds for the packed layers, in bf16 (2 bytes): down (r, in) + up (out, r)
+expected = {name: 2 * (down.numel() + up.numel()) for name, (down, up, _) in factors.items() if name in packed}
+lp = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "kohya.safetensors", 0.8)[0]
+r = res["own"] = {"packed_patched": len(expected), "expected": sum(expected.values()),
+                  "base_size": int(base.model_size()), "size": int(lp.model_size())}
+mm.unload_all_models()
+mm.load_models_gpu([lp], force_full_load=True)
+r["loaded_full"] = int(lp.loaded_size())
+r["held_full"], r["dtypes"] = copies(lp)
+y_resident = lp.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
+# ComfyUI streams about half of the model: the layers it streams drop their copies, and it is told so
+streamed_before = {n for n, m in dit.named_modules() if getattr(m, "comfy_cast_weights", False)}
+freed = lp.partially_unload(lp.offload_device, memory_to_free=lp.model_size() // 2)
+streamed = {n for n, m in dit.named_modules() if getattr(m, "comfy_cast_weights", False)} - streamed_before
+r["freed"] = int(freed)
+r["freed_expected"] = sum(mm.module_size(dit.get_submodule(n)) + expected.get(n, 0) for n in streamed)
+r["streamed_packed"] = len(streamed & set(expected))
+r["loaded_partial"] = int(lp.loaded_size())
+r["held_partial"], _ = copies(lp)
+r["held_partial_expected"] = sum(v for n, v in expected.items() if n not in streamed)
+y_streamed = lp.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
+r["streamed_equal"] = bool(torch.equal(y_resident, y_streamed))  # copies made once == ComfyUI's cast per call
+mm.unload_all_models()
+r["loaded_unloaded"] = int(lp.loaded_size())
+r["held_unloaded"], _ = copies(lp)
+
+# the unconditional model = base + LoRA: its size is its copies (every LoRA tensor, bf16), all of them loaded
+mm.unload_all_models()
+uncond, _ = lora_host.unconditional_from_lora(base, loras / "kohya.safetensors", 1.0, "kohya")
+u = res["view"] = {"expected": sum(2 * (d.numel() + up.numel()) for n, (d, up, _) in factors.items()
+                                   if not n.startswith("llm_cond")),  # image-only: the text projection is skipped
+                   "size": int(uncond.model_size()), "lora_bytes": int(uncond.lora_bytes())}
+cm.load_pair(base, uncond, batch=1, n_img=gh * gw, n_txt=7)
+u["loaded"] = int(uncond.loaded_size())
+u["held"], u["dtypes"] = copies(uncond, "view")
+mm.unload_all_models()
+print("RESULT " + json.dumps(res))
+'''
+
+
+result = worker_result(WORKER)
+
+
+def test_packed_lora_copies_are_counted_in_the_compute_dtype(result):
+    r = result["own"]
+    assert r["packed_patched"] > 0 and r["expected"] > 0, r
+    assert r["size"] == r["base_size"] + r["expected"], r  # model_size: the weights plus the copies
+    assert r["loaded_full"] == r["size"], r
+    assert r["held_full"] == r["expected"] and r["dtypes"] == ["torch.bfloat16"], r  # what is held is what is counted
+
+
+def test_partial_unload_frees_and_reports_the_copies_of_streamed_layers(result):
+    r = result["own"]
+    assert r["streamed_packed"] > 0 and r["freed"] == r["freed_expected"], r
+    assert r["loaded_partial"] == r["loaded_full"] - r["freed"], r
+    assert r["held_partial"] == r["held_partial_expected"] < r["held_full"], r
+    assert r["streamed_equal"], r
+    assert r["loaded_unloaded"] == 0 and r["held_unloaded"] == 0, r
+
+
+def test_unconditional_lora_size_is_its_device_copies(result):
+    u = result["view"]
+    assert u["size"] >= u["expected"] > 0 and u["size"] - u["expected"] < 4096, u  # + the wrapper's few buffers
+    assert u["lora_bytes"] == 2 * u["expected"], u  # the file's float32 tensors
+    assert u["loaded"] == u["size"] and u["held"] == u["expected"] and u["dtypes"] == ["torch.bfloat16"], u
