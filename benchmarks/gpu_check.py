@@ -138,17 +138,17 @@ def kernels(model, cfg, n_txt, device):
 def plan(args, device, out):
     from model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
     from nodes.host.memory_policy import ComfyMemoryConstants, ModelSize, activation_bytes, decode_temp_bytes, plan_memory
-    from test_memory_policy import BF16, FP8, FULL, NF4, _full_size_linears
+    from test_memory_policy import BF16, FP8, FULL, NF4, _full_size_linears_by_stage
 
     kernel = device.type == "cuda" and _bnb_functional("cuda") is not None
-    linears = _full_size_linears()
+    stages = _full_size_linears_by_stage()  # (blocks, text projection): their decodes peak at different times
     print(f"\n== memory plan (real checkpoint sizes; nf4 decode kernel: {kernel})")
     rows = []
     for name, sizes, kind in (("bf16", BF16, "linear"), ("fp8", FP8, "fp8"), ("nf4", NF4, "nf4")):
-        dq = decode_temp_bytes([(kind, n) for n in linears], act_bytes=2, nf4_kernel=kernel,
-                               nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
+        blocks, text = (decode_temp_bytes([(kind, n) for n in linears], act_bytes=2, nf4_kernel=kernel,
+                                          nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for linears in stages)
         for px, n_img in ((1024, 4096), (2048, 16384)):
-            act = activation_bytes(1, n_img, 512, **FULL, dequant_bytes=dq)
+            act = activation_bytes(1, n_img, 512, **FULL, dequant_bytes=blocks, text_dequant_bytes=text)
             for cap in (24, 16, 12):
                 p = plan_memory([ModelSize("conditional", sizes[0]), ModelSize("unconditional", sizes[1])],
                                 int((cap - 0.6) * GiB), act, ComfyMemoryConstants())

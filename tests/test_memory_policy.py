@@ -221,15 +221,26 @@ def test_ram_budget_warns_before_a_load_that_cannot_fit():
     assert short.ram.fits and "re-read from disk" in short.ram.warnings()[0]
 
 
-def _full_size_linears():
+def _full_size_linears_by_stage() -> tuple[list, list]:
+    """(block-stage, text-stage) weight counts of the full-size DiT's Linears (text stage: the text projection)."""
     import torch
 
-    from model.dit import Ideogram4DiT
+    from model.dit import TEXT_PROJECTION_MODULES, Ideogram4DiT
     from model.dit.config import DiTConfig
 
     with torch.device("meta"):
         dit = Ideogram4DiT(DiTConfig())
-    return [m.in_features * m.out_features for m in dit.modules() if isinstance(m, torch.nn.Linear)]
+    text = {id(m) for name in TEXT_PROJECTION_MODULES for m in getattr(dit, name).modules()}
+    stages = ([], [])
+    for m in dit.modules():
+        if isinstance(m, torch.nn.Linear):
+            stages[id(m) in text].append(m.in_features * m.out_features)
+    return stages
+
+
+def _full_size_linears():
+    blocks, text = _full_size_linears_by_stage()
+    return blocks + text
 
 
 @pytest.mark.parametrize("kernel", [True, False])
@@ -241,11 +252,32 @@ def test_16gb_card_holds_both_nf4_models_with_the_honest_decode_estimate(kernel)
     dq = decode_temp_bytes([("nf4", n) for n in sizes], act_bytes=2, nf4_kernel=kernel,
                            nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
     assert dq == max(sizes) * 2 + (0 if kernel else NF4_CHUNK_TEMP_BYTES)  # the bf16 weight (+ chunk temporaries)
+    # even with the text projection's decode counted in the block stage (one worst figure), the pair is resident
     plan = plan_memory(pair(NF4), int(15.0 * GiB), activation_bytes(1, 4096, 512, **FULL, dequant_bytes=dq), NVIDIA)
     assert plan.mode == "resident", plan.summary()
     # the former reserve of 18 B per weight of the largest layer made the same card stream
     old = activation_bytes(1, 4096, 512, **FULL, dequant_bytes=18 * max(sizes))
     assert plan_memory(pair(NF4), int(15.0 * GiB), old, NVIDIA).mode == "partial"
+
+
+def test_text_projection_decode_and_the_block_peak_do_not_add_up():
+    """The text projection runs once, before the blocks: its decode temporary and the features in flight (text
+    stage) and the MLP phase with a block layer's decode (block stage) peak at different times."""
+    blocks, text = (max(n) * 2 for n in _full_size_linears_by_stage())  # nf4 with the kernel: the bf16 weight
+    assert (blocks, text) == (4608 * 3 * 4608 * 2, 53248 * 4608 * 2)  # the fused qkv; llm_cond_proj
+    est = activation_bytes(1, 4096, 512, **FULL, dequant_bytes=blocks, text_dequant_bytes=text)
+    text_stage = 512 * 53248 * 12 + text  # float32 features cast and normalised + the decoded projection
+    block_stage = 4608 * (3 * 4608 + 4 * 12288) * 2 + 512 * 53248 * 4 + blocks  # MLP phase, features held
+    io = 6 * 4096 * 128 * 4
+    assert est == int((max(text_stage, block_stage) + io) * 1.25) + 64 * MiB
+    summed = int((4608 * (3 * 4608 + 4 * 12288) * 2 + 512 * 53248 * 12 + text + io) * 1.25) + 64 * MiB
+    assert summed - est > 0.5 * GiB  # what the estimate reserved before (both stages at once)
+    # the stage that peaks decides: a smaller text decode leaves the block stage's figure
+    assert activation_bytes(1, 4096, 512, **FULL, dequant_bytes=blocks, text_dequant_bytes=0) == \
+        int((block_stage + io) * 1.25) + 64 * MiB
+    # image-only (the unconditional pass): no text stage at all
+    assert activation_bytes(1, 4096, 0, **FULL, dequant_bytes=blocks, text_dequant_bytes=text) == \
+        int((4096 * (3 * 4608 + 4 * 12288) * 2 + blocks + io) * 1.25) + 64 * MiB
 
 
 def test_decode_estimate_per_kind():

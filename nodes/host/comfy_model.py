@@ -358,25 +358,30 @@ def _decode_kind(module: torch.nn.Module) -> str:
     return "fp8" if module.scheme.startswith("fp8") else "nf4" if module.scheme == "nf4" else "packed"
 
 
-def dequant_temp_bytes(dit: torch.nn.Module, device) -> int:
-    """Largest temporary a single Linear needs when its weight is decoded or cast on the fly."""
+def dequant_temp_bytes(dit: torch.nn.Module, device) -> tuple[int, int]:
+    """(block stage, text stage): the largest temporary a single Linear needs when its weight is decoded or cast on
+    the fly, among the blocks' layers and among the text projection's (which runs once, before the blocks)."""
     from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
 
     cuda = device is not None and torch.device(device).type == "cuda"
-    layers = [(_decode_kind(m), m.in_features * m.out_features)
-              for m in dit.modules() if isinstance(m, (QuantizedLinear, torch.nn.Linear))]
-    return mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
-                                nf4_kernel=cuda and _bnb_functional("cuda") is not None,
-                                nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES)
+    text = {id(m) for name in TEXT_PROJECTION_MODULES if hasattr(dit, name) for m in getattr(dit, name).modules()}
+    stages = ([], [])
+    for m in dit.modules():
+        if isinstance(m, (QuantizedLinear, torch.nn.Linear)):
+            stages[id(m) in text].append((_decode_kind(m), m.in_features * m.out_features))
+    return tuple(mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
+                                      nf4_kernel=cuda and _bnb_functional("cuda") is not None,
+                                      nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for layers in stages)
 
 
 def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None) -> int:
     cfg = dit.config
     act = torch.finfo(dit.compute_dtype).bits // 8
     flash = device is None or torch.device(device).type == "cuda"
+    blocks, text = dequant_temp_bytes(dit, device)
     return mp.activation_bytes(batch, n_img, n_txt, emb_dim=cfg.emb_dim, intermediate=cfg.intermediate_size,
                                num_heads=cfg.num_heads, llm_features_dim=cfg.llm_features_dim, act_bytes=act,
-                               dequant_bytes=dequant_temp_bytes(dit, device), flash_attention=flash)
+                               dequant_bytes=blocks, text_dequant_bytes=text, flash_attention=flash)
 
 
 def memory_constants(device) -> mp.ComfyMemoryConstants:

@@ -221,29 +221,39 @@ def plan_memory(models: list[ModelSize], available: int, activation: int,
 
 
 def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, intermediate: int, num_heads: int,
-                     llm_features_dim: int, act_bytes: int = 2, dequant_bytes: int = 0,
+                     llm_features_dim: int, act_bytes: int = 2, dequant_bytes: int = 0, text_dequant_bytes: int = 0,
                      flash_attention: bool = True) -> int:
     """Peak activation memory of the conditional pass (the larger one) for ``batch`` images.
 
-    Per block the MLP phase dominates: ``w1``, SiLU, ``w3`` and their product (4 × L × I) next
-    to the residual stream and the normalised input (≈ 3 × L × E).  Text features arrive as
-    float32 (B, L_txt, F) and are cast/normalised (≈ 12 bytes per element in flight).  Without
-    a fused attention kernel the score matrix (heads × L² in the compute dtype, ×2 for softmax)
-    is materialised.  A batch of captions of different lengths has a padding mask (B, 1, L, L), kept for
-    the run (bool, or additive in the compute dtype) and, as bool, converted to the compute dtype by SDPA
-    in every call: counted as ``act_bytes + 1`` bytes per element whenever ``batch > 1`` has text.
-    ``dequant_bytes`` is the largest per-layer temporary of a quantised or streamed weight (see
-    ``nodes.host.comfy_model.dequant_temp_bytes``).  A 25 % margin covers the allocator's fragmentation.
+    A forward has two stages that peak at different times, so the peak is the larger one, not their sum:
+
+    * **text stage** (the first step of a run; the projection is cached for the other steps): the float32
+      text features (B, L_txt, F) cast and normalised (≈ 12 bytes per element in flight) and the decode
+      temporary of the text projection's weight, ``text_dequant_bytes``;
+    * **block stage**: per block the MLP phase dominates — ``w1``, SiLU, ``w3`` and their product
+      (4 × L × I) next to the residual stream and the normalised input (≈ 3 × L × E) — with the float32
+      features still held (4 bytes per element) and the largest decode temporary of a block's quantised or
+      streamed weight, ``dequant_bytes``.  Without a fused attention kernel the score matrix (heads × L²
+      in the compute dtype, ×2 for softmax) is materialised.  A batch of captions of different lengths has
+      a padding mask (B, 1, L, L), kept for the run (bool, or additive in the compute dtype) and, as bool,
+      converted to the compute dtype by SDPA in every call: ``act_bytes + 1`` bytes per element whenever
+      ``batch > 1`` has text.
+
+    Both decode temporaries come from ``nodes.host.comfy_model.dequant_temp_bytes``; a caller that passes one
+    worst-of-all-layers figure as ``dequant_bytes`` gets a larger (safe) estimate.  The velocities and the
+    sampler's latents (fp32) are held throughout.  A 25 % margin covers the allocator's fragmentation.
     """
     if min(batch, n_img) < 1 or n_txt < 0:
         raise ValueError("batch and n_img must be >= 1, n_txt >= 0")
     length = n_img + n_txt
+    features = n_txt * llm_features_dim
+    text_stage = batch * features * 12 + text_dequant_bytes if n_txt else 0
     block = length * (3 * emb_dim + 4 * intermediate) * act_bytes
-    text = n_txt * llm_features_dim * 12
     attn = 0 if flash_attention else 2 * num_heads * length * length * act_bytes
-    io = 6 * n_img * 128 * 4  # z, noise, both velocities, the combination, the update (fp32)
     mask = batch * length * length * (act_bytes + 1) if batch > 1 and n_txt > 0 else 0
-    peak = batch * (block + text + attn + io) + mask + dequant_bytes
+    block_stage = batch * (block + attn + features * 4) + mask + dequant_bytes
+    io = batch * 6 * n_img * 128 * 4  # z, noise, both velocities, the combination, the update (fp32)
+    peak = max(text_stage, block_stage) + io
     return int(peak * 1.25) + 64 * MiB
 
 

@@ -80,6 +80,14 @@ uncond = cm.load_model_patcher(Path(out_dir) / "fp8.safetensors")
 plan = cm.plan_pair(cond, uncond, batch=1, n_img=4096, n_txt=512)
 res["plan"] = {"mode": plan.mode, "summary": plan.summary(), "state": cm.memory_constants(cond.load_device).vram_state}
 loaded = cm.load_pair(cond, uncond, batch=1, n_img=12, n_txt=7)
+# decode temporaries per stage: the blocks' largest layer, and the text projection (which runs before the blocks)
+fp8 = cm.load_model_patcher(Path(out_dir) / "fp8.safetensors", weight_dtype="bf16")
+fp8_u = cm.load_model_patcher(Path(out_dir) / "fp8.safetensors", weight_dtype="bf16", image_only=True)
+sizes = {n: m.in_features * m.out_features for n, m in cm.dit_of(fp8).named_modules() if hasattr(m, "in_features")}
+res["decode_stages"] = {"got": list(cm.dequant_temp_bytes(cm.dit_of(fp8), "cpu")),
+                        "image_only": list(cm.dequant_temp_bytes(cm.dit_of(fp8_u), "cpu")),
+                        "want": [2 * max(v for n, v in sizes.items() if not n.startswith("llm_cond")),
+                                 2 * sizes["llm_cond_proj"]]}
 res["load_pair"] = {"mode": loaded.mode, "loaded": [l.model is cond or l.model is uncond for l in mm.current_loaded_models]}
 # the text encoder: every weighted layer is castable, so a partial load streams and changes nothing
 from collections import Counter
@@ -130,6 +138,12 @@ def test_model_size_counts_packed_bytes(worker_result):
 
 def test_dynamic_vram_layers_still_load(worker_result):
     assert worker_result["aimdo"]["ok"] and worker_result["aimdo"]["params"] > 0
+
+
+def test_decode_temporaries_are_split_by_stage(worker_result):
+    d = worker_result["decode_stages"]
+    assert d["got"] == d["want"] and d["want"][0] != d["want"][1], d  # bf16 copies of the fp8 weights
+    assert d["image_only"] == [d["want"][0], 0], d  # the unconditional DiT has no text projection
 
 
 def test_memory_plan_with_live_constants(worker_result):
