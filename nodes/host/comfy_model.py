@@ -164,16 +164,25 @@ class ComfyOps:
             functions, terms = lora_branch.split_functions(([w_patch] if w_patch is not None else [])
                                                            + list(self.weight_function))
             bias_functions = ([b_patch] if b_patch is not None else []) + list(self.bias_function)
-            # non_blocking: the weights are read-only (a streamed one is the file mapping), and a blocking copy per
-            # layer would drain the GPU queue in both passes
-            weight = self.weight.to(device=x.device, dtype=x.dtype, copy=bool(functions), non_blocking=True)
+            device, stream, moved = x.device, None, (self.weight, self.bias)
+            if self.comfy_cast_weights:  # streamed: ComfyUI's offload path, as core's layers and the packed ones take
+                stream = mm.get_offload_stream(device)
+                non_blocking = mm.device_supports_non_blocking(device)
+                ring = staging_ring.ring_for(device)
+                moved = tuple(staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring) for t in moved)
+                mm.sync_stream(device, stream)
+            # a copy only where a patch writes into the weight and it is still the stored one (a merge works in place)
+            weight = moved[0].to(device=device, dtype=x.dtype, copy=bool(functions) and moved[0] is self.weight)
             for fn in functions:
                 weight = fn(weight)
-            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype,
-                                                               copy=bool(bias_functions), non_blocking=True)
+            bias = None if moved[1] is None else moved[1].to(device=device, dtype=x.dtype,
+                                                             copy=bool(bias_functions) and moved[1] is self.bias)
             for fn in bias_functions if bias is not None else ():
                 bias = fn(bias)
-            return lora_branch.add_side_branches(F.linear(x, weight, bias), x, terms)
+            out = lora_branch.add_side_branches(F.linear(x, weight, bias), x, terms)
+            # the uploads' memory may be reused by the next copy on that stream only once this layer is done
+            comfy.ops.uncast_bias_weight(self, weight, bias, (stream, moved[0], moved[1]))
+            return out
 
     class RMSNorm(comfy.ops.disable_weight_init.RMSNorm):
         pass

@@ -156,6 +156,41 @@ for fmt in ("fp8", "nf4"):
     res["stream"][fmt] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part)),
                           "staged_on_stream": FakeEvent.recorded, "ring_bytes": ring.pinned_bytes}
 
+# 3b. a base shared with an unconditional-from-LoRA view: its role-patched plain Linears, when streamed, take the
+# same offload path (stream + staging ring) instead of a blocking copy per layer
+from safetensors.torch import save_file
+from tools.make_test_loras import layout_state_dict, lora_factors
+lora_host = importlib.import_module("i4pack.nodes.host.lora")
+save_file(layout_state_dict(lora_factors(cfg, seed=41, rank=4, alpha=4.0), "ai-toolkit"),
+          str(Path(out_dir) / "uncond_lora.safetensors"))
+shared = cm.load_model_patcher(paths["bf16"][0], weight_dtype="bf16")
+view, _ = lora_host.unconditional_from_lora(shared, Path(out_dir) / "uncond_lora.safetensors", 1.0, "u")
+def view_pass(full_load):
+    mm.unload_all_models()
+    if full_load:
+        shared.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
+    else:
+        shared.load(torch.device("cpu"), lowvram_model_memory=1)
+    view.load(torch.device("cpu"))
+    return view.model.apply_model(x, sigma, ideogram4_velocity=True)
+full = view_pass(True)
+shared.detach(); view.detach()
+seen_casts.clear(); fake.waits = 0; FakeEvent.recorded = 0
+ring = sr.StagingRing(allocate=lambda n: torch.empty(n, dtype=torch.uint8), new_event=FakeEvent, min_bytes=64)
+real_ring_for = sr.ring_for
+mm.cast_to, mm.get_offload_stream, sr.ring_for = spy_cast_to, (lambda device: fake), (lambda device: ring)
+try:
+    part = view_pass(False)
+finally:
+    mm.cast_to, mm.get_offload_stream, sr.ring_for = real_cast_to, real_get, real_ring_for
+dit = cm.dit_of(shared)
+patched = [m for m in dit.modules() if any(k[0] == "view" for k in (getattr(m, "role_patches", None) or {}))]
+res["stream"]["shared"] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part)),
+                           "staged_on_stream": FakeEvent.recorded, "view_layers": len(patched),
+                           "streamed": sum(bool(m.comfy_cast_weights) for m in patched)}
+shared.detach(); view.detach()
+mm.unload_all_models()
+
 # 4. core's Dual Model CFG Guider (SamplerCustomAdvanced) on the pack's models: the text features and their lengths
 # arrive through extra_conds (the lengths as a host-side constant: read every step without a device sync); two
 # left-padded captions; against a hand-written Euler loop over direct model calls
@@ -238,6 +273,15 @@ def test_packed_layers_take_the_offload_stream(result, fmt):
     assert r["waits"] > 0  # the stream waits for the compute before its buffers are reused
     assert r["equal"]
     assert r["staged_on_stream"] > 0 and 0 < r["ring_bytes"], r  # packed buffers went through the pinned ring
+
+
+def test_streamed_layers_of_a_shared_base_take_the_offload_stream(result):
+    r = result["stream"]["shared"]
+    assert r["view_layers"] > 0 and r["streamed"] == r["view_layers"], r  # every LoRA'd layer streamed
+    weights = [c for c in r["casts"] if c[0] == "torch.bfloat16" and c[2]]
+    assert len(weights) >= r["view_layers"], r["casts"][:8]  # each one's weight uploaded on the offload stream
+    assert r["waits"] >= r["view_layers"] and r["staged_on_stream"] > 0, r  # through the ring, buffers released
+    assert r["equal"], r  # streamed == resident, bit for bit
 
 
 def test_core_dual_model_guider_runs_the_pack_models(result):
