@@ -1,7 +1,7 @@
 """The pack's speed paths inside ComfyUI (CPU): attention dispatcher and overrides, the one-node
-sampler through ComfyUI's model call (patches and wrappers honoured), packed layers streamed
-through ComfyUI's offload path (a mocked offload stream sees the packed buffers), core's Dual Model CFG Guider on
-the pack's models.
+sampler through ComfyUI's model call (patches and wrappers honoured), packed layers and the LoRA'd layers of a
+shared base streamed through ComfyUI's offload path (a mocked offload stream sees their buffers), core's Dual Model
+CFG Guider on the pack's models.
 
 Runs inside ComfyUI's Python in a subprocess (``--cpu``), like ``test_model_management.py``.
 Skipped unless ``COMFYUI_PATH`` is set.
