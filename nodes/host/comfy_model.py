@@ -299,7 +299,8 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         b = max(1, int(input_shape[0]))
         n_img = int(input_shape[-1] * input_shape[-2])
         n_txt = max((int(s[1]) for s in cond_shapes.get("ideogram4_text", [])), default=0)
-        return activation_estimate(self.diffusion_model, b, n_img, n_txt, self.current_device())
+        return activation_estimate(self.diffusion_model, b, n_img, n_txt, self.current_device(),
+                                   merged_layers(self.current_patcher))
 
     def current_device(self):
         patcher = self.current_patcher
@@ -367,27 +368,48 @@ def _decode_kind(module: torch.nn.Module) -> str:
     return "fp8" if module.scheme.startswith("fp8") else "nf4" if module.scheme == "nf4" else "packed"
 
 
-def dequant_temp_bytes(dit: torch.nn.Module, device) -> tuple[int, int]:
+def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozenset()) -> tuple[int, int]:
     """(block stage, text stage): the largest temporary a single Linear needs when its weight is decoded or cast on
-    the fly, among the blocks' layers and among the text projection's (which runs once, before the blocks)."""
+    the fly, among the blocks' layers and among the text projection's (which runs once, before the blocks).
+    ``merged``: names of the layers whose run-time patch is merged into the decoded weight on every call
+    (:func:`merged_layers`)."""
     from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
 
     cuda = device is not None and torch.device(device).type == "cuda"
     text = {id(m) for name in TEXT_PROJECTION_MODULES if hasattr(dit, name) for m in getattr(dit, name).modules()}
     stages = ([], [])
-    for m in dit.modules():
+    for name, m in dit.named_modules():
         if isinstance(m, (QuantizedLinear, torch.nn.Linear)):
-            stages[id(m) in text].append((_decode_kind(m), m.in_features * m.out_features))
+            stages[id(m) in text].append((_decode_kind(m), m.in_features * m.out_features, name in merged))
     return tuple(mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
                                       nf4_kernel=cuda and _bnb_functional("cuda") is not None,
                                       nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for layers in stages)
 
 
-def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None) -> int:
+def merged_layers(*patchers) -> frozenset:
+    """The layers any of ``patchers`` (None ignored) merges a weight patch into on every call (see
+    ``Ideogram4ModelPatcher.merged_layers``)."""
+    out = frozenset()
+    for patcher in patchers:
+        own = getattr(patcher, "merged_layers", None)
+        if callable(own):
+            out |= own()
+    return out
+
+
+def computing_dit(dit: torch.nn.Module) -> torch.nn.Module:
+    """The DiT whose layers run: the base of an unconditional model built as "base + LoRA", else ``dit``."""
+    base = getattr(dit, "base", None)
+    return dit if base is None else base
+
+
+def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None,
+                        merged: frozenset = frozenset()) -> int:
+    dit = computing_dit(dit)
     cfg = dit.config
     act = torch.finfo(dit.compute_dtype).bits // 8
     flash = device is None or torch.device(device).type == "cuda"
-    blocks, text = dequant_temp_bytes(dit, device)
+    blocks, text = dequant_temp_bytes(dit, device, merged)
     return mp.activation_bytes(batch, n_img, n_txt, emb_dim=cfg.emb_dim, intermediate=cfg.intermediate_size,
                                num_heads=cfg.num_heads, llm_features_dim=cfg.llm_features_dim, act_bytes=act,
                                dequant_bytes=blocks, text_dequant_bytes=text, flash_attention=flash)
@@ -420,11 +442,13 @@ def text_projection_bytes(dit: torch.nn.Module) -> int:
 def plan_pair(cond, uncond, *, batch: int, n_img: int, n_txt: int) -> mp.MemoryPlan:
     """``uncond=None``: a CFG-distilled single-branch model (the conditional model alone)."""
     device = cond.load_device
-    act = max([activation_estimate(dit_of(cond), batch, n_img, n_txt, device)]
-              + ([activation_estimate(dit_of(uncond), batch, n_img, 0, device)] if uncond is not None else []))
+    shared = uncond is not None and computing_dit(dit_of(uncond)) is dit_of(cond)  # unconditional = this base + a LoRA
+    merged = merged_layers(cond, uncond) if shared else merged_layers(cond)  # a shared base: both patchers' layers
+    act = max([activation_estimate(dit_of(cond), batch, n_img, n_txt, device, merged)]
+              + ([activation_estimate(dit_of(uncond), batch, n_img, 0, device, merged if shared
+                                      else merged_layers(uncond))] if uncond is not None else []))
     models = [mp.ModelSize("conditional", int(cond.model_size()))]
     if uncond is not None:
-        shared = getattr(dit_of(uncond), "base", None) is dit_of(cond)  # unconditional = this base + a LoRA
         models.append(mp.ModelSize("unconditional (shares the conditional weights; LoRA only)" if shared
                                    else "unconditional", int(uncond.model_size())))
     plan = mp.plan_memory(models, available_memory(device), act, memory_constants(device))

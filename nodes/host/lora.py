@@ -20,10 +20,11 @@ import comfy.utils
 
 from ...model.dit import TEXT_PROJECTION_MODULES
 from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
+from . import lora_branch
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
-from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module, runtime_patch,
-                            split_key, unshareable_keys)
+from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module, patch_tensors,
+                            runtime_patch, split_key, unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
 
@@ -118,7 +119,8 @@ class SharedUnconditionalDiT(torch.nn.Module):
     """The unconditional DiT as "conditional base + LoRA", computed on the base's own layers.
 
     Holds no weights (the base is kept outside the module tree, so ComfyUI neither counts nor moves it
-    twice); its pass runs the base image-only with the role "view" active, so each base layer applies
+    twice); its pass runs the base image-only with its own role (``view:<id>``: several views can share one
+    base, each with its own LoRA) active, so each base layer applies
     this model's patches (and not the conditional model's) to its weight when it runs.
     """
 
@@ -129,6 +131,7 @@ class SharedUnconditionalDiT(torch.nn.Module):
         self._base = (base,)  # a tuple: not registered as a submodule
         self.config = base.config
         self.checkpoint_format = f"{base.checkpoint_format} + LoRA {lora_name} (shared base)"
+        self.role = f"view:{uuid.uuid4().hex[:12]}"  # this view's slot in the base layers' run-time patches
         base.shared_view = True
 
     @property
@@ -142,13 +145,13 @@ class SharedUnconditionalDiT(torch.nn.Module):
     def forward(self, x, t, text_features=None, *, grid_hw, text_lengths=None, transformer_options=None):
         if text_features is not None:
             raise ValueError("the unconditional model built from a LoRA runs the image-only pass only")
-        with active_role("view"):
+        with active_role(self.role):
             return self.base(x, t, None, grid_hw=grid_hw, transformer_options=transformer_options)
 
 
 class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
     """Patcher of a :class:`SharedUnconditionalDiT`: its patches name the base's weights and are installed on
-    the base's layers as role-"view" run-time patches when it is loaded."""
+    the base's layers as run-time patches of the view's own role when it is loaded."""
 
     def _view(self) -> SharedUnconditionalDiT:
         return self.model.diffusion_model
@@ -172,18 +175,23 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
     def runtime_patch_bytes(self) -> int:
         """Every patch of the view is a run-time patch of a base layer, its copies on the load device in the
         compute dtype: ComfyUI counts them as this model's size (the base belongs to the conditional model)."""
-        seen, dtype = set(), self._compute_dtype()
-        return sum(device_bytes(entries, dtype, seen) for entries in self.patches.values())
+        dtype = self._compute_dtype()
+        return sum(device_bytes(entries, dtype) for entries in self.patches.values())
+
+    def merged_layers(self) -> frozenset:
+        """As the base patcher's, for the base's layers this view patches (every patch is a run-time one)."""
+        return frozenset(split_key(k.removeprefix("diffusion_model."))[0] for k, entries in self.patches.items()
+                         if split_key(k)[1] == "weight" and lora_branch.terms_of_entries(entries) is None)
 
     def lora_bytes(self) -> int:
         """Bytes of the LoRA's tensors as they were read (each counted once)."""
-        seen = set()
-        return sum(device_bytes(entries, None, seen) for entries in self.patches.values())
+        tensors = {id(t): t for entries in self.patches.values() for t in patch_tensors(entries)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _clear_view_patches(self) -> None:
         for module in self._view().base.modules():
             if isinstance(module, RolePatched):
-                module.clear_role_patches("view")
+                module.clear_role_patches(self._view().role)
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
@@ -198,7 +206,7 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         for key in self.patches:
             module_name, leaf = split_key(key.removeprefix("diffusion_model."))
             comfy.utils.get_attr(base, module_name).set_role_patch(
-                "view", runtime_patch(self.patches, key, device_to, dtype), leaf)
+                self._view().role, runtime_patch(self.patches, key, device_to, dtype), leaf)
         if device_to is not None:  # the copies are on the device whether ComfyUI loaded this model whole or not
             self.model.model_loaded_weight_memory = self.model_size()
         return out

@@ -55,7 +55,11 @@ def _entries(patch):
 
 
 def _terms_of(patch) -> Optional[list]:
-    entries = _entries(patch)
+    return terms_of_entries(_entries(patch))
+
+
+def terms_of_entries(entries) -> Optional[list]:
+    """The :class:`LowRankTerm` list of a key's patch entries when every one is a plain LoRA, else None."""
     if not entries:
         return None
     terms = []

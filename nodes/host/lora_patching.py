@@ -35,6 +35,7 @@ import comfy.utils
 import comfy.weight_adapter
 
 from ...model.checkpoints import QuantizedLinear
+from . import lora_branch
 from .offload import HomePatcher
 
 
@@ -86,34 +87,32 @@ def _to_device(value, device, dtype=None):
     return value
 
 
-def device_bytes(entries, dtype, seen=None) -> int:
-    """Bytes the tensors of a key's patch entries take on the load device once :func:`runtime_patch` moved them
-    there in ``dtype`` (each tensor counted once)."""
-    seen = set() if seen is None else seen
-    total = 0
-
-    def visit(value):
-        nonlocal total
+def patch_tensors(entries):
+    """Every tensor of a key's patch entries, in order (one that occurs twice is yielded twice)."""
+    def walk(value):
         if isinstance(value, torch.Tensor):
-            if id(value) not in seen:
-                seen.add(id(value))
-                total += value.numel() * _device_dtype(value, dtype).itemsize
+            yield value
         elif isinstance(value, comfy.weight_adapter.WeightAdapterBase):
-            visit(value.weights)
+            yield from walk(value.weights)
         elif isinstance(value, (tuple, list)):
             for v in value:
-                visit(v)
+                yield from walk(v)
 
     for entry in entries:
-        visit(entry[1])
-    return total
+        yield from walk(entry[1])
+
+
+def device_bytes(entries, dtype) -> int:
+    """Bytes the tensors of a key's patch entries take on the load device once :func:`runtime_patch` moved them
+    there in ``dtype`` (each occurrence is its own copy)."""
+    return sum(t.numel() * _device_dtype(t, dtype).itemsize for t in patch_tensors(entries))
 
 
 # ---------------------------------------------------------------- run-time patches, per pass ("role")
 #
 # A layer's run-time patches live in ``layer.role_patches`` ({role: LowVramPatch}), which ComfyUI never
-# touches.  Role "own" holds the patches of the patcher that loaded the model; role "view" those of an
-# unconditional model built on this base (:class:`SharedUnconditionalDiT`), active only inside its pass.
+# touches.  Role "own" holds the patches of the patcher that loaded the model; role "view:<id>" those of an
+# unconditional model built on this base (:class:`SharedUnconditionalDiT`, one role each), active only inside its pass.
 _ROLE = contextvars.ContextVar("ideogram4_lora_role", default="own")
 
 
@@ -220,6 +219,13 @@ class Ideogram4ModelPatcher(HomePatcher):
     def runtime_patch_bytes(self) -> int:
         """Bytes of the device copies of this model's run-time patches when every layer is resident."""
         return sum(self.layer_patch_bytes().values())
+
+    def merged_layers(self) -> frozenset:
+        """Names (in the DiT) of the layers whose run-time weight patch is merged into the decoded weight on every
+        call (not only plain LoRAs, which run as a side branch): each such call holds weight-sized temporaries."""
+        return frozenset(split_key(k)[0].removeprefix("diffusion_model.") for k, entries in self.patches.items()
+                         if split_key(k)[1] == "weight" and self._runtime_layer(k, strict=False) is not None
+                         and lora_branch.terms_of_entries(entries) is None)
 
     def weight_bytes(self) -> int:
         """ComfyUI's size of the weights alone (``module_size``; a clone is handed its parent's ``model_size()``,

@@ -260,21 +260,28 @@ def activation_bytes(batch: int, n_img: int, n_txt: int, *, emb_dim: int, interm
 DECODE_KINDS = ("linear", "fp8", "nf4", "packed")
 
 
+PATCH_MATH_FACTOR = 2  # ComfyUI's LOWVRAM_PATCH_ESTIMATE_MATH_FACTOR: a weight patch merged on the fly
+
+
 def decode_temp_bytes(layers, *, act_bytes: int, nf4_kernel: bool, nf4_chunk_temp: int) -> int:
     """Largest temporary one Linear needs when its weight is decoded or cast on the fly.
 
-    ``layers``: ``(kind, n_weights)`` with kind ``"linear"`` (a plain weight, counted when streamed:
-    its copy in the compute dtype), ``"fp8"`` (one decoded copy, scaled in place) or ``"nf4"``
-    (the decoded weight; without bitsandbytes' kernel plus the pure-torch codec's per-chunk
+    ``layers``: ``(kind, n_weights)`` or ``(kind, n_weights, merged)`` with kind ``"linear"`` (a plain weight,
+    counted when streamed: its copy in the compute dtype), ``"fp8"`` (one decoded copy, scaled in place) or
+    ``"nf4"`` (the decoded weight; without bitsandbytes' kernel plus the pure-torch codec's per-chunk
     temporaries, ``nf4_chunk_temp`` bytes, independent of the layer size) or ``"packed"`` (the other
     codecs — ComfyUI nvfp4/mxfp8/int8, GGUF — counted conservatively as the decoded weight plus a
-    float32 intermediate of the same size).
+    float32 intermediate of the same size).  ``merged``: a weight patch (LoHa, LoKr, DoRA, ``diff``… — not a
+    plain LoRA, which runs as a side branch) is merged into the decoded weight on every call, which holds
+    ``PATCH_MATH_FACTOR`` more weight-sized temporaries in the compute dtype (ComfyUI's own estimate).
     """
     worst = 0
-    for kind, n in layers:
+    for kind, n, *merged in layers:
         if kind not in DECODE_KINDS:
             raise ValueError(f"layer kind {kind!r} is not one of {', '.join(DECODE_KINDS)}")
         extra = nf4_chunk_temp if kind == "nf4" and not nf4_kernel else 4 * int(n) if kind == "packed" else 0
+        if merged and merged[0]:
+            extra += PATCH_MATH_FACTOR * int(n) * act_bytes
         worst = max(worst, int(n) * act_bytes + extra)
     return worst
 

@@ -1,4 +1,5 @@
-"""A ring of a few page-locked staging buffers for streamed (partially loaded) packed layers.
+"""A ring of a few page-locked staging buffers for streamed (partially loaded) packed layers (and the LoRA'd plain
+Linears of a base shared with an unconditional-from-LoRA view).
 
 A host → GPU copy overlaps compute only from page-locked memory.  Pinning every streamed weight in place
 would lock gigabytes of the file mapping (ComfyUI's ``pin_weight_to_device``; ``offload.HomePatcher`` caps
@@ -6,8 +7,8 @@ that at a few layers).  Instead each packed layer's storage, scales and bias are
 file mapping) into the next of ``SLOTS`` pinned buffers and uploaded from there with ``non_blocking`` on
 ComfyUI's offload stream; a buffer is reused only after the event recorded behind its last upload has
 completed.  All slots have one size, the largest staged tensor rounded up to a power of two (what torch's pinned
-allocator hands out anyway): 4 × 128 MiB = 0.5 GiB for the real model (its largest packed weight is 113 MB),
-whatever the model size.  When a larger tensor arrives the slots are dropped once their uploads have finished,
+allocator hands out anyway): 4 × 128 MiB = 0.5 GiB for the real model (its largest packed weight is 113 MB; a
+bf16 shared base's largest plain weight 127 MB), whatever the model size; 4 × 256 MiB for an fp32 shared base.  When a larger tensor arrives the slots are dropped once their uploads have finished,
 the pinned cache is emptied (so the smaller blocks do not stay locked) and the slots are allocated anew at the new
 size.  The ring's bytes are counted in ComfyUI's pinned-memory total (``TOTAL_PINNED_MEMORY``), which its own
 pinning budget reads.  Used only on CUDA, and not when ComfyUI runs with pinned memory disabled.

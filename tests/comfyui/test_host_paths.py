@@ -184,7 +184,7 @@ try:
 finally:
     mm.cast_to, mm.get_offload_stream, sr.ring_for = real_cast_to, real_get, real_ring_for
 dit = cm.dit_of(shared)
-patched = [m for m in dit.modules() if any(k[0] == "view" for k in (getattr(m, "role_patches", None) or {}))]
+patched = [m for m in dit.modules() if any(k[0].startswith("view:") for k in (getattr(m, "role_patches", None) or {}))]
 res["stream"]["shared"] = {"casts": seen_casts[:], "waits": fake.waits, "equal": bool(torch.equal(full, part)),
                            "staged_on_stream": FakeEvent.recorded, "view_layers": len(patched),
                            "streamed": sum(bool(m.comfy_cast_weights) for m in patched)}

@@ -4,7 +4,8 @@ A packed (fp8) layer's LoRA is never merged: its factors are copied once to the 
 layer runs.  Those copies are memory ComfyUI must know of, or a card that looks full-enough runs out: they are
 kept in the compute dtype (half the bytes of an fp32 LoRA file on a bf16 model, and no cast per call), they
 are part of ``model_size()`` and ``loaded_size()``, a partial unload that streams a layer frees (and reports)
-its copies, an unload leaves none.  The figures are checked against the factors written to the file, not
+its copies, an unload leaves none; a patch merged into the decoded weight on every call (LoHa…) has its
+temporaries in the decode estimate.  The figures are checked against the factors written to the file, not
 against the code's own sums; the output with the copies equals the streamed output, which casts per call.
 
 Skipped unless ``COMFYUI_PATH`` is set.
@@ -72,6 +73,41 @@ r["streamed_equal"] = bool(torch.equal(y_resident, y_streamed))  # copies made o
 mm.unload_all_models()
 r["loaded_unloaded"] = int(lp.loaded_size())
 r["held_unloaded"], _ = copies(lp)
+# a partial load with a budget: what ComfyUI counts is the whole model less the layers it streams and their copies
+lp.load(torch.device("cpu"), lowvram_model_memory=lp.model_size() // 2)
+streamed = {n for n, m in dit.named_modules() if getattr(m, "comfy_cast_weights", False)}
+r["budget_streamed_packed"] = len(streamed & set(expected))
+r["budget_loaded"] = int(lp.loaded_size())
+def listed(m):  # a layer ComfyUI loads one by one: its own parameters only (or a castable layer)
+    own = dict(m.named_parameters(recurse=False))
+    return (hasattr(m, "comfy_cast_weights") or own) and all(k in own for k, _ in m.named_parameters())
+r["budget_loaded_expected"] = sum(mm.module_size(m) + expected.get(n, 0) for n, m in dit.named_modules()
+                                  if listed(m) and n not in streamed)
+r["budget_held"], _ = copies(lp)
+r["budget_held_expected"] = sum(v for n, v in expected.items() if n not in streamed)
+lp.detach()
+
+# adapters that are merged into the decoded weight on every call (here LoHa) hold weight-sized temporaries there:
+# the decode estimate counts them for those layers (ComfyUI's factor 2); a plain LoRA (a side branch) adds none
+g = torch.Generator().manual_seed(32)
+loha, loha_modules = {}, ["layers.0.attention.qkv", "llm_cond_proj"]
+for name in loha_modules:
+    o, i = dit.get_submodule(name).out_features, dit.get_submodule(name).in_features
+    for a, shape in (("hada_w1_a", (o, 2)), ("hada_w1_b", (2, i)), ("hada_w2_a", (o, 2)), ("hada_w2_b", (2, i))):
+        loha[f"diffusion_model.{name}.{a}"] = 0.3 * torch.randn(shape, generator=g)
+    loha[f"diffusion_model.{name}.alpha"] = torch.tensor(2.0)
+save_file(loha, str(loras / "loha.safetensors"))
+lh = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "loha.safetensors", 1.0)[0]
+n = {name: m.in_features * m.out_features for name, m in dit.named_modules() if isinstance(m, QuantizedLinear)}
+block_n = max(v for k, v in n.items() if not k.startswith("llm_cond"))
+res["merge"] = {"plain": sorted(lp.merged_layers()), "loha": sorted(lh.merged_layers()),
+                "plain_temps": list(cm.dequant_temp_bytes(dit, "cpu", cm.merged_layers(lp))),
+                "loha_temps": list(cm.dequant_temp_bytes(dit, "cpu", cm.merged_layers(lh))),
+                # bf16 decode (2 B per weight), + 2 weight-sized bf16 temporaries where a patch is merged
+                "want_plain": [2 * block_n, 2 * n["llm_cond_proj"]],
+                "want_loha": [max(2 * block_n, 6 * n["layers.0.attention.qkv"]), 6 * n["llm_cond_proj"]],
+                "act_plain": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lp)),
+                "act_loha": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lh))}
 
 # the unconditional model = base + LoRA: its size is its copies (every LoRA tensor, bf16), all of them loaded
 mm.unload_all_models()
@@ -81,8 +117,13 @@ u = res["view"] = {"expected": sum(2 * (d.numel() + up.numel()) for n, (d, up, _
                    "size": int(uncond.model_size()), "lora_bytes": int(uncond.lora_bytes())}
 cm.load_pair(base, uncond, batch=1, n_img=gh * gw, n_txt=7)
 u["loaded"] = int(uncond.loaded_size())
-u["held"], u["dtypes"] = copies(uncond, "view")
+u["held"], u["dtypes"] = copies(uncond, uncond.model.diffusion_model.role)
 mm.unload_all_models()
+# loaded by ComfyUI with a budget (not whole): its copies are still made, so still counted
+uncond.load(torch.device("cpu"), lowvram_model_memory=1)
+u["partial_loaded"] = int(uncond.loaded_size())
+u["partial_held"], _ = copies(uncond, uncond.model.diffusion_model.role)
+uncond.detach()
 print("RESULT " + json.dumps(res))
 '''
 
@@ -107,8 +148,23 @@ def test_partial_unload_frees_and_reports_the_copies_of_streamed_layers(result):
     assert r["loaded_unloaded"] == 0 and r["held_unloaded"] == 0, r
 
 
+def test_a_budgeted_load_counts_the_copies_of_the_resident_layers_only(result):
+    r = result["own"]
+    assert 0 < r["budget_streamed_packed"] < r["packed_patched"], r  # some packed layers resident, some streamed
+    assert r["budget_loaded"] == r["budget_loaded_expected"], r
+    assert r["budget_held"] == r["budget_held_expected"], r
+
+
+def test_patches_merged_on_every_call_are_in_the_decode_estimate(result):
+    m = result["merge"]
+    assert m["plain"] == [] and m["plain_temps"] == m["want_plain"], m  # a plain LoRA runs as a side branch
+    assert m["loha"] == ["layers.0.attention.qkv", "llm_cond_proj"], m
+    assert m["loha_temps"] == m["want_loha"] and m["act_loha"] > m["act_plain"], m
+
+
 def test_unconditional_lora_size_is_its_device_copies(result):
     u = result["view"]
     assert u["size"] >= u["expected"] > 0 and u["size"] - u["expected"] < 4096, u  # + the wrapper's few buffers
     assert u["lora_bytes"] == 2 * u["expected"], u  # the file's float32 tensors
     assert u["loaded"] == u["size"] and u["held"] == u["expected"] and u["dtypes"] == ["torch.bfloat16"], u
+    assert u["partial_loaded"] == u["size"] and u["partial_held"] == u["expected"], u

@@ -94,10 +94,19 @@ for fmt in ("bf16", "fp8"):
                             + sum(b.numel() for b in style_b.values())),
         "rss_view": int(rss1 - rss0), "rss_separate": int(rss3 - rss2), "plan": plan_names, "lines": lines,
     })
+    # two unconditional models built on one base (two LoRAs): each keeps its own LoRA while both are loaded
+    second, _ = lora_host.unconditional_from_lora(base, loras / "style.safetensors", 1.0, "style")
+    mm.unload_all_models()
+    mm.load_models_gpu([base, uncond])
+    u_alone = uncond.model.apply_model(x, sigma, ideogram4_velocity=True)
+    mm.load_models_gpu([base, uncond, second])
+    u_both, s_both = (m.model.apply_model(x, sigma, ideogram4_velocity=True) for m in (uncond, second))
+    r["two_views"] = {"first_kept": bool(torch.equal(u_both, u_alone)), "differ": rel(s_both, u_both),
+                      "loaded": sum(l.model is uncond or l.model is second for l in mm.current_loaded_models)}
     mm.unload_all_models()
     # an unloaded view leaves no patch (nor device copy) on the base's layers
     r["view_patches_after_unload"] = sum(1 for m in base.model.diffusion_model.modules()
-                                         if any(k[0] == "view" for k in (getattr(m, "role_patches", None) or {})))
+                                         if any(k[0].startswith("view:") for k in (getattr(m, "role_patches", None) or {})))
 print("RESULT " + json.dumps(res))
 '''
 
@@ -126,3 +135,9 @@ def test_unconditional_from_lora_holds_one_base(result, fmt):
     assert "unconditional (shares the conditional weights; LoRA only)" in r["plan"], r["plan"]
     assert "1 text-projection weights skipped" in "\n".join(r["lines"]), r["lines"]
     assert r["view_patches_after_unload"] == 0, r
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_two_unconditional_models_on_one_base_keep_their_own_lora(result, fmt):
+    t = result[fmt]["two_views"]
+    assert t["loaded"] == 2 and t["first_kept"] and t["differ"] > 1e-3, t
