@@ -98,6 +98,13 @@ for name in loha_modules:
     loha[f"diffusion_model.{name}.alpha"] = torch.tensor(2.0)
 save_file(loha, str(loras / "loha.safetensors"))
 lh = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "loha.safetensors", 1.0)[0]
+mm.unload_all_models()
+mm.load_models_gpu([lh], force_full_load=True)  # resident: merged from the bf16 copies made once
+loha_resident = lh.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
+lh.detach()
+lh.load(torch.device("cpu"), lowvram_model_memory=1)  # streamed: ComfyUI's patch, cast on every call
+loha_streamed = lh.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
+lh.detach()
 n = {name: m.in_features * m.out_features for name, m in dit.named_modules() if isinstance(m, QuantizedLinear)}
 block_n = max(v for k, v in n.items() if not k.startswith("llm_cond"))
 res["merge"] = {"plain": sorted(lp.merged_layers()), "loha": sorted(lh.merged_layers()),
@@ -107,7 +114,8 @@ res["merge"] = {"plain": sorted(lp.merged_layers()), "loha": sorted(lh.merged_la
                 "want_plain": [2 * block_n, 2 * n["llm_cond_proj"]],
                 "want_loha": [max(2 * block_n, 6 * n["layers.0.attention.qkv"]), 6 * n["llm_cond_proj"]],
                 "act_plain": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lp)),
-                "act_loha": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lh))}
+                "act_loha": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lh)),
+                "loha_streamed_equal": bool(torch.equal(loha_resident, loha_streamed))}
 
 # the unconditional model = base + LoRA: its size is its copies (every LoRA tensor, bf16), all of them loaded
 mm.unload_all_models()
@@ -160,6 +168,7 @@ def test_patches_merged_on_every_call_are_in_the_decode_estimate(result):
     assert m["plain"] == [] and m["plain_temps"] == m["want_plain"], m  # a plain LoRA runs as a side branch
     assert m["loha"] == ["layers.0.attention.qkv", "llm_cond_proj"], m
     assert m["loha_temps"] == m["want_loha"] and m["act_loha"] > m["act_plain"], m
+    assert m["loha_streamed_equal"], m  # a merged adapter from the compute-dtype copies == ComfyUI's cast per call
 
 
 def test_unconditional_lora_size_is_its_device_copies(result):
