@@ -300,7 +300,16 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         n_img = int(input_shape[-1] * input_shape[-2])
         n_txt = max((int(s[1]) for s in cond_shapes.get("ideogram4_text", [])), default=0)
         return activation_estimate(self.diffusion_model, b, n_img, n_txt, self.current_device(),
-                                   merged_layers(self.current_patcher))
+                                   merged_layers(*self._patchers_of_this_base()))
+
+    def _patchers_of_this_base(self) -> list:
+        """The patcher running this model and the unconditional models of its guider that run on the same layers
+        (an unconditional-from-LoRA view of this base): their run-time patches all act on these layers."""
+        patcher = self.current_patcher
+        if patcher is None:
+            return []
+        extra = getattr(patcher, "get_additional_models_with_key", lambda key: [])("ideogram4_unconditional")
+        return [patcher] + [p for p in extra if computing_dit(dit_of(p)) is computing_dit(self.diffusion_model)]
 
     def current_device(self):
         patcher = self.current_patcher

@@ -172,6 +172,10 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     def outer_sample(self, *args, **kwargs):
         if self.uncond_patcher is not None:
             self.uncond_patcher.pre_run()
+        # ComfyUI's prepare_sampling asks the model for its memory (``memory_required``) before its pre_run sets the
+        # model's patcher: set it now, so the estimate sees this run's patches (LoHa… temporaries) and device
+        if hasattr(self.model_patcher.model, "current_patcher"):
+            self.model_patcher.model.current_patcher = self.model_patcher
         try:
             with contextlib.ExitStack() as runs:  # per-run cache of both DiTs (text rows, RoPE, mask): bit-identical
                 for patcher in (self.model_patcher, self.uncond_patcher):

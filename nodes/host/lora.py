@@ -9,6 +9,7 @@ the same model.  Unlike core, a key that maps nowhere is an error, never a log l
 from __future__ import annotations
 
 import uuid
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -105,8 +106,10 @@ def load_lora_onto(model, unconditional_model, path: str | Path, strength: float
         line = f"{role}: {name} ×{strength:g} — {mapping.describe()}; {len(weights)} weights patched"
         packed = sum(packed_module(out[role].model, k) is not None for k in weights)
         if packed:
-            line += (f" ({packed} packed: applied when the layer runs, never merged into the packed bytes; the model's "
-                     f"run-time patches take {out[role].runtime_patch_bytes() / 2**20:.1f} MiB on the device)")
+            line += f" ({packed} packed: applied when the layer runs, never merged into the packed bytes)"
+        runtime = out[role].runtime_patch_bytes()
+        if runtime:
+            line += f"; the model's run-time patches take {runtime / 2**20:.1f} MiB on the device"
         if skipped:
             line += f"; {len(skipped)} text-projection weights skipped (the unconditional pass is image-only)"
         lines.append(line)
@@ -133,6 +136,9 @@ class SharedUnconditionalDiT(torch.nn.Module):
         self.checkpoint_format = f"{base.checkpoint_format} + LoRA {lora_name} (shared base)"
         self.role = f"view:{uuid.uuid4().hex[:12]}"  # this view's slot in the base layers' run-time patches
         base.shared_view = True
+        # a view dropped while loaded (ComfyUI forgets a model without unloading it) takes its patches and their
+        # device copies off the base's layers
+        weakref.finalize(self, clear_role, weakref.ref(base), self.role)
 
     @property
     def base(self) -> torch.nn.Module:
@@ -147,6 +153,15 @@ class SharedUnconditionalDiT(torch.nn.Module):
             raise ValueError("the unconditional model built from a LoRA runs the image-only pass only")
         with active_role(self.role):
             return self.base(x, t, None, grid_hw=grid_hw, transformer_options=transformer_options)
+
+
+def clear_role(base_ref, role: str) -> None:
+    """Remove ``role``'s run-time patches from every layer of the base (a weak reference; gone: nothing to do)."""
+    base = base_ref()
+    if base is not None:
+        for module in base.modules():
+            if isinstance(module, RolePatched):
+                module.clear_role_patches(role)
 
 
 class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
@@ -189,9 +204,7 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _clear_view_patches(self) -> None:
-        for module in self._view().base.modules():
-            if isinstance(module, RolePatched):
-                module.clear_role_patches(self._view().role)
+        clear_role(weakref.ref(self._view().base), self._view().role)
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)

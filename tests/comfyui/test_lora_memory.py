@@ -117,6 +117,34 @@ res["merge"] = {"plain": sorted(lp.merged_layers()), "loha": sorted(lh.merged_la
                 "act_loha": cm.activation_estimate(dit, 1, gh * gw, 7, "cpu", cm.merged_layers(lh)),
                 "loha_streamed_equal": bool(torch.equal(loha_resident, loha_streamed))}
 
+# SamplerCustomAdvanced (the Ideogram4 Guider): ComfyUI asks the model for its memory before its own pre_run; the
+# estimate must already see this run's patcher (the LoHa temporaries) and device
+from i4pack.nodes.host import conditioning, sampler_settings
+cs = importlib.import_module("i4pack.nodes.host.comfy_sampling")
+settings = sampler_settings.settings_from_inputs("custom", steps=1, mu=0.0, std=1.0, guidance=5.0, polish_steps=0,
+                                                 polish_guidance=1.0)
+image_only = cm.load_model_patcher(path, weight_dtype="bf16", image_only=True)
+asked, real_required = [], cm.Ideogram4NativeModel.memory_required
+def spy(self, input_shape, cond_shapes={}):
+    out = real_required(self, input_shape, cond_shapes)
+    asked.append((self.current_patcher is not None, int(input_shape[0]), int(out)))
+    return out
+cm.Ideogram4NativeModel.memory_required = spy
+try:
+    for name, patcher in (("plain", lp), ("loha", lh)):
+        mm.unload_all_models()
+        asked.clear()
+        guider = cs.Ideogram4Guider(patcher, image_only, sampler_settings.GuidanceSpec.from_inputs("custom", 5.0, 0, 1.0))
+        guider.set_positive(conditioning.make_conditioning(feats[:1], [7]))
+        latent = cs.empty_latent(1, 128, 16, 16)
+        guider.sample(cs.Ideogram4Noise(5).generate_noise({"samples": latent}), latent, cs.Ideogram4KSampler(),
+                      cs.make_sigmas(settings, 256, 256), seed=5, disable_pbar=True)
+        res["merge"][f"guider_{name}"] = asked[:]
+        res["merge"][f"guider_{name}_want"] = cm.activation_estimate(dit, 1, 256, 7, "cpu", cm.merged_layers(patcher))
+finally:
+    cm.Ideogram4NativeModel.memory_required = real_required
+mm.unload_all_models()
+
 # the unconditional model = base + LoRA: its size is its copies (every LoRA tensor, bf16), all of them loaded
 mm.unload_all_models()
 uncond, _ = lora_host.unconditional_from_lora(base, loras / "kohya.safetensors", 1.0, "kohya")
@@ -132,6 +160,20 @@ uncond.load(torch.device("cpu"), lowvram_model_memory=1)
 u["partial_loaded"] = int(uncond.loaded_size())
 u["partial_held"], _ = copies(uncond, uncond.model.diffusion_model.role)
 uncond.detach()
+
+# a view ComfyUI forgets while it is loaded (the node re-ran with another strength): its patches leave the base
+import gc
+dropped, _ = lora_host.unconditional_from_lora(base, loras / "kohya.safetensors", 0.5, "dropped")
+role = dropped.model.diffusion_model.role
+def role_layers():
+    return sum(1 for m in dit.modules() if any(k[0] == role for k in (getattr(m, "role_patches", None) or {})))
+mm.load_models_gpu([base, dropped])
+res["dropped"] = {"while_loaded": role_layers()}
+del dropped
+gc.collect()
+mm.cleanup_models()
+res["dropped"]["after_drop"] = role_layers()
+mm.unload_all_models()
 print("RESULT " + json.dumps(res))
 '''
 
@@ -169,6 +211,20 @@ def test_patches_merged_on_every_call_are_in_the_decode_estimate(result):
     assert m["loha"] == ["layers.0.attention.qkv", "llm_cond_proj"], m
     assert m["loha_temps"] == m["want_loha"] and m["act_loha"] > m["act_plain"], m
     assert m["loha_streamed_equal"], m  # a merged adapter from the compute-dtype copies == ComfyUI's cast per call
+
+
+def test_the_guiders_memory_estimate_sees_the_runs_patches(result):
+    m = result["merge"]
+    for name in ("plain", "loha"):
+        asked = m[f"guider_{name}"]
+        assert asked and all(has_patcher for has_patcher, _, _ in asked), asked  # asked with the patcher set
+        assert [est for _, b, est in asked if b == 1] == [m[f"guider_{name}_want"]], (name, asked)
+    assert m["guider_loha_want"] > m["guider_plain_want"], m
+
+
+def test_a_dropped_view_leaves_no_patch_on_the_base(result):
+    d = result["dropped"]
+    assert d["while_loaded"] > 0 and d["after_drop"] == 0, d
 
 
 def test_unconditional_lora_size_is_its_device_copies(result):
