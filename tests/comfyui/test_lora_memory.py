@@ -4,8 +4,9 @@ A packed (fp8) layer's LoRA is never merged: its factors are copied once to the 
 layer runs.  Those copies are memory ComfyUI must know of, or a card that looks full-enough runs out: they are
 kept in the compute dtype (half the bytes of an fp32 LoRA file on a bf16 model, and no cast per call), they
 are part of ``model_size()`` and ``loaded_size()``, a partial unload that streams a layer frees (and reports)
-its copies, an unload leaves none; a patch merged into the decoded weight on every call (LoHa…) has its
-temporaries in the decode estimate.  The figures are checked against the factors written to the file, not
+its copies, an unload leaves none, and a view ComfyUI drops while loaded leaves none on the base; a patch merged into
+the decoded weight on every call (LoHa…) has its temporaries in the decode estimate, also in the estimate ComfyUI asks
+for under SamplerCustomAdvanced (before its own pre_run).  The figures are checked against the factors written to the file, not
 against the code's own sums; the output with the copies equals the streamed output, which casts per call.
 
 Skipped unless ``COMFYUI_PATH`` is set.
