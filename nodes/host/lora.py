@@ -138,7 +138,7 @@ class SharedUnconditionalDiT(torch.nn.Module):
         base.shared_view = True
         # a view dropped while loaded (ComfyUI forgets a model without unloading it) takes its patches and their
         # device copies off the base's layers
-        weakref.finalize(self, clear_role, weakref.ref(base), self.role)
+        weakref.finalize(self, clear_role, weakref.ref(base), self.role).atexit = False
 
     @property
     def base(self) -> torch.nn.Module:
