@@ -7,7 +7,9 @@ written in bf16 and official fp8, LoRAs of rank 16 on every layer's attention an
 ComfyUI's core ``load_lora_for_models`` (what ``LoraLoaderModelOnly`` calls), the model is loaded by
 ``load_models_gpu`` and one step (conditional + image-only pass) is timed.  On bf16 ComfyUI merges the
 LoRA into the weights once (no per-step cost); on fp8 the patch is applied to the decoded weight each
-time a layer runs.  ``--device cuda`` times on a GPU (if ComfyUI sees one).
+time a layer runs (from copies of the LoRA made once on the device, counted in ComfyUI's loaded size).  Each row
+also prints what ComfyUI counts as loaded and, on CUDA, what the device allocated for the load, so the two can be
+compared.  ``--device cuda`` times on a GPU (if ComfyUI sees one).
 """
 
 from __future__ import annotations
@@ -76,10 +78,17 @@ def main(argv=None) -> None:
                 for lora in loras[:n]:
                     patcher = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)[0]
                 mm.unload_all_models()
+                sync()
+                allocated0 = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
                 t0 = time.perf_counter()
                 mm.load_models_gpu([patcher], force_full_load=True)
                 sync()
                 load_s = time.perf_counter() - t0
+                # what ComfyUI counts as loaded (weights + the LoRA's run-time copies) against what the device holds
+                memory = f"ComfyUI counts {patcher.loaded_size() / 2**20:.1f} MiB loaded"
+                if allocated0 is not None:
+                    held = torch.cuda.memory_allocated(device) - allocated0
+                    memory += f", the device holds {held / 2**20:.1f} MiB more than before the load"
                 model = patcher.model
                 with torch.no_grad():
                     model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)  # warm-up
@@ -91,10 +100,11 @@ def main(argv=None) -> None:
                         model.apply_model(x, sigma, ideogram4_velocity=True)
                         sync()
                         times.append(time.perf_counter() - t0)
+                del model  # the next load replaces this patcher: ComfyUI warns of a leak if its model outlives it
                 step = min(times)
                 base_times.setdefault(fmt, step)
                 print(f"{fmt:5s} {n} LoRA(s): {step:.3f} s/step (×{step / base_times[fmt]:.2f} vs no LoRA), "
-                      f"load+patch {load_s:.2f} s")
+                      f"load+patch {load_s:.2f} s; {memory}")
         mm.unload_all_models()
 
 
