@@ -48,7 +48,8 @@ from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
 from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
-from .lora_patching import Ideogram4ModelPatcher, RolePatched, install_key_map_hook
+from .lora_patching import (Ideogram4ModelPatcher, RolePatched, clear_dead_roles, computing_dit,
+                            install_key_map_hook)
 from .text_projection_release import text_projection_hook
 from .offload import system_ram_budget
 
@@ -280,6 +281,7 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
                 if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
                     lengths = lengths * (b // len(lengths))
         tokens = lat.comfy_to_tokens(x.to(torch.float32))
+        clear_dead_roles(computing_dit(self.diffusion_model))  # patches of views dropped since the last call
         v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths,
                                  transformer_options=transformer_options)
         v = lat.tokens_to_comfy(v, gh, gw)
@@ -404,12 +406,6 @@ def merged_layers(*patchers) -> frozenset:
         if callable(own):
             out |= own()
     return out
-
-
-def computing_dit(dit: torch.nn.Module) -> torch.nn.Module:
-    """The DiT whose layers run: the base of an unconditional model built as "base + LoRA", else ``dit``."""
-    base = getattr(dit, "base", None)
-    return dit if base is None else base
 
 
 def activation_estimate(dit: torch.nn.Module, batch: int, n_img: int, n_txt: int, device=None,

@@ -185,9 +185,10 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                 return super().outer_sample(*args, **kwargs)
         finally:
             self._last = None
-            model = self.model_patcher.model
-            if getattr(model, "current_patcher", None) is self.model_patcher:  # ComfyUI's cleanup did not run (error)
-                model.current_patcher = None
+            for patcher in (self.model_patcher, self.uncond_patcher):  # ComfyUI's cleanup did not run (an error)
+                model = getattr(patcher, "model", None)
+                if getattr(model, "current_patcher", None) is patcher:
+                    model.current_patcher = None
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         k, t_val = self._step(timestep)

@@ -24,8 +24,8 @@ from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
 from . import lora_branch
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
-from .lora_patching import (Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module, patch_tensors,
-                            runtime_patch, split_key, unshareable_keys)
+from .lora_patching import (DEAD_ROLES, Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module,
+                            patch_tensors, role_died, runtime_patch, split_key, unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
 
@@ -136,9 +136,10 @@ class SharedUnconditionalDiT(torch.nn.Module):
         self.checkpoint_format = f"{base.checkpoint_format} + LoRA {lora_name} (shared base)"
         self.role = f"view:{uuid.uuid4().hex[:12]}"  # this view's slot in the base layers' run-time patches
         base.shared_view = True
-        # a view dropped while loaded (ComfyUI forgets a model without unloading it) takes its patches and their
-        # device copies off the base's layers
-        weakref.finalize(self, clear_role, weakref.ref(base), self.role).atexit = False
+        if not hasattr(base, DEAD_ROLES):
+            setattr(base, DEAD_ROLES, [])
+        # dropped while loaded: its patches leave the base's layers at the next load or model call (lora_patching)
+        weakref.finalize(self, role_died, weakref.ref(base), self.role).atexit = False
 
     @property
     def base(self) -> torch.nn.Module:
@@ -153,15 +154,6 @@ class SharedUnconditionalDiT(torch.nn.Module):
             raise ValueError("the unconditional model built from a LoRA runs the image-only pass only")
         with active_role(self.role):
             return self.base(x, t, None, grid_hw=grid_hw, transformer_options=transformer_options)
-
-
-def clear_role(base_ref, role: str) -> None:
-    """Remove ``role``'s run-time patches from every layer of the base (a weak reference; gone: nothing to do)."""
-    base = base_ref()
-    if base is not None:
-        for module in base.modules():
-            if isinstance(module, RolePatched):
-                module.clear_role_patches(role)
 
 
 class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
@@ -204,7 +196,9 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _clear_view_patches(self) -> None:
-        clear_role(weakref.ref(self._view().base), self._view().role)
+        for module in self._view().base.modules():
+            if isinstance(module, RolePatched):
+                module.clear_role_patches(self._view().role)
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)

@@ -146,6 +146,36 @@ class RolePatched:
             self.set_role_patch(role, None, leaf)
 
 
+def computing_dit(dit: torch.nn.Module) -> torch.nn.Module:
+    """The DiT whose layers run: the base of an unconditional model built as "base + LoRA", else ``dit``."""
+    base = getattr(dit, "base", None)
+    return dit if base is None else base
+
+
+# A view dropped while loaded (ComfyUI forgets a model without unloading it) must take its run-time patches (and their
+# device copies) off the base.  Its finalizer may run wherever the garbage collector runs — inside another update
+# of a layer's patches, or on another thread — so it only appends the role to the base's list; the executor's next
+# load, unload or model call clears those roles (:func:`clear_dead_roles`).
+DEAD_ROLES = "_ideogram4_dead_roles"
+
+
+def role_died(base_ref, role: str) -> None:
+    """Finalizer of a view: ``role`` is dead (a weak reference to the base; gone: nothing to do)."""
+    base = base_ref()
+    if base is not None:
+        getattr(base, DEAD_ROLES).append(role)
+
+
+def clear_dead_roles(dit: torch.nn.Module) -> None:
+    """Remove the run-time patches of every dead role from ``dit``'s layers (on the executor's thread)."""
+    dead = getattr(dit, DEAD_ROLES, None)
+    while dead:
+        role = dead.pop()
+        for module in dit.modules():
+            if isinstance(module, RolePatched):
+                module.clear_role_patches(role)
+
+
 def runtime_patch(patches: dict, key: str, device=None, dtype=None):
     """ComfyUI's ``LowVramPatch`` for ``key`` (applied to a weight when the layer runs), its tensors on ``device``
     in ``dtype`` (the compute dtype)."""
@@ -281,6 +311,7 @@ class Ideogram4ModelPatcher(HomePatcher):
                     module.set_role_patch("own", None, leaf)
 
     def load(self, *args, **kwargs):
+        clear_dead_roles(computing_dit(self.model.diffusion_model))
         out = super().load(*args, **kwargs)
         self._settle_lowvram_patches()
         return out
@@ -292,6 +323,7 @@ class Ideogram4ModelPatcher(HomePatcher):
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+        clear_dead_roles(computing_dit(self.model.diffusion_model))
         if unpatch_weights:
             for module in self.model.modules():
                 if isinstance(module, RolePatched):

@@ -4,10 +4,12 @@ A packed (fp8) layer's LoRA is never merged: its factors are copied once to the 
 layer runs.  Those copies are memory ComfyUI must know of, or a card that looks full-enough runs out: they are
 kept in the compute dtype (half the bytes of an fp32 LoRA file on a bf16 model, and no cast per call), they
 are part of ``model_size()`` and ``loaded_size()``, a partial unload that streams a layer frees (and reports)
-its copies, an unload leaves none, and a view ComfyUI drops while loaded leaves none on the base; a patch merged into
+its copies, an unload leaves none, and a view ComfyUI drops while loaded leaves none on the base after the next model
+call (its finalizer only records it: it may run anywhere the garbage collector runs); a patch merged into
 the decoded weight on every call (LoHa…) has its temporaries in the decode estimate, also in the estimate ComfyUI asks
-for under SamplerCustomAdvanced (before its own pre_run).  The figures are checked against the factors written to the file, not
-against the code's own sums; the output with the copies equals the streamed output, which casts per call.
+for under SamplerCustomAdvanced (before its own pre_run), and a failed run leaves no model pointing at its patcher.
+The figures are checked against the factors written to the file, not against the code's own sums; the output with the
+copies equals the streamed output, which casts per call.
 
 Skipped unless ``COMFYUI_PATH`` is set.
 """
@@ -145,6 +147,19 @@ try:
 finally:
     cm.Ideogram4NativeModel.memory_required = real_required
 mm.unload_all_models()
+# a run that fails (an interrupt, an error in a sampler) leaves neither model pointing at its patcher
+class Failing(cs.Ideogram4KSampler):
+    def sample(self, *args, **kwargs):
+        raise RuntimeError("stopped")
+guider = cs.Ideogram4Guider(lh, image_only, sampler_settings.GuidanceSpec.from_inputs("custom", 5.0, 0, 1.0))
+guider.set_positive(conditioning.make_conditioning(feats[:1], [7]))
+try:
+    guider.sample(cs.Ideogram4Noise(5).generate_noise({"samples": latent}), latent, Failing(),
+                  cs.make_sigmas(settings, 256, 256), seed=5, disable_pbar=True)
+except RuntimeError:
+    pass
+res["merge"]["after_error"] = [lh.model.current_patcher is None, image_only.model.current_patcher is None]
+mm.unload_all_models()
 
 # the unconditional model = base + LoRA: its size is its copies (every LoRA tensor, bf16), all of them loaded
 mm.unload_all_models()
@@ -170,9 +185,11 @@ def role_layers():
     return sum(1 for m in dit.modules() if any(k[0] == role for k in (getattr(m, "role_patches", None) or {})))
 mm.load_models_gpu([base, dropped])
 res["dropped"] = {"while_loaded": role_layers()}
+gc.disable()  # freed by reference counting, as ComfyUI drops a node's outputs (no cyclic collection needed)
 del dropped
-gc.collect()
-mm.cleanup_models()
+res["dropped"]["recorded_dead"] = role in getattr(dit, "_ideogram4_dead_roles", [])
+base.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)  # the executor's next model call
+gc.enable()
 res["dropped"]["after_drop"] = role_layers()
 mm.unload_all_models()
 print("RESULT " + json.dumps(res))
@@ -221,11 +238,12 @@ def test_the_guiders_memory_estimate_sees_the_runs_patches(result):
         assert asked and all(has_patcher for has_patcher, _, _ in asked), asked  # asked with the patcher set
         assert [est for _, b, est in asked if b == 1] == [m[f"guider_{name}_want"]], (name, asked)
     assert m["guider_loha_want"] > m["guider_plain_want"], m
+    assert m["after_error"] == [True, True], m
 
 
 def test_a_dropped_view_leaves_no_patch_on_the_base(result):
     d = result["dropped"]
-    assert d["while_loaded"] > 0 and d["after_drop"] == 0, d
+    assert d["while_loaded"] > 0 and d["recorded_dead"] and d["after_drop"] == 0, d
 
 
 def test_unconditional_lora_size_is_its_device_copies(result):
