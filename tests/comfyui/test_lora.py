@@ -180,6 +180,7 @@ def test_pack_node_stacks_targets_and_reports(result):
     report = "\n".join(node["report"])
     assert "conditional: kohya ×0.8 — LoRA in kohya / musubi-tuner" in report, report
     assert "packed: applied when the layer runs" in report, report
+    assert "the model's run-time patches take" in report and "MiB on the device" in report, report  # their memory
     assert "unconditional: third ×1.2" in report and "1 text-projection weights skipped" in report, report
     assert node["strength0_same"]
 

@@ -134,6 +134,7 @@ def test_unconditional_from_lora_holds_one_base(result, fmt):
     assert r["rss_view"] < 0.5 * r["rss_separate"] and r["rss_separate"] > 0.5 * base_size, r
     assert "unconditional (shares the conditional weights; LoRA only)" in r["plan"], r["plan"]
     assert "1 text-projection weights skipped" in "\n".join(r["lines"]), r["lines"]
+    assert "MiB in the file" in r["lines"][1] and "MiB on the device in float32" in r["lines"][1], r["lines"]
     assert r["view_patches_after_unload"] == 0, r
 
 
