@@ -221,7 +221,8 @@ def main(argv=None):
     if device.type == "cpu" and not args.cpu_smoke:
         sys.exit("no CUDA device: use --cpu-smoke for the code-path check")
     print(f"torch {torch.__version__}, device {device}")
-    out = Results(args.json, device=str(device), torch=torch.__version__)
+    out = Results(args.json, device=str(device), torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name() if device.type == "cuda" else "")
     wanted = [s for s in args.sections.split(",") if s]
     ok = True
     # quick sections first: the long speed section must not keep the plan and the parity from being reported

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check in one command (step limits add up to 430 s, so one H100/H200 call stays under 8 min):
+# Every GPU check in one command (step limits add up to 440 s, so one H100/H200 call stays under 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
 #   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel test,
 #   and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM
-#   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step.
+#   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step; last, issue 13's
+#   targets against the figures, as a markdown table ($OUT/targets.md).
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU machine; log + JSON in $OUT (or /tmp)
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # code-path check on a CPU (tiny model), ~3 min
@@ -81,5 +82,7 @@ else
   echo; echo "######## ours vs core, system RAM, LoRA cost: skipped (COMFYUI_PATH unset or ComfyUI does not import)"
 fi
 rm -rf "$SCRATCH"
+# issue 13's targets against what was measured, as a markdown table (also in $DEST/targets.md)
+step 10 "targets (benchmarks/gpu_targets.py)" "$PY" benchmarks/gpu_targets.py --dir "$DEST" --out "$DEST/targets.md"
 echo; echo "gpu_check done: status $status (log and JSON in $DEST)"
 exit $status

@@ -129,3 +129,39 @@ def test_a_failing_section_keeps_the_others_and_their_json(monkeypatch, tmp_path
     nf4_16 = [r for r in saved["plan"] if r["format"] == "nf4" and r["cap_gib"] == 16]
     assert nf4_16 and all(r["mode"] == "resident" for r in nf4_16)
     assert "!! section parity failed" in capsys.readouterr().out
+
+
+def test_targets_table_judges_each_issue_13_target(tmp_path):
+    import json
+
+    import gpu_targets
+
+    # the step's FLOPs from the real configuration: the issue's ≈ 1.7e14 for both passes at 1024²
+    assert 1.65e14 < gpu_targets.step_flops(1024, 512) < 1.8e14
+    rows = [{"format": f, "size": 1024, "s_per_step": s, "peak_vram_gib": 40.0, "weights_gib": 18.0, "build_s": 1.0}
+            for f, s in (("bf16", 0.25), ("fp8", 0.27), ("fp8_fast", 0.17), ("nf4", 0.27))]
+    rows.append({"format": "fp8_scaled", "error": "RuntimeError: boom"})
+    check = {"device": "cuda", "gpu": "NVIDIA H200", "torch": "2.11.0", "speed": rows,
+             "plan": [{"format": "nf4", "size": 1024, "cap_gib": 16, "mode": "resident", "streamed_gib": 0.0,
+                       "reserve_gib": 1.0},
+                      {"format": "bf16", "size": 2048, "cap_gib": 12, "mode": "partial", "streamed_gib": 26.4,
+                       "reserve_gib": 3.3}],
+             "parity": [{"dtype": "bf16", "case": "cond", "rel_err": 0.01, "tol": 0.03, "ok": True}]}
+    (tmp_path / "gpu_check.json").write_text(json.dumps(check))
+    (tmp_path / "vs_core.json").write_text(json.dumps({"ours_s": 0.2, "core_s": 0.3, "config": "34×4608", "size": 1024}))
+    assert gpu_targets.main(["--dir", str(tmp_path), "--out", str(tmp_path / "targets.md")]) == 0
+    verdicts = {a: (b, c) for a, b, c in gpu_targets.targets(check, json.loads((tmp_path / "vs_core.json").read_text()))}
+    assert verdicts["bf16, 1024² Default-20 ≤ 5 s"] == ("5.00 s", "met")  # 20 × 0.25 s
+    share = next(v for k, v in verdicts.items() if k.startswith("bf16 step ≥ 85 %"))
+    assert share == (f"{100 * gpu_targets.step_flops(1024, 512) / 989e12 / 0.25:.0f} %", "**not met**")
+    assert verdicts["fp8 exact ≤ bf16 + 5 %"] == ("5.40 s (×1.08)", "**not met**")
+    assert verdicts["nf4 ≤ bf16 + 10 %"] == ("5.40 s (×1.08)", "met")
+    assert verdicts["fp8 fast, 1024² Default-20 ≤ 3.5 s"] == ("3.40 s", "met")
+    assert next(v for k, v in verdicts.items() if k.startswith("≥ 1.3× faster"))[1] == "met"  # 0.3 / 0.2 = 1.5×
+    assert verdicts["16 GB card: both nf4 models resident (plan, 1024²)"] == ("resident", "met")
+    assert verdicts["2048² within 12 GB, bf16 (plan)"][1] == "met"
+    table = (tmp_path / "targets.md").read_text()
+    assert "NVIDIA H200" in table and "fp8_scaled: FAILED RuntimeError: boom" in table
+    # nothing measured (a run stopped early): every target says so instead of failing
+    empty = gpu_targets.targets({"device": "cuda"}, None)
+    assert all(c == "n/a" for _, _, c in empty), empty
