@@ -21,11 +21,10 @@ import comfy.utils
 
 from ...model.dit import TEXT_PROJECTION_MODULES
 from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
-from . import lora_branch
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
-from .lora_patching import (DEAD_ROLES, Ideogram4ModelPatcher, RolePatched, active_role, device_bytes, packed_module,
-                            patch_tensors, role_died, runtime_patch, split_key, unshareable_keys)
+from .lora_patching import (DEAD_ROLES, Ideogram4ModelPatcher, active_role, clear_role, packed_module, patch_tensors,
+                            role_died, runtime_patch, split_key, unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
 
@@ -179,16 +178,10 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         self.patches_uuid = uuid.uuid4()
         return accepted
 
-    def runtime_patch_bytes(self) -> int:
-        """Every patch of the view is a run-time patch of a base layer, its copies on the load device in the
-        compute dtype: ComfyUI counts them as this model's size (the base belongs to the conditional model)."""
-        dtype = self._compute_dtype()
-        return sum(device_bytes(entries, dtype) for entries in self.patches.values())
-
-    def merged_layers(self) -> frozenset:
-        """As the base patcher's, for the base's layers this view patches (every patch is a run-time one)."""
-        return frozenset(split_key(k.removeprefix("diffusion_model."))[0] for k, entries in self.patches.items()
-                         if split_key(k)[1] == "weight" and lora_branch.terms_of_entries(entries) is None)
+    def runtime_keys(self) -> list:
+        """Every patch of the view is a run-time patch of a base layer, its copies on the load device: ComfyUI
+        counts them as this model's size (the base belongs to the conditional model)."""
+        return list(self.patches)
 
     def lora_bytes(self) -> int:
         """Bytes of the LoRA's tensors as they were read (each counted once)."""
@@ -196,9 +189,7 @@ class Ideogram4ViewPatcher(Ideogram4ModelPatcher):
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _clear_view_patches(self) -> None:
-        for module in self._view().base.modules():
-            if isinstance(module, RolePatched):
-                module.clear_role_patches(self._view().role)
+        clear_role(self._view().base, self._view().role)
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)

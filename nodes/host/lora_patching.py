@@ -166,14 +166,18 @@ def role_died(base_ref, role: str) -> None:
         getattr(base, DEAD_ROLES).append(role)
 
 
+def clear_role(model: torch.nn.Module, role: str) -> None:
+    """Remove ``role``'s run-time patches from every layer of ``model``."""
+    for module in model.modules():
+        if isinstance(module, RolePatched):
+            module.clear_role_patches(role)
+
+
 def clear_dead_roles(dit: torch.nn.Module) -> None:
     """Remove the run-time patches of every dead role from ``dit``'s layers (on the executor's thread)."""
     dead = getattr(dit, DEAD_ROLES, None)
     while dead:
-        role = dead.pop()
-        for module in dit.modules():
-            if isinstance(module, RolePatched):
-                module.clear_role_patches(role)
+        clear_role(dit, dead.pop())
 
 
 def runtime_patch(patches: dict, key: str, device=None, dtype=None):
@@ -232,17 +236,19 @@ class Ideogram4ModelPatcher(HomePatcher):
     def _compute_dtype(self):
         return self.model.diffusion_model.compute_dtype
 
+    def runtime_keys(self) -> list:
+        """The patched keys applied when their layer runs (never merged into the stored weight)."""
+        return [k for k in self.patches if self._runtime_layer(k, strict=False) is not None]
+
     def layer_patch_bytes(self) -> dict:
         """{layer name: bytes its run-time patches take on the load device} (cached per patch set)."""
         key = (self.patches_uuid, self._compute_dtype(), len(self.patches), _is_shared(self.model))
         cached = getattr(self, "_runtime_patch_bytes", None)
         if cached is None or cached[0] != key:
             sizes: dict = {}
-            dtype = key[1]
-            for k, entries in self.patches.items():
-                if self._runtime_layer(k, strict=False) is not None:
-                    name = split_key(k)[0]
-                    sizes[name] = sizes.get(name, 0) + device_bytes(entries, dtype)
+            for k in self.runtime_keys():
+                name = split_key(k)[0]
+                sizes[name] = sizes.get(name, 0) + device_bytes(self.patches[k], key[1])
             cached = self._runtime_patch_bytes = (key, sizes)
         return cached[1]
 
@@ -253,9 +259,8 @@ class Ideogram4ModelPatcher(HomePatcher):
     def merged_layers(self) -> frozenset:
         """Names (in the DiT) of the layers whose run-time weight patch is merged into the decoded weight on every
         call (not only plain LoRAs, which run as a side branch): each such call holds weight-sized temporaries."""
-        return frozenset(split_key(k)[0].removeprefix("diffusion_model.") for k, entries in self.patches.items()
-                         if split_key(k)[1] == "weight" and self._runtime_layer(k, strict=False) is not None
-                         and lora_branch.terms_of_entries(entries) is None)
+        return frozenset(split_key(k)[0].removeprefix("diffusion_model.") for k in self.runtime_keys()
+                         if split_key(k)[1] == "weight" and lora_branch.terms_of_entries(self.patches[k]) is None)
 
     def weight_bytes(self) -> int:
         """ComfyUI's size of the weights alone (``module_size``; a clone is handed its parent's ``model_size()``,
@@ -325,6 +330,4 @@ class Ideogram4ModelPatcher(HomePatcher):
         super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
         clear_dead_roles(computing_dit(self.model.diffusion_model))
         if unpatch_weights:
-            for module in self.model.modules():
-                if isinstance(module, RolePatched):
-                    module.clear_role_patches("own")
+            clear_role(self.model, "own")
