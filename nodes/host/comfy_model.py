@@ -75,6 +75,19 @@ class _EagerInit:
         return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
+def upload_streamed(tensors, device):
+    """(offload stream, ``tensors`` on ``device``): a streamed layer's tensors through ComfyUI's offload path (its
+    offload stream, ``non_blocking`` copies, staged in the pinned ring on CUDA so they overlap compute), ready to
+    use.  Hand the stream and the first and last uploads to ``comfy.ops.uncast_bias_weight`` once the layer is done,
+    so the stream reuses their memory only then."""
+    stream = mm.get_offload_stream(device)
+    non_blocking = mm.device_supports_non_blocking(device)
+    ring = staging_ring.ring_for(device)
+    moved = [staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring) for t in tensors]
+    mm.sync_stream(device, stream)
+    return stream, moved
+
+
 class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBiasOp):
     """Packed fp8 / nf4 Linear that ComfyUI can offload, stream and patch.
 
@@ -95,13 +108,7 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
     def forward_comfy_cast_weights(self, x: torch.Tensor) -> torch.Tensor:
         # Streamed (or patched) layer: the packed storage and scales take ComfyUI's offload path (an
         # offload stream, non_blocking copies), then they are decoded on the compute device.
-        device = x.device
-        stream = mm.get_offload_stream(device)
-        non_blocking = mm.device_supports_non_blocking(device)
-        ring = staging_ring.ring_for(device)  # pinned staging (CUDA): the copies overlap compute
-        moved = [staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring)
-                 for t in (*self.storage(), self.bias)]
-        mm.sync_stream(device, stream)
+        stream, moved = upload_streamed((*self.storage(), self.bias), x.device)
         # plain LoRAs run as a low-rank side branch (no weight-sized merge per call); other patches are merged
         functions, terms = lora_branch.split_functions(self._functions("weight"))
         bias_functions = self._functions("bias")
@@ -167,11 +174,7 @@ class ComfyOps:
             bias_functions = ([b_patch] if b_patch is not None else []) + list(self.bias_function)
             device, stream, moved = x.device, None, (self.weight, self.bias)
             if self.comfy_cast_weights:  # streamed: ComfyUI's offload path, as core's layers and the packed ones take
-                stream = mm.get_offload_stream(device)
-                non_blocking = mm.device_supports_non_blocking(device)
-                ring = staging_ring.ring_for(device)
-                moved = tuple(staging_ring.upload(t, device, stream, non_blocking, mm.cast_to, ring) for t in moved)
-                mm.sync_stream(device, stream)
+                stream, moved = upload_streamed(moved, device)
             # a copy only where a patch writes into the weight and it is still the stored one (a merge works in place)
             weight = moved[0].to(device=device, dtype=x.dtype, copy=bool(functions) and moved[0] is self.weight)
             for fn in functions:
