@@ -24,6 +24,9 @@ import math
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 # Dense bf16 tensor-core peak (FLOP/s, no sparsity) by a substring of torch.cuda.get_device_name().
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "RTX 4090": 165e12,
              "RTX 6000 Ada": 364e12}
@@ -32,7 +35,6 @@ DEFAULT_STEPS = 20  # the Default preset
 
 def step_flops(size: int, text_tokens: int) -> float:
     """FLOPs of one step (conditional pass with ``text_tokens`` + image-only pass) of the real 9.3B DiT."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from model.dit.config import DiTConfig
 
     cfg = DiTConfig()

@@ -14,6 +14,7 @@ import torch
 
 from ...model.checkpoints.fp8_matmul import fast_fp8_report, fp8_layers, kernel_available
 from .comfy_model import dit_of, require_ideogram4
+from .lora_patching import computing_dit
 
 PROBE_BLOCK = "layers.0."  # the deviation is measured on the first block's Linears (decoding all 200+: ~30 s on a CPU)
 
@@ -27,7 +28,7 @@ def with_fast_fp8(patcher, what: str):
     """(clone of ``patcher`` whose fp8 layers run the fast matmul, report line) — ValueError without fp8 layers."""
     require_ideogram4(patcher, what)
     dit = dit_of(patcher)
-    if getattr(dit, "base", None) is not None:  # an unconditional model built from a LoRA on the conditional base
+    if computing_dit(dit) is not dit:  # an unconditional model built from a LoRA on the conditional base
         return patcher, (f"{what}: shares the conditional model's layers — its pass runs the fast fp8 matmul "
                          f"exactly when the conditional model does")
     layers = fp8_layers(dit)

@@ -8,9 +8,9 @@ file mapping) into the next of ``SLOTS`` pinned buffers and uploaded from there 
 ComfyUI's offload stream; a buffer is reused only after the event recorded behind its last upload has
 completed.  All slots have one size, the largest staged tensor rounded up to a power of two (what torch's pinned
 allocator hands out anyway): 4 × 128 MiB = 0.5 GiB for the real model (its largest packed weight is 113 MB; a
-bf16 shared base's largest plain weight 127 MB), whatever the model size; 4 × 256 MiB for an fp32 shared base.  When a larger tensor arrives the slots are dropped once their uploads have finished,
-the pinned cache is emptied (so the smaller blocks do not stay locked) and the slots are allocated anew at the new
-size.  The ring's bytes are counted in ComfyUI's pinned-memory total (``TOTAL_PINNED_MEMORY``), which its own
+bf16 shared base's largest plain weight 127 MB), whatever the model size; 4 × 256 MiB for an fp32 shared base.
+When a larger tensor arrives the slots are dropped once their uploads have finished, the pinned cache is emptied
+(so the smaller blocks do not stay locked) and the slots are allocated anew at the new size.  The ring's bytes are counted in ComfyUI's pinned-memory total (``TOTAL_PINNED_MEMORY``), which its own
 pinning budget reads.  Used only on CUDA, and not when ComfyUI runs with pinned memory disabled.
 """
 
