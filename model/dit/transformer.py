@@ -135,6 +135,18 @@ def text_position_ids(text_lengths: Sequence[int], max_len: int, device=None) ->
     return out
 
 
+def _replaced_block(replace: Callable, layer: nn.Module, index: int, h, a, cos, sin, attn_mask, transformer_options):
+    """Block ``index`` through a ``patches_replace["dit"][("single_block", index)]`` function (FLUX's convention:
+    ``replace(args, {"original_block": fn})`` with ``args["img"]`` the block's input — here all ``[text ; image]``
+    rows — and the result's ``"img"`` its output; SkipLayerGuidanceDiT's replacement returns its input)."""
+    def original_block(args: dict) -> dict:
+        return {"img": layer(args["img"], args["vec"], *args["pe"], args["attn_mask"], args["transformer_options"])}
+
+    out = replace({"img": h, "vec": a, "pe": (cos, sin), "attn_mask": attn_mask, "block_index": index,
+                   "transformer_options": transformer_options}, {"original_block": original_block})
+    return out["img"]
+
+
 def _version(t: torch.Tensor) -> int:
     """In-place modification counter (inference tensors have none: -1, identity alone keys them)."""
     return -1 if t.is_inference() else t._version
@@ -220,7 +232,8 @@ class Ideogram4DiT(nn.Module):
             grid_hw: token grid (gh, gw) with gh·gw = N (pixels / 16).
             text_lengths: real token count per caption when the batch is left-padded;
                 ``None`` means every row of ``text_features`` is a real token.
-            transformer_options: passed to the attention kernel (ComfyUI's overrides live there).
+            transformer_options: passed to the attention kernel (ComfyUI's overrides live there); its
+                ``patches_replace["dit"][("single_block", i)]`` replaces block i (:func:`_replaced_block`).
 
         Returns:
             (B, N, 128) float32 velocity; the update is ``z ← z + v·(s − t)``.
@@ -260,10 +273,21 @@ class Ideogram4DiT(nn.Module):
             h = torch.cat([h_txt, h_img + emb[1]], dim=1)
             n_txt = h_txt.shape[1]
 
-        for layer in self.layers:
-            h = layer(h, a, cos, sin, attn_mask, transformer_options)
+        blocks = ((transformer_options or {}).get("patches_replace") or {}).get("dit") or {}
+        for i, layer in enumerate(self.layers):
+            replace = blocks.get(("single_block", i)) if blocks else None
+            if replace is None:
+                h = layer(h, a, cos, sin, attn_mask, transformer_options)
+            else:
+                h = _replaced_block(replace, layer, i, h, a, cos, sin, attn_mask, transformer_options)
         out = self.final_layer(h[:, n_txt:], a)
         return out.to(torch.float32)
+
+    @property
+    def replaceable_blocks(self) -> tuple:
+        """The ``transformer_options["patches_replace"]["dit"]`` keys this DiT runs: one per transformer block
+        (single-stream, as FLUX's single blocks)."""
+        return tuple(("single_block", i) for i in range(len(self.layers)))
 
     def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd, transformer_options=None):
         """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask (in the form

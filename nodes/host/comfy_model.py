@@ -37,6 +37,7 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import comfy.patcher_extension
 import comfy.supported_models_base
 
 from ...model.vae import latents as lat
@@ -50,6 +51,7 @@ from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
 from .lora_patching import (Ideogram4ModelPatcher, RolePatched, clear_dead_roles, computing_dit,
                             install_key_map_hook)
+from .model_patches import check_model_call
 from .text_projection_release import text_projection_hook
 from .offload import system_ram_budget
 
@@ -96,6 +98,14 @@ class ComfyQuantizedLinear(RolePatched, QuantizedLinear, comfy.ops.CastWeightBia
     run-time patch (``role_patches``, set by :class:`nodes.host.lora_patching.Ideogram4ModelPatcher`),
     applied on each call (plain LoRAs as a low-rank side branch: ``lora_branch``).
     """
+
+    def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:
+        """ComfyUI's ``convert_<leaf>`` hook for the stored weight (``model_patcher.get_key_weight``): the decoded
+        weight.  ComfyUI calls it on a weight this model hands out for merging (``get_key_patches``: ModelMergeSimple,
+        ModelMergeSubtract…) after casting the packed storage to a float dtype, which alone means nothing; the
+        decode reads this layer's storage and scales, on ``weight``'s device, in its dtype."""
+        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        return self.dequantized_weight(dtype, weight.device)
 
     def _functions(self, leaf: str) -> list:
         """ComfyUI's ``weight_function`` / ``bias_function`` plus this pass's run-time patch of ``leaf``."""
@@ -283,15 +293,31 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
                 lengths = [int(v) for v in (lengths.reshape(-1).tolist() if torch.is_tensor(lengths) else lengths)]
                 if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
                     lengths = lengths * (b // len(lengths))
-        tokens = lat.comfy_to_tokens(x.to(torch.float32))
         clear_dead_roles(computing_dit(self.diffusion_model))  # patches of views dropped since the last call
-        v = self.diffusion_model(tokens, time, feats, grid_hw=(gh, gw), text_lengths=lengths,
-                                 transformer_options=transformer_options)
-        v = lat.tokens_to_comfy(v, gh, gw)
+        check_model_call(transformer_options, getattr(computing_dit(self.diffusion_model), "replaceable_blocks", ()))
+        if self.manual_cast_dtype is not None:
+            raise ValueError(f"a compute dtype patch ({self.manual_cast_dtype}, e.g. ModelComputeDtype) is not applied "
+                             f"by the Ideogram 4 DiT: set the Model Loader's dtype instead")
+        # DIFFUSION_MODEL wrappers (caches…) see the diffusion model's call in ComfyUI's convention, as core models
+        # give it: the latent x, σ, the context, a mask, transformer_options; the output −v
+        out = comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._diffusion_model_call, self,
+            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                     transformer_options),
+        ).execute(x, sigma, feats, None, transformer_options, ideogram4_time=time, text_lengths=lengths)
+        v = -out
         if kwargs.get("ideogram4_velocity", False):
             return v
         # ComfyUI's flow model output is ε − x0 = −v; CONST: denoised = x − σ·out.
         return self.model_sampling.calculate_denoised(sigma, -v, x)
+
+    def _diffusion_model_call(self, x, sigma, context, attention_mask, transformer_options, *, ideogram4_time,
+                              text_lengths=None):
+        """The DiT on ComfyUI's layout: (B, 128, gh, gw) latent in, −v (ComfyUI's flow output) out."""
+        gh, gw = x.shape[-2:]
+        v = self.diffusion_model(lat.comfy_to_tokens(x.to(torch.float32)), ideogram4_time, context, grid_hw=(gh, gw),
+                                 text_lengths=text_lengths, transformer_options=transformer_options)
+        return -lat.tokens_to_comfy(v, gh, gw)
 
     def extra_conds_shapes(self, **kwargs):
         cross_attn = kwargs.get("cross_attn", None)

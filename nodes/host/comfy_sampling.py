@@ -2,7 +2,8 @@
 
 ``run_reference_sampler`` — what ``Ideogram4NativeKSampler`` runs: both DiTs loaded together
 through the memory policy, then ``sampling.sample`` (the reference loop, unchanged) with a
-progress/preview/interrupt callback.
+progress/preview/interrupt callback.  A patch it does not apply (CFG hooks, sampler wrappers, a shift…)
+is a ``ValueError`` naming it (``model_patches``).
 
 Building blocks for ``SamplerCustomAdvanced`` (together they reproduce ``sampling.sample``
 bit for bit — ``tests/comfyui/test_inprocess.py``):
@@ -13,7 +14,10 @@ bit for bit — ``tests/comfyui/test_inprocess.py``):
   image-only pass, ``v = g·v_cond + (1 − g)·v_uncond`` with ``g`` looked up by step index (the
   step is found by matching the σ passed in against the SIGMAS being sampled; no cfg = 1
   shortcut).  Returns ComfyUI's denoised estimate ``x + σ·v`` and keeps the exact velocity for
-  :func:`sample_ideogram4_euler`.
+  :func:`sample_ideogram4_euler`.  Each pass runs with its own model's options (wrappers, patches); the
+  conditional model's CFG hooks (``sampler_cfg_function``, pre-/post-CFG functions: RescaleCFG, APG,
+  SkipLayerGuidanceDiT…) are applied as ComfyUI's ``sampling_function`` applies them, and the step is then
+  the plain Euler step (not reference-exact).  Patches it does not apply are refused (``model_patches``).
 * :class:`Ideogram4KSampler` (SAMPLER, a ``KSAMPLER``) — starts from the raw noise (no CONST
   ``noise_scaling`` by σ₀ for an empty latent) and skips ``inverse_noise_scaling`` (the reference
   ends at σ = 1 − t_max ≈ 5.5e-4 without rescaling).  Its Euler step uses the guider's exact
@@ -44,7 +48,8 @@ from ...sampling import draw_noise, require_single_branch, sample, schedule_step
 from ...sampling.masks import latent_mask
 from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
-from .model_call import HostModelCall
+from .model_call import HostModelCall, call_model
+from .model_patches import CFG_HOOKS, require_applied
 from .sampler_settings import GuidanceSpec
 
 log = logging.getLogger("ideogram4_native")
@@ -112,6 +117,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self._g: Optional[torch.Tensor] = None
         self._text: Optional[tuple] = None  # (device, batch, features on device, lengths tensor)
         self._last = None
+        self._uncond_call: Optional[HostModelCall] = None
         self.step_hint: Optional[int] = None  # set by sample_ideogram4_euler before each model call
 
     def set_positive(self, positive) -> None:
@@ -161,6 +167,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                seed=None):
         if self.features is None:
             raise ValueError("Ideogram4 Guider has no positive conditioning")
+        require_applied({"conditional": self.model_patcher, "unconditional": self.uncond_patcher}, path="guider",
+                        hooks_of="conditional")
         self._prepare(sigmas)  # before ComfyUI moves the sigmas (the time attribute lives on this tensor)
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),
@@ -201,18 +209,39 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             self._text = (x.device, b, feats.to(x.device), torch.tensor(lengths, dtype=torch.long))
         _, _, feats, lengths = self._text
         t = torch.full((b,), t_val, dtype=torch.float32, device=x.device)
-        opts = model_options.get("transformer_options", {})
-        v_pos = self.inner_model.apply_model(x, timestep, c_crossattn=feats, text_lengths=lengths,
-                                             transformer_options=opts, ideogram4_time=t, ideogram4_velocity=True)
+        # each pass with its own model's options: the sampler's (the conditional model's, prepared by ComfyUI) for
+        # the conditional pass, the unconditional patcher's own for the image-only pass
+        v_pos = call_model(self.inner_model, x, timestep, {"c_crossattn": feats, "text_lengths": lengths,
+                                                            "ideogram4_time": t, "ideogram4_velocity": True},
+                           model_options.get("transformer_options", {}), model_options.get("model_function_wrapper"), 0)
+        v_neg = None
         if self.uncond_patcher is None:  # single-branch: guidance 1 was checked in _prepare
             v = v_pos
         else:
-            v_neg = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=opts, ideogram4_time=t,
-                                                          ideogram4_velocity=True)
+            if self._uncond_call is None:
+                self._uncond_call = HostModelCall(self.uncond_patcher, 1)
+                self._uncond_call.sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+            v_neg = self._uncond_call.velocity(x, timestep, ideogram4_time=t)
             v = g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
-        self._last = (x, k, v)
         sigma = timestep.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        if any(model_options.get(hook) for hook in CFG_HOOKS):
+            self._last = None  # ComfyUI's CFG hooks run on the denoised estimates: the plain Euler step follows
+            return self._with_cfg_hooks(x, timestep, sigma, v_pos, v_neg, self._values[k], model_options)
+        self._last = (x, k, v)
         return x + sigma * v  # ComfyUI's x0 = x − σ·(−v)
+
+    def _with_cfg_hooks(self, x, timestep, sigma, v_pos, v_neg, g: float, model_options):
+        """ComfyUI's pre-CFG, CFG and post-CFG functions of the conditional model (``comfy.samplers``' order and
+        arguments) on the denoised estimates of both passes; guidance ``g`` is their ``cond_scale``."""
+        cond_pred = x + sigma * v_pos
+        uncond_pred = cond_pred if v_neg is None else x + sigma * v_neg
+        positive = self.conds.get("positive")
+        out = [cond_pred, uncond_pred]
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": [positive, None], "conds_out": out, "cond_scale": g, "timestep": timestep, "input": x,
+                      "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        return comfy.samplers.cfg_function(self.inner_model, out[0], out[1], g, x, timestep,
+                                           model_options=model_options, cond=positive, uncond=None)
 
     def exact_update(self, x: torch.Tensor, k: int):
         """The reference update for step k if the guider just evaluated exactly this x."""
@@ -299,6 +328,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     info = []
     if not ours:
         info.append("warning: the conditioning was not made by Ideogram4 Native Text Encode; parity not guaranteed")
+    require_applied({"conditional": cond, "unconditional": uncond}, path="ksampler")
     t0 = time.perf_counter()
     plan = load_pair(cond, uncond, batch=batch, n_img=gh * gw, n_txt=int(feats.shape[1]))
     info += [plan.summary(), loaded_summary([cond, uncond], ["conditional", "unconditional"])]

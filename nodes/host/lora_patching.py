@@ -75,9 +75,18 @@ def _device_dtype(tensor: torch.Tensor, dtype):
     return dtype if dtype is not None and tensor.is_floating_point() and tensor.ndim else tensor.dtype
 
 
+def _decoded_by_source(value) -> bool:
+    """A ``(stored weight, convert)`` pair of another model's packed layer (``get_key_patches``, model merging):
+    the convert decodes that layer's own storage, so the stored tensor is neither moved nor counted."""
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor)
+            and isinstance(getattr(value[1], "__self__", None), QuantizedLinear))
+
+
 def _to_device(value, device, dtype=None):
     """A patch value (tensor / weight adapter / nested tuples) with its tensors on ``device`` (floating factors in
     ``dtype``)."""
+    if _decoded_by_source(value):
+        return value
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=_device_dtype(value, dtype))
     if isinstance(value, comfy.weight_adapter.WeightAdapterBase):
@@ -90,6 +99,8 @@ def _to_device(value, device, dtype=None):
 def patch_tensors(entries):
     """Every tensor of a key's patch entries, in order (one that occurs twice is yielded twice)."""
     def walk(value):
+        if _decoded_by_source(value):
+            return
         if isinstance(value, torch.Tensor):
             yield value
         elif isinstance(value, comfy.weight_adapter.WeightAdapterBase):
@@ -178,6 +189,17 @@ def clear_dead_roles(dit: torch.nn.Module) -> None:
     dead = getattr(dit, DEAD_ROLES, None)
     while dead:
         clear_role(dit, dead.pop())
+
+
+def _packed_buffer(model: torch.nn.Module, key: str) -> bool:
+    """``key`` is a packed layer's scale / absmax / code-table buffer (not its weight or bias)."""
+    module_name, leaf = split_key(key)
+    if leaf in ("weight", "bias"):
+        return False
+    try:
+        return isinstance(comfy.utils.get_attr(model, module_name), QuantizedLinear)
+    except AttributeError:
+        return False
 
 
 def runtime_patch(patches: dict, key: str, device=None, dtype=None):
@@ -282,7 +304,17 @@ class Ideogram4ModelPatcher(HomePatcher):
             return loading
         return [row[:-4] + (row[-4] + extra.get(row[-3], 0),) + row[-3:] for row in loading]
 
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        """ComfyUI's ``add_patches``, without the scale / absmax / code-table buffers of packed layers: another model
+        hands them out with its weights for merging (its packed weights arrive with the convert that decodes them
+        from those buffers, :meth:`ComfyQuantizedLinear.convert_weight`), and this model's own buffers belong to its
+        packed weight, which is patched as a whole."""
+        kept = {k: v for k, v in patches.items() if not _packed_buffer(self.model, k)}
+        return super().add_patches(kept, strength_patch, strength_model)
+
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
+        if key not in self.patches and packed_module(self.model, key) is not None:
+            return comfy.utils.get_attr(self.model, key)  # packed storage is never cast (no force_cast copy back)
         module = self._runtime_layer(key) if key in self.patches else None
         if module is None:
             return super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update,

@@ -1,0 +1,155 @@
+"""Which of a MODEL's patches (``model_options``) a sampling path applies, and a clear error for the rest.
+
+ComfyUI's patch nodes put their effect in the patcher's ``model_options``: CFG hooks (RescaleCFG, CFGNorm,
+APG…), a denoise-mask function (Differential Diffusion), block / attention patches (SkipLayerGuidanceDiT,
+PerturbedAttentionGuidance…), RoPE options (ScaleROPE), sampler wrappers (caches), object patches
+(ModelSamplingSD3's shift, ModelComputeDtype).  A path that does not apply one must say so rather than
+sample as if it were not there:
+
+* :func:`model_level_problems` — what the DiT itself cannot apply (checked on every model call, whichever
+  sampler runs it): ``transformer_options`` ``patches`` / ``patches_replace`` / ``rope_options``, and a
+  compute-dtype object patch;
+* :func:`sampler_level_problems` — what the pack's own samplers do not apply, per path: the Ideogram4
+  KSampler runs the reference loop (no CFG hooks, no sampler wrappers, its own schedule and inpainting); the
+  Ideogram4 Guider applies the CFG hooks and the sampler wrappers of the model it is given, but not those of
+  the unconditional model or batch functions;
+* :func:`require_applied` — the ``ValueError`` naming every problem found on both models.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+# model_options key → (what it is, nodes that set it)
+CFG_HOOKS = {
+    "sampler_cfg_function": ("a CFG function", "RescaleCFG, PerpNeg, RenormCFG"),
+    "sampler_post_cfg_function": ("post-CFG functions", "CFGNorm, CFGZeroStar, Mahiro, SkipLayerGuidanceDiT, "
+                                                        "PerturbedAttentionGuidance, SelfAttentionGuidance"),
+    "sampler_pre_cfg_function": ("pre-CFG functions", "APG, TCFG, FreSca"),
+}
+BATCH_FUNCTION = ("sampler_calc_cond_batch_function", "a batch function for the model calls (e.g. "
+                  "SkipLayerGuidanceDiTSimple)")
+DENOISE_MASK = ("denoise_mask_function", "a denoise-mask function", "DifferentialDiffusion")
+# wrapper types the pack's samplers never reach (the Guider runs outer_sample / sampler_sample / predict_noise
+# wrappers of its own model through ComfyUI's CFGGuider; both DiTs run apply_model and diffusion_model wrappers)
+SAMPLER_WRAPPERS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise", "calc_cond_batch")
+GUIDER_RUNS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise")
+# object patches the DiT honours: the patched diffusion model itself (TorchCompileModel…)
+APPLIED_OBJECT_PATCHES = {"diffusion_model"}
+USE_GUIDER = ("sample with SamplerCustomAdvanced + Ideogram4 Guider (applies CFG hooks and denoise-mask functions of "
+              "the model connected to it; the result is then not reference-exact), or remove the node")
+
+
+def _non_empty(value) -> bool:
+    if isinstance(value, dict):
+        return any(_non_empty(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0
+    return value is not None
+
+
+def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = ()) -> list[str]:
+    """What in ``transformer_options`` the DiT does not apply (``honoured_blocks``: the ``patches_replace["dit"]``
+    keys it does run)."""
+    problems = []
+    patches = transformer_options.get("patches") or {}
+    for name in sorted(k for k, v in patches.items() if _non_empty(v)):
+        problems.append(f"a model patch {name!r} ({len(patches[name])}; e.g. from an attention or block patch node)")
+    honoured = set(honoured_blocks)
+    for name, table in sorted((transformer_options.get("patches_replace") or {}).items()):
+        keys = [k for k in (table or {}) if not (name == "dit" and k in honoured)]
+        if keys:
+            shown = ", ".join(str(k) for k in keys[:4]) + (" …" if len(keys) > 4 else "")
+            problems.append(f"a {name!r} replacement patch for {shown} (e.g. SkipLayerGuidanceDiT, "
+                            f"PerturbedAttentionGuidance; this DiT has single-stream blocks "
+                            f"('single_block', 0…{_last_block(honoured)}))" if name == "dit" else
+                            f"a {name!r} replacement patch for {shown} (a UNet-style attention patch, e.g. "
+                            f"PerturbedAttentionGuidance)")
+    if _non_empty(transformer_options.get("rope_options")):
+        problems.append("RoPE options (ScaleROPE)")
+    return problems
+
+
+def _last_block(honoured) -> str:
+    idx = [k[1] for k in honoured if isinstance(k, tuple) and len(k) == 2]
+    return str(max(idx)) if idx else "?"
+
+
+def object_patch_problems(object_patches: dict, *, shift_applies: bool) -> list[str]:
+    """Object patches the path does not apply (``shift_applies``: a ``model_sampling`` patch is used — by the
+    scheduler of a SamplerCustomAdvanced graph)."""
+    problems = []
+    for name in sorted(object_patches):
+        if name in APPLIED_OBJECT_PATCHES or (name == "model_sampling" and shift_applies):
+            continue
+        if name == "model_sampling":
+            problems.append("a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the "
+                            "reference schedule — set its mu / std (or preset) instead")
+        elif name == "manual_cast_dtype":
+            problems.append("a compute dtype (ModelComputeDtype): set the Model Loader's dtype instead")
+        else:
+            problems.append(f"an object patch of {name!r}")
+    return problems
+
+
+def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: dict, *, path: str,
+                           runs_hooks: bool) -> list[str]:
+    """What ``path`` (``"ksampler"``: the Ideogram4 KSampler; ``"guider"``: the Ideogram4 Guider) does not apply of a
+    model's options.  ``runs_hooks``: this is the model whose CFG hooks and sampler wrappers the path runs (the
+    Guider's conditional model)."""
+    problems = []
+    for key, (what, nodes) in CFG_HOOKS.items():
+        if _non_empty(model_options.get(key)) and not runs_hooks:
+            problems.append(f"{what} (e.g. {nodes})")
+    if model_options.get(BATCH_FUNCTION[0]) is not None:
+        problems.append(BATCH_FUNCTION[1])
+    if (path == "ksampler" or not runs_hooks) and model_options.get(DENOISE_MASK[0]) is not None:
+        problems.append(f"{DENOISE_MASK[1]} (e.g. {DENOISE_MASK[2]}; the KSampler's own inpainting uses the "
+                        f"latent's noise_mask)")
+    run = GUIDER_RUNS if runs_hooks else ()
+    for kind in SAMPLER_WRAPPERS:
+        if kind not in run and _non_empty(wrappers.get(kind)):
+            problems.append(f"{kind} wrappers ({', '.join(str(k) for k in wrappers[kind])})")
+    problems += object_patch_problems(object_patches, shift_applies=path == "guider")
+    return problems
+
+
+def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
+    """:func:`sampler_level_problems` and :func:`model_level_problems` of a ModelPatcher."""
+    options = getattr(patcher, "model_options", {}) or {}
+    wrappers = {}
+    for source in (getattr(patcher, "wrappers", {}) or {}, options.get("transformer_options", {}).get("wrappers", {})):
+        for kind, table in source.items():
+            wrappers.setdefault(kind, {}).update(table)
+    honoured = getattr(getattr(getattr(patcher, "model", None), "diffusion_model", None), "replaceable_blocks", ())
+    return (sampler_level_problems(options, wrappers, getattr(patcher, "object_patches", {}) or {}, path=path,
+                                   runs_hooks=runs_hooks)
+            + model_level_problems(options.get("transformer_options", {}), honoured))
+
+
+def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None) -> None:
+    """``ValueError`` naming every patch of ``patchers`` ({"conditional": patcher, …}; None entries skipped) that
+    ``path`` does not apply; ``hooks_of``: the role whose CFG hooks and sampler wrappers the path runs."""
+    found = []
+    for role, patcher in patchers.items():
+        if patcher is None:
+            continue
+        for problem in patcher_problems(patcher, path=path, runs_hooks=role == hooks_of):
+            found.append(f"{role} model: {problem}")
+    if not found:
+        return
+    where = "the Ideogram4 KSampler" if path == "ksampler" else "the Ideogram4 Guider"
+    advice = (USE_GUIDER if path == "ksampler" else
+              "connect the patch node to the conditional model (the Guider's first input) where it is a CFG "
+              "hook, or remove the node")
+    raise ValueError(f"{where} would not apply these patches: " + "; ".join(found) + f". To use them: {advice}. "
+                     "Patches that this DiT cannot apply (block / attention / RoPE patches) are refused on every "
+                     "sampler.")
+
+
+def check_model_call(transformer_options: dict, honoured_blocks: Iterable = ()) -> None:
+    """The model-call check (every sampler): a ``ValueError`` for patches the DiT cannot apply."""
+    problems = model_level_problems(transformer_options, honoured_blocks)
+    if problems:
+        raise ValueError("the Ideogram 4 DiT cannot apply " + "; ".join(problems)
+                         + ": remove the node that adds it (the model has no such blocks or attention hooks)")
