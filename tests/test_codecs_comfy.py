@@ -150,25 +150,25 @@ def test_bitsandbytes_is_probed_on_each_device_type_it_decodes_on():
 
 def test_bitsandbytes_cpu_kernel_is_not_used_for_rows_that_are_not_whole_blocks():
     """bitsandbytes' CPU dequantize_4bit is wrong for a (512, 416) weight (rows of 6.5 blocks): not used there."""
-    bnbf = pytest.importorskip("bitsandbytes.functional")
+    pytest.importorskip("bitsandbytes.functional")
     w = torch.randn(512, 416, generator=torch.Generator().manual_seed(0))
     packed, absmax = nf4.quantize_nf4(w)
     code = torch.tensor(nf4.NF4_CODE)
     ref = dequantize_nf4_reference(packed, absmax, code, (512, 416), torch.float32)
     assert torch.equal(nf4.dequantize_nf4(packed, absmax, code, (512, 416), torch.float32), ref)
     # the guarded-against behaviour itself (so the guard can be dropped when bitsandbytes fixes it)
-    if torch.equal(nf4._bnb_dequantize(bnbf, packed, absmax, code, (512, 416), torch.float32), ref):
+    if torch.equal(nf4._bnb_dequantize(packed, absmax, (512, 416), torch.float32), ref):
         pytest.skip("this bitsandbytes decodes partial-block rows correctly; the CPU guard could be relaxed")
 
 
 def test_broken_bitsandbytes_falls_back_to_the_pure_torch_codec(monkeypatch):
-    bnbf = pytest.importorskip("bitsandbytes.functional")
+    pytest.importorskip("bitsandbytes.functional")
 
     def broken(*args, **kwargs):
         raise RuntimeError("native library failed to load")
 
     nf4._bnb_functional.cache_clear()
-    monkeypatch.setattr(bnbf, "dequantize_4bit", broken)
+    monkeypatch.setattr(nf4, "_bnb_dequantize", broken)  # its kernel call
     try:
         assert nf4._bnb_functional() is None
         w = torch.randn(8, 64)

@@ -191,3 +191,23 @@ def test_staging_ring_leaves_small_pinned_and_huge_tensors_to_comfyui():
         upload(t, "cuda", None, True, lambda t, *a, **k: seen.append(t) or t, ring)
     assert [s is t for s, t in zip(seen, (small, huge))] == [True, True] and len(seen) == 2
     assert ring.pinned_bytes == 0
+
+
+def test_torch_compile_traces_an_nf4_layer_without_graph_breaks():
+    """bitsandbytes' nf4 kernel through its registered op, its probe result a constant: one graph per layer (a
+    ``QuantState`` built per call broke the graph 7 times per Linear)."""
+    pytest.importorskip("bitsandbytes.functional")
+    from model.checkpoints import QuantizedLinear
+    from model.checkpoints.nf4 import NF4_CODE, bitsandbytes_decodes, quantize_nf4
+
+    assert bitsandbytes_decodes("cpu")  # the kernel path is the one traced
+    lin = QuantizedLinear(128, 64, bias=True, scheme="nf4", dtype=torch.bfloat16)
+    packed, absmax = quantize_nf4(torch.randn(64, 128, generator=torch.Generator().manual_seed(0)))
+    lin.weight.data, lin.absmax, lin.quant_map = packed, absmax, torch.tensor(NF4_CODE)
+    lin.bias.data = torch.zeros(64, dtype=torch.bfloat16)
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    e = torch._dynamo.explain(lin)(x)
+    torch._dynamo.reset()
+    assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
+    assert torch.equal(torch.compile(lin, backend="eager")(x), lin(x))

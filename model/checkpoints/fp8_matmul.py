@@ -46,6 +46,7 @@ def emulate_scaled_mm(x8, w8, scale_x, scale_w, bias, out_dtype) -> torch.Tensor
     return out.to(out_dtype)
 
 
+@torch.compiler.assume_constant_result  # a compiled DiT takes the answer as a constant (no graph break per layer)
 @functools.cache
 def kernel_available(device_index: int = 0) -> bool:
     """``torch._scaled_mm`` with rowwise scales works on this CUDA device (probed once)."""
@@ -66,7 +67,7 @@ def fp8_linear(x: torch.Tensor, w8: torch.Tensor, weight_scale: torch.Tensor, bi
                *, use_kernel: Optional[bool] = None) -> torch.Tensor:
     """``x @ W.T + b`` with fp8 activations and weights (see the module docstring)."""
     n, k = w8.shape
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(-1, k).contiguous()  # the kernel takes row-major activations (elementwise ops keep x's strides)
     x8, sx = quantize_rows(x2)
     sw = weight_scales(weight_scale, n).to(x.device)
     # rowwise-scaled fp8 GEMMs write bf16 (cuBLAS and CUTLASS on sm89/sm90 alike; float32 output only on some

@@ -90,11 +90,18 @@ def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_m
     return out.view(shape)
 
 
-def _bnb_dequantize(bnbf, packed, absmax, quant_map, shape, dtype) -> torch.Tensor:
-    state = bnbf.QuantState(absmax=absmax.to(device=packed.device, dtype=torch.float32), shape=torch.Size(shape),
-                            code=quant_map.to(device=packed.device, dtype=torch.float32), blocksize=NF4_BLOCKSIZE,
-                            quant_type="nf4", dtype=dtype)
-    return bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+def _bnb_dequantize(packed, absmax, shape, dtype) -> torch.Tensor:
+    """bitsandbytes' nf4 kernel through its registered op (``bitsandbytes.functional.dequantize_4bit`` without the
+    ``QuantState`` object, which torch.compile cannot trace; the op has a fake kernel): the same kernel, which
+    decodes with the standard NF4 table — the files' ``quant_map`` — as the probe checks."""
+    return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax.to(device=packed.device, dtype=torch.float32),
+                                                          NF4_BLOCKSIZE, "nf4", list(shape), dtype)
+
+
+@torch.compiler.assume_constant_result  # a compiled DiT takes the answer as a constant (no graph break per layer)
+def bitsandbytes_decodes(device_type: str) -> bool:
+    """bitsandbytes' kernel is installed and passed its probe on ``device_type``."""
+    return _bnb_functional(device_type) is not None
 
 
 @functools.cache
@@ -111,7 +118,7 @@ def _bnb_functional(device_type: str = "cpu"):
         packed, absmax = quantize_nf4(probe)
         code = torch.tensor(NF4_CODE, dtype=torch.float32)
         for dtype in (torch.bfloat16, torch.float32):
-            got = _bnb_dequantize(bnbf, packed.to(device), absmax.to(device), code, (64, 128), dtype)
+            got = _bnb_dequantize(packed.to(device), absmax.to(device), (64, 128), dtype)
             want = dequantize_nf4_reference(packed, absmax, code, (64, 128), dtype)
             if got.dtype != dtype or not torch.equal(got.cpu(), want):
                 raise RuntimeError(f"its {dtype} decode on {device_type} differs from the NF4 reference")
@@ -132,11 +139,11 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.
     # whole blocks — every Linear of the real model; the tiny test models' 416-wide text projection is not.
     auto = packed.is_cuda or (packed.device.type == "cpu" and shape[1] % NF4_BLOCKSIZE == 0)
     wanted = auto if use_bitsandbytes is None else use_bitsandbytes
-    bnbf = _bnb_functional(packed.device.type) if wanted else None
-    if use_bitsandbytes and bnbf is None:
+    usable = bitsandbytes_decodes(packed.device.type) if wanted else False
+    if use_bitsandbytes and not usable:
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
-    if bnbf is not None:
-        return _bnb_dequantize(bnbf, packed, absmax, quant_map, shape, dtype)
+    if usable:
+        return _bnb_dequantize(packed, absmax, shape, dtype)
     return dequantize_nf4_reference(packed, absmax, quant_map, shape, dtype)
 
 
