@@ -70,7 +70,7 @@ def _verdict(ok) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
-def targets(check: dict, vs_core, text_tokens: int = 512) -> list[tuple[str, str, str]]:
+def targets(check: dict, vs_core, text_tokens: int = 512, streaming=None) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) rows."""
     speed = _speed(check)
     rows = []
@@ -121,13 +121,31 @@ def targets(check: dict, vs_core, text_tokens: int = 512) -> list[tuple[str, str
                      f"{worst['rel_err']:.1e} (tol {worst['tol']:.0e})", _verdict(all(p["ok"] for p in parity))))
     else:
         rows.append(("CUDA vs CPU goldens within tolerance", "not measured", "n/a"))
+    rows.append(streaming_row(streaming))
     return rows
 
 
-def markdown(check, vs_core, families) -> str:
+def streaming_row(streaming) -> tuple[str, str, str]:
+    """Streamed layers (offload stream, pinned ring) against the same model resident (``gpu_streaming.py``)."""
+    label = "streamed layers == resident, bit for bit (offload stream, pinned ring)"
+    formats = streaming.get("formats") if isinstance(streaming, dict) else None
+    if not formats:
+        return label, "not measured", "n/a"
+    parts = []
+    for fmt, r in formats.items():
+        if "error" in r:
+            parts.append(f"{fmt} FAILED {r['error'][:80]}")
+            continue
+        ring = r.get("ring_pinned_bytes")
+        parts.append(f"{fmt} {'equal' if r.get('equal') else 'DIFFERS'} ({r.get('streamed_layers')} layers"
+                     + ("" if ring is None else f", ring {ring / 2**20:.0f} MiB") + ")")
+    return label, "; ".join(parts), _verdict(all(r.get("equal") for r in formats.values()))
+
+
+def markdown(check, vs_core, families, streaming=None) -> str:
     lines = [f"GPU check on {check.get('gpu') or check.get('device', '?')}, torch {check.get('torch', '?')}", "",
              "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in targets(check, vs_core)]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in targets(check, vs_core, streaming=streaming)]
     speed = _speed(check)
     if speed:
         lines += ["", "| format | size | s/step | peak VRAM (GiB) | weights (GiB) |", "|---|---|---|---|---|"]
@@ -155,7 +173,8 @@ def main(argv=None) -> int:
     if not isinstance(check, dict):
         print(f"no gpu_check.json in {args.dir}")
         return 1
-    table = markdown(check, _read(args.dir, "vs_core.json"), _read(args.dir, "families.json"))
+    table = markdown(check, _read(args.dir, "vs_core.json"), _read(args.dir, "families.json"),
+                     _read(args.dir, "streaming.json"))
     print(table)
     if args.out:
         args.out.write_text(table + "\n")

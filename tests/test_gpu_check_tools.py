@@ -165,3 +165,15 @@ def test_targets_table_judges_each_issue_13_target(tmp_path):
     # nothing measured (a run stopped early): every target says so instead of failing
     empty = gpu_targets.targets({"device": "cuda"}, None)
     assert all(c == "n/a" for _, _, c in empty), empty
+    # gpu_streaming.py's figures: a format whose streamed velocity differs (or failed) is not met
+    streaming = {"formats": {"fp8": {"equal": True, "streamed_layers": 34, "ring_pinned_bytes": 2**29},
+                             "nf4": {"equal": False, "streamed_layers": 34, "ring_pinned_bytes": 2**29}}}
+    label = "streamed layers == resident, bit for bit (offload stream, pinned ring)"
+    assert gpu_targets.streaming_row(streaming) == (label, "fp8 equal (34 layers, ring 512 MiB); nf4 DIFFERS (34 "
+                                                    "layers, ring 512 MiB)", "**not met**")
+    streaming["formats"]["nf4"] = {"error": "RuntimeError: CUDA error"}
+    assert gpu_targets.streaming_row(streaming)[1:] == ("fp8 equal (34 layers, ring 512 MiB); nf4 FAILED "
+                                                        "RuntimeError: CUDA error", "**not met**")
+    (tmp_path / "streaming.json").write_text(json.dumps({"formats": {"fp8": streaming["formats"]["fp8"]}}))
+    assert gpu_targets.main(["--dir", str(tmp_path), "--out", str(tmp_path / "targets.md")]) == 0
+    assert f"| {label} | fp8 equal (34 layers, ring 512 MiB) | met |" in (tmp_path / "targets.md").read_text()
