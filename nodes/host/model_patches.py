@@ -34,8 +34,6 @@ DENOISE_MASK = ("denoise_mask_function", "a denoise-mask function", "Differentia
 # wrappers of its own model through ComfyUI's CFGGuider; both DiTs run apply_model and diffusion_model wrappers)
 SAMPLER_WRAPPERS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise", "calc_cond_batch")
 GUIDER_RUNS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise")
-# object patches the DiT honours: the patched diffusion model itself (TorchCompileModel…)
-APPLIED_OBJECT_PATCHES = {"diffusion_model"}
 USE_GUIDER = ("sample with SamplerCustomAdvanced + Ideogram4 Guider (applies CFG hooks and denoise-mask functions of "
               "the model connected to it; the result is then not reference-exact), or remove the node")
 
@@ -76,19 +74,16 @@ def _last_block(honoured) -> str:
 
 
 def object_patch_problems(object_patches: dict, *, shift_applies: bool) -> list[str]:
-    """Object patches the path does not apply (``shift_applies``: a ``model_sampling`` patch is used — by the
-    scheduler of a SamplerCustomAdvanced graph)."""
+    """Object patches the path does not use (``shift_applies``: a ``model_sampling`` patch is used — by the
+    scheduler of a SamplerCustomAdvanced graph).  ComfyUI sets every object patch on the model; these two are
+    attributes the pack's DiT never reads (the patched diffusion model and its layers' switches — TorchCompileModel,
+    Fast FP8 — are read)."""
     problems = []
-    for name in sorted(object_patches):
-        if name in APPLIED_OBJECT_PATCHES or (name == "model_sampling" and shift_applies):
-            continue
-        if name == "model_sampling":
-            problems.append("a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the "
-                            "reference schedule — set its mu / std (or preset) instead")
-        elif name == "manual_cast_dtype":
-            problems.append("a compute dtype (ModelComputeDtype): set the Model Loader's dtype instead")
-        else:
-            problems.append(f"an object patch of {name!r}")
+    if "model_sampling" in object_patches and not shift_applies:
+        problems.append("a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the "
+                        "reference schedule — set its mu / std (or preset) instead")
+    if "manual_cast_dtype" in object_patches:
+        problems.append("a compute dtype (ModelComputeDtype): set the Model Loader's dtype instead")
     return problems
 
 

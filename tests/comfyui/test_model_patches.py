@@ -117,6 +117,10 @@ res["ksampler_errors"] = {
     "outer_sample_wrapper": error(lambda: one_node(calls_by_model(pc, pe.WrappersMP.OUTER_SAMPLE)[0], pu)),
 }
 
+ff = importlib.import_module("i4pack.nodes.host.fast_fp8")
+fast_c, _ = ff.with_fast_fp8(cm.load_model_patcher(paths["fp8"][0], weight_dtype="bf16"), "test")
+res["fast_fp8_one_node"] = error(lambda: one_node(fast_c, cm.load_model_patcher(paths["fp8"][1], weight_dtype="bf16")))
+
 # 4. the DiT: single_block replacements, DIFFUSION_MODEL wrappers, refused attention patches (every sampler)
 x = torch.randn(1, 128, 4, 4, generator=g); sig = torch.tensor([0.6])
 def vel(p, opts):
@@ -232,3 +236,7 @@ def test_merging_packed_models_merges_their_decoded_weights(result, fmt):
     assert r["rel"] < 1e-5, r  # before: fp8 2e15, nf4 0.88 (raw codes blended)
     assert r["rel_unmerged"] > 0.1  # the check can tell merged from unmerged
     assert r["buffer_patches"] == []
+
+
+def test_object_patches_of_the_dits_layers_are_not_refused(result):
+    assert result["fast_fp8_one_node"] is None  # Fast FP8's per-layer switches (object patches) run on the KSampler
