@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from comfy_api_stub import collect_schemas, stubbed_pack
-from workflow_check import CORE, check_api, check_ui, compare_twins, from_stub, ui_to_api
+from test_workflows import README_FILES
+from workflow_check import CORE, check_api, check_template_models, check_ui, compare_twins, from_stub, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 NAMES = ("image_ideogram4_img2img", "image_ideogram4_inpaint")
+SHIPPED_IMAGE = "example.png"  # ComfyUI ships input/example.png; the pack ships no input image
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,16 @@ def test_twins_are_valid_and_describe_the_same_graph(schemas, name):
     problems = compare_twins(ui_to_api(ui, schemas), {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                                                       for k, v in api.items()})
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_templates_load_comfyuis_example_image_and_offer_every_model_download(name):
+    ui, api = load(name)
+    assert not check_template_models(ui), check_template_models(ui)
+    offered = {e["name"]: e["directory"] for n in ui["nodes"] for e in n.get("properties", {}).get("models", [])}
+    assert offered == README_FILES  # the same downloads as the text-to-image template
+    ui_image = next(n for n in ui["nodes"] if n["type"] == "LoadImage")["widgets_values"][0]
+    assert ui_image == _node(api, "LoadImage")[1]["image"] == SHIPPED_IMAGE
 
 
 def _node(api: dict, ctype: str) -> tuple[str, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_harness import PACK_DIR_NAME, REPO, running_server, errors_of, requires_comfyui, write_models
+from comfy_harness import COMFYUI_PATH, PACK_DIR_NAME, REPO, running_server, errors_of, requires_comfyui, write_models
 
 pytestmark = requires_comfyui()
 
@@ -31,8 +32,9 @@ CAPTION = json.dumps({"high_level_description": "A watercolor painting of a ligh
                           {"type": "obj", "bbox": [200, 300, 800, 700], "desc": "a white lighthouse"}]}},
                      separators=(",", ":"), ensure_ascii=False)
 W, H = 320, 256
-IMAGE = "ideogram4_example.png"
-MASKED = "ideogram4_example_masked.png"
+IMAGE = "i4test_pixels.png"  # the oracle's synthetic image (_pixels)
+MASKED = "i4test_pixels_masked.png"
+SHIPPED_IMAGE = "example.png"  # what the templates load as shipped: ComfyUI's own input/example.png
 HOLE = (slice(64, 192), slice(96, 224))  # rows, cols of the transparent (= regenerate) box
 VAE_ENC, VAE_CORE = "tiny_flux2_vae_enc.safetensors", "tiny_flux2_vae_core.safetensors"
 
@@ -67,6 +69,7 @@ def comfy_models(tmp_path_factory):
     alpha = np.full((H, W), 255, np.uint8)
     alpha[HOLE] = 0
     Image.fromarray(np.dstack([px, alpha]), "RGBA").save(root / "input" / MASKED)
+    shutil.copyfile(Path(COMFYUI_PATH) / "input" / SHIPPED_IMAGE, root / "input" / SHIPPED_IMAGE)
     return info
 
 
@@ -76,15 +79,20 @@ def comfy_server(comfy_models):
         yield server
 
 
+TINY_MODELS = {
+    "Ideogram4NativeModelLoader": {"conditional": "i4tiny_bf16.safetensors", "unconditional": "auto"},
+    "Ideogram4NativeTextEncoderLoader": {"text_encoder": "tiny-te/", "tokenizer": "auto"},
+    "Ideogram4NativeVAELoader": {"vae_name": VAE_ENC},
+}
+
+
 def template(name: str, **changes) -> dict:
     path = REPO / "workflows" / "api" / f"{name}_api.json"
     prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])}
               for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
     ids = {v["class_type"]: k for k, v in prompt.items()}
     defaults = {
-        "Ideogram4NativeModelLoader": {"conditional": "i4tiny_bf16.safetensors", "unconditional": "auto"},
-        "Ideogram4NativeTextEncoderLoader": {"text_encoder": "tiny-te/", "tokenizer": "auto"},
-        "Ideogram4NativeVAELoader": {"vae_name": VAE_ENC},
+        **TINY_MODELS,
         "Ideogram4NativeTextEncode": {"caption": CAPTION},
         "Ideogram4NativeKSampler": {"seed": 77, "preset": "V4_TURBO_12"},
         "LoadImage": {"image": IMAGE},
@@ -168,6 +176,31 @@ def oracle_run(models, pixels_u8: np.ndarray, *, denoise: float, mask_img=None, 
 def test_templates_are_discovered(comfy_server):
     listing = comfy_server.get("/workflow_templates")
     assert {"image_ideogram4_img2img", "image_ideogram4_inpaint"} <= set(listing.get(PACK_DIR_NAME, [])), listing
+
+
+def shipped(name: str) -> dict:
+    """The API template as shipped, only its model files swapped for the tiny ones (the image is ComfyUI's own
+    input/example.png: 768×768, no alpha)."""
+    path = REPO / "workflows" / "api" / f"{name}_api.json"
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])}
+              for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+    assert prompt[nid(prompt, "LoadImage")]["inputs"]["image"] == SHIPPED_IMAGE
+    for ctype, values in TINY_MODELS.items():
+        prompt[nid(prompt, ctype)]["inputs"].update(values)
+    return prompt
+
+
+def test_img2img_template_as_shipped_runs_on_comfyuis_example_image(comfy_server):
+    prompt = shipped("image_ideogram4_img2img")
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    assert comfy_server.image(entry, nid(prompt, "SaveImage")).shape == (768, 768, 3)
+
+
+def test_inpaint_template_as_shipped_queues_and_asks_for_a_painted_mask(comfy_server):
+    # example.png has no alpha: LoadImage's mask is ComfyUI's empty 64×64 one until the user paints one
+    message = _error(comfy_server, shipped("image_ideogram4_inpaint"))
+    assert "LoadImage gives this empty 64×64 mask for an image without alpha: paint one in the mask editor" in message
 
 
 def test_img2img_template_equals_the_reference_code(comfy_server, comfy_models):
