@@ -133,6 +133,17 @@ def test_truncated_file(tmp_path, tiny_files):
     assert str(bad) in msg and "truncated" in msg
 
 
+def test_file_cut_inside_its_header_is_truncated(tmp_path, tiny_files):
+    data = tiny_files["bf16"]["cond"].read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    bad = tmp_path / "cut_header.safetensors"
+    bad.write_bytes(data[: 8 + header_len // 2])
+    msg = _err(bad)
+    assert (f"{bad}: truncated — header alone is {8 + header_len} bytes, file has {8 + header_len // 2} "
+            "(incomplete download?)") in msg
+    assert "pickle" not in msg
+
+
 def test_pickle_checkpoint_is_refused_without_unpickling(tmp_path, monkeypatch):
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(pickle.dumps({"x": 1}))

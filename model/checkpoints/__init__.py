@@ -13,11 +13,12 @@ from .nf4 import (NF4_BLOCKSIZE, NF4_CODE, dequantize_nf4, dequantize_nf4_refere
                   parse_nf4_quant_state, quantize_nf4)
 from .ops import TorchOps
 from .packed_linear import SCHEMES, QuantizedLinear
-from .reader import CheckpointReader, json_from_tensor, open_checkpoint, resolve_checkpoint_files
+from .reader import (CheckpointReader, check_safetensors_file, json_from_tensor, open_checkpoint,
+                     resolve_checkpoint_files)
 
 __all__ = ["assign_weights", "key_problems", "replace_module", "set_tensor", "swap_quantized_linears",
            "QUANT_DESCRIPTIONS", "CheckpointFormat", "LinearSpec", "classify_modules", "describe_other_family",
            "detect_format", "module_of", "FP8_DTYPE", "FP8_MAX", "dequantize_fp8", "quantize_fp8_rowwise",
            "quantize_fp8_tensorwise", "NF4_BLOCKSIZE", "NF4_CODE", "dequantize_nf4", "dequantize_nf4_reference",
            "nf4_quant_state_json", "parse_nf4_quant_state", "quantize_nf4", "TorchOps", "SCHEMES", "QuantizedLinear", "CheckpointReader",
-           "json_from_tensor", "open_checkpoint", "resolve_checkpoint_files"]
+           "check_safetensors_file", "json_from_tensor", "open_checkpoint", "resolve_checkpoint_files"]

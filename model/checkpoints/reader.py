@@ -37,7 +37,15 @@ def _describe_non_safetensors(path: Path) -> str:
     return "not a safetensors file"
 
 
-def _check_safetensors_file(path: Path) -> None:
+MAX_HEADER_BYTES = 100_000_000  # a larger header length is not a safetensors file
+
+
+def _header_cut_off(f, header_len: int, size: int) -> bool:
+    """A plausible header length, the header's ``{`` next, but the file ends inside the header."""
+    return 0 < header_len <= MAX_HEADER_BYTES and header_len > size - 8 and f.read(1) == b"{"
+
+
+def check_safetensors_file(path: Path) -> None:
     """Validate the header and the file length before any tensor is read."""
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
@@ -46,7 +54,10 @@ def _check_safetensors_file(path: Path) -> None:
         raise ValueError(f"{path}: file is {size} bytes — truncated or not a safetensors file")
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-        if header_len <= 0 or header_len > min(size - 8, 100_000_000):
+        if _header_cut_off(f, header_len, size):
+            raise ValueError(f"{path}: truncated — header alone is {8 + header_len} bytes, file has {size}"
+                             " (incomplete download?)")
+        if header_len <= 0 or header_len > min(size - 8, MAX_HEADER_BYTES):
             raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors checkpoints are supported "
                              "(pickle checkpoints are never loaded)")
         try:
@@ -70,7 +81,7 @@ class CheckpointReader:
         self._where: dict[str, Path] = {}
         self.metadata: dict[str, str] = {}
         for path in files:
-            _check_safetensors_file(path)
+            check_safetensors_file(path)
             try:
                 handle = safe_open(str(path), framework="pt", device="cpu")
             except Exception as exc:  # safetensors raises its own error type for a bad file
