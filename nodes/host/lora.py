@@ -19,6 +19,7 @@ import comfy.lora
 import comfy.model_management as mm
 import comfy.utils
 
+from ...model.checkpoints import check_safetensors_file
 from ...model.dit import TEXT_PROJECTION_MODULES
 from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
 from . import memory_policy as mp
@@ -30,6 +31,10 @@ TARGETS = ("conditional", "unconditional", "both")
 
 
 def read_lora(path: str | Path) -> tuple[dict, Optional[dict]]:
+    try:
+        check_safetensors_file(Path(path))  # a truncated file: the pack's message, not safetensors' header error
+    except ValueError as exc:
+        raise ValueError(f"LoRA {exc}") from None
     sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
     return sd, metadata
 

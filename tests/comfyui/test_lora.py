@@ -15,7 +15,7 @@ Skipped unless ``COMFYUI_PATH`` is set.
 from __future__ import annotations
 
 import pytest
-from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, run_worker, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -205,3 +205,37 @@ def test_core_loader_refuses_what_does_not_map(result):
     assert "keys map nowhere" in node["core_partial_error"], node
     assert "not_a_module" in node["core_partial_error"], node
     assert node["core_strength0_same"] and node["bypass_equal"], node
+
+
+TRUNCATED_WORKER = LORA_WORKER_SETUP + r'''
+save_file(layout_state_dict(lora_factors(cfg, seed=7, rank=4, alpha=2.0), "kohya"), str(loras / "whole.safetensors"))
+data = (loras / "whole.safetensors").read_bytes()
+header_len = int.from_bytes(data[:8], "little")
+(loras / "cut.safetensors").write_bytes(data[: len(data) // 2])  # cut in the tensor data
+(loras / "cut_header.safetensors").write_bytes(data[: 8 + header_len // 2])  # cut in the JSON header
+res["sizes"] = {"whole": len(data), "header": 8 + header_len}
+cond = cm.load_model_patcher(write_file(convert(sd, "bf16"), out / "c.safetensors", "bf16"), weight_dtype="fp32")
+calls = {"LoRA Loader": lambda p: lora_host.load_lora_onto(cond, None, p, 1.0, "conditional", p.name),
+         "Unconditional From LoRA": lambda p: lora_host.unconditional_from_lora(cond, p, 1.0, p.name)}
+for name in ("cut", "cut_header"):
+    for node, call in calls.items():
+        try:
+            call(loras / f"{name}.safetensors")
+            res[f"{name} {node}"] = None
+        except Exception as exc:
+            res[f"{name} {node}"] = f"{type(exc).__name__}: {exc}"
+res["loras"] = str(loras)
+print("RESULT " + json.dumps(res))
+'''
+
+
+def test_truncated_lora_file_names_the_file_and_says_truncated():
+    res = run_worker(TRUNCATED_WORKER)
+    loras, sizes = res["loras"], res["sizes"]
+    for node in ("LoRA Loader", "Unconditional From LoRA"):
+        cut, cut_header = res[f"cut {node}"], res[f"cut_header {node}"]
+        assert cut.startswith(f"ValueError: LoRA {loras}/cut.safetensors: truncated — header describes {sizes['whole']}"
+                              f" bytes, file has {sizes['whole'] // 2} (incomplete download?)"), cut
+        assert cut_header == (f"ValueError: LoRA {loras}/cut_header.safetensors: truncated — header alone is "
+                              f"{sizes['header']} bytes, file has {8 + (sizes['header'] - 8) // 2} "
+                              "(incomplete download?)"), cut_header
