@@ -68,6 +68,16 @@ def pair_warnings(cond_name: str, cond_path: Path, cond_component: str, uncond_n
     return warnings
 
 
+def auto_unconditional_file(conditional: str) -> str:
+    """The file ``unconditional = auto`` pairs with a conditional single file, or a ValueError listing the names tried."""
+    match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models", folders.DIT_EXTENSIONS))
+    if match is None:
+        tried = ", ".join(folders.unconditional_candidates(conditional)) or "no name (none can be derived)"
+        raise ValueError(f"unconditional = auto found no unconditional file for {conditional!r} in the "
+                         f"diffusion_models folders (looked for {tried}); choose the unconditional file explicitly")
+    return match
+
+
 class Ideogram4NativeModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -124,13 +134,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                                      "'none' for a CFG-distilled single-branch checkpoint")
                 uncond_path, uncond_component = cond_path, "unconditional_transformer"
             else:
-                match = folders.auto_unconditional(conditional, folders.list_files("diffusion_models",
-                                                                                   folders.DIT_EXTENSIONS))
-                if match is None:
-                    raise ValueError(f"unconditional = auto found no unconditional file matching {conditional!r} "
-                                     "(expected e.g. ideogram4_unconditional_fp8_scaled.safetensors next to "
-                                     "ideogram4_fp8_scaled.safetensors); choose the unconditional file explicitly")
-                uncond_path, uncond_component = _source(match, "unconditional")
+                uncond_path, uncond_component = _source(auto_unconditional_file(conditional), "unconditional")
         else:
             uncond_path, uncond_component = _source(unconditional, "unconditional")
         warnings = [] if uncond_path is None else pair_warnings(conditional, cond_path, cond_component, unconditional,

@@ -21,7 +21,7 @@ def pack():
     with stubbed_pack() as p:
         mods = {name.rpartition(".")[2]: importlib.import_module(f"{p.__name__}.nodes.{name}") for name in (
             "host.sampler_settings", "text_encoder_nodes", "latent_nodes", "host.image_values", "host.conditioning", "host.folders",
-            "sampler_nodes")}
+            "sampler_nodes", "loader_nodes")}
         mods["caption"] = importlib.import_module(f"{p.__name__}.model.caption")
         yield mods
 
@@ -178,6 +178,17 @@ def test_unconditional_auto_pairing(pack):
     assert auto("sub/i4_bf16.safetensors", files) == "sub/i4_unconditional_bf16.safetensors"
     assert auto("x_cond.safetensors", files) == "x_uncond.safetensors"
     assert auto("lonely.safetensors", files) is None
+
+
+def test_unconditional_auto_error_lists_the_names_it_looked_for(pack, monkeypatch):
+    monkeypatch.setattr(pack["folders"], "list_files", lambda *a, **k: ["sub/i4_cond_bf16.safetensors", "x.gguf"])
+    with pytest.raises(ValueError) as info:
+        pack["loader_nodes"].auto_unconditional_file("sub/i4_cond_bf16.safetensors")
+    assert str(info.value) == (
+        "unconditional = auto found no unconditional file for 'sub/i4_cond_bf16.safetensors' in the diffusion_models "
+        "folders (looked for sub/i4_uncond_bf16.safetensors, sub/unconditional_i4_cond_bf16.safetensors, "
+        "sub/i4_unconditional_cond_bf16.safetensors, sub/i4_cond_unconditional_bf16.safetensors, "
+        "sub/i4_cond_bf16_unconditional.safetensors); choose the unconditional file explicitly")
 
 
 def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack):

@@ -173,6 +173,12 @@ def auto_unconditional(conditional: str, files: list[str]) -> Optional[str]:
     ``ideogram4_fp8_scaled.safetensors`` → ``ideogram4_unconditional_fp8_scaled.safetensors``;
     also ``…_conditional…`` → ``…_unconditional…`` and ``cond`` → ``uncond``.
     """
+    normalised = {f.replace("\\", "/"): f for f in files}
+    return next((normalised[c] for c in unconditional_candidates(conditional) if c in normalised), None)
+
+
+def unconditional_candidates(conditional: str) -> list[str]:
+    """The names :func:`auto_unconditional` looks for, in order (same folder as ``conditional``, ``/``-separated)."""
     directory, _, base = conditional.replace("\\", "/").rpartition("/")
     prefix = f"{directory}/" if directory else ""
     candidates = []
@@ -192,8 +198,4 @@ def auto_unconditional(conditional: str, files: list[str]) -> Optional[str]:
         candidates += [stem[:i] + "unconditional" + ("_" if i == 0 or stem[i - 1] == "_" else "-") + stem[i:] + "." + ext
                        for i in cuts]
         candidates.append(stem + "_unconditional." + ext)
-    normalised = {f.replace("\\", "/"): f for f in files}
-    for c in candidates:
-        if prefix + c in normalised:
-            return normalised[prefix + c]
-    return None
+    return list(dict.fromkeys(prefix + c for c in candidates))
