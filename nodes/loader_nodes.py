@@ -9,6 +9,7 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from .host import folders
+from .host.sampler_settings import FROM_LORA_MARK
 
 log = logging.getLogger("ideogram4_native")
 
@@ -174,6 +175,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             cond = load_model_patcher(path, component=component, weight_dtype=weight_dtype)
         except ValueError as exc:
             raise ValueError(f"conditional model: {exc}") from exc
+        setattr(cond.model, FROM_LORA_MARK, True)  # a sampler without the unconditional model then names the node
         info = cond.ideogram4_info
         text = (f"conditional: {info['source']} [{info['component']}] — {info['format']}, compute {info['dtype']}, "
                 f"{cond.model_size() / 2**30:.2f} GiB\nunconditional: none — build it from this base with "

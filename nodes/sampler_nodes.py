@@ -12,7 +12,8 @@ from comfy_api.latest import io
 from ..model.vae import latents as lat
 from ..sampling import check_resolution
 from .host.sampler_settings import (DEFAULT_PRESET, GUIDANCE_WIDGETS, MAX_STEPS, PRESET_CHOICES, SCHEDULE_WIDGETS,
-                                   GuidanceSpec, describe_settings, settings_from_inputs, unused_widgets_note)
+                                   GuidanceSpec, describe_settings, require_guidance_without_unconditional,
+                                   settings_from_inputs, unused_widgets_note)
 
 CATEGORY = "Ideogram4 Native/sampling"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -186,6 +187,8 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=guidance,
                                         polish_steps=polish_steps, polish_guidance=polish_guidance,
                                         guidance_schedule=guidance_schedule)
+        if unconditional_model is None:  # checked before the models load; the error names how to add one
+            require_guidance_without_unconditional(model, settings.loop_order_guidance[::-1])
         samples, info = run_reference_sampler(model, unconditional_model, positive, settings, width=width,
                                               height=height, batch=batch_size, seed=seed, denoise=denoise,
                                               init_latent=init, noise_mask=mask)

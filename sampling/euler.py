@@ -45,13 +45,18 @@ def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.de
     return torch.randn(batch, grid_h * grid_w, LATENT_CHANNELS, dtype=torch.float32, device=device, generator=gen)
 
 
-def require_single_branch(guidance: Sequence[float]) -> None:
-    """Without an unconditional model (a CFG-distilled checkpoint) only guidance 1 is defined."""
+SINGLE_BRANCH_FIX = "set preset 'custom' with guidance 1 and polish_steps 0, or load an unconditional model"
+
+
+def require_single_branch(guidance: Sequence[float], *, unconditional: str = "none",
+                          fix: str = SINGLE_BRANCH_FIX) -> None:
+    """Without an unconditional model (a CFG-distilled checkpoint) only guidance 1 is defined.
+
+    ``unconditional``: the Model Loader choice that left it out; ``fix``: what to do instead."""
     bad = [(k + 1, g) for k, g in enumerate(guidance) if float(g) != 1.0]
     if bad:
-        raise ValueError(f"no unconditional model (unconditional: none) needs guidance 1 at every step; got "
-                         f"{bad[0][1]:g} at step {bad[0][0]} of {len(guidance)} — set preset 'custom' with guidance 1 "
-                         "and polish_steps 0, or load an unconditional model")
+        raise ValueError(f"no unconditional model (unconditional: {unconditional}) needs guidance 1 at every step; "
+                         f"got {bad[0][1]:g} at step {bad[0][0]} of {len(guidance)} — {fix}")
 
 
 @torch.no_grad()

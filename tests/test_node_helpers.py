@@ -191,6 +191,27 @@ def test_unconditional_auto_error_lists_the_names_it_looked_for(pack, monkeypatc
         "sub/i4_cond_bf16_unconditional.safetensors); choose the unconditional file explicitly")
 
 
+def test_guidance_without_unconditional_names_unconditional_from_lora(pack):
+    from types import SimpleNamespace
+
+    ss = pack["sampler_settings"]
+    plain, from_lora = SimpleNamespace(model=SimpleNamespace()), SimpleNamespace(model=SimpleNamespace())
+    setattr(from_lora.model, ss.FROM_LORA_MARK, True)
+    for model in (plain, from_lora):
+        ss.require_guidance_without_unconditional(model, (1.0, 1.0))  # guidance 1: the conditional pass alone
+    with pytest.raises(ValueError) as info:
+        ss.require_guidance_without_unconditional(from_lora, (7.0, 3.0))
+    assert str(info.value) == (
+        "no unconditional model (unconditional: none (from a LoRA)) needs guidance 1 at every step; got 7 at step 1 of "
+        "2 — connect Ideogram4 Unconditional From LoRA → unconditional_model (its model ← the loader's model, "
+        "lora_name = the unconditional LoRA), or set preset 'custom' with guidance 1 and polish_steps 0")
+    with pytest.raises(ValueError) as info:
+        ss.require_guidance_without_unconditional(plain, (1.0, 3.0))
+    assert str(info.value) == (
+        "no unconditional model (unconditional: none) needs guidance 1 at every step; got 3 at step 2 of 2 — set "
+        "preset 'custom' with guidance 1 and polish_steps 0, or load an unconditional model")
+
+
 def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack):
     sn = pack["sampler_nodes"]
     for node in (sn.Ideogram4NativeKSampler, sn.Ideogram4NativeSigmas):

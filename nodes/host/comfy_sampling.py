@@ -44,13 +44,13 @@ import comfy.utils
 import latent_preview
 
 from ...model.vae import latents as lat
-from ...sampling import draw_noise, require_single_branch, sample, schedule_steps, sigma_from_time, time_grid, token_grid
+from ...sampling import draw_noise, sample, schedule_steps, sigma_from_time, time_grid, token_grid
 from ...sampling.masks import latent_mask
 from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .model_call import HostModelCall, call_model
 from .model_patches import CFG_HOOKS, require_applied
-from .sampler_settings import GuidanceSpec
+from .sampler_settings import GuidanceSpec, require_guidance_without_unconditional
 
 log = logging.getLogger("ideogram4_native")
 
@@ -138,7 +138,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             self._times = times.tolist()
         self._values = self.guidance.values(n)
         if self.uncond_patcher is None:
-            require_single_branch(self._values)
+            require_guidance_without_unconditional(self.model_patcher, self._values)
 
     def _step(self, timestep: torch.Tensor) -> tuple[int, float]:
         hint, self.step_hint = self.step_hint, None

@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ...sampling import PRESETS, SamplerSettings, custom_settings
+from ...sampling import PRESETS, SamplerSettings, custom_settings, require_single_branch
 from ...sampling.presets import MAX_STEPS, parse_guidance_list
 
 CUSTOM = "custom"
+# Set (True) on the conditional model's BaseModel by Model Loader 'unconditional: none (from a LoRA)'; clones share it.
+FROM_LORA_MARK = "ideogram4_unconditional_from_lora"
+FROM_LORA_FIX = ("connect Ideogram4 Unconditional From LoRA → unconditional_model (its model ← the loader's model, "
+                 "lora_name = the unconditional LoRA), or set preset 'custom' with guidance 1 and polish_steps 0")
 PRESET_CHOICES = (*PRESETS, CUSTOM)
 DEFAULT_PRESET = "V4_DEFAULT_20"
 
@@ -120,3 +124,11 @@ def describe_settings(s: SamplerSettings) -> str:
             runs.append(f"{count}×{prev:g}")
         prev, count = g, 1
     return f"{s.name}: {s.steps} steps, mu {s.mu:g}, std {s.std:g}, guidance {' then '.join(runs)}"
+
+
+def require_guidance_without_unconditional(model, guidance) -> None:
+    """Guidance 1 at every step for a run without an unconditional model; the fix named for how ``model`` (the
+    conditional MODEL) was loaded: 'none (from a LoRA)' needs Ideogram4 Unconditional From LoRA."""
+    if getattr(getattr(model, "model", None), FROM_LORA_MARK, False):
+        require_single_branch(guidance, unconditional="none (from a LoRA)", fix=FROM_LORA_FIX)
+    require_single_branch(guidance)

@@ -357,6 +357,45 @@ def test_non_ideogram_file_in_the_loader_gives_our_message(comfy_server):
     assert_success(ok, comfy_server)
 
 
+def test_unconditional_auto_without_a_match_lists_the_names_it_looked_for(comfy_server):
+    prompt = template(Ideogram4NativeModelLoader={"conditional": "not_ideogram.safetensors", "unconditional": "auto"})
+    msg = errors_of(comfy_server.run(prompt))[0]["exception_message"].strip()
+    assert msg == ("unconditional = auto found no unconditional file for 'not_ideogram.safetensors' in the "
+                   "diffusion_models folders (looked for unconditional_not_ideogram.safetensors, "
+                   "not_unconditional_ideogram.safetensors, not_ideogram_unconditional.safetensors); choose the "
+                   "unconditional file explicitly"), msg
+
+
+def test_none_from_a_lora_without_unconditional_from_lora_names_that_node(comfy_server, comfy_models):
+    prompt = template(Ideogram4NativeModelLoader={"conditional": "i4tiny_fp8.safetensors",
+                                                  "unconditional": "none (from a LoRA)"})
+    want = ("no unconditional model (unconditional: none (from a LoRA)) needs guidance 1 at every step; got 7 at step "
+            "1 of 12 — connect Ideogram4 Unconditional From LoRA → unconditional_model")
+    errs = errors_of(comfy_server.run(prompt))
+    assert errs[0]["node_type"] == "Ideogram4NativeKSampler" and want in errs[0]["exception_message"], errs
+    loader, empty = node_id(prompt, "Ideogram4NativeModelLoader"), node_id(prompt, "Ideogram4NativeEmptyLatent")
+    enc = node_id(prompt, "Ideogram4NativeTextEncode")
+    prompt.update({  # the Guider path (SamplerCustomAdvanced)
+        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 1}},
+        "101": {"class_type": "Ideogram4NativeGuider", "inputs": {
+            "model": [loader, 0], "unconditional_model": [loader, 1], "positive": [enc, 0], "preset": "V4_TURBO_12",
+            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
+        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
+        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
+            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
+            "latent": [empty, 0]}},
+        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
+            "latent_image": [empty, 0]}},
+        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": "latents/nolora"}},
+    })
+    for k in [k for k, v in prompt.items() if v["class_type"] in ("Ideogram4NativeKSampler", "Ideogram4NativeVAEDecode",
+                                                                  "SaveImage")]:
+        del prompt[k]
+    errs = errors_of(comfy_server.run(prompt))
+    assert errs[0]["node_type"] == "SamplerCustomAdvanced" and want in errs[0]["exception_message"], errs
+
+
 # --------------------------------------------------------------------------- interrupt / model management
 
 def _ws_until(ws, predicate, timeout):
