@@ -163,12 +163,14 @@ class Ideogram4NativeKSampler(io.ComfyNode):
                 latent: dict | None = None) -> io.NodeOutput:
         import torch
 
-        from .host.comfy_model import require_ideogram4
+        from .host.comfy_model import dit_of, require_ideogram4
+        from .host.conditioning import check_feature_width
         from .host.comfy_sampling import run_reference_sampler
 
         require_ideogram4(model, "model")
         if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
             require_ideogram4(unconditional_model, "unconditional_model")
+        check_feature_width(positive, dit_of(model).config.llm_features_dim)
         check_denoise("Ideogram4 KSampler", denoise, latent)
         notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS)] if n]
         init = mask = None
@@ -267,12 +269,14 @@ class Ideogram4NativeGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, unconditional_model, positive, preset: str, guidance: float, polish_steps: int,
                 polish_guidance: float, guidance_schedule: str) -> io.NodeOutput:
-        from .host.comfy_model import require_ideogram4
+        from .host.comfy_model import dit_of, require_ideogram4
+        from .host.conditioning import check_feature_width
         from .host.comfy_sampling import Ideogram4Guider
 
         require_ideogram4(model, "model")
         if unconditional_model is not None:  # None: Model Loader 'unconditional: none' (single-branch model)
             require_ideogram4(unconditional_model, "unconditional_model")
+        check_feature_width(positive, dit_of(model).config.llm_features_dim)
         spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
         guider = Ideogram4Guider(model, unconditional_model, spec)
         guider.set_positive(positive)

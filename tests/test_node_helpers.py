@@ -169,6 +169,21 @@ def test_conditioning_contract(pack):
         c.text_from_conditioning(padded)
 
 
+def test_feature_width_is_checked_against_the_dit(pack):
+    c = pack["conditioning"]
+    cond = c.make_conditioning(torch.zeros(1, 58, 13 * 2560), [58])  # a Qwen3-4B-like (2560-wide) text encoder
+    c.check_feature_width(cond, 13 * 2560)
+    with pytest.raises(ValueError) as info:
+        c.check_feature_width(cond, 13 * 4096)
+    assert str(info.value) == (
+        "positive: the text encoder gives 13 × 2560 features, this DiT expects 13 × 4096 (Qwen3-VL-8B's): load "
+        "qwen3vl_8b_fp8_scaled.safetensors (or the official repository's text_encoder/) in Ideogram4 Text Encoder "
+        "Loader")
+    with pytest.raises(ValueError, match=r"^positive: the text encoder gives 13 × 32 features, this DiT expects "
+                                         r"13 × 64: load the text encoder that belongs to this DiT"):
+        c.check_feature_width(c.make_conditioning(torch.zeros(1, 4, 13 * 32), [4]), 13 * 64)
+
+
 def test_unconditional_auto_pairing(pack):
     auto = pack["folders"].auto_unconditional
     files = ["ideogram4_fp8_scaled.safetensors", "ideogram4_unconditional_fp8_scaled.safetensors",

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import torch
 
 MARKER = "ideogram4"
+TAPS = 13  # interleaved Qwen3-VL layers per text row (model.dit.constants.TEXT_ENCODER_TAPS)
+QWEN3VL_8B_WIDTH = 4096  # the hidden size of the text encoder Ideogram 4 is trained with
 
 
 def make_conditioning(features: torch.Tensor, lengths: Sequence[int], captions: Optional[Sequence[str]] = None) -> list:
@@ -61,3 +63,21 @@ def batch_text(features: torch.Tensor, lengths: list[int], batch: int, what: str
         return features.expand(batch, -1, -1), lengths * batch
     raise ValueError(f"{what}: {features.shape[0]} captions for a batch of {batch} images; use one caption or "
                      "one per image")
+
+
+def _describe_width(width: int) -> str:
+    return f"{TAPS} × {width // TAPS}" if width % TAPS == 0 else str(width)
+
+
+def check_feature_width(conditioning, llm_features_dim: int, what: str = "positive") -> None:
+    """Refuse text features of another width than the DiT reads (another text encoder) before sampling."""
+    width = int(text_from_conditioning(conditioning, what)[0].shape[-1])
+    if width == llm_features_dim:
+        return
+    if llm_features_dim == TAPS * QWEN3VL_8B_WIDTH:
+        fix = (" (Qwen3-VL-8B's): load qwen3vl_8b_fp8_scaled.safetensors (or the official repository's "
+               "text_encoder/) in Ideogram4 Text Encoder Loader")
+    else:
+        fix = ": load the text encoder that belongs to this DiT in Ideogram4 Text Encoder Loader"
+    raise ValueError(f"{what}: the text encoder gives {_describe_width(width)} features, this DiT expects "
+                     f"{_describe_width(llm_features_dim)}{fix}")

@@ -38,9 +38,14 @@ CAPTION = json.dumps({
 
 @pytest.fixture(scope="module")
 def comfy_models(tmp_path_factory):
+    from tools.make_test_text_encoder import tiny_text_config, write_layout
+
     root = tmp_path_factory.mktemp("comfy_root")
     info = write_models(root / "models")
     info["root"] = root
+    te, text = root / "models" / "text_encoders", tiny_text_config(num_layers=36)
+    narrow = dict(text, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    write_layout("comfy_fp8_scaled", te / "narrow", text=narrow)  # 13 × 32 features for the DiT's 13 × 64
     return info
 
 
@@ -394,6 +399,35 @@ def test_none_from_a_lora_without_unconditional_from_lora_names_that_node(comfy_
         del prompt[k]
     errs = errors_of(comfy_server.run(prompt))
     assert errs[0]["node_type"] == "SamplerCustomAdvanced" and want in errs[0]["exception_message"], errs
+
+
+def test_text_encoder_of_another_width_is_refused_before_sampling(comfy_server):
+    prompt = template(Ideogram4NativeTextEncoderLoader={"text_encoder": "narrow/qwen3vl_tiny_fp8_scaled_hf.safetensors",
+                                                        "tokenizer": "tiny_tokenizer/"})
+    want = ("positive: the text encoder gives 13 × 32 features, this DiT expects 13 × 64: load the text encoder that "
+            "belongs to this DiT in Ideogram4 Text Encoder Loader")
+    errs = errors_of(comfy_server.run(prompt))
+    assert errs[0]["node_type"] == "Ideogram4NativeKSampler" and errs[0]["exception_message"].strip() == want, errs
+    loader, enc = node_id(prompt, "Ideogram4NativeModelLoader"), node_id(prompt, "Ideogram4NativeTextEncode")
+    prompt = {k: v for k, v in prompt.items() if v["class_type"] not in ("Ideogram4NativeKSampler",
+                                                                         "Ideogram4NativeVAEDecode", "SaveImage")}
+    prompt["101"] = {"class_type": "Ideogram4NativeGuider", "inputs": {
+        "model": [loader, 0], "unconditional_model": [loader, 1], "positive": [enc, 0], "preset": "V4_TURBO_12",
+        "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}}
+    empty = node_id(prompt, "Ideogram4NativeEmptyLatent")
+    prompt.update({  # the Guider path (SamplerCustomAdvanced): refused by the Guider node itself
+        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 1}},
+        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
+        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
+            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
+            "latent": [empty, 0]}},
+        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
+            "latent_image": [empty, 0]}},
+        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": "latents/narrow"}},
+    })
+    errs = errors_of(comfy_server.run(prompt))
+    assert errs[0]["node_type"] == "Ideogram4NativeGuider" and errs[0]["exception_message"].strip() == want, errs
 
 
 # --------------------------------------------------------------------------- interrupt / model management
