@@ -87,8 +87,9 @@ class Ideogram4NativeTextEncoderLoader(io.ComfyNode):
         tok = _tokenizer_path(tokenizer, text_encoder.endswith(folders.FOLDER_SUFFIX) or source.is_dir())
         patcher = load_text_encoder_patcher(source, tokenizer=tok, dtype_choice=dtype, device_choice=device)
         info = patcher.ideogram4_info
-        text = (f"{info['source']} — {info['format']}, compute {info['dtype']}, "
-                f"{patcher.model_size() / 2**30:.2f} GiB; tokenizer: {tok or 'from the folder'}")
+        text = "".join(f"warning: {w}\n" for w in info["warnings"]) + (
+            f"{info['source']} — {info['format']}, compute {info['dtype']}, "
+            f"{patcher.model_size() / 2**30:.2f} GiB; tokenizer: {tok or 'from the folder'}")
         return io.NodeOutput(patcher, ui={"text": [text]})
 
 

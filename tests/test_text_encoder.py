@@ -466,6 +466,19 @@ def test_unsupported_quantisation(layouts, tmp_path, tok_dir):
         load_text_encoder(w4, taps=TAPS, tokenizer=tok_dir)
 
 
+def test_text_only_layout_loads_with_a_warning_that_it_may_not_be_qwen3vl(layouts, tok_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        enc = load_text_encoder(layouts["comfy_fp8_scaled_comfy_names"], taps=TAPS, tokenizer=tok_dir)
+    assert len(enc.warnings) == 1, enc.warnings
+    assert enc.warnings[0].startswith("cannot confirm this is Qwen3-VL: ComfyUI text-only names (model.layers.*), no "
+                                      "vision tower and no config.json — a text-only Qwen3 LLM (e.g. Qwen3-8B)")
+    assert enc.warnings[0] in caplog.text
+    # Comfy-Org's single file (model.language_model.* + model.visual.*) and the folders: nothing to warn about
+    for layout in ("comfy_fp8_scaled", "official_bf16", "qwen_hf"):
+        tok = tok_dir if layout == "comfy_fp8_scaled" else None
+        assert load_text_encoder(layouts[layout], taps=TAPS, tokenizer=tok).warnings == (), layout
+
+
 def test_truncated_file(layouts, tmp_path, tok_dir):
     broken = tmp_path / "truncated.safetensors"
     data = Path(layouts["comfy_fp8_scaled"]).read_bytes()

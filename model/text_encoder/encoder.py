@@ -220,7 +220,7 @@ class Ideogram4TextEncoder(nn.Module):
 
     def __init__(self, language_model: nn.Module, tokenizer: Any, *, taps: Sequence[int],
                  max_text_tokens: int = MAX_TEXT_TOKENS, identity: tuple = (), description: str = "",
-                 checkpoint_format: Any = None) -> None:
+                 checkpoint_format: Any = None, warnings: Sequence[str] = ()) -> None:
         super().__init__()
         self.language_model = language_model
         self.tokenizer = tokenizer
@@ -231,6 +231,7 @@ class Ideogram4TextEncoder(nn.Module):
         self.identity = identity
         self.description = description
         self.checkpoint_format = checkpoint_format
+        self.warnings = tuple(warnings)  # what the loader could not confirm (shown by the loader node)
         self._template_warned = False
 
     # -- properties ------------------------------------------------------------------

@@ -198,6 +198,16 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
 
 # ----------------------------------------------------------------------------------- config
 
+def unconfirmed_qwen3vl(fmt: TextEncoderFormat, cfg_json: Optional[dict]) -> Optional[str]:
+    """A warning when nothing in the checkpoint says Qwen3-VL: no config.json, no vision tower, no Qwen3-VL key names
+    (``language_model.``) — a text-only Qwen3 LLM (Qwen3-8B) has the same tensors and shapes."""
+    if cfg_json is not None or "vision tower" in fmt.skipped or "language_model." in fmt.prefix:
+        return None
+    return (f"cannot confirm this is Qwen3-VL: {fmt.naming}, no vision tower and no config.json — a text-only Qwen3 "
+            "LLM (e.g. Qwen3-8B) has the same shapes but gives other features; Ideogram 4 needs the Qwen3-VL-8B-Instruct "
+            "language model (qwen3vl_8b_fp8_scaled.safetensors or the official repository's text_encoder/)")
+
+
 def _read_config_json(files: list[Path], source: Path, label: str) -> Optional[dict]:
     """config.json next to the weights: required to be Qwen3-VL for folders, optional for files."""
     path = files[0].parent / "config.json"
@@ -469,5 +479,8 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     skipped = ", ".join(f"{n} {what}" for what, n in sorted(fmt.skipped.items()))
     log.info("Loaded Ideogram 4 text encoder from %s (%s; %d of %d layers; skipped unread: %s)", label,
              fmt.description, fmt.kept_layers, fmt.num_layers, skipped or "nothing")
+    warnings = [w for w in [unconfirmed_qwen3vl(fmt, cfg_json)] if w]
+    for warning in warnings:
+        log.warning("%s: %s", label, warning)
     return Ideogram4TextEncoder(model, tok, taps=taps, max_text_tokens=max_text_tokens, identity=identity,
-                                description=fmt.description, checkpoint_format=fmt)
+                                description=fmt.description, checkpoint_format=fmt, warnings=warnings)

@@ -51,7 +51,8 @@ def load_text_encoder_patcher(source: str | Path, *, tokenizer: Optional[str | P
     encoder = load_text_encoder(source, device=offload_device, dtype=dtype, tokenizer=tokenizer, operations=ComfyOps)
     patcher = HomePatcher(TextEncoderHolder(encoder), load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "format": encoder.description,
-                              "dtype": str(dtype).replace("torch.", ""), "tokenizer": str(tokenizer or "auto")}
+                              "dtype": str(dtype).replace("torch.", ""), "tokenizer": str(tokenizer or "auto"),
+                              "warnings": list(encoder.warnings)}
     return patcher
 
 

@@ -44,6 +44,7 @@ def comfy_models(tmp_path_factory):
     info = write_models(root / "models")
     info["root"] = root
     te, text = root / "models" / "text_encoders", tiny_text_config(num_layers=36)
+    write_layout("comfy_fp8_scaled", te, text=text, comfy_naming="comfy")  # model.layers.*, no vision tower
     narrow = dict(text, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
     write_layout("comfy_fp8_scaled", te / "narrow", text=narrow)  # 13 × 32 features for the DiT's 13 × 64
     return info
@@ -428,6 +429,19 @@ def test_text_encoder_of_another_width_is_refused_before_sampling(comfy_server):
     })
     errs = errors_of(comfy_server.run(prompt))
     assert errs[0]["node_type"] == "Ideogram4NativeGuider" and errs[0]["exception_message"].strip() == want, errs
+
+
+@pytest.mark.parametrize("file,warned", [("qwen3vl_tiny_fp8_scaled_comfy.safetensors", True),
+                                         ("qwen3vl_tiny_fp8_scaled_hf.safetensors", False)])
+def test_text_only_layout_is_loaded_with_a_warning(comfy_server, file, warned):
+    prompt = template(Ideogram4NativeTextEncoderLoader={"text_encoder": file, "tokenizer": "tiny_tokenizer/"},
+                      Ideogram4NativeKSampler={"seed": 11})
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    text = entry["outputs"][node_id(prompt, "Ideogram4NativeTextEncoderLoader")]["text"][0]
+    assert text.startswith("warning: cannot confirm this is Qwen3-VL: ComfyUI text-only names (model.layers.*), no "
+                           "vision tower and no config.json") is warned, text
+    assert "Qwen3-VL text encoder" in text and ("warning" in text) is warned
 
 
 # --------------------------------------------------------------------------- interrupt / model management
