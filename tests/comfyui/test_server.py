@@ -83,6 +83,25 @@ def node_id(prompt: dict, class_type: str) -> str:
     return next(k for k, v in prompt.items() if v["class_type"] == class_type)
 
 
+def guider_graph(loader: str, enc: str, empty: str, *, preset: str, seed: int, prefix: str) -> dict:
+    """The SamplerCustomAdvanced path (Ideogram4 Noise / Guider / Sampler / Sigmas, guidance 7, two polish steps at
+    3) on the template's loader, Text Encode and Empty Latent, its latent saved under ``prefix``."""
+    return {
+        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": seed}},
+        "101": {"class_type": "Ideogram4NativeGuider", "inputs": {
+            "model": [loader, 0], "unconditional_model": [loader, 1], "positive": [enc, 0], "preset": preset,
+            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
+        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
+        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
+            "preset": preset, "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
+            "latent": [empty, 0]}},
+        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
+            "latent_image": [empty, 0]}},
+        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": prefix}},
+    }
+
+
 @lru_cache(maxsize=4)
 def oracle_pipeline(models_root: str, dit: str = "bf16", te: str = "folder"):
     from model.pipeline import load_pipeline
@@ -231,20 +250,7 @@ def test_sampler_custom_advanced_blocks_equal_sampling_sample(comfy_server, comf
     ids = {v["class_type"]: k for k, v in keep.items()}
     model, enc, empty = ids["Ideogram4NativeModelLoader"], ids["Ideogram4NativeTextEncode"], ids["Ideogram4NativeEmptyLatent"]
     prompt = dict(keep)
-    prompt.update({
-        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 4321}},
-        "101": {"class_type": "Ideogram4NativeGuider", "inputs": {
-            "model": [model, 0], "unconditional_model": [model, 1], "positive": [enc, 0], "preset": "V4_DEFAULT_20",
-            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
-        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
-        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
-            "preset": "V4_DEFAULT_20", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
-            "latent": [empty, 0]}},
-        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
-            "latent_image": [empty, 0]}},
-        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": "latents/sca"}},
-    })
+    prompt.update(guider_graph(model, enc, empty, preset="V4_DEFAULT_20", seed=4321, prefix="latents/sca"))
     entry = comfy_server.run(prompt)
     assert_success(entry, comfy_server)
     info = entry["outputs"]["105"]["latents"][0]
@@ -381,20 +387,8 @@ def test_none_from_a_lora_without_unconditional_from_lora_names_that_node(comfy_
     assert errs[0]["node_type"] == "Ideogram4NativeKSampler" and want in errs[0]["exception_message"], errs
     loader, empty = node_id(prompt, "Ideogram4NativeModelLoader"), node_id(prompt, "Ideogram4NativeEmptyLatent")
     enc = node_id(prompt, "Ideogram4NativeTextEncode")
-    prompt.update({  # the Guider path (SamplerCustomAdvanced)
-        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 1}},
-        "101": {"class_type": "Ideogram4NativeGuider", "inputs": {
-            "model": [loader, 0], "unconditional_model": [loader, 1], "positive": [enc, 0], "preset": "V4_TURBO_12",
-            "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}},
-        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
-        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
-            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
-            "latent": [empty, 0]}},
-        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
-            "latent_image": [empty, 0]}},
-        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": "latents/nolora"}},
-    })
+    prompt.update(guider_graph(loader, enc, empty, preset="V4_TURBO_12", seed=1,  # the Guider path (SamplerCustomAdvanced)
+                               prefix="latents/nolora"))
     for k in [k for k, v in prompt.items() if v["class_type"] in ("Ideogram4NativeKSampler", "Ideogram4NativeVAEDecode",
                                                                   "SaveImage")]:
         del prompt[k]
@@ -412,21 +406,9 @@ def test_text_encoder_of_another_width_is_refused_before_sampling(comfy_server):
     loader, enc = node_id(prompt, "Ideogram4NativeModelLoader"), node_id(prompt, "Ideogram4NativeTextEncode")
     prompt = {k: v for k, v in prompt.items() if v["class_type"] not in ("Ideogram4NativeKSampler",
                                                                          "Ideogram4NativeVAEDecode", "SaveImage")}
-    prompt["101"] = {"class_type": "Ideogram4NativeGuider", "inputs": {
-        "model": [loader, 0], "unconditional_model": [loader, 1], "positive": [enc, 0], "preset": "V4_TURBO_12",
-        "guidance": 7.0, "polish_steps": 2, "polish_guidance": 3.0, "guidance_schedule": ""}}
     empty = node_id(prompt, "Ideogram4NativeEmptyLatent")
-    prompt.update({  # the Guider path (SamplerCustomAdvanced): refused by the Guider node itself
-        "100": {"class_type": "Ideogram4NativeNoise", "inputs": {"noise_seed": 1}},
-        "102": {"class_type": "Ideogram4NativeSampler", "inputs": {}},
-        "103": {"class_type": "Ideogram4NativeSigmas", "inputs": {
-            "preset": "V4_TURBO_12", "width": 1024, "height": 1024, "steps": 20, "mu": 0.0, "std": 1.75,
-            "latent": [empty, 0]}},
-        "104": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["100", 0], "guider": ["101", 0], "sampler": ["102", 0], "sigmas": ["103", 0],
-            "latent_image": [empty, 0]}},
-        "105": {"class_type": "SaveLatent", "inputs": {"samples": ["104", 0], "filename_prefix": "latents/narrow"}},
-    })
+    # the Guider path (SamplerCustomAdvanced): refused by the Guider node itself
+    prompt.update(guider_graph(loader, enc, empty, preset="V4_TURBO_12", seed=1, prefix="latents/narrow"))
     errs = errors_of(comfy_server.run(prompt))
     assert errs[0]["node_type"] == "Ideogram4NativeGuider" and errs[0]["exception_message"].strip() == want, errs
 
