@@ -192,8 +192,9 @@ def clear_dead_roles(dit: torch.nn.Module) -> None:
 
 
 def _packed_buffer(model: torch.nn.Module, key: str) -> bool:
-    """``key`` is a packed layer's scale / absmax / code-table buffer (not its weight or bias)."""
-    module_name, leaf = split_key(key)
+    """``key`` (a patch key: a name, or ComfyUI's ``(name, offset…)`` for rows of a fused weight) is a packed layer's
+    scale / absmax / code-table buffer (not its weight or bias)."""
+    module_name, leaf = split_key(key if isinstance(key, str) else key[0])
     if leaf in ("weight", "bias"):
         return False
     try:
