@@ -51,6 +51,7 @@ from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
 from .lora_patching import (Ideogram4ModelPatcher, RolePatched, clear_dead_roles, computing_dit,
                             install_key_map_hook)
+from .conditioning import feature_width_problem
 from .model_patches import check_model_call
 from .text_projection_release import text_projection_hook
 from .offload import system_ram_budget
@@ -288,6 +289,10 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         lengths = kwargs.get("text_lengths", None)
         feats = c_crossattn
         if feats is not None:
+            # another text encoder's features (core's samplers and guiders come here without the nodes' check)
+            problem = feature_width_problem(int(feats.shape[-1]), self.diffusion_model.config.llm_features_dim)
+            if problem:
+                raise ValueError(problem)
             feats = feats.to(device=x.device)
             if lengths is not None:
                 lengths = [int(v) for v in (lengths.reshape(-1).tolist() if torch.is_tensor(lengths) else lengths)]

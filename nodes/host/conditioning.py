@@ -17,8 +17,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from ...model.dit.constants import TEXT_ENCODER_TAPS
+
 MARKER = "ideogram4"
-TAPS = 13  # interleaved Qwen3-VL layers per text row (model.dit.constants.TEXT_ENCODER_TAPS)
+TAPS = len(TEXT_ENCODER_TAPS)  # interleaved Qwen3-VL layers per text row
 QWEN3VL_8B_WIDTH = 4096  # the hidden size of the text encoder Ideogram 4 is trained with
 
 
@@ -69,15 +71,22 @@ def _describe_width(width: int) -> str:
     return f"{TAPS} × {width // TAPS}" if width % TAPS == 0 else str(width)
 
 
-def check_feature_width(conditioning, llm_features_dim: int, what: str = "positive") -> None:
-    """Refuse text features of another width than the DiT reads (another text encoder) before sampling."""
-    width = int(text_from_conditioning(conditioning, what)[0].shape[-1])
+def feature_width_problem(width: int, llm_features_dim: int, what: str = "positive") -> Optional[str]:
+    """The message for text features of another width than the DiT reads (another text encoder), or None."""
     if width == llm_features_dim:
-        return
+        return None
     if llm_features_dim == TAPS * QWEN3VL_8B_WIDTH:
         fix = (" (Qwen3-VL-8B's): load qwen3vl_8b_fp8_scaled.safetensors (or the official repository's "
                "text_encoder/) in Ideogram4 Text Encoder Loader")
     else:
         fix = ": load the text encoder that belongs to this DiT in Ideogram4 Text Encoder Loader"
-    raise ValueError(f"{what}: the text encoder gives {_describe_width(width)} features, this DiT expects "
-                     f"{_describe_width(llm_features_dim)}{fix}")
+    return (f"{what}: the text encoder gives {_describe_width(width)} features, this DiT expects "
+            f"{_describe_width(llm_features_dim)}{fix}")
+
+
+def check_feature_width(conditioning, llm_features_dim: int, what: str = "positive") -> None:
+    """Refuse text features of another width than the DiT reads (another text encoder) before sampling."""
+    problem = feature_width_problem(int(text_from_conditioning(conditioning, what)[0].shape[-1]), llm_features_dim,
+                                    what)
+    if problem:
+        raise ValueError(problem)

@@ -141,6 +141,8 @@ res["block_replace"] = {
     "attn1_patch": error(lambda: vel(pc, {"patches": {"attn1_patch": [lambda q, k, v, extra_options: (q, k, v)]}})),
     "rope_options": error(lambda: vel(pc, {"rope_options": {"scale_x": 2.0}})),
 }
+res["width_error"] = error(lambda: pc.model.apply_model(x, sig, c_crossattn=torch.randn(1, 4, 13 * 16), text_lengths=[4],
+                                                        ideogram4_velocity=True))
 dm_seen = []
 def dm_wrapper(executor, x_, sigma_, context, mask, opts, **kwargs):
     dm_seen.append((list(x_.shape), list(sigma_.shape), None if context is None else list(context.shape)))
@@ -240,3 +242,9 @@ def test_merging_packed_models_merges_their_decoded_weights(result, fmt):
 
 def test_object_patches_of_the_dits_layers_are_not_refused(result):
     assert result["fast_fp8_one_node"] is None  # Fast FP8's per-layer switches (object patches) run on the KSampler
+
+
+def test_another_text_encoders_features_are_named_in_the_model_call(result):
+    """Core's samplers and guiders reach the model without the pack nodes' width check: the model call says it."""
+    assert result["width_error"] == ("positive: the text encoder gives 13 × 16 features, this DiT expects 13 × 32: "
+                                     "load the text encoder that belongs to this DiT in Ideogram4 Text Encoder Loader")
