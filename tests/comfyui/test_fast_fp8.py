@@ -18,6 +18,7 @@ pytestmark = requires_comfyui()
 
 WORKER = LORA_WORKER_SETUP + r'''
 from i4pack.nodes.speed_nodes import Ideogram4NativeFastFP8
+ff = importlib.import_module("i4pack.nodes.host.fast_fp8")
 
 def run(patcher, full=True):
     load_for_run(patcher, full)
@@ -66,6 +67,11 @@ try:
     res["bf16_error"] = None
 except ValueError as exc:
     res["bf16_error"] = str(exc)
+# a CUDA GPU without the fp8 kernel (here: a CUDA load device on a machine whose probe finds none)
+cuda_like = cm.load_model_patcher(write_file(convert(sd, "fp8"), out / "fp8_cuda.safetensors", "fp8"), weight_dtype="bf16")
+cuda_like.load_device = torch.device("cuda", 0)
+kept, line = ff.with_fast_fp8(cuda_like, "model")
+res["no_kernel"] = {"same_patcher": kept is cuda_like, "object_patches": len(kept.object_patches), "line": line}
 print("RESULT " + json.dumps(res))
 '''
 
@@ -96,3 +102,9 @@ def test_unconditional_view_follows_its_base(result):
 
 def test_fast_fp8_needs_fp8_layers(result):
     assert "has no fp8 layers" in result["bf16_error"] and "fp8_scaled" in result["bf16_error"], result
+
+
+def test_a_gpu_without_the_fp8_kernel_keeps_the_exact_path_and_says_so(result):
+    r = result["no_kernel"]
+    assert r["same_patcher"] and r["object_patches"] == 0
+    assert "fp8 matmul NOT enabled" in r["line"] and "sm89+" in r["line"] and "the exact path runs" in r["line"]
