@@ -211,3 +211,22 @@ def test_torch_compile_traces_an_nf4_layer_without_graph_breaks():
     torch._dynamo.reset()
     assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
     assert torch.equal(torch.compile(lin, backend="eager")(x), lin(x))
+
+
+def test_fast_fp8_kernel_check_is_a_compile_time_constant(monkeypatch):
+    """The probe (a data-dependent ``bool(torch.all(...))`` on CUDA) must not be traced into a compiled DiT at every fp8
+    layer: ``kernel_available`` is a constant to dynamo and the cached probe sits behind it (dynamo traces through a
+    ``functools.cache`` wrapper and would ignore the marker on it)."""
+    import functools
+
+    from model.checkpoints import fp8_matmul
+
+    @functools.cache
+    def probe(device_index):  # what the CUDA probe does after its capability check
+        return bool(torch.all(torch.ones(2) > 0))
+
+    monkeypatch.setattr(fp8_matmul, "_probe_kernel", probe)
+    torch._dynamo.reset()
+    e = torch._dynamo.explain(lambda x: x * (2 if fp8_matmul.kernel_available(0) else 3))(torch.ones(2))
+    torch._dynamo.reset()
+    assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]

@@ -47,9 +47,14 @@ def emulate_scaled_mm(x8, w8, scale_x, scale_w, bias, out_dtype) -> torch.Tensor
 
 
 @torch.compiler.assume_constant_result  # a compiled DiT takes the answer as a constant (no graph break per layer)
-@functools.cache
 def kernel_available(device_index: int = 0) -> bool:
-    """``torch._scaled_mm`` with rowwise scales works on this CUDA device (probed once)."""
+    """``torch._scaled_mm`` with rowwise scales works on this CUDA device (probed once).  Not itself cached:
+    dynamo traces through a ``functools.cache`` wrapper (ignoring the marker), into the probe."""
+    return _probe_kernel(device_index)
+
+
+@functools.cache
+def _probe_kernel(device_index: int) -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability(device_index) < (8, 9):
         return False
     try:

@@ -299,6 +299,9 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
                 if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
                     lengths = lengths * (b // len(lengths))
         clear_dead_roles(computing_dit(self.diffusion_model))  # patches of views dropped since the last call
+        if control is not None:
+            raise ValueError("a ControlNet (Apply ControlNet) is connected: the Ideogram 4 DiT has no ControlNet "
+                             "inputs; remove it from the conditioning")
         check_model_call(transformer_options, getattr(computing_dit(self.diffusion_model), "replaceable_blocks", ()))
         if self.manual_cast_dtype is not None:
             raise ValueError(f"a compute dtype patch ({self.manual_cast_dtype}, e.g. ModelComputeDtype) is not applied "

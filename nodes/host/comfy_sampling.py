@@ -108,6 +108,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self.guidance = guidance
         self.features: Optional[torch.Tensor] = None
         self.lengths: Optional[list[int]] = None
+        self.positive = None  # the CONDITIONING as given (its properties are checked before sampling)
         self._reset_run()
 
     def _reset_run(self):
@@ -122,7 +123,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
 
     def set_positive(self, positive) -> None:
         feats, lengths, _ = text_from_conditioning(positive)
-        self.features, self.lengths = feats, lengths
+        self.features, self.lengths, self.positive = feats, lengths, positive
         self.inner_set_conds({"positive": positive})
 
     # -- schedule bookkeeping
@@ -168,7 +169,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         if self.features is None:
             raise ValueError("Ideogram4 Guider has no positive conditioning")
         require_applied({"conditional": self.model_patcher, "unconditional": self.uncond_patcher}, path="guider",
-                        hooks_of="conditional")
+                        hooks_of="conditional", conditioning=self.positive)
         self._prepare(sigmas)  # before ComfyUI moves the sigmas (the time attribute lives on this tensor)
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),
@@ -195,7 +196,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             self._last = None
             for patcher in (self.model_patcher, self.uncond_patcher):  # ComfyUI's cleanup did not run (an error)
                 model = getattr(patcher, "model", None)
-                if getattr(model, "current_patcher", None) is patcher:
+                if model is not None and getattr(model, "current_patcher", None) is patcher:
                     model.current_patcher = None
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
@@ -328,7 +329,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     info = []
     if not ours:
         info.append("warning: the conditioning was not made by Ideogram4 Native Text Encode; parity not guaranteed")
-    require_applied({"conditional": cond, "unconditional": uncond}, path="ksampler")
+    require_applied({"conditional": cond, "unconditional": uncond}, path="ksampler", conditioning=positive)
     t0 = time.perf_counter()
     plan = load_pair(cond, uncond, batch=batch, n_img=gh * gw, n_txt=int(feats.shape[1]))
     info += [plan.summary(), loaded_summary([cond, uncond], ["conditional", "unconditional"])]

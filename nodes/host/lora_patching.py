@@ -313,6 +313,18 @@ class Ideogram4ModelPatcher(HomePatcher):
         kept = {k: v for k, v in patches.items() if not _packed_buffer(self.model, k)}
         return super().add_patches(kept, strength_patch, strength_model)
 
+    def model_state_dict_for_saving(self, model=None, prefix=""):
+        """ComfyUI's saving state dict (ModelSave, CheckpointSave…) — refused while packed layers carry patches: ComfyUI
+        would write their decoded, patched weights into the packed keys next to the file's scales (a checkpoint that
+        loads as garbage)."""
+        packed = sorted(k for k in self.patches if packed_module(self.model, k) is not None)
+        if packed:
+            fmt = getattr(self.model.diffusion_model, "checkpoint_format", "packed")
+            raise ValueError(f"saving this {fmt} model with patches (LoRA or merge) on {len(packed)} packed layers "
+                             f"(e.g. {packed[0]}) is not supported: their patched weights are decoded and would not "
+                             f"match the file's scales. Save the LoRA itself, or patch and save a bf16 / fp32 model")
+        return super().model_state_dict_for_saving(model, prefix)
+
     def patch_weight_to_device(self, key, device_to=None, inplace_update=False, return_weight=False, force_cast=False):
         if key not in self.patches and packed_module(self.model, key) is not None:
             return comfy.utils.get_attr(self.model, key)  # packed storage is never cast (no force_cast copy back)

@@ -58,9 +58,9 @@ def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = 
         keys = [k for k in (table or {}) if not (name == "dit" and k in honoured)]
         if keys:
             shown = ", ".join(str(k) for k in keys[:4]) + (" …" if len(keys) > 4 else "")
-            problems.append(f"a {name!r} replacement patch for {shown} (e.g. SkipLayerGuidanceDiT, "
-                            f"PerturbedAttentionGuidance; this DiT has single-stream blocks "
-                            f"('single_block', 0…{_last_block(honoured)}))" if name == "dit" else
+            problems.append(f"a {name!r} replacement patch for {shown} (this DiT has single-stream blocks only, "
+                            f"('single_block', 0…{_last_block(honoured)}): for SkipLayerGuidanceDiT clear "
+                            f"double_layers and list single_layers)" if name == "dit" else
                             f"a {name!r} replacement patch for {shown} (a UNet-style attention patch, e.g. "
                             f"PerturbedAttentionGuidance)")
     if _non_empty(transformer_options.get("rope_options")):
@@ -109,6 +109,30 @@ def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: 
     return problems
 
 
+# conditioning properties (set by core nodes on the CONDITIONING) the pack's samplers do not apply: they take the
+# caption's features only; ComfyUI's own samplers apply area / mask / strength / timestep range / hooks themselves
+CONDITIONING_PROPERTIES = {
+    "hooks": "hooks (Cond Set Props / Set Hooks: hook LoRAs, scheduled weights)",
+    "control": "a ControlNet (Apply ControlNet: this DiT has no ControlNet inputs)",
+    "area": "an area (ConditioningSetArea)",
+    "mask": "a mask (ConditioningSetMask)",
+    "gligen": "GLIGEN boxes (use the Caption Builder's boxes)",
+}
+
+
+def conditioning_problems(conditioning, what: str = "positive") -> list[str]:
+    """What a CONDITIONING carries besides the caption's features that the pack's samplers would not apply."""
+    problems = []
+    for entry in conditioning or []:
+        extra = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict) else {}
+        problems += [f"{what}: {desc}" for key, desc in CONDITIONING_PROPERTIES.items() if extra.get(key) is not None]
+        if float(extra.get("strength", 1.0)) != 1.0:
+            problems.append(f"{what}: a strength of {extra['strength']} (ConditioningSetAreaStrength…)")
+        if float(extra.get("start_percent", 0.0)) != 0.0 or float(extra.get("end_percent", 1.0)) != 1.0:
+            problems.append(f"{what}: a timestep range (ConditioningSetTimestepRange)")
+    return problems
+
+
 def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
     """:func:`sampler_level_problems` and :func:`model_level_problems` of a ModelPatcher."""
     options = getattr(patcher, "model_options", {}) or {}
@@ -117,15 +141,17 @@ def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
         for kind, table in source.items():
             wrappers.setdefault(kind, {}).update(table)
     honoured = getattr(getattr(getattr(patcher, "model", None), "diffusion_model", None), "replaceable_blocks", ())
-    return (sampler_level_problems(options, wrappers, getattr(patcher, "object_patches", {}) or {}, path=path,
+    hooks = ["weight hooks (hook LoRAs / Set Model Hooks)"] if getattr(patcher, "hook_patches", None) else []
+    return hooks + (sampler_level_problems(options, wrappers, getattr(patcher, "object_patches", {}) or {}, path=path,
                                    runs_hooks=runs_hooks)
             + model_level_problems(options.get("transformer_options", {}), honoured))
 
 
-def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None) -> None:
-    """``ValueError`` naming every patch of ``patchers`` ({"conditional": patcher, …}; None entries skipped) that
-    ``path`` does not apply; ``hooks_of``: the role whose CFG hooks and sampler wrappers the path runs."""
-    found = []
+def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None, conditioning=None) -> None:
+    """``ValueError`` naming every patch of ``patchers`` ({"conditional": patcher, …}; None entries skipped) and every
+    property of ``conditioning`` (the positive CONDITIONING) that ``path`` does not apply; ``hooks_of``: the role whose
+    CFG hooks and sampler wrappers the path runs."""
+    found = conditioning_problems(conditioning)
     for role, patcher in patchers.items():
         if patcher is None:
             continue

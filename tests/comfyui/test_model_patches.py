@@ -184,6 +184,30 @@ for fmt in ("fp8", "nf4"):
     res["merge"][fmt] = {"rel": float((got - r).abs().max() / r.abs().max()),
                          "rel_unmerged": float((plain_a - r).abs().max() / r.abs().max()),
                          "buffer_patches": sorted(k for k in merged.patches if not k.endswith((".weight", ".bias")))}
+    if fmt == "fp8":
+        import comfy.sd
+        res["merge"]["save_error"] = error(lambda: comfy.sd.save_checkpoint(str(Path(out_dir) / "merged.safetensors"),
+                                                                             model=merged))
+
+# 6. the pack's samplers refuse conditioning properties they do not apply; the DiT refuses a ControlNet
+props = {"hooks": None, "area": (8, 8, 0, 0), "mask": torch.ones(1, 16, 16), "strength": 0.5,
+         "start_percent": 0.2}
+res["conditioning"] = {}
+for key, value in props.items():
+    extra = dict(positive[0][1]); extra[key] = value
+    if key == "hooks":
+        import comfy.hooks
+        extra[key] = comfy.hooks.HookGroup()
+    cond_p = [[positive[0][0], extra]]
+    o = lambda: sn.Ideogram4NativeKSampler.execute(model=pc, unconditional_model=pu, positive=cond_p, seed=5,
+        preset="custom", width=W, height=H, batch_size=1, steps=STEPS, mu=0.0, std=1.75, guidance=G, polish_steps=0,
+        polish_guidance=3.0, guidance_schedule="", denoise=1.0, latent=None)
+    res["conditioning"][key] = error(o)
+res["controlnet"] = error(lambda: pc.model.apply_model(x, sig, c_crossattn=feats, text_lengths=[4], control={"output": []},
+                                                       ideogram4_velocity=True))
+# 7. the Guider without an unconditional model (CFG-distilled single branch) samples to the end
+single = guided(pc, None, guidance=1.0)
+res["guider_single_branch"] = {"shape": list(single.shape), "current_patcher_cleared": pc.model.current_patcher is None}
 print("RESULT " + json.dumps(res))
 '''
 
@@ -248,3 +272,23 @@ def test_another_text_encoders_features_are_named_in_the_model_call(result):
     """Core's samplers and guiders reach the model without the pack nodes' width check: the model call says it."""
     assert result["width_error"] == ("positive: the text encoder gives 13 × 16 features, this DiT expects 13 × 32: "
                                      "load the text encoder that belongs to this DiT in Ideogram4 Text Encoder Loader")
+
+
+def test_saving_a_merged_packed_model_is_refused_by_name(result):
+    e = result["merge"]["save_error"]
+    assert e.startswith("saving this ") and "patches (LoRA or merge) on " in e and "packed layers" in e
+
+
+@pytest.mark.parametrize("key,words", [("hooks", "hooks (Cond Set Props"), ("area", "an area (ConditioningSetArea)"),
+                                       ("mask", "a mask (ConditioningSetMask)"), ("strength", "a strength of 0.5"),
+                                       ("start_percent", "a timestep range")])
+def test_conditioning_properties_the_samplers_do_not_apply_are_refused(result, key, words):
+    assert f"positive: {words}" in result["conditioning"][key]
+
+
+def test_a_controlnet_is_refused_by_the_dit(result):
+    assert "ControlNet" in result["controlnet"] and "no ControlNet inputs" in result["controlnet"]
+
+
+def test_guider_without_an_unconditional_model_samples(result):
+    assert result["guider_single_branch"] == {"shape": [1, 128, 16, 16], "current_patcher_cleared": True}
