@@ -299,13 +299,8 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
                 if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
                     lengths = lengths * (b // len(lengths))
         clear_dead_roles(computing_dit(self.diffusion_model))  # patches of views dropped since the last call
-        if control is not None:
-            raise ValueError("a ControlNet (Apply ControlNet) is connected: the Ideogram 4 DiT has no ControlNet "
-                             "inputs; remove it from the conditioning")
-        check_model_call(transformer_options, getattr(computing_dit(self.diffusion_model), "replaceable_blocks", ()))
-        if self.manual_cast_dtype is not None:
-            raise ValueError(f"a compute dtype patch ({self.manual_cast_dtype}, e.g. ModelComputeDtype) is not applied "
-                             f"by the Ideogram 4 DiT: set the Model Loader's dtype instead")
+        check_model_call(transformer_options, self.replaceable_blocks, manual_cast_dtype=self.manual_cast_dtype,
+                         control=control)
         # DIFFUSION_MODEL wrappers (caches…) see the diffusion model's call in ComfyUI's convention, as core models
         # give it: the latent x, σ, the context, a mask, transformer_options; the output −v
         out = comfy.patcher_extension.WrapperExecutor.new_class_executor(
@@ -318,6 +313,11 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
             return v
         # ComfyUI's flow model output is ε − x0 = −v; CONST: denoised = x − σ·out.
         return self.model_sampling.calculate_denoised(sigma, -v, x)
+
+    @property
+    def replaceable_blocks(self) -> tuple:
+        """The ``patches_replace["dit"]`` keys the layers that run honour (a view's: its base's)."""
+        return computing_dit(self.diffusion_model).replaceable_blocks
 
     def _diffusion_model_call(self, x, sigma, context, attention_mask, transformer_options, *, ideogram4_time,
                               text_lengths=None):

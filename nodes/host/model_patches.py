@@ -46,10 +46,16 @@ def _non_empty(value) -> bool:
     return value is not None
 
 
-def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = ()) -> list[str]:
-    """What in ``transformer_options`` the DiT does not apply (``honoured_blocks``: the ``patches_replace["dit"]``
-    keys it does run)."""
+def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = (), *, manual_cast_dtype=None,
+                         control=None) -> list[str]:
+    """What the DiT does not apply: of ``transformer_options`` (``honoured_blocks``: the ``patches_replace["dit"]``
+    keys it does run), a compute dtype set on the model (ModelComputeDtype's object patch), a ControlNet."""
     problems = []
+    if manual_cast_dtype is not None:
+        problems.append(f"a compute dtype ({manual_cast_dtype}, ModelComputeDtype): set the Model Loader's dtype "
+                        f"instead")
+    if control is not None:
+        problems.append(CONDITIONING_PROPERTIES["control"])
     patches = transformer_options.get("patches") or {}
     for name in sorted(k for k, v in patches.items() if _non_empty(v)):
         problems.append(f"a model patch {name!r} ({len(patches[name])}; e.g. from an attention or block patch node)")
@@ -75,16 +81,13 @@ def _last_block(honoured) -> str:
 
 def object_patch_problems(object_patches: dict, *, shift_applies: bool) -> list[str]:
     """Object patches the path does not use (``shift_applies``: a ``model_sampling`` patch is used — by the
-    scheduler of a SamplerCustomAdvanced graph).  ComfyUI sets every object patch on the model; these two are
-    attributes the pack's DiT never reads (the patched diffusion model and its layers' switches — TorchCompileModel,
-    Fast FP8 — are read)."""
-    problems = []
+    scheduler of a SamplerCustomAdvanced graph).  ComfyUI sets every object patch on the model; the pack reads
+    the patched diffusion model and its layers' switches (TorchCompileModel, Fast FP8); a compute dtype is a
+    model-level problem (:func:`model_level_problems`)."""
     if "model_sampling" in object_patches and not shift_applies:
-        problems.append("a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the "
-                        "reference schedule — set its mu / std (or preset) instead")
-    if "manual_cast_dtype" in object_patches:
-        problems.append("a compute dtype (ModelComputeDtype): set the Model Loader's dtype instead")
-    return problems
+        return ["a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the reference "
+                "schedule — set its mu / std (or preset) instead"]
+    return []
 
 
 def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: dict, *, path: str,
@@ -140,11 +143,12 @@ def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
     for source in (getattr(patcher, "wrappers", {}) or {}, options.get("transformer_options", {}).get("wrappers", {})):
         for kind, table in source.items():
             wrappers.setdefault(kind, {}).update(table)
-    honoured = getattr(getattr(getattr(patcher, "model", None), "diffusion_model", None), "replaceable_blocks", ())
+    object_patches = getattr(patcher, "object_patches", {}) or {}
     hooks = ["weight hooks (hook LoRAs / Set Model Hooks)"] if getattr(patcher, "hook_patches", None) else []
-    return hooks + (sampler_level_problems(options, wrappers, getattr(patcher, "object_patches", {}) or {}, path=path,
-                                   runs_hooks=runs_hooks)
-            + model_level_problems(options.get("transformer_options", {}), honoured))
+    return hooks + (sampler_level_problems(options, wrappers, object_patches, path=path, runs_hooks=runs_hooks)
+                    + model_level_problems(options.get("transformer_options", {}),
+                                           getattr(getattr(patcher, "model", None), "replaceable_blocks", ()),
+                                           manual_cast_dtype=object_patches.get("manual_cast_dtype")))
 
 
 def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None, conditioning=None) -> None:
@@ -168,9 +172,11 @@ def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None
                      "sampler.")
 
 
-def check_model_call(transformer_options: dict, honoured_blocks: Iterable = ()) -> None:
-    """The model-call check (every sampler): a ``ValueError`` for patches the DiT cannot apply."""
-    problems = model_level_problems(transformer_options, honoured_blocks)
+def check_model_call(transformer_options: dict, honoured_blocks: Iterable = (), *, manual_cast_dtype=None,
+                     control=None) -> None:
+    """The model-call check (every sampler): a ``ValueError`` for what the DiT cannot apply."""
+    problems = model_level_problems(transformer_options, honoured_blocks, manual_cast_dtype=manual_cast_dtype,
+                                    control=control)
     if problems:
         raise ValueError("the Ideogram 4 DiT cannot apply " + "; ".join(problems)
-                         + ": remove the node that adds it (the model has no such blocks or attention hooks)")
+                         + ": remove the node that adds it")

@@ -205,6 +205,18 @@ for key, value in props.items():
     res["conditioning"][key] = error(o)
 res["controlnet"] = error(lambda: pc.model.apply_model(x, sig, c_crossattn=feats, text_lengths=[4], control={"output": []},
                                                        ideogram4_velocity=True))
+# 6b. an unconditional-from-LoRA view runs on its base's blocks: a block replacement on it is applied, not refused
+from safetensors.torch import save_file
+from tools.make_test_loras import layout_state_dict, lora_factors
+lora_host = importlib.import_module("i4pack.nodes.host.lora")
+save_file(layout_state_dict(lora_factors(cfg, seed=41, rank=4, alpha=4.0), "ai-toolkit"),
+          str(Path(out_dir) / "uncond_lora.safetensors"))
+view, _ = lora_host.unconditional_from_lora(pc, Path(out_dir) / "uncond_lora.safetensors", 1.0, "u")
+view_skip = view.clone()
+view_skip.set_model_patch_replace(skip, "dit", "single_block", 0)
+res["view_block_replace"] = {"refused": error(lambda: guided(pc, view_skip)),
+                             "changes": not bool(torch.equal(guided(pc, view_skip), guided(pc, view)))}
+
 # 7. the Guider without an unconditional model (CFG-distilled single branch) samples to the end
 single = guided(pc, None, guidance=1.0)
 res["guider_single_branch"] = {"shape": list(single.shape), "current_patcher_cleared": pc.model.current_patcher is None}
@@ -292,3 +304,7 @@ def test_a_controlnet_is_refused_by_the_dit(result):
 
 def test_guider_without_an_unconditional_model_samples(result):
     assert result["guider_single_branch"] == {"shape": [1, 128, 16, 16], "current_patcher_cleared": True}
+
+
+def test_a_block_replacement_on_an_unconditional_view_runs_on_its_base(result):
+    assert result["view_block_replace"] == {"refused": None, "changes": True}
