@@ -369,7 +369,7 @@ def cmd_nf4_bnb(args) -> None:
     code = torch.tensor(nf4.NF4_CODE)
     shape = tuple(w.shape)
     ref = _rate(lambda: nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16), w.numel())
-    if nf4._bnb_functional() is None:
+    if not nf4.bitsandbytes_decodes("cpu"):
         print(f"nf4 decode: pure torch {ref:.2f} G elements/s; bitsandbytes not usable here")
         return
     bnb = _rate(lambda: nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16, use_bitsandbytes=True), w.numel())

@@ -136,11 +136,11 @@ def kernels(model, cfg, n_txt, device):
 
 
 def plan(args, device, out):
-    from model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
+    from model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, bitsandbytes_decodes
     from nodes.host.memory_policy import ComfyMemoryConstants, ModelSize, activation_bytes, decode_temp_bytes, plan_memory
     from test_memory_policy import BF16, FP8, FULL, NF4, _full_size_linears_by_stage
 
-    kernel = device.type == "cuda" and _bnb_functional("cuda") is not None
+    kernel = device.type == "cuda" and bitsandbytes_decodes("cuda")
     stages = _full_size_linears_by_stage()  # (blocks, text projection): their decodes peak at different times
     print(f"\n== memory plan (real checkpoint sizes; nf4 decode kernel: {kernel})")
     rows = []

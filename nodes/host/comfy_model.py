@@ -421,7 +421,7 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
     the fly, among the blocks' layers and among the text projection's (which runs once, before the blocks).
     ``merged``: names of the layers whose run-time patch is merged into the decoded weight on every call
     (:func:`merged_layers`)."""
-    from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, _bnb_functional
+    from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, bitsandbytes_decodes
 
     cuda = device is not None and torch.device(device).type == "cuda"
     text = {id(m) for name in TEXT_PROJECTION_MODULES if hasattr(dit, name) for m in getattr(dit, name).modules()}
@@ -430,7 +430,7 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
         if isinstance(m, (QuantizedLinear, torch.nn.Linear)):
             stages[id(m) in text].append((_decode_kind(m), m.in_features * m.out_features, name in merged))
     return tuple(mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
-                                      nf4_kernel=cuda and _bnb_functional("cuda") is not None,
+                                      nf4_kernel=cuda and bitsandbytes_decodes("cuda"),
                                       nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for layers in stages)
 
 
