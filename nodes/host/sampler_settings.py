@@ -131,4 +131,5 @@ def require_guidance_without_unconditional(model, guidance) -> None:
     conditional MODEL) was loaded: 'none (from a LoRA)' needs Ideogram4 Unconditional From LoRA."""
     if getattr(getattr(model, "model", None), FROM_LORA_MARK, False):
         require_single_branch(guidance, unconditional="none (from a LoRA)", fix=FROM_LORA_FIX)
-    require_single_branch(guidance)
+    else:
+        require_single_branch(guidance)
