@@ -46,7 +46,8 @@ def with_fast_fp8(patcher, what: str):
         raise ValueError(f"{what}: this model ({dit.checkpoint_format}) has no fp8 layers; the fast fp8 matmul "
                          f"applies to official fp8 and ComfyUI fp8_scaled checkpoints")
     device = torch.device(patcher.load_device)
-    if device.type == "cuda" and not _on_kernel(patcher):  # an emulation there: slower, and float32-sized temporaries
+    on_kernel = _on_kernel(patcher)
+    if device.type == "cuda" and not on_kernel:  # an emulation there: slower, and float32-sized temporaries
         return patcher, (f"{what}: fp8 matmul NOT enabled — {_gpu_name(device)} has no fp8 tensor-core matmul "
                          f"(torch._scaled_mm with rowwise scales, sm89+: RTX 40xx, L4/L40, H100/H200); the exact "
                          f"path runs, which is faster here than emulating it")
@@ -55,5 +56,5 @@ def with_fast_fp8(patcher, what: str):
         clone.add_object_patch(f"diffusion_model.{name}.fast_fp8", True)
     probed = [item for item in layers if item[0].startswith(PROBE_BLOCK)]
     ordered = probed + [item for item in layers if item not in probed]
-    report = fast_fp8_report(ordered, on_kernel=_on_kernel(patcher), probe_layers=len(probed) or None)
+    report = fast_fp8_report(ordered, on_kernel=on_kernel, probe_layers=len(probed) or None)
     return clone, f"{what}: {report}"
