@@ -57,16 +57,27 @@ def install_key_map_hook() -> None:
     comfy.lora.model_lora_keys_unet = model_lora_keys_unet
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(module name, leaf) of a patch key: ``"diffusion_model.layers.0.attention.qkv.weight"`` →
+    (``"diffusion_model.layers.0.attention.qkv"``, ``"weight"``)."""
+    module_name, _, leaf = key.rpartition(".")
+    return module_name, leaf
+
+
+def layer_of(model: torch.nn.Module, key) -> tuple:
+    """(the module that holds ``key``'s tensor or None, the tensor's name in it); ``key`` is a name or ComfyUI's
+    ``(name, offset…)`` for rows of a fused weight."""
+    module_name, leaf = split_key(key if isinstance(key, str) else key[0])
+    try:
+        return comfy.utils.get_attr(model, module_name), leaf
+    except AttributeError:
+        return None, leaf
+
+
 def packed_module(model: torch.nn.Module, key: str):
     """The packed layer whose ``weight`` is ``key``, or None."""
-    module_name, _, leaf = key.rpartition(".")
-    if leaf != "weight":
-        return None
-    try:
-        module = comfy.utils.get_attr(model, module_name)
-    except AttributeError:
-        return None
-    return module if isinstance(module, QuantizedLinear) else None
+    module, leaf = layer_of(model, key)
+    return module if leaf == "weight" and isinstance(module, QuantizedLinear) else None
 
 
 def _device_dtype(tensor: torch.Tensor, dtype):
@@ -194,13 +205,8 @@ def clear_dead_roles(dit: torch.nn.Module) -> None:
 def _packed_buffer(model: torch.nn.Module, key: str) -> bool:
     """``key`` (a patch key: a name, or ComfyUI's ``(name, offset…)`` for rows of a fused weight) is a packed layer's
     scale / absmax / code-table buffer (not its weight or bias)."""
-    module_name, leaf = split_key(key if isinstance(key, str) else key[0])
-    if leaf in ("weight", "bias"):
-        return False
-    try:
-        return isinstance(comfy.utils.get_attr(model, module_name), QuantizedLinear)
-    except AttributeError:
-        return False
+    module, leaf = layer_of(model, key)
+    return leaf not in ("weight", "bias") and isinstance(module, QuantizedLinear)
 
 
 def runtime_patch(patches: dict, key: str, device=None, dtype=None):
@@ -216,20 +222,9 @@ def _is_shared(model) -> bool:
     return bool(getattr(getattr(model, "diffusion_model", None), "shared_view", False))
 
 
-def split_key(key: str) -> tuple[str, str]:
-    """(module name, leaf) of a patch key: ``"diffusion_model.layers.0.attention.qkv.weight"`` →
-    (``"diffusion_model.layers.0.attention.qkv"``, ``"weight"``)."""
-    module_name, _, leaf = key.rpartition(".")
-    return module_name, leaf
-
-
 def role_layer(model, key: str):
     """The layer that can apply ``key``'s patch when it runs (a Linear's weight or bias), or None."""
-    module_name, leaf = split_key(key)
-    try:
-        module = comfy.utils.get_attr(model, module_name)
-    except AttributeError:
-        return None
+    module, leaf = layer_of(model, key)
     return module if leaf in ("weight", "bias") and isinstance(module, RolePatched) else None
 
 
