@@ -16,7 +16,7 @@ Runs inside ComfyUI's Python in a subprocess (``--cpu``).  Skipped unless ``COMF
 from __future__ import annotations
 
 import pytest
-from comfy_harness import requires_comfyui, worker_result
+from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
 
@@ -25,16 +25,10 @@ import comfy.patcher_extension as pe
 import comfy.samplers
 import nodes as core_nodes
 from comfy_extras import nodes_model_advanced, nodes_cfg, nodes_apg, nodes_model_merging, nodes_pag
-importlib.import_module("i4pack")
-cm = importlib.import_module("i4pack.nodes.host.comfy_model")
 cond_mod = importlib.import_module("i4pack.nodes.host.conditioning")
 sn = importlib.import_module("i4pack.nodes.sampler_nodes")
-from pathlib import Path
-from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
 
-res = {}
-cfg = tiny_config()
-sds = [random_state_dict(cfg, s) for s in (0, 1)]
+sds = [sd, random_state_dict(cfg, 1)]
 paths = {fmt: [write_file(convert(sd, fmt), Path(out_dir) / f"{fmt}{i}.safetensors", fmt) for i, sd in enumerate(sds)]
          for fmt in ("bf16", "fp8", "nf4")}
 g = torch.Generator().manual_seed(3)
@@ -157,32 +151,19 @@ res["core_ksampler_pag"] = error(lambda: core_nodes.common_ksampler(pag, 5, 2, 5
                                                                     core_pos, latent))
 
 # 5. ModelMergeSimple of packed models merges their decoded weights
-def dequantised_sd(patcher):
-    sd = {}
-    for name, module in patcher.model.diffusion_model.named_modules():
-        if isinstance(module, cm.QuantizedLinear):
-            sd[name + ".weight"] = module.dequantized_weight(torch.float32)
-    for key, value in patcher.model.diffusion_model.state_dict().items():
-        module_name = key.rpartition(".")[0]
-        if not isinstance(cm.comfy.utils.get_attr(patcher.model.diffusion_model, module_name), cm.QuantizedLinear) \
-                or key.endswith(".bias"):
-            sd[key] = value.float()
-    return sd
 res["merge"] = {}
 for fmt in ("fp8", "nf4"):
     a, b = (cm.load_model_patcher(f, weight_dtype="fp32") for f in paths[fmt])
     merged = nodes_model_merging.ModelMergeSimple().merge(a, b, 0.5)[0]
-    da, db = dequantised_sd(a), dequantised_sd(b)
+    da, db = dequantised(cm.dit_of(a)), dequantised(cm.dit_of(b))
     avg = {k: (da[k] + db[k]) / 2 for k in da}
     ref_path = write_file(avg, Path(out_dir) / f"avg_{fmt}.safetensors", "fp32")
     ref = cm.load_model_patcher(ref_path, weight_dtype="fp32")
-    import comfy.model_management as mm_
     def v(p):
-        mm_.unload_all_models(); mm_.load_models_gpu([p], force_full_load=True)
+        load_for_run(p)
         return p.model.apply_model(x, sig, c_crossattn=feats, text_lengths=[4], ideogram4_velocity=True)
     r, got, plain_a = v(ref), v(merged), v(a)
-    res["merge"][fmt] = {"rel": float((got - r).abs().max() / r.abs().max()),
-                         "rel_unmerged": float((plain_a - r).abs().max() / r.abs().max()),
+    res["merge"][fmt] = {"rel": rel(got, r), "rel_unmerged": rel(plain_a, r),
                          "buffer_patches": sorted(k for k in merged.patches if not k.endswith((".weight", ".bias")))}
     if fmt == "fp8":
         import comfy.sd
@@ -206,12 +187,8 @@ for key, value in props.items():
 res["controlnet"] = error(lambda: pc.model.apply_model(x, sig, c_crossattn=feats, text_lengths=[4], control={"output": []},
                                                        ideogram4_velocity=True))
 # 6b. an unconditional-from-LoRA view runs on its base's blocks: a block replacement on it is applied, not refused
-from safetensors.torch import save_file
-from tools.make_test_loras import layout_state_dict, lora_factors
-lora_host = importlib.import_module("i4pack.nodes.host.lora")
-save_file(layout_state_dict(lora_factors(cfg, seed=41, rank=4, alpha=4.0), "ai-toolkit"),
-          str(Path(out_dir) / "uncond_lora.safetensors"))
-view, _ = lora_host.unconditional_from_lora(pc, Path(out_dir) / "uncond_lora.safetensors", 1.0, "u")
+save_file(layout_state_dict(lora_factors(cfg, seed=41, rank=4, alpha=4.0), "ai-toolkit"), str(loras / "uncond.safetensors"))
+view, _ = lora_host.unconditional_from_lora(pc, loras / "uncond.safetensors", 1.0, "u")
 view_skip = view.clone()
 view_skip.set_model_patch_replace(skip, "dit", "single_block", 0)
 res["view_block_replace"] = {"refused": error(lambda: guided(pc, view_skip)),
@@ -223,7 +200,7 @@ res["guider_single_branch"] = {"shape": list(single.shape), "current_patcher_cle
 print("RESULT " + json.dumps(res))
 '''
 
-result = worker_result(WORKER)
+result = worker_result(LORA_WORKER_SETUP + WORKER)
 
 
 def test_guider_runs_each_pass_with_its_own_models_options(result):
