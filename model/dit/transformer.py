@@ -11,6 +11,7 @@ unmasked path can use fused attention).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -283,11 +284,11 @@ class Ideogram4DiT(nn.Module):
         out = self.final_layer(h[:, n_txt:], a)
         return out.to(torch.float32)
 
-    @property
-    def replaceable_blocks(self) -> tuple:
+    @functools.cached_property
+    def replaceable_blocks(self) -> frozenset:
         """The ``transformer_options["patches_replace"]["dit"]`` keys this DiT runs: one per transformer block
-        (single-stream, as FLUX's single blocks)."""
-        return tuple(("single_block", i) for i in range(len(self.layers)))
+        (single-stream, as FLUX's single blocks); built once (the model call checks against it every step)."""
+        return frozenset(("single_block", i) for i in range(len(self.layers)))
 
     def _step_invariants(self, text_features, lengths, b: int, gh: int, gw: int, device, cd, transformer_options=None):
         """What every step of a run shares: indicator rows, text rows, RoPE tables, attention mask (in the form

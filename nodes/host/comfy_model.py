@@ -315,7 +315,7 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
         return self.model_sampling.calculate_denoised(sigma, -v, x)
 
     @property
-    def replaceable_blocks(self) -> tuple:
+    def replaceable_blocks(self) -> frozenset:
         """The ``patches_replace["dit"]`` keys the layers that run honour (a view's: its base's)."""
         return computing_dit(self.diffusion_model).replaceable_blocks
 

@@ -18,7 +18,7 @@ sample as if it were not there:
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Collection, Optional
 
 # model_options key → (what it is, nodes that set it)
 CFG_HOOKS = {
@@ -46,7 +46,7 @@ def _non_empty(value) -> bool:
     return value is not None
 
 
-def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = (), *, manual_cast_dtype=None,
+def model_level_problems(transformer_options: dict, honoured_blocks: Collection = (), *, manual_cast_dtype=None,
                          control=None) -> list[str]:
     """What the DiT does not apply: of ``transformer_options`` (``honoured_blocks``: the ``patches_replace["dit"]``
     keys it does run), a compute dtype set on the model (ModelComputeDtype's object patch), a ControlNet."""
@@ -59,13 +59,12 @@ def model_level_problems(transformer_options: dict, honoured_blocks: Iterable = 
     patches = transformer_options.get("patches") or {}
     for name in sorted(k for k, v in patches.items() if _non_empty(v)):
         problems.append(f"a model patch {name!r} ({len(patches[name])}; e.g. from an attention or block patch node)")
-    honoured = set(honoured_blocks)
     for name, table in sorted((transformer_options.get("patches_replace") or {}).items()):
-        keys = [k for k in (table or {}) if not (name == "dit" and k in honoured)]
+        keys = [k for k in (table or {}) if not (name == "dit" and k in honoured_blocks)]
         if keys:
             shown = ", ".join(str(k) for k in keys[:4]) + (" …" if len(keys) > 4 else "")
             problems.append(f"a {name!r} replacement patch for {shown} (this DiT has single-stream blocks only, "
-                            f"('single_block', 0…{_last_block(honoured)}): for SkipLayerGuidanceDiT clear "
+                            f"('single_block', 0…{_last_block(honoured_blocks)}): for SkipLayerGuidanceDiT clear "
                             f"double_layers and list single_layers)" if name == "dit" else
                             f"a {name!r} replacement patch for {shown} (a UNet-style attention patch, e.g. "
                             f"PerturbedAttentionGuidance)")
@@ -172,7 +171,7 @@ def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None
                      "sampler.")
 
 
-def check_model_call(transformer_options: dict, honoured_blocks: Iterable = (), *, manual_cast_dtype=None,
+def check_model_call(transformer_options: dict, honoured_blocks: Collection = (), *, manual_cast_dtype=None,
                      control=None) -> None:
     """The model-call check (every sampler): a ``ValueError`` for what the DiT cannot apply."""
     problems = model_level_problems(transformer_options, honoured_blocks, manual_cast_dtype=manual_cast_dtype,
