@@ -58,8 +58,9 @@ def test_gguf_model_output_equals_the_model_of_its_dequantised_weights(qtype, ti
     got, want = _forward(model, tiny_cfg), _forward(reference, tiny_cfg)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
     packed = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
-    if qtype in ("F16", "BF16"):
-        assert not packed and model.checkpoint_format.startswith("GGUF ")
+    if qtype in ("F16", "BF16"):  # the 2-D weights' type, not the float32 norms every such file has
+        assert not packed
+        assert model.checkpoint_format == f"GGUF {dict(F16='float16', BF16='bfloat16')[qtype]}, official key names"
     else:  # every Linear whose rows are whole blocks stays packed (raw block bytes)
         assert packed and all(m.weight.dtype == torch.uint8 and m.options["qtype"] == qtype for m in packed)
         assert f"GGUF ({qtype})" in model.checkpoint_format

@@ -59,7 +59,7 @@ class CheckpointFormat:
     naming: str  # "official" | "diffusers"
     quantization: str  # "none" | "fp8_rowwise" | "fp8_tensorwise" | "nf4" | "mixed"
     prefix: str  # stripped key prefix ("" if none)
-    storage_dtype: Optional[torch.dtype]  # dtype of unquantised float tensors
+    storage_dtype: Optional[torch.dtype]  # dtype holding most bytes of the unquantised float tensors
     # official key -> list of source keys (3 for diffusers q/k/v, else 1); includes quant siblings
     sources: dict[str, list[str]] = field(repr=False, default_factory=dict)
     linears: dict[str, LinearSpec] = field(repr=False, default_factory=dict)  # "<module>" -> spec
@@ -208,7 +208,8 @@ def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, li
     """Group official keys by module and classify every Linear weight.
 
     Returns (linears, logical shapes of weights/biases, overall quantisation, storage dtype of unquantised
-    floats).  Shared by the DiT and text-encoder format detection.
+    floats: the one holding most of their bytes, so a bf16 file with float32 norms — every ComfyUI-GGUF F16 /
+    BF16 file — is bf16).  Shared by the DiT and text-encoder format detection.
     """
     modules: dict[str, dict[str, str]] = {}
     for official in sources:
@@ -216,7 +217,7 @@ def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, li
         modules.setdefault(mod, {})[tail] = official
     linears: dict[str, LinearSpec] = {}
     logical: dict[str, tuple[int, ...]] = {}
-    float_dtypes: set[torch.dtype] = set()
+    float_bytes: dict[torch.dtype, int] = {}
     schemes: set[str] = set()
     for mod, tails in modules.items():
         for tail in ("weight", "bias"):
@@ -226,7 +227,8 @@ def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, li
                 logical[tails[tail]] = (sum(s[0] for s in shapes), *shapes[0][1:]) if len(src) > 1 else shapes[0]
                 dtype = reader.dtype(src[0])
                 if dtype.is_floating_point and dtype.itemsize > 1:
-                    float_dtypes.add(dtype)
+                    numel = sum(int(torch.Size(s).numel()) for s in shapes)
+                    float_bytes[dtype] = float_bytes.get(dtype, 0) + numel * dtype.itemsize
         if "weight" not in tails:
             continue
         scheme, options = _comfy_quant_scheme(reader, label, mod, tails, sources) if "comfy_quant" in tails \
@@ -243,7 +245,7 @@ def classify_modules(reader: CheckpointReader, label: str, sources: dict[str, li
             schemes.add(scheme)
         linears[mod] = LinearSpec(scheme=scheme, shape=tuple(logical[tails["weight"]]), options=options)
     quantization = "none" if not schemes else (next(iter(schemes)) if len(schemes) == 1 else "mixed")
-    storage = max(float_dtypes, key=lambda d: torch.finfo(d).bits) if float_dtypes else None
+    storage = max(float_bytes, key=float_bytes.get) if float_bytes else None
     return linears, logical, quantization, storage
 
 
