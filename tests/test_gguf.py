@@ -33,10 +33,10 @@ def test_block_codec_is_bit_identical_to_gguf_dequantize(qtype):
                        torch.from_numpy(want).to(torch.bfloat16))
 
 
-def _reference_file(sd, qtype, tmp_path):
+def _reference_file(sd, qtype, tmp_path, every_2d=False):
     """float32 file of what gguf's own dequantize makes of every tensor of the GGUF file."""
     out = {}
-    for key, (data, kind) in gguf_tensors(sd, qtype).items():
+    for key, (data, kind) in gguf_tensors(sd, qtype, every_2d=every_2d).items():
         value = data if kind in ("F32", "F16") else gguf.quants.dequantize(data, T[kind])
         out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).reshape(sd[key].shape)
     return write_file(out, tmp_path / f"reference_{qtype}.safetensors", "fp32")
@@ -64,6 +64,26 @@ def test_gguf_model_output_equals_the_model_of_its_dequantised_weights(qtype, ti
     else:  # every Linear whose rows are whole blocks stays packed (raw block bytes)
         assert packed and all(m.weight.dtype == torch.uint8 and m.options["qtype"] == qtype for m in packed)
         assert f"GGUF ({qtype})" in model.checkpoint_format
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_packed_embedding_is_decoded_at_load(qtype, tmp_path):
+    """ComfyUI-GGUF's quantiser also packs the 2-row ``embed_image_indicator`` (above 1024 values, rows of whole
+    blocks at the real width 4608): it stays an Embedding, decoded once at load, and the output is the model of the
+    dequantised weights."""
+    from tools.make_test_checkpoints import random_state_dict, tiny_config
+
+    cfg = tiny_config(num_heads=3)  # width 768: 1536 indicator values, rows of whole Q4_K blocks
+    sd = random_state_dict(cfg, 0)
+    path = write_gguf(sd, tmp_path / f"ideogram4-{qtype}.gguf", qtype, every_2d=True)
+    kinds = dict((k, kind) for k, (_, kind) in gguf_tensors(sd, qtype, every_2d=True).items())
+    assert kinds["embed_image_indicator.weight"] == qtype
+    model = load_transformer(path, dtype=torch.float32)
+    assert isinstance(model.embed_image_indicator, torch.nn.Embedding)
+    reference = load_transformer(_reference_file(sd, qtype, tmp_path, every_2d=True), dtype=torch.float32)
+    assert torch.equal(model.embed_image_indicator.weight, reference.embed_image_indicator.weight)
+    got, want = _forward(model, cfg), _forward(reference, cfg)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
 
 
 def test_mixed_k_quant_file_like_q4_k_m(tiny_weights, tmp_path):

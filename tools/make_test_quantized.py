@@ -76,8 +76,11 @@ def random_blocks(qtype: str, rows: int, cols: int, target: float, seed: int) ->
     return data.reshape(rows, cols // block * size)
 
 
-def gguf_tensors(sd: Mapping[str, torch.Tensor], qtype: str, seed: int = 0) -> dict[str, tuple[np.ndarray, str]]:
-    """name → (numpy data as GGUFWriter takes it, ggml type name), ComfyUI-GGUF style."""
+def gguf_tensors(sd: Mapping[str, torch.Tensor], qtype: str, seed: int = 0,
+                 every_2d: bool = False) -> dict[str, tuple[np.ndarray, str]]:
+    """name → (numpy data as GGUFWriter takes it, ggml type name), ComfyUI-GGUF style: 1-D and small tensors F32,
+    Linear weights whose rows are whole blocks ``qtype``, the rest F16.  ``every_2d``: also pack the other 2-D
+    weights (``embed_image_indicator``), as ComfyUI-GGUF's llama-quantize step does for names off its keep-lists."""
     import gguf
 
     T = gguf.GGMLQuantizationType
@@ -89,7 +92,7 @@ def gguf_tensors(sd: Mapping[str, torch.Tensor], qtype: str, seed: int = 0) -> d
             out[key] = (w, "F32")
         elif qtype in ("F16", "BF16"):
             out[key] = (gguf.quants.quantize(w, T[qtype]), qtype)
-        elif not _is_linear_weight(key, sd) or w.shape[1] % block:
+        elif not (every_2d or _is_linear_weight(key, sd)) or w.shape[1] % block:
             out[key] = (w.astype(np.float16), "F16")  # what ComfyUI-GGUF's converter keeps unquantised
         elif qtype not in _QUANTISABLE:
             out[key] = (random_blocks(qtype, *w.shape, float(np.abs(w).max()), seed + i), qtype)
@@ -99,13 +102,14 @@ def gguf_tensors(sd: Mapping[str, torch.Tensor], qtype: str, seed: int = 0) -> d
 
 
 def write_gguf(sd: Mapping[str, torch.Tensor], path: Path, qtype: str, *, arch: str = "ideogram4",
-               prefix: str = "", seed: int = 0) -> Path:
-    """A ComfyUI-GGUF-layout file: every tensor of ``sd`` under ``prefix + key``."""
+               prefix: str = "", seed: int = 0, every_2d: bool = False) -> Path:
+    """A ComfyUI-GGUF-layout file: every tensor of ``sd`` under ``prefix + key`` (``every_2d``: see
+    :func:`gguf_tensors`)."""
     import gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
-    for key, (data, kind) in gguf_tensors(sd, qtype, seed).items():
+    for key, (data, kind) in gguf_tensors(sd, qtype, seed, every_2d).items():
         t = gguf.GGMLQuantizationType[kind]
         if kind == "F32" or kind == "F16":
             writer.add_tensor(prefix + key, data)

@@ -62,11 +62,22 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
 
 
-def swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dtype: torch.dtype, operations) -> None:
+def swap_quantized_linears(model: nn.Module, linears: dict[str, LinearSpec], dtype: torch.dtype, operations,
+                           label: str = "checkpoint") -> None:
+    """Replace each Linear whose weight the file stores packed by the namespace's ``QuantizedLinear``.
+
+    A packed GGUF tensor of another module (ComfyUI-GGUF's quantiser packs every large 2-D ``*.weight``, the DiT's
+    2-row ``embed_image_indicator`` included) stays that module and is decoded once at load (:func:`assign_weights`);
+    any other packed non-Linear weight is refused by name."""
     for mod_name, spec in linears.items():
         if spec.scheme is None:
             continue
         old = model.get_submodule(mod_name)
+        if not isinstance(old, nn.Linear):
+            if spec.scheme == "gguf":
+                continue
+            raise ValueError(f"{label}: {mod_name}.weight is stored as {spec.scheme}, but {mod_name} is a "
+                             f"{type(old).__name__}, which is only read unquantised")
         replace_module(model, mod_name, operations.QuantizedLinear(
             old.in_features, old.out_features, bias=old.bias is not None, scheme=spec.scheme, device="meta",
             dtype=dtype, options=spec.options))
