@@ -41,14 +41,41 @@ def _source(name: str, role: str):
 
 
 def _same_checkpoint(a: Path, a_component: str, b: Path, b_component: str) -> bool:
-    """Whether two picks load the same weights (a folder supplies a different component per role)."""
-    if a.is_dir() or b.is_dir():
-        return a.is_dir() and b.is_dir() and os.path.samefile(a, b) and a_component == b_component
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+    """Whether two picks load the same weights: the files each resolves to (a folder supplies a different component
+    per role — or, a bare transformer folder without ``unconditional_transformer/``, its own weights for both)."""
+    from ..model.checkpoints.reader import resolve_checkpoint_files
+
+    try:
+        files_a, files_b = resolve_checkpoint_files(a, a_component), resolve_checkpoint_files(b, b_component)
+    except ValueError:  # the loader reports a pick that resolves to nothing
+        return False
+    def identities(files):
+        return {(st.st_dev, st.st_ino) for st in map(os.stat, files)}
+
+    return identities(files_a) == identities(files_b)
 
 
 def _says_unconditional(path: Path) -> bool:
     return "uncond" in path.name.lower()
+
+
+def conditional_name_warnings(cond_name: str, cond_path: Path) -> list[str]:
+    """A warning when the conditional pick is named like an unconditional checkpoint (whatever ``unconditional`` is)."""
+    if not cond_path.is_dir() and _says_unconditional(cond_path):
+        return [f"conditional = {cond_name!r} is named like an unconditional checkpoint; check that the "
+                "conditional and unconditional inputs are not swapped"]
+    return []
+
+
+def check_conditional(path: Path, component: str) -> None:
+    """The conditional pick checked from its headers before anything is paired with it, so a file that is not an
+    Ideogram 4 DiT (or is truncated, misses shards or keys) is reported as such rather than as a missing partner."""
+    from ..model.dit import inspect_transformer
+
+    try:
+        inspect_transformer(path, component)
+    except ValueError as exc:
+        raise ValueError(f"conditional model: {exc}") from exc
 
 
 def pair_warnings(cond_name: str, cond_path: Path, cond_component: str, uncond_name: str, uncond_path: Path,
@@ -58,10 +85,7 @@ def pair_warnings(cond_name: str, cond_path: Path, cond_component: str, uncond_n
         raise ValueError(f"conditional and unconditional are the same checkpoint ({cond_name!r}): guidance "
                          "v = g·v_cond + (1 − g)·v_uncond would then do nothing. Pick the unconditional file "
                          "(e.g. ideogram4_unconditional_fp8_scaled.safetensors) as unconditional, or leave it on auto")
-    warnings = []
-    if not cond_path.is_dir() and _says_unconditional(cond_path):
-        warnings.append(f"conditional = {cond_name!r} is named like an unconditional checkpoint; check that the "
-                        "conditional and unconditional inputs are not swapped")
+    warnings = conditional_name_warnings(cond_name, cond_path)
     if not uncond_path.is_dir() and not _says_unconditional(uncond_path):
         shown = uncond_path.name if uncond_name == AUTO else uncond_name
         warnings.append(f"unconditional = {shown!r} is not named like an unconditional checkpoint (Comfy-Org: "
@@ -123,8 +147,9 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         from .host.comfy_model import load_model_patcher, plan_pair
 
         cond_path, cond_component = _source(conditional, "conditional")
+        check_conditional(cond_path, cond_component)
         if unconditional == NO_UNCONDITIONAL:
-            return cls._conditional_only(cond_path, cond_component, weight_dtype)
+            return cls._conditional_only(conditional, cond_path, cond_component, weight_dtype)
         if unconditional == NONE:
             uncond_path = uncond_component = None
         elif unconditional == AUTO:
@@ -138,8 +163,8 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
                 uncond_path, uncond_component = _source(auto_unconditional_file(conditional), "unconditional")
         else:
             uncond_path, uncond_component = _source(unconditional, "unconditional")
-        warnings = [] if uncond_path is None else pair_warnings(conditional, cond_path, cond_component, unconditional,
-                                                                 uncond_path, uncond_component)
+        warnings = conditional_name_warnings(conditional, cond_path) if uncond_path is None else \
+            pair_warnings(conditional, cond_path, cond_component, unconditional, uncond_path, uncond_component)
         try:
             cond = load_model_patcher(cond_path, component=cond_component, weight_dtype=weight_dtype)
         except ValueError as exc:
@@ -168,18 +193,24 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         return io.NodeOutput(cond, uncond, ui={"text": ["\n".join(lines)]})
 
     @classmethod
-    def _conditional_only(cls, path, component: str, weight_dtype: str) -> io.NodeOutput:
+    def _conditional_only(cls, name: str, path, component: str, weight_dtype: str) -> io.NodeOutput:
         from .host.comfy_model import load_model_patcher
 
+        warnings = conditional_name_warnings(name, path)
+        for line in warnings:
+            log.warning("Ideogram4 Model Loader: %s", line)
         try:
             cond = load_model_patcher(path, component=component, weight_dtype=weight_dtype)
         except ValueError as exc:
             raise ValueError(f"conditional model: {exc}") from exc
         setattr(cond.model, FROM_LORA_MARK, True)  # a sampler without the unconditional model then names the node
         info = cond.ideogram4_info
-        text = (f"conditional: {info['source']} [{info['component']}] — {info['format']}, compute {info['dtype']}, "
-                f"{cond.model_size() / 2**30:.2f} GiB\nunconditional: none — build it from this base with "
-                "Ideogram4 Unconditional From LoRA (shares these weights: one base in memory)")
+        lines = [f"warning: {line}" for line in warnings] + [
+            f"conditional: {info['source']} [{info['component']}] — {info['format']}, compute {info['dtype']}, "
+            f"{cond.model_size() / 2**30:.2f} GiB",
+            "unconditional: none — build it from this base with Ideogram4 Unconditional From LoRA (shares these "
+            "weights: one base in memory)"]
+        text = "\n".join(lines)
         return io.NodeOutput(cond, None, ui={"text": [text]})
 
 

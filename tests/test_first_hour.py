@@ -129,8 +129,17 @@ def test_same_file_for_both_roles_is_an_error(pack, tmp_path):
     with pytest.raises(ValueError, match="same checkpoint"):
         guard(f.name, f, "transformer", link.name, link, "unconditional_transformer")
     repo = tmp_path / "repo"
-    repo.mkdir()
+    for component in ("transformer", "unconditional_transformer"):
+        (repo / component).mkdir(parents=True)
+        (repo / component / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
     assert guard("repo/", repo, "transformer", "auto", repo, "unconditional_transformer") == []  # two components
+    # a bare transformer folder (no unconditional_transformer/) picked for both roles supplies the same weights
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    (bare / "diffusion_pytorch_model.bf16.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="same checkpoint"):
+        guard("bare/", bare, "transformer", "bare/", bare, "unconditional_transformer")
 
 
 def test_role_names_swapped_are_warnings(pack, tmp_path):
@@ -144,6 +153,10 @@ def test_role_names_swapped_are_warnings(pack, tmp_path):
     assert len(swapped) == 2
     assert "conditional = 'ideogram4_unconditional_fp8_scaled.safetensors' is named like an unconditional" in swapped[0]
     assert "unconditional = 'ideogram4_fp8_scaled.safetensors' is not named like an unconditional" in swapped[1]
+    # without an unconditional pick (none / none (from a LoRA)) the conditional name is still checked
+    alone = pack["loader_nodes"].conditional_name_warnings(uncond.name, uncond)
+    assert len(alone) == 1 and "is named like an unconditional" in alone[0]
+    assert pack["loader_nodes"].conditional_name_warnings(cond.name, cond) == []
 
 
 # --------------------------------------------------------------------------- 6. size messages

@@ -3,6 +3,7 @@ files are listed, and a diffusers config.json that is not Ideogram 4's is an err
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import types
@@ -10,9 +11,16 @@ import types
 import pytest
 import torch
 
+from comfy_api_stub import stubbed_pack
 from model import load_transformer
-from nodes.host import folders
 from tools.make_test_checkpoints import convert, write_file, write_sharded
+
+
+@pytest.fixture(scope="module")
+def folders():
+    """``nodes.host.folders`` imported as part of the pack (it reads the checkpoint names from ``model``)."""
+    with stubbed_pack() as pack:
+        yield importlib.import_module(f"{pack.__name__}.nodes.host.folders")
 
 
 @pytest.fixture
@@ -28,11 +36,13 @@ def models_dir(tmp_path, monkeypatch):
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in (".safetensors", ".sft"))
 
     fp.get_filename_list = get_filename_list
+    # ComfyUI's get_full_path: None unless the name is a file (a symbolic link to nothing is not)
+    fp.get_full_path = lambda key, name: str(root / name) if (root / name).is_file() else None
     monkeypatch.setitem(sys.modules, "folder_paths", fp)
     return root
 
 
-def test_sharded_checkpoint_is_one_entry_and_bare_transformer_folders_are_listed(models_dir, tiny_weights):
+def test_sharded_checkpoint_is_one_entry_and_bare_transformer_folders_are_listed(folders, models_dir, tiny_weights):
     tensors = convert(tiny_weights[0], "bf16")
     write_file(tensors, models_dir / "ideogram4_bf16.safetensors", "bf16")
     write_sharded(tensors, models_dir / "sharded", "bf16", shards=3, stem="ideogram4")
@@ -74,3 +84,43 @@ def test_diffusers_config_must_be_ideogram4s(tmp_path, tiny_weights, tiny_cfg):
     extra = dict(good, some_future_field=1)
     model = load_transformer(_bare_folder(tmp_path / "extra", tiny_weights, extra))
     assert "config.json fields not used: some_future_field" in model.checkpoint_format
+
+
+def test_diffusers_variant_saves_are_one_entry_and_load(folders, models_dir, tiny_weights):
+    """``save_pretrained(variant="bf16")`` names: a folder with config.json is listed as ``name/``; a variant index
+    without one is listed once, its shards hidden; both load like the plain file."""
+    tensors = convert(tiny_weights[0], "diffusers")
+    folder = models_dir / "i4_variant"
+    write_sharded(tensors, folder, "diffusers", shards=2, variant="bf16")
+    (folder / "config.json").write_text(json.dumps({"_class_name": "Ideogram4Transformer2DModel"}))
+    flat = write_sharded(tensors, models_dir / "flat", "diffusers", shards=2, variant="fp16")
+    single = models_dir / "single"
+    write_file(tensors, single / "diffusion_pytorch_model.bf16.safetensors", "diffusers")
+    (single / "config.json").write_text(json.dumps({"_class_name": "Ideogram4Transformer2DModel"}))
+    listed = folders.list_folders("transformer", ["diffusion_models"])
+    assert listed == ["i4_variant/", "single/"]
+    files = folders.list_files("diffusion_models", folders.DIT_EXTENSIONS, hide_under=listed)
+    assert files == ["flat/diffusion_pytorch_model.safetensors.index.fp16.json"]
+    want = load_transformer(write_file(tensors, models_dir / "plain.safetensors", "diffusers")).state_dict()
+    for source in (folder, flat, single):
+        got = load_transformer(source).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), source
+
+
+def test_a_shard_alone_several_variants_and_a_dangling_link_are_explained(folders, models_dir, tiny_weights):
+    tensors = convert(tiny_weights[0], "bf16")
+    write_sharded(tensors, models_dir / "sharded", "bf16", shards=2, stem="ideogram4")
+    with pytest.raises(ValueError, match=r"shard 1 of 2 of a sharded checkpoint.*pick its index "
+                                         r"\(ideogram4.safetensors.index.json\)"):
+        load_transformer(models_dir / "sharded" / "ideogram4-00001-of-00002.safetensors")
+    both = models_dir / "both"
+    for variant in ("bf16", "fp16"):
+        write_file(tensors, both / f"diffusion_pytorch_model.{variant}.safetensors", "bf16")
+    (both / "config.json").write_text("{}")
+    assert "both/" in folders.list_folders("transformer", ["diffusion_models"])  # listed; loading says why not
+    with pytest.raises(ValueError, match=r"several variants of diffusion_pytorch_model \(bf16, fp16\); keep one"):
+        load_transformer(both)
+    (models_dir / "gone.safetensors").symlink_to(models_dir / "does_not_exist.safetensors")
+    assert "gone.safetensors" not in folders.list_files("diffusion_models", folders.DIT_EXTENSIONS)
+    with pytest.raises(ValueError, match="a symbolic link to a file that does not exist"):
+        load_transformer(models_dir / "gone.safetensors")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -112,17 +112,20 @@ def write_file(tensors: dict[str, torch.Tensor], path: Path, fmt: str) -> Path:
 
 
 def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, fmt: str, shards: int = 2,
-                  stem: str = "diffusion_pytorch_model") -> Path:
-    """Write ``stem-0000i-of-0000n.safetensors`` shards plus ``stem.safetensors.index.json``."""
+                  stem: str = "diffusion_pytorch_model", variant: Optional[str] = None) -> Path:
+    """Write ``stem-0000i-of-0000n.safetensors`` shards plus ``stem.safetensors.index.json``; with a diffusers
+    ``variant`` (``save_pretrained(variant="bf16")``) ``stem.bf16-0000i-of-0000n.safetensors`` plus
+    ``stem.safetensors.index.bf16.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(tensors)
     weight_map = {}
+    shard_stem = f"{stem}.{variant}" if variant else stem
     for i in range(shards):
-        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
+        name = f"{shard_stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
         part = {k: tensors[k] for k in keys[i::shards]}
         write_file(part, folder / name, fmt)
         weight_map.update({k: name for k in part})
-    index = folder / f"{stem}.safetensors.index.json"
+    index = folder / (f"{stem}.safetensors.index.{variant}.json" if variant else f"{stem}.safetensors.index.json")
     total = sum(v.numel() * v.element_size() for v in tensors.values())
     index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return index

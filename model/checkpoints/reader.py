@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -23,6 +24,56 @@ _ST_DTYPES = {
 
 FOLDER_FILENAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
                     "model.safetensors.index.json", "model.safetensors")
+FOLDER_STEMS = ("diffusion_pytorch_model", "model")
+# A shard index, also a diffusers variant's (``save_pretrained(variant="bf16")``: ``….safetensors.index.bf16.json``).
+INDEX_NAME = re.compile(r"\.safetensors\.index(?:\.[A-Za-z0-9_]+)?\.json$")
+SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.safetensors$")
+
+
+def is_index_name(name: str) -> bool:
+    return bool(INDEX_NAME.search(name))
+
+
+def _variants(folder: Path, stem: str) -> dict[str, Path]:
+    """A folder's diffusers ``variant`` checkpoints of ``stem``: variant → its index, else its single file."""
+    index = re.compile(re.escape(stem) + r"\.safetensors\.index\.([A-Za-z0-9_]+)\.json")
+    single = re.compile(re.escape(stem) + r"\.([A-Za-z0-9_]+)\.safetensors")  # shards have '-': never match
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if m := index.fullmatch(f.name):
+            found[m[1]] = f
+    for f in sorted(folder.iterdir()):
+        if (m := single.fullmatch(f.name)) and m[1] not in found:
+            found[m[1]] = f
+    return found
+
+
+def folder_checkpoint(folder: Path, stems: tuple[str, ...] = FOLDER_STEMS) -> Optional[Path]:
+    """The index or single file holding an HF folder's weights: the plain names (the index first, as the reference
+    picks), else the one diffusers ``variant`` present; a ValueError naming them when there are several variants.
+    ``stems``: the weight file stems to look for (a diffusers model's ``diffusion_pytorch_model``, ``model``)."""
+    for name in FOLDER_FILENAMES:
+        if name.split(".", 1)[0] in stems and (folder / name).is_file():
+            return folder / name
+    for stem in stems:
+        variants = _variants(folder, stem)
+        if len(variants) > 1:
+            raise ValueError(f"{folder}: several variants of {stem} ({', '.join(sorted(variants))}); keep one of "
+                             f"them in this folder (the others can move to a folder of their own)")
+        if variants:
+            return next(iter(variants.values()))
+    return None
+
+
+def _shard_problem(path: Path) -> Optional[str]:
+    """Why one shard of a sharded checkpoint cannot be loaded alone (the index or folder names all of them)."""
+    m = SHARD_NAME.search(path.name)
+    if m is None or int(m[2]) <= 1:
+        return None
+    indexes = [f.name for f in sorted(path.parent.iterdir()) if is_index_name(f.name)]
+    pick = f"pick its index ({', '.join(indexes)})" if indexes else "pick its .safetensors.index.json"
+    return (f"{path}: shard {int(m[1])} of {int(m[2])} of a sharded checkpoint, which holds only part of the "
+            f"weights; {pick} or the folder it is in")
 
 
 def _describe_non_safetensors(path: Path) -> str:
@@ -148,18 +199,23 @@ def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str]
         candidates = [path / component] if component and (path / component).is_dir() else []
         candidates.append(path)
         for folder in candidates:
-            for name in FOLDER_FILENAMES:
-                if (folder / name).is_file():
-                    return resolve_checkpoint_files(folder / name)
+            found = folder_checkpoint(folder)
+            if found is not None:
+                return resolve_checkpoint_files(found)
         where = f"{path}/{component}" if component else str(path)
-        raise ValueError(f"{where}: no checkpoint found (expected one of {', '.join(FOLDER_FILENAMES)})")
+        raise ValueError(f"{where}: no checkpoint found (expected one of {', '.join(FOLDER_FILENAMES)}, or a "
+                         "diffusers variant of them such as diffusion_pytorch_model.bf16.safetensors)")
     if not path.exists():
-        raise ValueError(f"{path}: file not found")
-    if path.name.endswith(".index.json"):
+        raise ValueError(f"{path}: " + ("a symbolic link to a file that does not exist"
+                                        if path.is_symlink() else "file not found"))
+    if is_index_name(path.name):
         return _files_from_index(path)
     if path.suffix not in (".safetensors", ".gguf"):
         raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors / .gguf files, "
                          ".safetensors.index.json shard indexes or Hugging Face folders are supported")
+    problem = _shard_problem(path)
+    if problem:
+        raise ValueError(problem)
     return [path]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (CheckpointFormat, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
+from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
                            swap_quantized_linears)
 from .config import DiTConfig, expected_shapes
 from .diffusers_config import check_diffusers_config
@@ -48,6 +48,20 @@ def infer_config(fmt: CheckpointFormat, label: str) -> DiTConfig:
         raise ValueError(f"{label}: {exc}") from None
 
 
+def inspect_transformer(source: str | os.PathLike, component: str = "transformer"
+                        ) -> tuple[CheckpointReader, CheckpointFormat, DiTConfig]:
+    """Open a DiT checkpoint and check it from its headers alone (no tensor is read): the reader, its format and
+    the model size, or the ValueError saying what is wrong (what the file looks like, truncation, missing
+    shards, missing keys, wrong shapes)."""
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
+    reader = open_checkpoint(source, component)
+    fmt = detect_format(reader)
+    cfg = infer_config(fmt, reader.label)
+    _check_keys(fmt, cfg, reader.label)
+    return reader, fmt, cfg
+
+
 def load_transformer(source: str | os.PathLike, *, device: torch.device | str = "cpu",
                      dtype: torch.dtype = torch.bfloat16, component: str = "transformer",
                      operations=TorchOps, image_only: bool = False) -> Ideogram4DiT:
@@ -69,18 +83,13 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     scale), official bitsandbytes nf4 (blocksize 64, no nested statistics), ComfyUI ``comfy_quant`` nvfp4 /
     mxfp8 / int8_tensorwise (convrot) and mixed files, GGUF (ComfyUI-GGUF layout, ``.gguf``).
     """
-    if component not in COMPONENTS:
-        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
-    reader = open_checkpoint(source, component)
-    fmt = detect_format(reader)
-    cfg = infer_config(fmt, reader.label)
-    _check_keys(fmt, cfg, reader.label)
+    reader, fmt, cfg = inspect_transformer(source, component)
     config_json = reader.files[0].parent / "config.json"
     unknown = check_diffusers_config(config_json, cfg) if Path(source).is_dir() and config_json.is_file() else []
     with torch.device("meta"):
         model = Ideogram4DiT(cfg, dtype=dtype, operations=operations, image_only=image_only)
     linears = {k: v for k, v in fmt.linears.items() if not (image_only and _is_text_projection(k))}
-    swap_quantized_linears(model, linears, dtype, operations)
+    swap_quantized_linears(model, linears, dtype, operations, reader.label)
     assign_weights(model, reader, fmt, torch.device(device), dtype)
     model.eval().requires_grad_(False)
     model.checkpoint_format = fmt.description + (", image-only (no text projection)" if image_only else "") + \

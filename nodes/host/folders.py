@@ -18,9 +18,14 @@ Only ``folder_paths`` is used (imported lazily), so this module imports without 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Optional
+
+from ...model.checkpoints.reader import folder_checkpoint, is_index_name
+
+log = logging.getLogger("ideogram4_native")
 
 FOLDER_KEY = "ideogram4"
 FOLDER_SUFFIX = "/"
@@ -28,7 +33,7 @@ WEIGHT_EXTENSIONS = (".safetensors", ".sft")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 INDEX_SUFFIX = ".safetensors.index.json"
 DIT_EXTENSIONS = WEIGHT_EXTENSIONS + (".gguf", INDEX_SUFFIX)
-DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model" + INDEX_SUFFIX)
+DIFFUSERS_STEM = "diffusion_pytorch_model"
 
 # Components of an official HF-layout folder and how to recognise each.
 COMPONENT_DIRS = {
@@ -72,8 +77,7 @@ def _base_dirs(keys: Iterable[str]) -> list[Path]:
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(f.suffix in WEIGHT_EXTENSIONS or f.name.endswith(".safetensors.index.json")
-               for f in folder.iterdir() if f.is_file())
+    return any(f.suffix in WEIGHT_EXTENSIONS or is_index_name(f.name) for f in folder.iterdir() if f.is_file())
 
 
 def is_hf_folder(folder: Path, kind: str) -> bool:
@@ -85,8 +89,13 @@ def is_hf_folder(folder: Path, kind: str) -> bool:
             return True
     if kind == "text_encoder":  # a plain Qwen3-VL folder
         return (folder / "config.json").is_file() and _has_weights(folder)
-    if kind == "transformer":  # a bare diffusers transformer/ folder
-        return (folder / "config.json").is_file() and any((folder / n).is_file() for n in DIFFUSERS_WEIGHTS)
+    if kind == "transformer":  # a bare diffusers transformer/ folder (also one saved with a ``variant``)
+        if not (folder / "config.json").is_file():
+            return False
+        try:
+            return folder_checkpoint(folder, (DIFFUSERS_STEM,)) is not None
+        except ValueError:  # several variants: listed, and the loader says which
+            return True
     if kind == "tokenizer":
         return any((folder / n).is_file() for n in TOKENIZER_FILES)
     return False
@@ -116,14 +125,33 @@ def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_u
     names = [n for n in fp.get_filename_list(key) if n.lower().endswith(extensions)]
     extra = tuple(e for e in extensions if e not in WEIGHT_EXTENSIONS)  # ComfyUI's list has no .gguf / .json
     if extra:
-        names = sorted(set(names) | {n for base in _base_dirs([key]) for n in _walk(base) if n.lower().endswith(extra)})
+        def wanted(n: str) -> bool:  # diffusers variant indexes (….safetensors.index.bf16.json) too
+            return n.lower().endswith(extra) or (INDEX_SUFFIX in extra and is_index_name(n))
+
+        names = sorted(set(names) | {n for base in _base_dirs([key]) for n in _walk(base) if wanted(n)})
+    bases = _base_dirs([key])
     shards = set()
-    for base in _base_dirs([key]):
+    for base in bases:
         for name in names:
-            if name.endswith(INDEX_SUFFIX) and (base / name).is_file():
+            if is_index_name(name) and (base / name).is_file():
                 shards |= _shards_of(base / name, name)
     folders = tuple(f.rstrip("/") + "/" for f in hide_under)
-    return [n for n in names if n not in shards and not n.startswith(folders)]
+    return [n for n in names if n not in shards and not n.startswith(folders) and _exists(bases, n)]
+
+
+_REPORTED_LINKS: set[Path] = set()
+
+
+def _exists(bases: list[Path], name: str) -> bool:
+    """Whether ``name`` is a file in one of ``bases``; a symbolic link to nothing is left out of the combo and
+    logged once (picking it could only fail)."""
+    if any((base / name).exists() for base in bases):
+        return True
+    for link in (base / name for base in bases):
+        if link.is_symlink() and link not in _REPORTED_LINKS:
+            _REPORTED_LINKS.add(link)
+            log.warning("%s is a symbolic link to %s, which does not exist: not listed", link, os.readlink(link))
+    return False
 
 
 def _walk(base: Path) -> list[str]:
