@@ -84,6 +84,16 @@ def test_diffusers_config_must_be_ideogram4s(tmp_path, tiny_weights, tiny_cfg):
     extra = dict(good, some_future_field=1)
     model = load_transformer(_bare_folder(tmp_path / "extra", tiny_weights, extra))
     assert "config.json fields not used: some_future_field" in model.checkpoint_format
+    # diffusers writes a quantization_config for a bitsandbytes model: used when it describes the weights
+    bnb = dict(good, quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                          "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"})
+    folder = tmp_path / "nf4"
+    write_file(convert(tiny_weights[0], "nf4"), folder / "diffusion_pytorch_model.safetensors", "nf4")
+    (folder / "config.json").write_text(json.dumps(bnb))
+    assert load_transformer(folder).checkpoint_format == "bitsandbytes nf4, official key names"
+    model = load_transformer(_bare_folder(tmp_path / "bnb_on_bf16", tiny_weights, bnb))
+    assert model.checkpoint_format.endswith("config.json fields not used: quantization_config (nf4; the weights "
+                                            "are not quantised, read as they are)"), model.checkpoint_format
 
 
 def test_diffusers_variant_saves_are_one_entry_and_load(folders, models_dir, tiny_weights):

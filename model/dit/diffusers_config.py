@@ -23,8 +23,28 @@ def _expected(cfg: DiTConfig) -> dict:
             "mrope_section": list(cfg.mrope_section), "norm_eps": cfg.norm_eps}
 
 
-def check_diffusers_config(path: Path, cfg: DiTConfig) -> list[str]:
-    """Raise ValueError naming the first field of ``path`` that differs; returns the fields it did not know."""
+def _quantization_note(q, quantization: str):
+    """None when a ``quantization_config`` describes the weights' own format (``quantization``: the detected one),
+    else what it says (the weights decide how they are read)."""
+    if not isinstance(q, dict):
+        return f"quantization_config = {q!r}"
+    method = q.get("quant_method")
+    if method == "bitsandbytes" and q.get("load_in_4bit") and q.get("bnb_4bit_quant_type", "fp4") == "nf4":
+        says = "nf4"
+    else:
+        kind = q.get("bnb_4bit_quant_type") or ("int8" if q.get("load_in_8bit") else None) or q.get("quant_type")
+        says = f"{method}{f' {kind}' if kind else ''}"
+    if says == quantization:
+        return None
+    weights = "not quantised" if quantization == "none" else quantization
+    return f"quantization_config ({says}; the weights are {weights}, read as they are)"
+
+
+def check_diffusers_config(path: Path, cfg: DiTConfig, quantization: str = "none") -> list[str]:
+    """Raise ValueError naming the first field of ``path`` that differs; returns the fields it did not use.
+
+    A ``quantization_config`` (diffusers writes one for a bitsandbytes model) that describes the weights' own
+    format (``quantization``, the detected one) is used; one that does not is returned, saying what it says."""
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -40,7 +60,10 @@ def check_diffusers_config(path: Path, cfg: DiTConfig) -> list[str]:
         if not same:
             raise ValueError(f"{path}: {name} = {have!r}, but Ideogram 4 (and these weights) have {want!r}; "
                              f"this implementation computes with {name} = {want!r} only")
-    unknown = sorted(k for k in config if k not in expected and not k.startswith("_"))
+    unknown = sorted(k for k in config if k not in expected and not k.startswith("_") and k != "quantization_config")
+    if "quantization_config" in config:
+        note = _quantization_note(config["quantization_config"], quantization)
+        unknown += [note] if note else []
     if unknown:
         log.warning("%s: fields not used by Ideogram 4: %s", path, ", ".join(unknown))
     return unknown

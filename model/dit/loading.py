@@ -85,7 +85,7 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     """
     reader, fmt, cfg = inspect_transformer(source, component)
     config_json = reader.files[0].parent / "config.json"
-    unknown = check_diffusers_config(config_json, cfg) if Path(source).is_dir() and config_json.is_file() else []
+    unknown = check_diffusers_config(config_json, cfg, fmt.quantization) if Path(source).is_dir() and config_json.is_file() else []
     with torch.device("meta"):
         model = Ideogram4DiT(cfg, dtype=dtype, operations=operations, image_only=image_only)
     linears = {k: v for k, v in fmt.linears.items() if not (image_only and _is_text_projection(k))}
