@@ -369,12 +369,22 @@ def test_non_ideogram_file_in_the_loader_gives_our_message(comfy_server):
     assert_success(ok, comfy_server)
 
 
-def test_unconditional_auto_without_a_match_lists_the_names_it_looked_for(comfy_server):
+def test_unconditional_auto_without_a_match_lists_the_names_it_looked_for(comfy_server, comfy_models):
+    # a non-Ideogram file is named as such first (not sent looking for a partner that would not help)
     prompt = template(Ideogram4NativeModelLoader={"conditional": "not_ideogram.safetensors", "unconditional": "auto"})
     msg = errors_of(comfy_server.run(prompt))[0]["exception_message"].strip()
-    assert msg == ("unconditional = auto found no unconditional file for 'not_ideogram.safetensors' in the "
-                   "diffusion_models folders (looked for unconditional_not_ideogram.safetensors, "
-                   "not_unconditional_ideogram.safetensors, not_ideogram_unconditional.safetensors); choose the "
+    assert msg.startswith("conditional model: ") and "not an Ideogram 4 diffusion model" in msg and "FLUX" in msg, msg
+    # a good conditional file without a partner: the names auto looked for
+    lonely = comfy_models["dit"]["bf16"][0].parent / "lonely_model.safetensors"
+    lonely.symlink_to(comfy_models["dit"]["bf16"][0])
+    try:
+        prompt = template(Ideogram4NativeModelLoader={"conditional": lonely.name, "unconditional": "auto"})
+        msg = errors_of(comfy_server.run(prompt))[0]["exception_message"].strip()
+    finally:
+        lonely.unlink()
+    assert msg == ("unconditional = auto found no unconditional file for 'lonely_model.safetensors' in the "
+                   "diffusion_models folders (looked for unconditional_lonely_model.safetensors, "
+                   "lonely_unconditional_model.safetensors, lonely_model_unconditional.safetensors); choose the "
                    "unconditional file explicitly"), msg
 
 
