@@ -133,3 +133,73 @@ def test_unmapped_keys_are_an_error_naming_them(tiny_cfg):
     wrong = {"transformer.layers.0.attention.to_q.lora_A.weight": (4, e + 1),
              "transformer.layers.0.attention.to_q.lora_B.weight": (e, 4)}
     assert "wrong shapes" in mapping_problems(map_lora(wrong, tiny_cfg), list(wrong), "LoRA z")
+
+
+# --------------------------------------------------------------------------- every adapter's shapes are checked
+
+def _problems(tiny_cfg, lora):
+    return mapping_problems(map_lora(lora, tiny_cfg), list(lora), "LoRA s")
+
+
+def test_adapter_shapes_are_checked_against_the_weight(tiny_cfg):
+    """ComfyUI only logs (and skips) a patch whose shapes do not fit: each such module is an error naming it."""
+    e, i = tiny_cfg.emb_dim, tiny_cfg.intermediate_size
+    w1 = "diffusion_model.layers.0.feed_forward.w1"
+    ok = {f"{w1}.lora_down.weight": (4, e), f"{w1}.lora_up.weight": (i, 4), f"{w1}.alpha": ()}
+    assert _problems(tiny_cfg, ok) is None
+    cases = {
+        "rank": ({f"{w1}.lora_down.weight": (8, e), f"{w1}.lora_up.weight": (i, 4)},
+                 "disagree on the rank: up [1024, 4], down [8, 512]"),
+        "diff": ({f"{w1}.diff": (e, e)}, f"diff is [{e}, {e}], the model's layers.0.feed_forward.w1 are [{i}, {e}]"),
+        "diff_b": ({"diffusion_model.layers.0.adaln_modulation.diff_b": (e,)},
+                   f"diff_b is [{e}], the bias of layers.0.adaln_modulation is [{4 * e}]"),
+        "diff_b_none": ({f"{w1}.diff_b": (i,)}, "diff_b patches a bias, and layers.0.feed_forward.w1 has none"),
+        "loha": ({f"{w1}.hada_w1_a": (e, 4), f"{w1}.hada_w1_b": (4, e), f"{w1}.hada_w2_a": (i, 4),
+                  f"{w1}.hada_w2_b": (4, e)}, f"LoHa hada_w1_a·hada_w1_b is {e}×{e}"),
+        "lokr": ({f"{w1}.lokr_w1": (16, 16), f"{w1}.lokr_w2": (16, 16)}, "LoKr kron(w1 16×16, w2 16×16) is 256×256"),
+        "dora": ({f"{w1}.lora_down.weight": (4, e), f"{w1}.lora_up.weight": (i, 4), f"{w1}.dora_scale": (e, 1)},
+                 f"DoRA magnitude is [{e}, 1]"),
+        "norm": ({"diffusion_model.layers.0.attention_norm1.lora_down.weight": (4, e),
+                  "diffusion_model.layers.0.attention_norm1.lora_up.weight": (e, 4)},
+                 "a low-rank adapter on layers.0.attention_norm1, a 1-D weight"),
+        "alpha_only": ({**ok, "diffusion_model.layers.1.feed_forward.w2.alpha": ()}, "has only an alpha"),
+        "conv_shaped": ({f"{w1}.lora_down.weight": (4, e + 8, 1, 1), f"{w1}.lora_up.weight": (i, 4, 1, 1)},
+                        f"LoRA is {i}×{e + 8}"),
+    }
+    for name, (lora, want) in cases.items():
+        msg = _problems(tiny_cfg, lora)
+        assert msg and want in msg, (name, msg)
+    good = {"lokr": {f"{w1}.lokr_w1": (4, 8), f"{w1}.lokr_w2_a": (i // 4, 2), f"{w1}.lokr_w2_b": (2, e // 8)},
+            "loha": {f"{w1}.hada_w{n}_{ab}": ((i, 4) if ab == "a" else (4, e)) for n in "12" for ab in "ab"},
+            "conv_shaped": {f"{w1}.lora_down.weight": (4, e, 1, 1), f"{w1}.lora_up.weight": (i, 4, 1, 1)},
+            "dora_rows": {**ok, f"{w1}.dora_scale": (i, 1)},
+            "diff_b": {"diffusion_model.layers.0.adaln_modulation.diff_b": (4 * e,)}}
+    for name, lora in good.items():
+        assert _problems(tiny_cfg, lora) is None, name
+
+
+def test_alpha_values_are_checked_and_explained(tiny_cfg):
+    from model.dit.lora_keys import alpha_notes
+
+    e, i = tiny_cfg.emb_dim, tiny_cfg.intermediate_size
+    w1 = "diffusion_model.layers.0.feed_forward.w1"
+    lora = {f"{w1}.lora_down.weight": (4, e), f"{w1}.lora_up.weight": (i, 4), f"{w1}.alpha": ()}
+    mapping = map_lora(lora, tiny_cfg)
+    assert alpha_notes({f"{w1}.alpha": 4.0}, mapping, "LoRA a") == []
+    with pytest.raises(ValueError, match=r"LoRA a: alpha is not a finite number in 1 modules .*feed_forward.w1.alpha"):
+        alpha_notes({f"{w1}.alpha": float("nan")}, mapping, "LoRA a")
+    assert "alpha = 0 in 1 modules" in alpha_notes({f"{w1}.alpha": 0.0}, mapping, "LoRA a")[0]
+    bare = {k: v for k, v in lora.items() if not k.endswith(".alpha")}
+    assert "1 LoRA modules carry no alpha" in alpha_notes({}, map_lora(bare, tiny_cfg), "LoRA a")[0]
+
+
+def test_other_families_are_named_right(tiny_cfg):
+    te = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 64),
+          "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": (64, 4)}
+    qwen = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": (4, 64)}
+    sd3 = {"transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight": (4, 64)}
+    for lora, want in ((te, "a text-encoder LoRA"), (qwen, "a text-encoder LoRA"), (sd3, "(diffusers names)")):
+        msg = _problems(tiny_cfg, lora)
+        assert want in msg and "Wan" not in msg, msg
+        assert msg.count(sorted(lora)[0]) == 1, msg  # the first keys are listed once
+    assert _problems(tiny_cfg, {}) == "LoRA s: the file holds no tensors"

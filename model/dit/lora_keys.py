@@ -49,13 +49,18 @@ SUFFIXES = tuple(sorted(LOW_RANK_UP + LOW_RANK_DOWN + OTHER_SUFFIXES, key=len, r
 
 # What a LoRA that is not for Ideogram 4 looks like (markers are substrings of its keys).
 OTHER_LORA_FAMILIES = (
+    # text-encoder keys first: their self_attn.q_proj would otherwise read as a Wan LoRA's self_attn.q
+    (("lora_te", "text_encoder", "text_model", "language_model", "base_model.model.model.layers",
+      "self_attn.q_proj", "self_attn_q_proj"), "a text-encoder LoRA (Ideogram 4 LoRAs patch the DiT only)"),
+    ((".lora_B.bias", ".lora_up.bias"), "PEFT lora_bias tensors (lora_B.bias), which no ComfyUI LoRA adapter "
+                                        "applies — train or export the LoRA without lora_bias"),
     (("double_blocks", "single_blocks", "single_transformer_blocks"), "a FLUX LoRA"),
     (("down_blocks", "input_blocks", "output_blocks", "mid_block"), "a Stable Diffusion / SDXL LoRA"),
     (("joint_blocks", "context_block"), "a Stable Diffusion 3 LoRA"),
     (("img_mod", "img_mlp", "txt_mlp"), "a Qwen-Image LoRA"),
+    (("add_q_proj", "add_k_proj", "context_embedder"), "a Stable Diffusion 3 / FLUX / Qwen-Image LoRA (diffusers names)"),
     (("noise_refiner", "context_refiner"), "a Lumina 2 / Z-Image LoRA"),
     (("self_attn_q", "self_attn.q", "cross_attn"), "a Wan / video-model LoRA"),
-    (("lora_te", "text_encoder", "text_model"), "a text-encoder LoRA"),
     (("attention.to_q", "attention.qkv", "attention_qkv", "attention_to_q", "feed_forward"),
      "an Ideogram 4-style LoRA for a model of another size (layer count or widths differ)"),
 )
@@ -90,6 +95,8 @@ class LoraMapping:
     shape_errors: list[str] = field(default_factory=list)
     layouts: set[str] = field(default_factory=set)  # e.g. {"diffusers/PEFT"}
     adapters: set[str] = field(default_factory=set)  # e.g. {"LoRA", "LoKr"}
+    notes: list[str] = field(default_factory=list)  # what the user should know about how the file is applied
+    members: dict[str, dict[str, str]] = field(default_factory=dict)  # file module prefix -> {suffix: key}
 
     @property
     def patched_weights(self) -> int:
@@ -180,23 +187,122 @@ def map_lora(shapes: Mapping[str, Sequence[int]], cfg: DiTConfig) -> LoraMapping
             result.unmapped.append(key)
             continue
         groups.setdefault(parts[0], {})[parts[1]] = key
+    biases = {k[: -len(".bias")]: tuple(v) for k, v in expected_shapes(cfg).items() if k.endswith(".bias")}
     for prefix, members in groups.items():
         target, layout = table[prefix]
         result.targets[prefix] = target
+        result.members[prefix] = members
         result.layouts.add(layout)
         result.adapters.add(adapter_kind(members))
-        up = next((members[s] for s in LOW_RANK_UP if s in members), None)
-        down = next((members[s] for s in LOW_RANK_DOWN if s in members), None)
-        if (up is None) != (down is None):
-            result.shape_errors.append(f"{prefix}: has only one of the two LoRA matrices")
-        elif up is not None:
-            want_out, want_in = target.patched_shape
-            got_out, got_in = int(shapes[up][0]), int(shapes[down][-1]) if len(shapes[down]) == 2 else -1
-            if ".lora_mid.weight" not in members and (got_out != want_out or got_in != want_in):
-                result.shape_errors.append(f"{prefix}: LoRA is {got_out}×{got_in}, the model's "
-                                           f"{target.module} {'rows ' if target.offset else ''}are {want_out}×{want_in}")
+        bias = biases.get(target.module)
+        if bias is not None and target.offset is not None:
+            bias = (target.offset[2],)
+        result.shape_errors += [f"{prefix}: {p}" for p in adapter_problems(members, shapes, target, bias)]
     result.unmapped.sort()
     return result
+
+
+def _as_matrix(shape: Sequence[int]) -> tuple[int, int]:
+    """(rows, everything else) — ComfyUI flattens a conv-shaped (…, 1, 1) factor the same way."""
+    return int(shape[0]), int(math.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def _product_shape(members: Mapping[str, str], shapes, a: str, b: str, whole: str = "") -> Optional[tuple[int, int]]:
+    """Shape of ``a @ b`` (or of ``whole`` when the file stores the factor whole); None when neither is there."""
+    if whole and whole in members:
+        return _as_matrix(shapes[members[whole]])
+    if a in members and b in members:
+        (rows, inner), (inner_b, cols) = _as_matrix(shapes[members[a]]), _as_matrix(shapes[members[b]])
+        return (rows, cols) if inner == inner_b else (rows, -1)
+    return None
+
+
+def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[int]], target: Target,
+                     bias: Optional[tuple[int, ...]]) -> list[str]:
+    """Why one module's tensors cannot patch ``target`` (empty when they can): each adapter's result must have the
+    weight's (or the fused rows') shape, the two factors of a product the same rank, ``diff_b`` the bias's shape, a
+    DoRA magnitude one value per output row (or input column) — ComfyUI itself only logs and skips such a patch."""
+    want = tuple(target.patched_shape)
+    where = f"the model's {target.module}{' rows' if target.offset else ''}"
+    present = set(members)
+    if present <= {".alpha"}:
+        return ["has only an alpha (no LoRA matrices or weight difference)"]
+    if len(want) != 2 and present & set(LOW_RANK_UP + LOW_RANK_DOWN + tuple(
+            x for x in OTHER_SUFFIXES if x.startswith((".hada_", ".lokr_")))):
+        return [f"a low-rank adapter on {target.module}, a {len(want)}-D weight {list(want)}: only a full weight "
+                "difference (.diff) can patch it"]
+    problems = []
+    up = next((members[x] for x in LOW_RANK_UP if x in members), None)
+    down = next((members[x] for x in LOW_RANK_DOWN if x in members), None)
+    if (up is None) != (down is None):
+        problems.append("has only one of the two LoRA matrices")
+    elif up is not None:
+        (out_rows, up_rank), (down_rank, in_cols) = _as_matrix(shapes[up]), _as_matrix(shapes[down])
+        if ".lora_mid.weight" in members:  # LoCon / Tucker: the middle factor joins the ranks
+            in_cols = -1 if len(shapes[down]) < 2 else int(shapes[down][1])
+            if out_rows != want[0] or in_cols != want[1]:
+                problems.append(f"LoRA is {out_rows}×{in_cols}, {where} are {want[0]}×{want[1]}")
+        elif up_rank != down_rank:
+            problems.append(f"its two LoRA matrices disagree on the rank: up {list(shapes[up])}, down "
+                            f"{list(shapes[down])}")
+        elif (out_rows, in_cols) != want:
+            problems.append(f"LoRA is {out_rows}×{in_cols}, {where} are {want[0]}×{want[1]}")
+    if ".diff" in members and tuple(shapes[members[".diff"]]) != want:
+        problems.append(f"diff is {list(shapes[members['.diff']])}, {where} are {list(want)}")
+    if ".diff_b" in members:
+        got = tuple(shapes[members[".diff_b"]])
+        if bias is None:
+            problems.append(f"diff_b patches a bias, and {target.module} has none")
+        elif got != bias:
+            problems.append(f"diff_b is {list(got)}, the bias of {target.module} is {list(bias)}")
+    if ".hada_w1_a" in members and ".hada_t1" not in members:
+        for one in ("1", "2"):
+            got = _product_shape(members, shapes, f".hada_w{one}_a", f".hada_w{one}_b")
+            if got is None:
+                problems.append(f"LoHa factor hada_w{one}_a / hada_w{one}_b missing")
+            elif got != want:
+                problems.append(f"LoHa hada_w{one}_a·hada_w{one}_b is {got[0]}×{got[1]}, {where} are {want[0]}×{want[1]}")
+    if any(x.startswith(".lokr_") for x in members) and ".lokr_t2" not in members:
+        w1 = _product_shape(members, shapes, ".lokr_w1_a", ".lokr_w1_b", ".lokr_w1")
+        w2 = _product_shape(members, shapes, ".lokr_w2_a", ".lokr_w2_b", ".lokr_w2")
+        if w1 is None or w2 is None:
+            problems.append("LoKr needs both factors (lokr_w1 or lokr_w1_a/b, lokr_w2 or lokr_w2_a/b)")
+        elif (w1[0] * w2[0], w1[1] * w2[1]) != want:
+            problems.append(f"LoKr kron(w1 {w1[0]}×{w1[1]}, w2 {w2[0]}×{w2[1]}) is {w1[0] * w2[0]}×{w1[1] * w2[1]}, "
+                            f"{where} are {want[0]}×{want[1]}")
+    scale = members.get(".dora_scale") or members.get(".lora_magnitude_vector")
+    if scale is not None:
+        got = tuple(int(x) for x in shapes[scale])
+        if got not in ((want[0], 1), (want[0],), (1, want[1])):
+            problems.append(f"DoRA magnitude is {list(got)}: one value per output row ({want[0]}, 1) or per input "
+                            f"column (1, {want[1]}) of {target.module}")
+    return problems
+
+
+def alpha_notes(alphas: Mapping[str, float], mapping: LoraMapping, label: str) -> list[str]:
+    """Check the ``alpha`` values of a mapped LoRA (``alphas``: file key → value, after :func:`normalize_peft` wrote
+    PEFT's scaling as alphas); the notes for the node.
+
+    A non-finite alpha is a ValueError naming the keys (the output would be NaN).  ``alpha = 0`` makes ComfyUI's
+    scale ``alpha / rank`` zero — no effect — and low-rank modules without an alpha (nor a PEFT ``lora_alpha``) are
+    applied at scale 1 (alpha = rank), as ComfyUI and diffusers do: both are said, since a trainer may have meant
+    something else."""
+    bad = sorted(k for k, v in alphas.items() if not math.isfinite(v))
+    if bad:
+        raise ValueError(f"{label}: alpha is not a finite number in {len(bad)} modules ({', '.join(bad[:4])}); "
+                         "the output would be NaN — the file is damaged")
+    notes = []
+    zero = sorted(k for k, v in alphas.items() if v == 0)
+    if zero:
+        notes.append(f"alpha = 0 in {len(zero)} modules ({', '.join(zero[:3])}{' …' if len(zero) > 3 else ''}): "
+                     "their scale alpha/rank is 0, so they have no effect (kohya / LyCORIS trainers write alpha = "
+                     "rank, never 0 — re-save the LoRA with its real alpha)")
+    low_rank = set(LOW_RANK_UP + LOW_RANK_DOWN)
+    without = [p for p, members in mapping.members.items() if ".alpha" not in members and low_rank & set(members)]
+    if without:
+        notes.append(f"{len(without)} LoRA modules carry no alpha and the file no PEFT lora_alpha: applied at scale 1 "
+                     "(alpha = rank), as ComfyUI and diffusers do")
+    return notes
 
 
 def describe_lora(keys: Sequence[str]) -> str:
@@ -206,9 +312,12 @@ def describe_lora(keys: Sequence[str]) -> str:
 
 def mapping_problems(mapping: LoraMapping, keys: Sequence[str], label: str) -> Optional[str]:
     """The user-facing error for a LoRA that does not fully map (None when every key maps)."""
+    if not keys:
+        return f"{label}: the file holds no tensors"
     if not mapping.targets:
-        return (f"{label}: no key of this LoRA maps onto the Ideogram 4 DiT — it looks like {describe_lora(keys)}; "
-                f"first keys: {', '.join(sorted(keys)[:4])}")
+        what = describe_lora(keys)
+        first = "" if "(first keys:" in what else f"; first keys: {', '.join(sorted(keys)[:4])}"
+        return f"{label}: no key of this LoRA maps onto the Ideogram 4 DiT — it looks like {what}{first}"
     problems = []
     if mapping.unmapped:
         problems.append(f"{len(mapping.unmapped)} keys map nowhere: {', '.join(mapping.unmapped[:8])}"

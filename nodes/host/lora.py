@@ -8,6 +8,7 @@ the same model.  Unlike core, a key that maps nowhere is an error, never a log l
 
 from __future__ import annotations
 
+import json
 import uuid
 import weakref
 from pathlib import Path
@@ -21,32 +22,56 @@ import comfy.utils
 
 from ...model.checkpoints import check_safetensors_file
 from ...model.dit import TEXT_PROJECTION_MODULES
-from ...model.dit.lora_keys import map_lora, mapping_problems, normalize_peft
+from ...model.dit.lora_keys import alpha_notes, map_lora, mapping_problems, normalize_peft
 from . import memory_policy as mp
 from .comfy_model import Ideogram4NativeModel, dit_of, require_ideogram4
+from .dora import with_row_norm_dora
 from .lora_patching import (DEAD_ROLES, Ideogram4ModelPatcher, active_role, clear_role, packed_module, patch_tensors,
                             role_died, runtime_patch, split_key, unshareable_keys)
 
 TARGETS = ("conditional", "unconditional", "both")
+ADAPTER_CONFIG_MARK = "ideogram4.adapter_config"  # metadata entry: the adapter_config.json the LoraConfig came from
 
 
 def read_lora(path: str | Path) -> tuple[dict, Optional[dict]]:
+    """(tensors, metadata) of a LoRA file; a PEFT ``save_pretrained`` adapter's ``adapter_config.json`` next to it
+    supplies its LoraConfig (``lora_alpha``, ``r``, patterns) where the file's metadata has none."""
+    path = Path(path)
     try:
-        check_safetensors_file(Path(path))  # a truncated file: the pack's message, not safetensors' header error
+        check_safetensors_file(path)  # a truncated file: the pack's message, not safetensors' header error
     except ValueError as exc:
         raise ValueError(f"LoRA {exc}") from None
     sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
+    metadata = dict(metadata or {})
+    config = path.with_name("adapter_config.json")
+    if "lora_adapter_metadata" not in metadata and config.is_file():
+        try:
+            conf = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"LoRA {path}: {config.name} next to it is not readable JSON ({exc})") from None
+        metadata["lora_adapter_metadata"] = json.dumps(conf)
+        metadata[ADAPTER_CONFIG_MARK] = str(config)
     return sd, metadata
 
 
 def prepare_lora(sd: dict, metadata: Optional[dict], patcher, label: str):
-    """(state dict with PEFT scaling / DoRA names normalised, mapping) — or ValueError naming what does not map."""
+    """(state dict with PEFT scaling / DoRA names normalised, mapping) — or ValueError naming what does not map.
+    ``mapping.notes`` says how the scale was found where the user should know (alpha 0, none, adapter_config.json)."""
     sd = normalize_peft(sd, metadata, tensor_factory=lambda v: torch.tensor(float(v)))
     cfg = dit_of(patcher).config
     mapping = map_lora({k: tuple(v.shape) for k, v in sd.items()}, cfg)
     problem = mapping_problems(mapping, list(sd), label)
     if problem:
         raise ValueError(problem)
+    alphas = {}
+    for key, value in sd.items():
+        if key.endswith(".alpha"):
+            if value.numel() != 1:
+                raise ValueError(f"{label}: {key} has {value.numel()} values; an alpha is one number")
+            alphas[key] = float(value.reshape(()))
+    mapping.notes += alpha_notes(alphas, mapping, label)
+    if metadata and ADAPTER_CONFIG_MARK in metadata:
+        mapping.notes.append(f"scale from {metadata[ADAPTER_CONFIG_MARK]} (PEFT save_pretrained adapter)")
     return sd, mapping
 
 
@@ -57,12 +82,17 @@ def _is_text_projection(model_key: str) -> bool:
 def apply_lora(patcher, sd: dict, strength: float, label: str):
     """A clone of ``patcher`` with the LoRA added at ``strength``; returns (clone, patched weight keys, skipped)."""
     key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
-    patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    patches = with_row_norm_dora(comfy.lora.load_lora(sd, key_map, log_missing=False))  # DoRA as trained
     skipped = []
     if dit_of(patcher).image_only:  # the unconditional model has no text projection: those patches cannot act
         skipped = sorted({(k if isinstance(k, str) else k[0]) for k in patches
                           if _is_text_projection(k if isinstance(k, str) else k[0])})
         patches = {k: v for k, v in patches.items() if (k if isinstance(k, str) else k[0]) not in skipped}
+        if skipped and not patches:
+            raise ValueError(f"{label}: every weight this LoRA patches is in the text projection (llm_cond_norm / "
+                             f"llm_cond_proj: {', '.join(skipped[:3])}), which the unconditional model does not run "
+                             "(its pass is image-only), so it would change nothing there; load it on the "
+                             "conditional model")
     _refuse_unshareable(patcher, patches, label)
     clone = patcher.clone()
     accepted = set(clone.add_patches(patches, strength))
@@ -117,6 +147,7 @@ def load_lora_onto(model, unconditional_model, path: str | Path, strength: float
         if skipped:
             line += f"; {len(skipped)} text-projection weights skipped (the unconditional pass is image-only)"
         lines.append(line)
+        lines += [f"  note: {note}" for note in mapping.notes]
     return out["conditional"], out["unconditional"], lines
 
 
@@ -247,4 +278,5 @@ def unconditional_from_lora(model, path: str | Path, strength: float, name: str)
              f"{patcher.runtime_patch_bytes() / 2**20:.1f} MiB on the device in {str(view.compute_dtype).removeprefix('torch.')}"]
     if skipped:
         lines.append(f"{len(skipped)} text-projection weights skipped (the unconditional pass is image-only)")
+    lines += [f"note: {note}" for note in mapping.notes]
     return patcher, lines
