@@ -94,6 +94,9 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
         pixels = fit_pixels(image[..., :3].permute(0, 3, 1, 2), width, height, size).permute(0, 2, 3, 1)
         samples, info = encode(vae, pixels, tile_mode=tiling)
         lines = [info]
+        if image.shape[-1] > 3:
+            lines.append(f"note: the IMAGE has {int(image.shape[-1])} channels; only RGB is encoded (an alpha channel "
+                         "is not used — connect it as mask for inpainting)")
         if (width, height) != (w, h):
             lines.insert(0, f"{size}: {w}×{h} → {width}×{height} px")
         out = {"samples": samples, LATENT_SPACE_KEY: "model"}
@@ -103,6 +106,9 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
                 raise ValueError(f"mask has batch {m.shape[0]}; the image has batch {b} (allowed: 1 or {b})")
             out[NOISE_MASK] = m
             lines.append(f"mask: {float(m.mean()) * 100:.1f}% to regenerate (grow {mask_grow}, feather {mask_feather})")
+            if not bool(m.count_nonzero()):
+                lines.append("note: the mask is empty — nothing will be regenerated and the output is the input; "
+                             "paint the area to change in the mask editor (or leave mask unconnected for img2img)")
         return io.NodeOutput(out, width, height, ui={"text": ["\n".join(lines)]})
 
 

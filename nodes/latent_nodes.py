@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..sampling import token_grid
 from ..sampling.euler import LATENT_CHANNELS
 from .loader_nodes import Vae
-from .sampler_nodes import LATENT_SPACE_KEY, check_size, validation_message
+from .sampler_nodes import LATENT_SPACE_KEY, check_size, unmarked_latent_note, validation_message
 
 log = logging.getLogger("ideogram4_native")
 
@@ -144,7 +144,7 @@ class Ideogram4NativeVAEDecode(io.ComfyNode):
             raise ValueError("this latent was converted for core VAEDecode (Ideogram4 Latent To Flux2 VAE); connect the "
                              "sampler's latent directly")
         images_u8, info = decode(vae, samples["samples"], tile_mode=tiling)
-        lines = safety_warnings(images_u8) + [info]
+        lines = safety_warnings(images_u8) + [info] + [n for n in [unmarked_latent_note(samples, "is decoded")] if n]
         return io.NodeOutput(uint8_to_image(images_u8), ui={"text": ["\n".join(lines)]})
 
 

@@ -184,6 +184,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
             info = p.ideogram4_info
             lines.append(f"{role}: {info['source']} [{info['component']}] — {info['format']}, compute "
                          f"{info['dtype']}, {p.model_size() / 2**30:.2f} GiB")
+        lines += [n for n in [cond.ideogram4_info.get("dtype_note")] if n]
         for line in warnings:
             log.warning("Ideogram4 Model Loader: %s", line)
         lines[:0] = [f"warning: {line}" for line in warnings]
@@ -207,7 +208,7 @@ class Ideogram4NativeModelLoader(io.ComfyNode):
         info = cond.ideogram4_info
         lines = [f"warning: {line}" for line in warnings] + [
             f"conditional: {info['source']} [{info['component']}] — {info['format']}, compute {info['dtype']}, "
-            f"{cond.model_size() / 2**30:.2f} GiB",
+            f"{cond.model_size() / 2**30:.2f} GiB", *[n for n in [info.get("dtype_note")] if n],
             "unconditional: none — build it from this base with Ideogram4 Unconditional From LoRA (shares these "
             "weights: one base in memory)"]
         text = "\n".join(lines)
@@ -243,7 +244,8 @@ class Ideogram4NativeVAELoader(io.ComfyNode):
         path = folders.resolve(vae_name, file_key="vae", folder_keys=FOLDER_KEYS_VAE)
         patcher = load_vae_patcher(path, dtype)
         info = patcher.ideogram4_info
-        text = f"{info['source']} — {info['format']}, compute {info['dtype']}, {patcher.model_size() / 2**20:.1f} MiB"
+        text = f"{info['source']} — {info['format']}, compute {info['dtype']}, {patcher.model_size() / 2**20:.1f} MiB" + \
+            (f"\n{info['dtype_note']}" if info.get("dtype_note") else "")
         return io.NodeOutput(patcher, ui={"text": [text]})
 
 

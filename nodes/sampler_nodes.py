@@ -7,6 +7,8 @@ or convert them with Ideogram4 Latent To Flux2 VAE before core VAEDecode.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from comfy_api.latest import io
 
 from ..model.vae import latents as lat
@@ -77,6 +79,23 @@ def validation_message(node: str, width, height):
     except ValueError as exc:
         return str(exc)
     return True
+
+
+def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
+    """A note when a latent whose content is used carries no space mark (the pack's nodes set it; core's latent nodes
+    copy it): core VAE Encode / Empty Flux 2 Latent latents are in the VAE's BatchNorm space, not the model's."""
+    if LATENT_SPACE_KEY in latent:
+        return None
+    return (f"note: this latent was not made by an Ideogram4 node (no '{LATENT_SPACE_KEY}' mark) and {use}; a latent "
+            "from core VAE Encode or Empty Flux 2 Latent must first go through Ideogram4 Flux2 VAE To Latent — "
+            "otherwise it is read in the wrong space")
+
+
+def batch_index_note(latent: dict, seed: int) -> Optional[str]:
+    index = latent.get("batch_index")
+    if index is None or list(index) == list(range(len(index))):
+        return None
+    return f"noise: items {list(index)} of the batch seed {seed} draws (the latent's batch_index)"
 
 
 def size_from_latent(latent: dict) -> tuple[int, int, int]:
@@ -182,9 +201,15 @@ class Ideogram4NativeKSampler(io.ComfyNode):
                 init = latent["samples"]
                 notes.append(f"img2img: denoise {denoise:g}" + (" with the latent's noise_mask (inpainting)"
                                                                  if mask is not None else ""))
+                notes += [n for n in [unmarked_latent_note(latent, "its content is the img2img start")] if n]
+                if mask is None and not bool(torch.count_nonzero(init)):
+                    notes.append("note: the latent is empty (all zeros, e.g. Ideogram4 Empty Latent): denoise < 1 "
+                                 "starts from a blank latent — connect Ideogram4 VAE Encode for img2img, or set "
+                                 "denoise 1 for text-to-image")
             elif bool(torch.count_nonzero(latent["samples"])):
                 notes.append("note: the input latent is not empty but denoise = 1 and no noise_mask: only its size "
                              "is used (set denoise < 1 for img2img)")
+            notes += [n for n in [batch_index_note(latent, seed)] if n]
         check_size("Ideogram4 KSampler", width, height)
         settings = settings_from_inputs(preset, steps=steps, mu=mu, std=std, guidance=guidance,
                                         polish_steps=polish_steps, polish_guidance=polish_guidance,
@@ -193,9 +218,13 @@ class Ideogram4NativeKSampler(io.ComfyNode):
             require_guidance_without_unconditional(model, settings.loop_order_guidance[::-1])
         samples, info = run_reference_sampler(model, unconditional_model, positive, settings, width=width,
                                               height=height, batch=batch_size, seed=seed, denoise=denoise,
-                                              init_latent=init, noise_mask=mask)
+                                              init_latent=init, noise_mask=mask,
+                                              batch_index=None if latent is None else latent.get("batch_index"))
         text = "\n".join([describe_settings(settings), f"seed {seed}"] + notes + info)
-        return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, ui={"text": [text]})
+        out = {"samples": samples, LATENT_SPACE_KEY: "model"}
+        if latent is not None and "batch_index" in latent:  # kept, as core's KSampler keeps it
+            out["batch_index"] = list(latent["batch_index"])
+        return io.NodeOutput(out, ui={"text": [text]})
 
 
 class Ideogram4NativeSigmas(io.ComfyNode):

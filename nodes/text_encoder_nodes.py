@@ -24,7 +24,9 @@ CAPTION_CHECKS = ("canonicalize", "strict", "warn", "off")
 
 
 def _te_options() -> list[str]:
-    return folders.list_folders("text_encoder", TE_FOLDER_KEYS) + folders.list_files("text_encoders")
+    # .gguf listed too: ComfyUI-GGUF users keep GGUF text encoders here; picking one says it is not supported
+    return folders.list_folders("text_encoder", TE_FOLDER_KEYS) + \
+        folders.list_files("text_encoders", folders.WEIGHT_EXTENSIONS + (".gguf",))
 
 
 def _tokenizer_options() -> list[str]:
@@ -89,7 +91,8 @@ class Ideogram4NativeTextEncoderLoader(io.ComfyNode):
         info = patcher.ideogram4_info
         text = "".join(f"warning: {w}\n" for w in info["warnings"]) + (
             f"{info['source']} — {info['format']}, compute {info['dtype']}, "
-            f"{patcher.model_size() / 2**30:.2f} GiB; tokenizer: {tok or 'from the folder'}")
+            f"{patcher.model_size() / 2**30:.2f} GiB; tokenizer: {tok or 'from the folder'}") + \
+            (f"\n{info['dtype_note']}" if info.get("dtype_note") else "")
         return io.NodeOutput(patcher, ui={"text": [text]})
 
 

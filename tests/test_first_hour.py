@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from comfy_api_stub import PACKAGE, collect_schemas, stubbed_pack
 
@@ -212,6 +213,19 @@ def test_magic_prompt_seed_is_fixed_and_size_can_come_from_the_latent(pack, monk
 
 
 # --------------------------------------------------------------------------- 8. empty style fields
+
+def test_latent_notes_name_what_is_not_the_packs(pack):
+    """A latent without the pack's space mark whose content is used (img2img start, decode) gets a note pointing at
+    Ideogram4 Flux2 VAE To Latent; batch_index rows other than 0…n−1 are said."""
+    sn = pack["sampler_nodes"]
+    core = {"samples": torch.zeros(1, 128, 16, 16)}
+    note = sn.unmarked_latent_note(core, "its content is the img2img start")
+    assert note and "not made by an Ideogram4 node" in note and "Ideogram4 Flux2 VAE To Latent" in note
+    assert sn.unmarked_latent_note(dict(core, ideogram4_space="model"), "is decoded") is None
+    assert sn.batch_index_note(dict(core, batch_index=[2]), 5) == \
+        "noise: items [2] of the batch seed 5 draws (the latent's batch_index)"
+    assert sn.batch_index_note(dict(core, batch_index=[0]), 5) is None and sn.batch_index_note(core, 5) is None
+
 
 def test_caption_builder_omits_an_empty_style():
     from model.caption import builders

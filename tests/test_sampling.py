@@ -148,3 +148,15 @@ def test_callback_can_interrupt():
     with pytest.raises(Stop):
         sample(cond, _Recorder(0.0), torch.zeros(1, 4, 8), height=256, width=256, preset="V4_QUALITY_48", callback=cb)
     assert len(cond.calls) == 3
+
+
+def test_batch_index_picks_the_rows_of_the_batch_draw():
+    """Core Latent From Batch → re-sample item i alone with the same seed: the noise item i had in its batch."""
+    from sampling import draw_noise
+
+    full = draw_noise(3, 4, 5, seed=11)
+    assert torch.equal(draw_noise(1, 4, 5, seed=11, batch_index=[2]), full[2:3])
+    assert torch.equal(draw_noise(2, 4, 5, seed=11, batch_index=[2, 0]), full[[2, 0]])
+    assert torch.equal(draw_noise(3, 4, 5, seed=11, batch_index=[0, 1, 2]), full)
+    with pytest.raises(ValueError, match=r"batch_index \[0\] must list one item index ≥ 0 per latent \(the batch has 2\)"):
+        draw_noise(2, 4, 5, seed=11, batch_index=[0])

@@ -49,6 +49,7 @@ from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
 from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
+from .dtype_flags import flag_dtype, flag_note
 from .lora_patching import (Ideogram4ModelPatcher, RolePatched, clear_dead_roles, computing_dit,
                             install_key_map_hook)
 from .conditioning import feature_width_problem
@@ -357,13 +358,18 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
 
 # --------------------------------------------------------------------------- loading
 
-def resolve_dtype(choice: str, load_device) -> torch.dtype:
+def resolve_dtype(choice: str, load_device, kind: str = "unet") -> torch.dtype:
+    """The compute dtype of a loader's dtype widget; ``auto`` follows ComfyUI's precision flag for ``kind``
+    (``dtype_flags``) where it names bf16 or fp32."""
     if choice not in DTYPE_CHOICES:
         raise ValueError(f"weight_dtype {choice!r} is not one of {DTYPE_CHOICES}")
     if choice == "fp32":
         return torch.float32
     if choice == "bf16":
         return torch.bfloat16
+    flagged = flag_dtype(kind)
+    if flagged is not None:
+        return flagged
     # auto: the reference computes in bf16; fall back to fp32 only on GPUs without bf16.
     if mm.is_device_cpu(load_device) or mm.should_use_bf16(load_device):
         return torch.bfloat16
@@ -387,7 +393,8 @@ def load_model_patcher(source: str | Path, *, component: str = "transformer", we
         dit.after_text_projection = text_projection_hook(model)
     patcher = Ideogram4ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "component": component,
-                              "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", "")}
+                              "format": getattr(dit, "checkpoint_format", "?"), "dtype": str(dtype).replace("torch.", ""),
+                              "dtype_note": flag_note("unet", weight_dtype)}
     return patcher
 
 

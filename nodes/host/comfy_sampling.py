@@ -87,7 +87,7 @@ class Ideogram4Noise:
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         b, gh, gw = lat.comfy_grid(input_latent["samples"], "Ideogram4 Noise's latent")
         device = self.device if self.device is not None else mm.get_torch_device()
-        z = draw_noise(b, gh, gw, self.seed, device)
+        z = draw_noise(b, gh, gw, self.seed, device, batch_index=input_latent.get("batch_index"))
         return lat.tokens_to_comfy(z, gh, gw)
 
 
@@ -318,11 +318,12 @@ class Ideogram4KSampler(comfy.samplers.KSAMPLER):
 
 def run_reference_sampler(cond, uncond, positive, settings, *, width: int, height: int, batch: int, seed: int,
                           denoise: float = 1.0, init_latent: Optional[torch.Tensor] = None,
-                          noise_mask: Optional[torch.Tensor] = None):
+                          noise_mask: Optional[torch.Tensor] = None, batch_index=None):
     """Run ``sampling.sample`` on the two loaded DiTs. Returns (latent (B,128,gh,gw) float32, info lines).
 
     ``init_latent`` (B, 128, gh, gw) model space and ``noise_mask`` (any size, 1 = regenerate) are used only
-    for ``denoise`` < 1 or with a mask (img2img / inpainting, ``sampling.euler``)."""
+    for ``denoise`` < 1 or with a mask (img2img / inpainting, ``sampling.euler``); ``batch_index`` (the latent's)
+    picks the rows of the batch's noise (``sampling.draw_noise``)."""
     gh, gw = token_grid(width, height)
     feats, lengths, ours = text_from_conditioning(positive)
     feats, lengths = batch_text(feats, lengths, batch)
@@ -339,7 +340,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     init = None if init_latent is None else lat.comfy_to_tokens(init_latent.to(torch.float32)).to(device)
     mask = None if noise_mask is None else latent_mask(noise_mask, batch, gh, gw, what="noise_mask").to(device)
     preview = latent_preview.prepare_callback(cond, n)
-    noise = draw_noise(batch, gh, gw, seed, device)
+    noise = draw_noise(batch, gh, gw, seed, device, batch_index=batch_index)
     prev = {"z": noise if init is None or denoise >= 1.0 else ts[n] * init + (1.0 - ts[n]) * noise}  # preview only
 
     def callback(k: int, total: int, z: torch.Tensor) -> None:

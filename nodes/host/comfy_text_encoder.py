@@ -10,6 +10,7 @@ partially loaded and the rest streamed, exactly like the DiTs
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -20,10 +21,11 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ...model.text_encoder import load_text_encoder
+from ...model.text_encoder import configure_cache, load_text_encoder
 from . import memory_policy as mp
 from .offload import HomePatcher
 from .comfy_model import ComfyOps, available_memory, memory_constants, resolve_dtype
+from .dtype_flags import flag_note
 
 log = logging.getLogger("ideogram4_native")
 
@@ -47,12 +49,12 @@ def load_text_encoder_patcher(source: str | Path, *, tokenizer: Optional[str | P
         raise ValueError(f"device {device_choice!r} is not one of {DEVICE_CHOICES}")
     load_device = torch.device("cpu") if device_choice == "cpu" else mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
-    dtype = resolve_dtype(dtype_choice, load_device)
+    dtype = resolve_dtype(dtype_choice, load_device, kind="text_enc")
     encoder = load_text_encoder(source, device=offload_device, dtype=dtype, tokenizer=tokenizer, operations=ComfyOps)
     patcher = HomePatcher(TextEncoderHolder(encoder), load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "format": encoder.description,
                               "dtype": str(dtype).replace("torch.", ""), "tokenizer": str(tokenizer or "auto"),
-                              "warnings": list(encoder.warnings)}
+                              "warnings": list(encoder.warnings), "dtype_note": flag_note("text_enc", dtype_choice)}
     return patcher
 
 
@@ -73,8 +75,21 @@ def activation_bytes(encoder, n_tokens: int) -> int:
     return int((per_layer + taps + features) * 1.25) + 64 * mp.MiB
 
 
+@functools.cache
+def follow_cache_flag() -> bool:
+    """ComfyUI's ``--cache-none`` also turns off the pack's encoding cache (once; True when it did)."""
+    import comfy.cli_args
+
+    if getattr(comfy.cli_args.args, "cache_none", False):
+        configure_cache(max_entries=0)
+        log.info("Ideogram4: --cache-none: the text-encoding cache is off")
+        return True
+    return False
+
+
 def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
     """(features (1, L, F) float32 on the CPU, lengths, info) — loads/offloads through ComfyUI."""
+    no_cache = follow_cache_flag()
     encoder = encoder_of(patcher)
     ids = encoder.tokenize([caption])
     n_tokens = len(ids[0])
@@ -99,5 +114,6 @@ def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
         log.warning("Ideogram4: not even the text encoder's %s of activations fit on %s; encoding on the CPU",
                     mp.gib(act), device)
     encoded = encoder.encode([caption], compute_device=run_on)
-    info = f"{head}, encoded on {where} in {time.perf_counter() - t0:.2f} s"
+    info = f"{head}, encoded on {where} in {time.perf_counter() - t0:.2f} s" + \
+        (" (not cached: --cache-none)" if no_cache else "")
     return encoded.features, list(encoded.lengths), info

@@ -22,6 +22,7 @@ import comfy.ops
 from ...model.vae import latents as lat
 from ...model.vae import Flux2VAEDecoder, Flux2VAEEncoder, from_unit_float, load_vae, load_vae_encoder
 from . import memory_policy as mp
+from .dtype_flags import flag_dtype, flag_note
 from .offload import HomePatcher
 
 log = logging.getLogger("ideogram4_native")
@@ -51,14 +52,16 @@ class VAEHolder(torch.nn.Module):
 def load_vae_patcher(source: str | Path, dtype_choice: str = "auto") -> comfy.model_patcher.ModelPatcher:
     if dtype_choice not in VAE_DTYPES:
         raise ValueError(f"vae dtype {dtype_choice!r} is not one of {VAE_DTYPES}")
-    dtype = torch.float32 if dtype_choice == "fp32" else torch.bfloat16  # REF decodes in bf16
+    # REF decodes in bf16; auto follows ComfyUI's --fp32-vae / --bf16-vae / --force-fp32 (dtype_flags)
+    dtype = torch.float32 if dtype_choice == "fp32" else torch.bfloat16 if dtype_choice == "bf16" else \
+        flag_dtype("vae") or torch.bfloat16
     load_device = mm.vae_device()
     offload_device = mm.vae_offload_device()
     decoder = load_vae(source, device=offload_device, dtype=dtype, operations=VAEOpsComfy)
     holder = VAEHolder(decoder)
     patcher = HomePatcher(holder, load_device=load_device, offload_device=offload_device)
     patcher.ideogram4_info = {"source": str(source), "format": decoder.checkpoint_format,
-                              "dtype": str(dtype).replace("torch.", "")}
+                              "dtype": str(dtype).replace("torch.", ""), "dtype_note": flag_note("vae", dtype_choice)}
     return patcher
 
 

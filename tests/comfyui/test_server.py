@@ -567,3 +567,37 @@ def test_ui_template_loads_without_missing_nodes_and_matches_the_api_twin(comfy_
     got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["prompt"].items()}
     want = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
     assert got == want
+
+
+def test_latent_from_batch_resamples_the_item_it_picked(comfy_server):
+    """Empty Latent batch 3 → KSampler; the same latent → core Latent From Batch (index 2) → KSampler, same seed:
+    item 2 again (its noise rows), and the node says so."""
+    from safetensors.torch import load_file
+
+    prompt = template(Ideogram4NativeKSampler={"seed": 5})
+    ks, empty = node_id(prompt, "Ideogram4NativeKSampler"), node_id(prompt, "Ideogram4NativeEmptyLatent")
+    prompt[empty]["inputs"]["batch_size"] = 3
+    for k in [k for k, v in prompt.items() if v["class_type"] in ("Ideogram4NativeVAEDecode", "SaveImage")]:
+        del prompt[k]
+    second = dict(prompt[ks], inputs=dict(prompt[ks]["inputs"], latent=["400", 0]))
+    prompt.update({
+        "400": {"class_type": "LatentFromBatch", "inputs": {"samples": [empty, 0], "batch_index": 2, "length": 1}},
+        "401": second,
+        "402": {"class_type": "SaveLatent", "inputs": {"samples": [ks, 0], "filename_prefix": "latents/batch3"}},
+        "403": {"class_type": "SaveLatent", "inputs": {"samples": ["401", 0], "filename_prefix": "latents/item2"}},
+    })
+    prompt[ks]["inputs"]["latent"] = [empty, 0]
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+
+    def saved(node):
+        info = entry["outputs"][node]["latents"][0]
+        return load_file(str(comfy_server.output / info["subfolder"] / info["filename"]))["latent_tensor"]
+
+    batch, item = saved("402"), saved("403")
+    assert batch.shape[0] == 3 and item.shape[0] == 1
+    assert torch.equal(item[0], batch[2]) and not torch.equal(item[0], batch[0])
+    assert "noise: items [2] of the batch seed 5 draws (the latent's batch_index)" in entry["outputs"]["401"]["text"][0]
+
+    # core latent nodes copy the latent dict: the pack's space mark survives, so no "not made by" note here
+    assert "not made by an Ideogram4 node" not in entry["outputs"]["401"]["text"][0]
