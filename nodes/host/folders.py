@@ -136,22 +136,23 @@ def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_u
             if is_index_name(name) and (base / name).is_file():
                 shards |= _shards_of(base / name, name)
     folders = tuple(f.rstrip("/") + "/" for f in hide_under)
-    return [n for n in names if n not in shards and not n.startswith(folders) and _exists(bases, n)]
+    return [n for n in names if n not in shards and not n.startswith(folders) and not _dangling(bases, n)]
 
 
 _REPORTED_LINKS: set[Path] = set()
 
 
-def _exists(bases: list[Path], name: str) -> bool:
-    """Whether ``name`` is a file in one of ``bases``; a symbolic link to nothing is left out of the combo and
-    logged once (picking it could only fail)."""
+def _dangling(bases: list[Path], name: str) -> bool:
+    """Whether ``name`` is, in our folders, only a symbolic link to nothing: left out of the combo (picking it could
+    only fail) and logged once.  Names found nowhere stay: ComfyUI's own list is the authority."""
     if any((base / name).exists() for base in bases):
-        return True
-    for link in (base / name for base in bases):
-        if link.is_symlink() and link not in _REPORTED_LINKS:
+        return False
+    links = [base / name for base in bases if (base / name).is_symlink()]
+    for link in links:
+        if link not in _REPORTED_LINKS:
             _REPORTED_LINKS.add(link)
             log.warning("%s is a symbolic link to %s, which does not exist: not listed", link, os.readlink(link))
-    return False
+    return bool(links)
 
 
 def _walk(base: Path) -> list[str]:
