@@ -106,7 +106,7 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
                 raise ValueError(f"mask has batch {m.shape[0]}; the image has batch {b} (allowed: 1 or {b})")
             out[NOISE_MASK] = m
             lines.append(f"mask: {float(m.mean()) * 100:.1f}% to regenerate (grow {mask_grow}, feather {mask_feather})")
-            if not bool(m.count_nonzero()):
+            if float(m.max()) < 1 / 255:  # all zero, or LoadImage's 4.6e-5 of an opaque GIF / palette image
                 lines.append("note: the mask is empty — nothing will be regenerated and the output is the input; "
                              "paint the area to change in the mask editor (or leave mask unconnected for img2img)")
         return io.NodeOutput(out, width, height, ui={"text": ["\n".join(lines)]})

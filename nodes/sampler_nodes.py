@@ -86,9 +86,9 @@ def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
     copy it): core VAE Encode / Empty Flux 2 Latent latents are in the VAE's BatchNorm space, not the model's."""
     if LATENT_SPACE_KEY in latent:
         return None
-    return (f"note: this latent was not made by an Ideogram4 node (no '{LATENT_SPACE_KEY}' mark) and {use}; a latent "
-            "from core VAE Encode or Empty Flux 2 Latent must first go through Ideogram4 Flux2 VAE To Latent — "
-            "otherwise it is read in the wrong space")
+    return (f"note: this latent carries no Ideogram 4 mark ('{LATENT_SPACE_KEY}') and {use}: if it comes from core "
+            "VAE Encode or Empty Flux 2 Latent, convert it with Ideogram4 Flux2 VAE To Latent first (it is in the "
+            "VAE's space); a latent an Ideogram4 node made and core Save/Load Latent or Rebatch passed on is right as it is")
 
 
 def batch_index_note(latent: dict, seed: int) -> Optional[str]:

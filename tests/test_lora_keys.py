@@ -198,8 +198,27 @@ def test_other_families_are_named_right(tiny_cfg):
           "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": (64, 4)}
     qwen = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": (4, 64)}
     sd3 = {"transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight": (4, 64)}
-    for lora, want in ((te, "a text-encoder LoRA"), (qwen, "a text-encoder LoRA"), (sd3, "(diffusers names)")):
+    sdxl = {**te, "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 64)}  # most kohya LoRAs train both
+    for lora, want in ((te, "a text-encoder LoRA"), (qwen, "a text-encoder LoRA"), (sd3, "(diffusers names)"),
+                       (sdxl, "a Stable Diffusion / SDXL LoRA")):
         msg = _problems(tiny_cfg, lora)
         assert want in msg and "Wan" not in msg, msg
         assert msg.count(sorted(lora)[0]) == 1, msg  # the first keys are listed once
     assert _problems(tiny_cfg, {}) == "LoRA s: the file holds no tensors"
+
+
+def test_peft_loha_and_lokr_configs_scale_the_first_factor():
+    """PEFT LoHa / LoKr keep ``alpha`` / ``r`` in their config: the module's first factor carries the scale."""
+    m = "base_model.model.layers.0.feed_forward.w1"
+    tensors = {f"{m}.hada_w1_a": torch.ones(8, 4), f"{m}.hada_w1_b": torch.ones(4, 8), f"{m}.hada_w2_a": torch.ones(8, 4),
+               f"{m}.hada_w2_b": torch.ones(4, 8), "base_model.model.layers.1.feed_forward.w1.lokr_w1": torch.ones(2, 2),
+               "base_model.model.layers.1.feed_forward.w1.lokr_w2_a": torch.ones(4, 4),
+               "base_model.model.layers.1.feed_forward.w1.lokr_w2_b": torch.ones(4, 4)}
+    meta = {"lora_adapter_metadata": '{"peft_type": "LOHA", "r": 4, "alpha": 8}'}
+    report = []
+    out = normalize_peft(tensors, meta, tensor_factory=torch.tensor, report=report)
+    assert torch.equal(out[f"{m}.hada_w1_a"], 2 * tensors[f"{m}.hada_w1_a"])
+    assert torch.equal(out[f"{m}.hada_w2_a"], tensors[f"{m}.hada_w2_a"])
+    assert torch.equal(out["base_model.model.layers.1.feed_forward.w1.lokr_w1"], 2 * torch.ones(2, 2))
+    assert report == ["PEFT scale 2 (alpha / r) on 2 modules"]
+    assert normalize_peft(tensors, None, tensor_factory=torch.tensor, report=report) == tensors  # no config: as is

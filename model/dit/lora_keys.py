@@ -49,17 +49,18 @@ SUFFIXES = tuple(sorted(LOW_RANK_UP + LOW_RANK_DOWN + OTHER_SUFFIXES, key=len, r
 
 # What a LoRA that is not for Ideogram 4 looks like (markers are substrings of its keys).
 OTHER_LORA_FAMILIES = (
-    # text-encoder keys first: their self_attn.q_proj would otherwise read as a Wan LoRA's self_attn.q
-    (("lora_te", "text_encoder", "text_model", "language_model", "base_model.model.model.layers",
-      "self_attn.q_proj", "self_attn_q_proj"), "a text-encoder LoRA (Ideogram 4 LoRAs patch the DiT only)"),
-    ((".lora_B.bias", ".lora_up.bias"), "PEFT lora_bias tensors (lora_B.bias), which no ComfyUI LoRA adapter "
-                                        "applies — train or export the LoRA without lora_bias"),
+    # the other model's own blocks first (most of those LoRAs also train its text encoder); then text-encoder keys,
+    # before the Wan row, whose self_attn.q marker every text-encoder attention key has too
     (("double_blocks", "single_blocks", "single_transformer_blocks"), "a FLUX LoRA"),
     (("down_blocks", "input_blocks", "output_blocks", "mid_block"), "a Stable Diffusion / SDXL LoRA"),
     (("joint_blocks", "context_block"), "a Stable Diffusion 3 LoRA"),
     (("img_mod", "img_mlp", "txt_mlp"), "a Qwen-Image LoRA"),
     (("add_q_proj", "add_k_proj", "context_embedder"), "a Stable Diffusion 3 / FLUX / Qwen-Image LoRA (diffusers names)"),
     (("noise_refiner", "context_refiner"), "a Lumina 2 / Z-Image LoRA"),
+    (("lora_te", "text_encoder", "text_model", "language_model", "base_model.model.model.layers",
+      "self_attn.q_proj", "self_attn_q_proj"), "a text-encoder LoRA (Ideogram 4 LoRAs patch the DiT only)"),
+    ((".lora_B.bias", ".lora_up.bias"), "PEFT lora_bias tensors (lora_B.bias), which no ComfyUI LoRA adapter "
+                                        "applies — train or export the LoRA without lora_bias"),
     (("self_attn_q", "self_attn.q", "cross_attn"), "a Wan / video-model LoRA"),
     (("attention.to_q", "attention.qkv", "attention_qkv", "attention_to_q", "feed_forward"),
      "an Ideogram 4-style LoRA for a model of another size (layer count or widths differ)"),
@@ -357,13 +358,21 @@ def peft_config(metadata: Optional[Mapping[str, str]]) -> Optional[dict]:
     return conf or raw
 
 
-def normalize_peft(tensors: dict, metadata: Optional[Mapping[str, str]], *, tensor_factory) -> dict:
-    """State dict with PEFT's scaling written as ComfyUI ``.alpha`` tensors and DoRA magnitudes as ``dora_scale``.
+# PEFT LoHa / LoKr: the factor that carries the module's scale (ComfyUI's adapters read no alpha PEFT would mean)
+_PEFT_SCALED_FACTOR = (".hada_w1_a", ".lokr_w1", ".lokr_w1_a")
+
+
+def normalize_peft(tensors: dict, metadata: Optional[Mapping[str, str]], *, tensor_factory,
+                   report: Optional[list] = None) -> dict:
+    """State dict with PEFT's scaling made explicit and DoRA magnitudes named ``dora_scale``.
 
     PEFT scales ``B·A`` by ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA, per-module values from
-    ``alpha_pattern`` / ``rank_pattern``) and keeps that only in the metadata; ComfyUI scales by
-    ``alpha / rank`` with ``alpha`` read from the file, so ``alpha = scale · rank`` is added.
-    ``tensor_factory(value)`` makes a scalar tensor (keeps this module free of torch).
+    ``alpha_pattern`` / ``rank_pattern``) and keeps that only in its config (the file's metadata, or a
+    ``save_pretrained`` folder's ``adapter_config.json``); ComfyUI scales by ``alpha / rank`` with ``alpha`` read
+    from the file, so ``alpha = scale · rank`` is added.  PEFT's LoHa / LoKr configs keep ``alpha`` and ``r``
+    (scale ``alpha / r``), which ComfyUI's LoHa / LoKr adapters cannot express for every factorisation, so the
+    module's first factor is multiplied by the scale instead.  ``report`` (a list) receives one line saying what
+    was applied.  ``tensor_factory(value)`` makes a scalar tensor (keeps this module free of torch).
     """
     out = dict(tensors)
     conf = peft_config(metadata)
@@ -373,17 +382,27 @@ def normalize_peft(tensors: dict, metadata: Optional[Mapping[str, str]], *, tens
             out[key[: -len(".lora_magnitude_vector")] + ".dora_scale"] = value.reshape(-1, 1)
     if conf is None:
         return out
-    r, lora_alpha = conf.get("r"), conf.get("lora_alpha")
+    r, lora_alpha = conf.get("r"), conf.get("lora_alpha", conf.get("alpha"))
     if r is None or lora_alpha is None:
         return out
+    scales = []
     for key in list(out):
         parts = split_key(key)
-        if parts is None or parts[1] not in LOW_RANK_DOWN or parts[0] + ".alpha" in out:
+        if parts is None or parts[0] + ".alpha" in out:
             continue
         module = parts[0].split("base_model.model.", 1)[-1].removeprefix("transformer.")
-        rank = int(out[key].shape[0])
         alpha = _peft_pattern_value(conf.get("alpha_pattern") or {}, module, lora_alpha)
         module_r = _peft_pattern_value(conf.get("rank_pattern") or {}, module, r)
         scale = alpha / math.sqrt(module_r) if conf.get("use_rslora") else alpha / module_r
-        out[parts[0] + ".alpha"] = tensor_factory(scale * rank)
+        if parts[1] in LOW_RANK_DOWN:
+            out[parts[0] + ".alpha"] = tensor_factory(scale * int(out[key].shape[0]))
+        elif parts[1] in _PEFT_SCALED_FACTOR and not (parts[1] == ".lokr_w1" and parts[0] + ".lokr_w1_a" in out):
+            out[key] = out[key] * scale
+        else:
+            continue
+        scales.append(scale)
+    if report is not None and scales:
+        shown = sorted({f"{x:g}" for x in scales})
+        report.append(f"PEFT scale {'/'.join(shown)} ({'lora_alpha' if 'lora_alpha' in conf else 'alpha'} / r) "
+                      f"on {len(scales)} modules")
     return out

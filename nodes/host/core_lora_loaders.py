@@ -57,6 +57,8 @@ def _load(original, model, clip, lora, strength_model, strength_clip, lora_metad
     new_model, weights, skipped = apply_lora(model, converted, strength_model, LABEL)
     log.info("Ideogram 4: %s ×%g — %s; %d weights patched%s", LABEL, strength_model, mapping.describe(), len(weights),
              f"; {len(skipped)} text-projection weights skipped (image-only model)" if skipped else "")
+    for note in mapping.notes:  # core's node shows no text: what the pack's node would say goes to the log
+        log.warning("Ideogram 4: %s: %s", LABEL, note)
     if lora_metadata:
         new_model.set_attachments("lora_metadata", lora_metadata)
     return new_model, new_clip

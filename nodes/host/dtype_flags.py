@@ -11,12 +11,16 @@ import torch
 
 # kind → (flag attribute of comfy.cli_args.args, the dtype it asks for or None when the pack does not compute in it)
 FLAGS: dict[str, tuple[tuple[str, Optional[torch.dtype]], ...]] = {
-    "unet": (("fp32_unet", torch.float32), ("bf16_unet", torch.bfloat16), ("fp64_unet", None), ("fp16_unet", None),
+    # --force-fp16 sets fp16_unet too (comfy/cli_args.py): named first, so the note names the flag the user passed
+    "unet": (("force_fp16", None), ("fp32_unet", torch.float32), ("bf16_unet", torch.bfloat16), ("fp64_unet", None),
+             ("fp16_unet", None),
              ("fp8_e4m3fn_unet", None), ("fp8_e5m2_unet", None), ("fp8_e8m0fnu_unet", None),
              ("force_fp32", torch.float32)),
-    "vae": (("fp32_vae", torch.float32), ("bf16_vae", torch.bfloat16), ("fp16_vae", None), ("force_fp32", torch.float32)),
+    "vae": (("fp32_vae", torch.float32), ("bf16_vae", torch.bfloat16), ("fp16_vae", None), ("force_fp32", torch.float32),
+            ("force_fp16", None)),
     "text_enc": (("fp32_text_enc", torch.float32), ("bf16_text_enc", torch.bfloat16), ("fp16_text_enc", None),
-                 ("fp8_e4m3fn_text_enc", None), ("fp8_e5m2_text_enc", None), ("force_fp32", torch.float32)),
+                 ("fp8_e4m3fn_text_enc", None), ("fp8_e5m2_text_enc", None), ("force_fp32", torch.float32),
+                 ("force_fp16", None)),
 }
 WHAT = {"unet": "the DiT", "vae": "the VAE", "text_enc": "the text encoder"}
 
@@ -52,6 +56,9 @@ def flag_note(kind: str, choice: str) -> Optional[str]:
         return (f"ComfyUI flag {flag} is not used for {WHAT[kind]}: this pack computes in bf16 (the reference's) or "
                 "fp32, chosen by the dtype widget; for fp8 weights load an fp8 file")
     name = str(dtype).removeprefix("torch.")
+    widget = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(choice)
+    if widget == dtype:
+        return None  # the widget asks for what the flag asks for: nothing is overridden
     if choice != "auto":
         return f"ComfyUI flag {flag} ({name}) not used for {WHAT[kind]}: the node's dtype widget is {choice!r}"
     return f"compute {name} from ComfyUI flag {flag}" + ("" if dtype == torch.bfloat16 else

@@ -43,8 +43,8 @@ def read_lora(path: str | Path) -> tuple[dict, Optional[dict]]:
         raise ValueError(f"LoRA {exc}") from None
     sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
     metadata = dict(metadata or {})
-    config = path.with_name("adapter_config.json")
-    if "lora_adapter_metadata" not in metadata and config.is_file():
+    config = path.with_name("adapter_config.json")  # PEFT pairs it with adapter_model.safetensors only
+    if "lora_adapter_metadata" not in metadata and path.name == "adapter_model.safetensors" and config.is_file():
         try:
             conf = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -57,7 +57,8 @@ def read_lora(path: str | Path) -> tuple[dict, Optional[dict]]:
 def prepare_lora(sd: dict, metadata: Optional[dict], patcher, label: str):
     """(state dict with PEFT scaling / DoRA names normalised, mapping) — or ValueError naming what does not map.
     ``mapping.notes`` says how the scale was found where the user should know (alpha 0, none, adapter_config.json)."""
-    sd = normalize_peft(sd, metadata, tensor_factory=lambda v: torch.tensor(float(v)))
+    applied: list[str] = []
+    sd = normalize_peft(sd, metadata, tensor_factory=lambda v: torch.tensor(float(v)), report=applied)
     cfg = dit_of(patcher).config
     mapping = map_lora({k: tuple(v.shape) for k, v in sd.items()}, cfg)
     problem = mapping_problems(mapping, list(sd), label)
@@ -70,8 +71,8 @@ def prepare_lora(sd: dict, metadata: Optional[dict], patcher, label: str):
                 raise ValueError(f"{label}: {key} has {value.numel()} values; an alpha is one number")
             alphas[key] = float(value.reshape(()))
     mapping.notes += alpha_notes(alphas, mapping, label)
-    if metadata and ADAPTER_CONFIG_MARK in metadata:
-        mapping.notes.append(f"scale from {metadata[ADAPTER_CONFIG_MARK]} (PEFT save_pretrained adapter)")
+    if applied and metadata and ADAPTER_CONFIG_MARK in metadata:
+        mapping.notes.append(f"{applied[0]}, from {metadata[ADAPTER_CONFIG_MARK]} (PEFT save_pretrained adapter)")
     return sd, mapping
 
 
@@ -79,8 +80,10 @@ def _is_text_projection(model_key: str) -> bool:
     return model_key.removeprefix("diffusion_model.").split(".", 1)[0] in TEXT_PROJECTION_MODULES
 
 
-def apply_lora(patcher, sd: dict, strength: float, label: str):
-    """A clone of ``patcher`` with the LoRA added at ``strength``; returns (clone, patched weight keys, skipped)."""
+def apply_lora(patcher, sd: dict, strength: float, label: str, nothing_ok: bool = False):
+    """A clone of ``patcher`` with the LoRA added at ``strength``; returns (clone, patched weight keys, skipped).
+    ``nothing_ok``: an image-only model whose every patch is a skipped text-projection one is reported by the
+    caller (the LoRA Loader's ``target = both``), not an error."""
     key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
     patches = with_row_norm_dora(comfy.lora.load_lora(sd, key_map, log_missing=False))  # DoRA as trained
     skipped = []
@@ -88,7 +91,7 @@ def apply_lora(patcher, sd: dict, strength: float, label: str):
         skipped = sorted({(k if isinstance(k, str) else k[0]) for k in patches
                           if _is_text_projection(k if isinstance(k, str) else k[0])})
         patches = {k: v for k, v in patches.items() if (k if isinstance(k, str) else k[0]) not in skipped}
-        if skipped and not patches:
+        if skipped and not patches and not nothing_ok:
             raise ValueError(f"{label}: every weight this LoRA patches is in the text projection (llm_cond_norm / "
                              f"llm_cond_proj: {', '.join(skipped[:3])}), which the unconditional model does not run "
                              "(its pass is image-only), so it would change nothing there; load it on the "
@@ -136,7 +139,7 @@ def load_lora_onto(model, unconditional_model, path: str | Path, strength: float
     for role in roles:
         label = f"LoRA {name} on the {role} model"
         converted, mapping = prepare_lora(sd, metadata, out[role], label)
-        out[role], weights, skipped = apply_lora(out[role], converted, strength, label)
+        out[role], weights, skipped = apply_lora(out[role], converted, strength, label, nothing_ok=target == "both")
         line = f"{role}: {name} ×{strength:g} — {mapping.describe()}; {len(weights)} weights patched"
         packed = sum(packed_module(out[role].model, k) is not None for k in weights)
         if packed:

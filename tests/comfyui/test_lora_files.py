@@ -110,7 +110,8 @@ def test_peft_dora_equals_pefts_own_merge(result, fmt):
 def test_peft_adapter_folder_takes_its_scale_from_adapter_config(result):
     r = result["adapter_dir"]
     assert r["node"] < 1e-5, r  # scale lora_alpha / r = 2, not 1
-    assert any("scale from" in line and "adapter_config.json" in line for line in r["lines"]), r["lines"]
+    assert any(line.startswith("  note: PEFT scale 2 (lora_alpha / r) on ") and "adapter_config.json" in line
+               for line in r["lines"]), r["lines"]
     assert r["core"] > 1e-3, r  # core's loader reads the file alone (scale 1) — still a LoRA, not a no-op
     assert any("carry no alpha" in line and "scale 1" in line for line in result["no_alpha_lines"]), \
         result["no_alpha_lines"]

@@ -35,7 +35,17 @@ res["force_fp32"] = dit_case("force_fp32")
 res["force_fp32_bf16_widget"] = dit_case("force_fp32", "bf16")
 res["fp16"] = dit_case("fp16_unet")
 res["fp8"] = dit_case("fp8_e4m3fn_unet")
+dtype_flags = importlib.import_module("i4pack.nodes.host.dtype_flags")
 args.force_fp32 = False
+args.bf16_unet = True
+res["bf16_flag_bf16_widget"] = dit_case(None, "bf16")["note"]  # the widget asks what the flag asks: no override
+args.bf16_unet = False
+args.fp32_text_enc = True
+res["te"] = [str(cm.resolve_dtype("auto", torch.device("cpu"), kind="text_enc")), dtype_flags.flag_note("text_enc", "auto")]
+args.fp32_text_enc = False
+args.force_fp16 = True
+res["force_fp16"] = [dtype_flags.flag_note(k, "auto") for k in ("unet", "vae", "text_enc")]
+args.force_fp16 = False
 args.fp32_vae = True
 p = cv.load_vae_patcher(vae, "auto")
 res["vae"] = {"dtype": p.ideogram4_info["dtype"], "note": p.ideogram4_info["dtype_note"]}
@@ -73,3 +83,13 @@ def test_flags_not_followed_are_said(result):
 def test_cache_none_turns_off_the_encoding_cache(result):
     assert result["cache_before"] > 0
     assert result["cache_none"] == [True, 0]
+
+
+def test_text_encoder_flags_force_fp16_and_matching_widgets(result):
+    assert result["te"] == ["torch.float32", "compute float32 from ComfyUI flag --fp32-text-enc (the reference "
+                                             "computes in bf16)"]
+    assert result["bf16_flag_bf16_widget"] is None
+    unet, vae, te = result["force_fp16"]
+    assert unet.startswith("ComfyUI flag --force-fp16 is not used for the DiT")
+    assert vae.startswith("ComfyUI flag --force-fp16 is not used for the VAE")
+    assert te.startswith("ComfyUI flag --force-fp16 is not used for the text encoder")
