@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..sampling import FIT_MODES
 from .latent_nodes import TILE_CHOICES, core_bn_stats
 from .loader_nodes import Vae
-from .sampler_nodes import LATENT_SPACE_KEY
+from .sampler_nodes import LATENT_SPACE_KEY, model_latent
 
 CATEGORY = "Ideogram4 Native/latent"
 NOISE_MASK = "noise_mask"
@@ -99,7 +99,7 @@ class Ideogram4NativeVAEEncode(io.ComfyNode):
                          "is not used — connect it as mask for inpainting)")
         if (width, height) != (w, h):
             lines.insert(0, f"{size}: {w}×{h} → {width}×{height} px")
-        out = {"samples": samples, LATENT_SPACE_KEY: "model"}
+        out = model_latent(samples)
         if mask is not None:
             m = prepare_mask(mask, (h, w), (width, height), size, mask_grow, mask_feather)
             if m.shape[0] not in (1, b):

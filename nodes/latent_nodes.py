@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..sampling import token_grid
 from ..sampling.euler import LATENT_CHANNELS
 from .loader_nodes import Vae
-from .sampler_nodes import LATENT_SPACE_KEY, check_size, unmarked_latent_note, validation_message
+from .sampler_nodes import LATENT_SPACE_KEY, check_size, model_latent, validation_message
 
 log = logging.getLogger("ideogram4_native")
 
@@ -111,7 +111,7 @@ class Ideogram4NativeEmptyLatent(io.ComfyNode):
         check_size("Ideogram4 Empty Latent", w, h)
         gh, gw = token_grid(w, h)
         samples = empty_latent(batch_size, LATENT_CHANNELS, gh, gw)
-        return io.NodeOutput({"samples": samples, LATENT_SPACE_KEY: "model"}, w, h)
+        return io.NodeOutput(model_latent(samples), w, h)
 
 
 class Ideogram4NativeVAEDecode(io.ComfyNode):
@@ -144,7 +144,8 @@ class Ideogram4NativeVAEDecode(io.ComfyNode):
             raise ValueError("this latent was converted for core VAEDecode (Ideogram4 Latent To Flux2 VAE); connect the "
                              "sampler's latent directly")
         images_u8, info = decode(vae, samples["samples"], tile_mode=tiling)
-        lines = safety_warnings(images_u8) + [info] + [n for n in [unmarked_latent_note(samples, "is decoded")] if n]
+        # no "unmarked" note here: core's SamplerCustomAdvanced on core Empty Flux 2 Latent gives a right, unmarked one
+        lines = safety_warnings(images_u8) + [info]
         return io.NodeOutput(uint8_to_image(images_u8), ui={"text": ["\n".join(lines)]})
 
 

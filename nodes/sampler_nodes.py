@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..model.vae import latents as lat
 from ..sampling import check_resolution
-from .host.sampler_settings import (DEFAULT_PRESET, GUIDANCE_WIDGETS, MAX_STEPS, PRESET_CHOICES, SCHEDULE_WIDGETS,
+from .host.sampler_settings import (BATCH_KEY, DEFAULT_PRESET, GUIDANCE_WIDGETS, MAX_STEPS, PRESET_CHOICES, SCHEDULE_WIDGETS,
                                    GuidanceSpec, describe_settings, require_guidance_without_unconditional,
                                    settings_from_inputs, unused_widgets_note)
 
@@ -81,6 +81,14 @@ def validation_message(node: str, width, height):
     return True
 
 
+def model_latent(samples, like: Optional[dict] = None) -> dict:
+    """A LATENT of the pack: model-space samples, marked, with the batch size its noise is drawn for (``like``'s when
+    it carries one: an item picked out of a batch keeps its batch's size)."""
+
+    batch = (like or {}).get(BATCH_KEY, int(samples.shape[0]))
+    return {"samples": samples, LATENT_SPACE_KEY: "model", BATCH_KEY: int(batch)}
+
+
 def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
     """A note when a latent whose content is used carries no space mark (the pack's nodes set it; core's latent nodes
     copy it): core VAE Encode / Empty Flux 2 Latent latents are in the VAE's BatchNorm space, not the model's."""
@@ -92,10 +100,12 @@ def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
 
 
 def batch_index_note(latent: dict, seed: int) -> Optional[str]:
-    index = latent.get("batch_index")
-    if index is None or list(index) == list(range(len(index))):
+
+    index, drawn = latent.get("batch_index"), latent.get(BATCH_KEY)
+    if index is None or (list(index) == list(range(len(index))) and drawn in (None, len(index))):
         return None
-    return f"noise: items {list(index)} of the batch seed {seed} draws (the latent's batch_index)"
+    size = max(max(index, default=0) + 1, int(drawn or 0))
+    return f"noise: items {list(index)} of the batch of {size} that seed {seed} draws (the latent's batch_index)"
 
 
 def size_from_latent(latent: dict) -> tuple[int, int, int]:
@@ -219,9 +229,10 @@ class Ideogram4NativeKSampler(io.ComfyNode):
         samples, info = run_reference_sampler(model, unconditional_model, positive, settings, width=width,
                                               height=height, batch=batch_size, seed=seed, denoise=denoise,
                                               init_latent=init, noise_mask=mask,
-                                              batch_index=None if latent is None else latent.get("batch_index"))
+                                              batch_index=None if latent is None else latent.get("batch_index"),
+                                              drawn=None if latent is None else latent.get(BATCH_KEY))
         text = "\n".join([describe_settings(settings), f"seed {seed}"] + notes + info)
-        out = {"samples": samples, LATENT_SPACE_KEY: "model"}
+        out = model_latent(samples, like=latent if latent is not None and "batch_index" in latent else None)
         if latent is not None and "batch_index" in latent:  # kept, as core's KSampler keeps it
             out["batch_index"] = list(latent["batch_index"])
         return io.NodeOutput(out, ui={"text": [text]})

@@ -38,13 +38,15 @@ def schedule_steps(steps: int, denoise: float) -> int:
 
 
 def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.device | str = "cpu",
-               batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
+               batch_index: Optional[Sequence[int]] = None, drawn: Optional[int] = None) -> torch.Tensor:
     """(B, N, 128) float32 noise in token layout, exactly as the reference draws it.
 
     ``batch_index`` (ComfyUI's latent ``batch_index``: which items of a batch these ``batch`` latents are, e.g. from
-    core Latent From Batch): the rows of the reference's draw for a batch of ``max(batch_index) + 1`` images, so
-    item i re-sampled alone with the same seed gets the noise it had in its batch (torch fills ``randn`` in order,
-    so a smaller draw is a prefix of a larger one)."""
+    core Latent From Batch): those rows of the reference's draw for the whole batch — ``drawn`` images (the size of
+    the batch they came from, which the pack's latents carry), else ``max(batch_index) + 1`` — so item i re-sampled
+    alone with the same seed gets the noise it had in its batch.  Without ``drawn`` that is exact on the CPU (its
+    ``randn`` fills in order: a smaller draw is a prefix of a larger one), not on CUDA, whose kernel spreads a draw
+    over a grid sized by the draw."""
     device = torch.device(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
@@ -52,7 +54,7 @@ def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.de
     if rows is not None and (len(rows) != batch or min(rows, default=0) < 0):
         raise ValueError(f"latent batch_index {list(batch_index)} must list one item index ≥ 0 per latent "
                          f"(the batch has {batch})")
-    drawn = batch if rows is None else max(rows) + 1
+    drawn = batch if rows is None else max(max(rows) + 1, int(drawn or 0))
     z = torch.randn(drawn, grid_h * grid_w, LATENT_CHANNELS, dtype=torch.float32, device=device, generator=gen)
     return z if rows is None or rows == list(range(drawn)) else z[rows]
 

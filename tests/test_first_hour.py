@@ -220,10 +220,12 @@ def test_latent_notes_name_what_is_not_the_packs(pack):
     sn = pack["sampler_nodes"]
     core = {"samples": torch.zeros(1, 128, 16, 16)}
     note = sn.unmarked_latent_note(core, "its content is the img2img start")
-    assert note and "not made by an Ideogram4 node" in note and "Ideogram4 Flux2 VAE To Latent" in note
+    assert note and "carries no Ideogram 4 mark" in note and "Ideogram4 Flux2 VAE To Latent" in note
     assert sn.unmarked_latent_note(dict(core, ideogram4_space="model"), "is decoded") is None
     assert sn.batch_index_note(dict(core, batch_index=[2]), 5) == \
-        "noise: items [2] of the batch seed 5 draws (the latent's batch_index)"
+        "noise: items [2] of the batch of 3 that seed 5 draws (the latent's batch_index)"
+    assert sn.batch_index_note(dict(core, batch_index=[0], ideogram4_batch=4), 5) == \
+        "noise: items [0] of the batch of 4 that seed 5 draws (the latent's batch_index)"
     assert sn.batch_index_note(dict(core, batch_index=[0]), 5) is None and sn.batch_index_note(core, 5) is None
 
 

@@ -130,6 +130,8 @@ def test_a_shard_alone_several_variants_and_a_dangling_link_are_explained(folder
     assert "both/" in folders.list_folders("transformer", ["diffusion_models"])  # listed; loading says why not
     with pytest.raises(ValueError, match=r"several variants of diffusion_pytorch_model \(bf16, fp16\); keep one"):
         load_transformer(both)
+    sft = write_file(tensors, models_dir / "ideogram4.sft", "bf16")  # ComfyUI lists .sft as safetensors: it loads
+    assert load_transformer(sft).checkpoint_format == "bfloat16, official key names"
     (models_dir / "gone.safetensors").symlink_to(models_dir / "does_not_exist.safetensors")
     assert "gone.safetensors" not in folders.list_files("diffusion_models", folders.DIT_EXTENSIONS)
     with pytest.raises(ValueError, match="a symbolic link to a file that does not exist"):

@@ -158,5 +158,14 @@ def test_batch_index_picks_the_rows_of_the_batch_draw():
     assert torch.equal(draw_noise(1, 4, 5, seed=11, batch_index=[2]), full[2:3])
     assert torch.equal(draw_noise(2, 4, 5, seed=11, batch_index=[2, 0]), full[[2, 0]])
     assert torch.equal(draw_noise(3, 4, 5, seed=11, batch_index=[0, 1, 2]), full)
+    # the batch size the latent carries: item 0 of 3 from a draw of all 3 (what CUDA needs: no prefix rule there)
+    drawn = []
+    real = torch.randn
+    try:
+        torch.randn = lambda *a, **k: drawn.append(a[0]) or real(*a, **k)
+        assert torch.equal(draw_noise(1, 4, 5, seed=11, batch_index=[0], drawn=3), full[0:1])
+    finally:
+        torch.randn = real
+    assert drawn == [3]
     with pytest.raises(ValueError, match=r"batch_index \[0\] must list one item index ≥ 0 per latent \(the batch has 2\)"):
         draw_noise(2, 4, 5, seed=11, batch_index=[0])

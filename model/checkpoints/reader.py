@@ -210,7 +210,7 @@ def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str]
                                         if path.is_symlink() else "file not found"))
     if is_index_name(path.name):
         return _files_from_index(path)
-    if path.suffix not in (".safetensors", ".gguf"):
+    if path.suffix not in (".safetensors", ".sft", ".gguf"):
         raise ValueError(f"{path}: {_describe_non_safetensors(path)}; only .safetensors / .gguf files, "
                          ".safetensors.index.json shard indexes or Hugging Face folders are supported")
     problem = _shard_problem(path)

@@ -50,7 +50,7 @@ from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .model_call import HostModelCall, call_model
 from .model_patches import CFG_HOOKS, require_applied
-from .sampler_settings import GuidanceSpec, require_guidance_without_unconditional
+from .sampler_settings import BATCH_KEY, GuidanceSpec, require_guidance_without_unconditional
 
 log = logging.getLogger("ideogram4_native")
 
@@ -87,7 +87,8 @@ class Ideogram4Noise:
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         b, gh, gw = lat.comfy_grid(input_latent["samples"], "Ideogram4 Noise's latent")
         device = self.device if self.device is not None else mm.get_torch_device()
-        z = draw_noise(b, gh, gw, self.seed, device, batch_index=input_latent.get("batch_index"))
+        z = draw_noise(b, gh, gw, self.seed, device, batch_index=input_latent.get("batch_index"),
+                       drawn=input_latent.get(BATCH_KEY))
         return lat.tokens_to_comfy(z, gh, gw)
 
 
@@ -318,7 +319,7 @@ class Ideogram4KSampler(comfy.samplers.KSAMPLER):
 
 def run_reference_sampler(cond, uncond, positive, settings, *, width: int, height: int, batch: int, seed: int,
                           denoise: float = 1.0, init_latent: Optional[torch.Tensor] = None,
-                          noise_mask: Optional[torch.Tensor] = None, batch_index=None):
+                          noise_mask: Optional[torch.Tensor] = None, batch_index=None, drawn=None):
     """Run ``sampling.sample`` on the two loaded DiTs. Returns (latent (B,128,gh,gw) float32, info lines).
 
     ``init_latent`` (B, 128, gh, gw) model space and ``noise_mask`` (any size, 1 = regenerate) are used only
@@ -340,7 +341,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     init = None if init_latent is None else lat.comfy_to_tokens(init_latent.to(torch.float32)).to(device)
     mask = None if noise_mask is None else latent_mask(noise_mask, batch, gh, gw, what="noise_mask").to(device)
     preview = latent_preview.prepare_callback(cond, n)
-    noise = draw_noise(batch, gh, gw, seed, device, batch_index=batch_index)
+    noise = draw_noise(batch, gh, gw, seed, device, batch_index=batch_index, drawn=drawn)
     prev = {"z": noise if init is None or denoise >= 1.0 else ts[n] * init + (1.0 - ts[n]) * noise}  # preview only
 
     def callback(k: int, total: int, z: torch.Tensor) -> None:

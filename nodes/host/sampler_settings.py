@@ -17,6 +17,9 @@ from ...sampling.presets import MAX_STEPS, parse_guidance_list
 CUSTOM = "custom"
 # Set (True) on the conditional model's BaseModel by Model Loader 'unconditional: none (from a LoRA)'; clones share it.
 FROM_LORA_MARK = "ideogram4_unconditional_from_lora"
+# Latent key: the batch size the pack's latents were made in, kept by core's latent nodes (they copy the dict), so an
+# item picked out of it (batch_index) gets its rows of that batch's noise on every device (``sampling.draw_noise``).
+BATCH_KEY = "ideogram4_batch"
 FROM_LORA_FIX = ("connect Ideogram4 Unconditional From LoRA → unconditional_model (its model ← the loader's model, "
                  "lora_name = the unconditional LoRA), or set preset 'custom' with guidance 1 and polish_steps 0")
 PRESET_CHOICES = (*PRESETS, CUSTOM)

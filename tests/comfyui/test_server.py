@@ -597,7 +597,13 @@ def test_latent_from_batch_resamples_the_item_it_picked(comfy_server):
     batch, item = saved("402"), saved("403")
     assert batch.shape[0] == 3 and item.shape[0] == 1
     assert torch.equal(item[0], batch[2]) and not torch.equal(item[0], batch[0])
-    assert "noise: items [2] of the batch seed 5 draws (the latent's batch_index)" in entry["outputs"]["401"]["text"][0]
+    assert "noise: items [2] of the batch of 3 that seed 5 draws (the latent's batch_index)" in \
+        entry["outputs"]["401"]["text"][0]
+    # item 0 too: the latent carries its batch's size (3), so the noise is that batch's draw on every device
+    prompt["400"]["inputs"]["batch_index"] = 0
+    prompt["403"]["inputs"]["filename_prefix"] = "latents/item0"
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    assert torch.equal(saved("403")[0], batch[0])
+    assert "items [0] of the batch of 3" in entry["outputs"]["401"]["text"][0]  # the size the Empty Latent carries
 
-    # core latent nodes copy the latent dict: the pack's space mark survives, so no "not made by" note here
-    assert "not made by an Ideogram4 node" not in entry["outputs"]["401"]["text"][0]
