@@ -128,12 +128,16 @@ class Ideogram4NativeCaptionElement(io.ComfyNode):
     @classmethod
     def execute(cls, type: str, text: str, desc: str, use_bbox: bool, y_min: int, x_min: int, y_max: int,
                 x_max: int, color_palette: str, elements: list | None = None) -> io.NodeOutput:
+        notes: list[str] = []
         element = builders.build_element(type, desc, text=text, bbox=[y_min, x_min, y_max, x_max] if use_bbox else None,
-                                    palette=builders.parse_palette(color_palette))
+                                         palette=builders.parse_palette(color_palette, notes))
         errors = builders.check_element(element)
         if errors:
             raise ValueError("Ideogram4 Caption Element: " + "; ".join(errors))
-        return io.NodeOutput(list(elements or []) + [element])
+        if type == "obj" and (text or "").strip():
+            notes.append("text not used: an obj element renders no text (set type to text to render it)")
+        ui = {"text": ["\n".join(notes)]} if notes else None
+        return io.NodeOutput(list(elements or []) + [element], ui=ui)
 
 
 class Ideogram4NativeCaptionFromJSON(io.ComfyNode):

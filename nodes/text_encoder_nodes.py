@@ -109,6 +109,11 @@ def check_caption_text(caption: str, mode: str) -> tuple[str, list[str]]:
         if report.errors:
             raise cap.CaptionError(report, context + " (fix the caption, or set caption_check to warn/off)")
         return report.canonical, lines or ["caption OK (canonical)"]
+    # strict / warn encode the text verbatim: repairs and reformatting the checker found are not applied
+    lines = [f"error: {m}" for m in report.errors] + \
+        [f"not repaired (encoded verbatim, caption_check {mode}): {m}" for m in report.fixes] + \
+        [f"not reformatted (encoded verbatim): {m}" for m in report.formatting] + \
+        [f"warning: {m}" for m in report.warnings]
     if mode == "strict":
         if report.strict().errors:
             raise cap.CaptionError(report, context + " (strict: the reference verifier would reject it)")

@@ -639,3 +639,36 @@ def test_strict_turns_fixes_into_errors():
     assert report.errors == [f"strict: {m}" for m in report.fixes] and report.canonical is None
     clean = check_caption('{"compositional_deconstruction":{"background":"b","elements":[]}}')
     assert not clean.strict().errors and clean.canonical
+
+
+# --------------------------------------------------------------------------- nothing changed or dropped silently
+
+def _builder(**changes):
+    kw = dict(high_level_description="A fox.", style_mode="none", aesthetics="", lighting="", medium="",
+              style_value="", color_palette="", background="Snow.", layout="")
+    kw.update(changes)
+    return builders.compose_caption(**kw)
+
+
+def test_builder_reports_duplicate_layout_keys_palette_rewrites_and_unused_style_widgets():
+    dup = _builder(layout='[{"type": "obj", "desc": "a", "desc": "b"}]')
+    assert "layout[0]: duplicate key 'desc'; the last value was kept" in dup.warnings, dup.warnings
+    assert json.loads(dup.canonical)["compositional_deconstruction"]["elements"][0]["desc"] == "b"
+    pal = _builder(style_mode="photo", aesthetics="calm", style_value="35mm", color_palette="ff0000, #00ff00")
+    assert "color_palette: 'ff0000' written as '#FF0000'" in pal.warnings
+    assert "color_palette: '#00ff00' written as '#00FF00'" in pal.warnings
+    unused = _builder(aesthetics="calm", medium="oil")
+    assert any(w.startswith("style_mode none: aesthetics, medium not used") for w in unused.warnings), unused.warnings
+    assert not _builder().warnings
+
+
+@pytest.mark.parametrize("text,hint", [
+    ("", "the caption is empty"),
+    ('{"high_level_description": "two\nlines"}', "must be written as \\n or \\t"),
+    ("{\u201chigh_level_description\u201d: \u201ca fox\u201d}", "curly quotes"),
+])
+def test_json_errors_say_what_usually_causes_them(text, hint):
+    from model.caption import check_caption
+
+    errors = check_caption(text).errors
+    assert errors and hint in errors[0], errors

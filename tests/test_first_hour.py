@@ -229,6 +229,28 @@ def test_latent_notes_name_what_is_not_the_packs(pack):
     assert sn.batch_index_note(dict(core, batch_index=[0]), 5) is None and sn.batch_index_note(core, 5) is None
 
 
+def test_verbatim_modes_do_not_claim_repairs_and_elements_say_what_they_drop(pack):
+    """strict / warn encode the caption as typed: what canonicalize would repair is listed as not applied."""
+    import json
+
+    te = pack["text_encoder_nodes"]
+    caption = json.dumps({"high_level_description": "A fox.",
+                          "compositional_deconstruction": {"background": "Snow.", "elements": []}}, indent=2)
+    for mode in ("strict", "warn"):
+        text, lines = te.check_caption_text(caption, mode)
+        assert text == caption
+        assert not any(line.startswith(("fixed:", "format:")) for line in lines), lines
+        assert any(line.startswith("not reformatted (encoded verbatim)") for line in lines), lines
+    text, lines = te.check_caption_text(caption, "canonicalize")
+    assert text != caption and any(line.startswith("format:") for line in lines), lines
+    out = pack["caption_nodes"].Ideogram4NativeCaptionElement.execute("obj", "HELLO", "a sign", True, 0, 0, 1000,
+                                                                      1000, "ff0000")
+    note = out.ui["text"][0]
+    assert "text not used: an obj element renders no text" in note and "'ff0000' written as '#FF0000'" in note
+    assert pack["caption_nodes"].Ideogram4NativeCaptionElement.execute("obj", "", "a fox", True, 0, 0, 1000, 1000,
+                                                                       "").ui is None
+
+
 def test_caption_builder_omits_an_empty_style():
     from model.caption import builders
 

@@ -8,6 +8,9 @@ from typing import Any, Sequence
 
 from .checker import (
     CaptionReport,
+    _duplicate_warnings,
+    _Parsed,
+    json_error_hint,
     json_type_name,
     reject_nan_constant,
     reordered,
@@ -59,11 +62,11 @@ def pretty_json(caption: dict) -> str:
 _PALETTE_SPLIT = re.compile(r"[\s,;]+")
 
 
-def parse_palette(text: str | None) -> list[str]:
+def parse_palette(text: str | None, notes: list | None = None, field: str = "color_palette") -> list[str]:
     """Parse a palette widget: ``"#ff0000, #00FF00"``, one per line, or a JSON list.
 
     Well-formed colours (with or without ``#``, any case) become ``#RRGGBB``
-    uppercase; anything else is kept verbatim so validation can name it.
+    uppercase (each rewrite is added to ``notes``); anything else is kept verbatim so validation can name it.
     """
     if not text:
         return []
@@ -74,7 +77,10 @@ def parse_palette(text: str | None) -> list[str]:
         if not token:
             continue
         body = token[1:] if token.startswith("#") else token
-        colors.append("#" + body.upper() if re.fullmatch(r"[0-9a-fA-F]{6}", body) else token)
+        color = "#" + body.upper() if re.fullmatch(r"[0-9a-fA-F]{6}", body) else token
+        if color != token and notes is not None:
+            notes.append(f"{field}: {token!r} written as {color!r}")
+        colors.append(color)
     return colors
 
 
@@ -129,19 +135,25 @@ def build_caption(high_level_description: str | None, style: dict | None, backgr
     return canonical_order(caption)
 
 
-def parse_layout(text: str | None) -> tuple[list, list[str]]:
+def parse_layout(text: str | None, warnings: list | None = None) -> tuple[list, list[str]]:
     """Parse the Caption Builder's ``layout`` widget (a JSON list of elements).
 
-    Returns (elements, errors); element contents are validated with the caption.
+    Returns (elements, errors); element contents are validated with the caption.  Duplicate keys (the last
+    value is kept, as for a pasted caption) are added to ``warnings``.
     """
     if text is None or not text.strip():
         return [], []
+    parsed = _Parsed()
     try:
-        value = json.loads(text, parse_constant=reject_nan_constant)
+        value = json.loads(text, object_pairs_hook=parsed.pairs_hook, parse_constant=reject_nan_constant)
+    except json.JSONDecodeError as exc:
+        return [], [f"layout: invalid JSON: {exc}{json_error_hint(text, exc)}; expected a JSON list of element objects"]
     except (ValueError, RecursionError) as exc:
         return [], [f"layout: invalid JSON: {exc}; expected a JSON list of element objects"]
     if not isinstance(value, list):
         return [], [f"layout: got {show_value(value)} ({json_type_name(value)}); expected a JSON list of element objects"]
+    if warnings is not None:
+        warnings += [m.replace("$", "layout", 1) for m in _duplicate_warnings(value, parsed)]
     return value, []
 
 
@@ -168,9 +180,10 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
     problems (bad layout JSON, palette without a style) are added to its errors.
     """
     errors: list[str] = []
-    layout_elements, layout_errors = parse_layout(layout)
+    notes: list[str] = []
+    layout_elements, layout_errors = parse_layout(layout, notes)
     errors += layout_errors
-    palette = parse_palette(color_palette)
+    palette = parse_palette(color_palette, notes)
     if style_mode not in ("photo", "art_style", "none"):
         errors.append(f"style_mode: got {style_mode!r}; expected photo, art_style or none")
         style_mode = "none"
@@ -178,7 +191,11 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
         errors.append("color_palette: a global palette needs style_mode 'photo' or 'art_style' "
                       "(it lives in style_description); clear it or pick a style")
         palette = []
-    notes: list[str] = []
+    unused = [name for name, v in (("aesthetics", aesthetics), ("lighting", lighting), ("medium", medium),
+                                   ("style_value", style_value)) if (v or "").strip()]
+    if style_mode == "none" and unused:
+        notes.append(f"style_mode none: {', '.join(unused)} not used (no style_description is written); pick "
+                     "photo or art_style to use them")
     if style_mode != "none" and not palette and not any((v or "").strip() for v in (aesthetics, lighting, style_value)):
         dropped = f" (medium {medium.strip()!r} alone is not a style)" if (medium or "").strip() else ""
         notes.append(f"style_mode {style_mode}: aesthetics, lighting and style_value are empty, so no "

@@ -236,16 +236,30 @@ def reject_nan_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
+
+
+def json_error_hint(text: str, exc: json.JSONDecodeError) -> str:
+    """What a JSON syntax error usually means in a caption typed into a widget (empty, plain text, a line break
+    or tab inside a string, word-processor quotes)."""
+    if not text.strip():
+        return " — the caption is empty (connect the Caption Builder, or type a JSON caption)"
+    if not text.strip().startswith(("{", "[")):
+        return (" — a caption is a JSON object; plain-text prompts are not captions "
+                "(use the Caption Builder or Magic Prompt node)")
+    if exc.msg.startswith("Invalid control character"):
+        return " — a line break or tab inside a JSON string must be written as \\n or \\t"
+    if any(q in text for q in CURLY_QUOTES):
+        return " — the text has curly quotes (\u201c \u201d \u2018 \u2019, e.g. pasted from a word processor); JSON needs straight \" quotes"
+    return ""
+
+
 def _parse(text: str, report: CaptionReport) -> tuple[bool, Any, _Parsed]:
     parsed = _Parsed()
     try:
         value = json.loads(text, object_pairs_hook=parsed.pairs_hook, parse_constant=reject_nan_constant)
     except json.JSONDecodeError as exc:
-        hint = ""
-        if not text.strip().startswith(("{", "[")):
-            hint = (" — a caption is a JSON object; plain-text prompts are not captions "
-                    "(use the Caption Builder or Magic Prompt node)")
-        report.errors.append(f"$: invalid JSON: {exc}{hint}")
+        report.errors.append(f"$: invalid JSON: {exc}{json_error_hint(text, exc)}")
         return False, None, parsed
     except RecursionError:
         report.errors.append("$: invalid JSON: nested too deeply")
