@@ -94,7 +94,10 @@ def test_builder_execute(nodes):
     assert caption.startswith('{"high_level_description":"A cat on a rug.","style_description":{"aesthetics":"cosy"')
     assert '"color_palette":["#FF0000"]' in caption
     assert json.loads(pretty) == json.loads(caption) and "\n" in pretty
-    assert out.ui == {"text": ["caption OK: canonical, %d characters" % len(caption)]}
+    assert out.ui == {"text": ["warning: color_palette: '#ff0000' written as '#FF0000'"]}  # the rewrite is said
+    clean = nodes.Ideogram4NativeCaptionBuilder.execute(**builder_args(color_palette="#FF0000"))
+    assert clean.args[0] == caption
+    assert clean.ui == {"text": ["caption OK: canonical, %d characters" % len(caption)]}
 
 
 def test_builder_raises_every_problem(nodes):
