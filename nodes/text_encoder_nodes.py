@@ -103,17 +103,14 @@ def check_caption_text(caption: str, mode: str) -> tuple[str, list[str]]:
     if mode == "off":
         return caption, ["caption check off: encoded verbatim"]
     report = cap.check_caption(caption)
-    lines = report.summary_lines()
     context = "Ideogram4 Text Encode"
     if mode == "canonicalize":
         if report.errors:
             raise cap.CaptionError(report, context + " (fix the caption, or set caption_check to warn/off)")
-        return report.canonical, lines or ["caption OK (canonical)"]
+        return report.canonical, report.summary_lines() or ["caption OK (canonical)"]
     # strict / warn encode the text verbatim: repairs and reformatting the checker found are not applied
-    lines = [f"error: {m}" for m in report.errors] + \
-        [f"not repaired (encoded verbatim, caption_check {mode}): {m}" for m in report.fixes] + \
-        [f"not reformatted (encoded verbatim): {m}" for m in report.formatting] + \
-        [f"warning: {m}" for m in report.warnings]
+    lines = report.summary_lines(fixed=f"not repaired (encoded verbatim, caption_check {mode})",
+                                 formatted="not reformatted (encoded verbatim)")
     if mode == "strict":
         if report.strict().errors:
             raise cap.CaptionError(report, context + " (strict: the reference verifier would reject it)")

@@ -79,11 +79,12 @@ class CaptionReport:
             self.canonical = self.data = None
         return self
 
-    def summary_lines(self) -> list[str]:
-        """Human-readable lines for a node's UI (errors first)."""
+    def summary_lines(self, fixed: str = "fixed", formatted: str = "format") -> list[str]:
+        """Human-readable lines for a node's UI (errors first); ``fixed`` / ``formatted`` label the repairs (a caller
+        that encodes the text verbatim says they were not applied)."""
         lines = [f"error: {m}" for m in self.errors]
-        lines += [f"fixed: {m}" for m in self.fixes]
-        lines += [f"format: {m}" for m in self.formatting]
+        lines += [f"{fixed}: {m}" for m in self.fixes]
+        lines += [f"{formatted}: {m}" for m in self.formatting]
         lines += [f"warning: {m}" for m in self.warnings]
         return lines
 
