@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from ..model.vae import latents as lat
 from ..sampling import check_resolution
+from ..sampling.euler import noise_rows
 from .host.sampler_settings import (BATCH_KEY, DEFAULT_PRESET, GUIDANCE_WIDGETS, MAX_STEPS, PRESET_CHOICES, SCHEDULE_WIDGETS,
                                    GuidanceSpec, describe_settings, require_guidance_without_unconditional,
                                    settings_from_inputs, unused_widgets_note)
@@ -82,11 +83,14 @@ def validation_message(node: str, width, height):
 
 
 def model_latent(samples, like: Optional[dict] = None) -> dict:
-    """A LATENT of the pack: model-space samples, marked, with the batch size its noise is drawn for (``like``'s when
-    it carries one: an item picked out of a batch keeps its batch's size)."""
-
-    batch = (like or {}).get(BATCH_KEY, int(samples.shape[0]))
-    return {"samples": samples, LATENT_SPACE_KEY: "model", BATCH_KEY: int(batch)}
+    """A LATENT of the pack: model-space samples, marked, with the batch size its noise is drawn for.  Made from
+    ``like``, a latent with a ``batch_index`` (items picked out of a batch), it keeps that index and its batch's size,
+    as core's KSampler keeps the index."""
+    out = {"samples": samples, LATENT_SPACE_KEY: "model", BATCH_KEY: int(samples.shape[0])}
+    if like is not None and "batch_index" in like:
+        out["batch_index"] = list(like["batch_index"])
+        out[BATCH_KEY] = int(like.get(BATCH_KEY, out[BATCH_KEY]))
+    return out
 
 
 def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
@@ -100,12 +104,13 @@ def unmarked_latent_note(latent: dict, use: str) -> Optional[str]:
 
 
 def batch_index_note(latent: dict, seed: int) -> Optional[str]:
-
-    index, drawn = latent.get("batch_index"), latent.get(BATCH_KEY)
-    if index is None or (list(index) == list(range(len(index))) and drawn in (None, len(index))):
+    index = latent.get("batch_index")
+    if index is None:
         return None
-    size = max(max(index, default=0) + 1, int(drawn or 0))
-    return f"noise: items {list(index)} of the batch of {size} that seed {seed} draws (the latent's batch_index)"
+    size, rows = noise_rows(len(index), index, latent.get(BATCH_KEY))
+    if rows == list(range(size)):
+        return None
+    return f"noise: items {rows} of the batch of {size} that seed {seed} draws (the latent's batch_index)"
 
 
 def size_from_latent(latent: dict) -> tuple[int, int, int]:
@@ -232,10 +237,7 @@ class Ideogram4NativeKSampler(io.ComfyNode):
                                               batch_index=None if latent is None else latent.get("batch_index"),
                                               drawn=None if latent is None else latent.get(BATCH_KEY))
         text = "\n".join([describe_settings(settings), f"seed {seed}"] + notes + info)
-        out = model_latent(samples, like=latent if latent is not None and "batch_index" in latent else None)
-        if latent is not None and "batch_index" in latent:  # kept, as core's KSampler keeps it
-            out["batch_index"] = list(latent["batch_index"])
-        return io.NodeOutput(out, ui={"text": [text]})
+        return io.NodeOutput(model_latent(samples, like=latent), ui={"text": [text]})
 
 
 class Ideogram4NativeSigmas(io.ComfyNode):

@@ -50,13 +50,22 @@ def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.de
     device = torch.device(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
-    rows = None if batch_index is None else [int(i) for i in batch_index]
-    if rows is not None and (len(rows) != batch or min(rows, default=0) < 0):
-        raise ValueError(f"latent batch_index {list(batch_index)} must list one item index ≥ 0 per latent "
-                         f"(the batch has {batch})")
-    drawn = batch if rows is None else max(max(rows) + 1, int(drawn or 0))
+    drawn, rows = noise_rows(batch, batch_index, drawn)
     z = torch.randn(drawn, grid_h * grid_w, LATENT_CHANNELS, dtype=torch.float32, device=device, generator=gen)
     return z if rows is None or rows == list(range(drawn)) else z[rows]
+
+
+def noise_rows(batch: int, batch_index: Optional[Sequence[int]] = None,
+               drawn: Optional[int] = None) -> tuple[int, Optional[list[int]]]:
+    """(images :func:`draw_noise` draws, the rows it takes — None: all) for ``batch`` latents that are the items
+    ``batch_index`` of a batch of ``drawn`` images."""
+    if batch_index is None:
+        return batch, None
+    rows = [int(i) for i in batch_index]
+    if len(rows) != batch or min(rows, default=0) < 0:
+        raise ValueError(f"latent batch_index {list(batch_index)} must list one item index ≥ 0 per latent "
+                         f"(the batch has {batch})")
+    return max(max(rows, default=-1) + 1, int(drawn or 0)), rows
 
 
 SINGLE_BRANCH_FIX = "set preset 'custom' with guidance 1 and polish_steps 0, or load an unconditional model"
