@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Collection, Optional
 
+from .model_call import pass_options
+
 # model_options key → (what it is, nodes that set it)
 CFG_HOOKS = {
     "sampler_cfg_function": ("a CFG function", "RescaleCFG, PerpNeg, RenormCFG"),
@@ -138,10 +140,7 @@ def conditioning_problems(conditioning, what: str = "positive") -> list[str]:
 def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
     """:func:`sampler_level_problems` and :func:`model_level_problems` of a ModelPatcher."""
     options = getattr(patcher, "model_options", {}) or {}
-    wrappers = {}
-    for source in (getattr(patcher, "wrappers", {}) or {}, options.get("transformer_options", {}).get("wrappers", {})):
-        for kind, table in source.items():
-            wrappers.setdefault(kind, {}).update(table)
+    wrappers = pass_options(patcher).get("wrappers", {})  # the patcher's and its transformer_options' (as they run)
     object_patches = getattr(patcher, "object_patches", {}) or {}
     hooks = ["weight hooks (hook LoRAs / Set Model Hooks)"] if getattr(patcher, "hook_patches", None) else []
     return hooks + (sampler_level_problems(options, wrappers, object_patches, path=path, runs_hooks=runs_hooks)
