@@ -309,11 +309,10 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
             comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
                                                      transformer_options),
         ).execute(x, sigma, feats, None, transformer_options, ideogram4_time=time, text_lengths=lengths)
-        v = -out
         if kwargs.get("ideogram4_velocity", False):
-            return v
+            return -out
         # ComfyUI's flow model output is ε − x0 = −v; CONST: denoised = x − σ·out.
-        return self.model_sampling.calculate_denoised(sigma, -v, x)
+        return self.model_sampling.calculate_denoised(sigma, out, x)
 
     @property
     def replaceable_blocks(self) -> frozenset:
