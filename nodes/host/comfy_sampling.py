@@ -217,18 +217,16 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                                                             "ideogram4_time": t, "ideogram4_velocity": True},
                            model_options.get("transformer_options", {}), model_options.get("model_function_wrapper"), 0)
         v_neg = None
-        if self.uncond_patcher is None:  # single-branch: guidance 1 was checked in _prepare
-            v = v_pos
-        else:
+        if self.uncond_patcher is not None:  # None: single-branch, guidance 1 was checked in _prepare
             if self._uncond_call is None:
                 self._uncond_call = HostModelCall(self.uncond_patcher, 1)
                 self._uncond_call.sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
             v_neg = self._uncond_call.velocity(x, timestep, ideogram4_time=t)
-            v = g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
         sigma = timestep.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
         if any(model_options.get(hook) for hook in CFG_HOOKS):
             self._last = None  # ComfyUI's CFG hooks run on the denoised estimates: the plain Euler step follows
             return self._with_cfg_hooks(x, timestep, sigma, v_pos, v_neg, self._values[k], model_options)
+        v = v_pos if v_neg is None else g * v_pos + (1.0 - g) * v_neg  # the reference's expression and dtypes
         self._last = (x, k, v)
         return x + sigma * v  # ComfyUI's x0 = x − σ·(−v)
 
