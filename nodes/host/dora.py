@@ -25,11 +25,9 @@ import comfy.weight_adapter as weight_adapter
 _DORA_INDEX = {"LoRAAdapter": 4, "LoHaAdapter": 7, "LoKrAdapter": 8, "GLoRAAdapter": 5}
 
 
-def _dora_index(adapter) -> int | None:
-    for cls in type(adapter).__mro__:
-        if cls.__name__ in _DORA_INDEX:
-            return _DORA_INDEX[cls.__name__]
-    return None
+def _adapter_base(adapter) -> type | None:
+    """The ComfyUI adapter class ``adapter`` is (or derives from) that keeps a DoRA magnitude."""
+    return next((cls for cls in type(adapter).__mro__ if cls.__name__ in _DORA_INDEX), None)
 
 
 def _per_output_row(dora_scale: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -67,13 +65,10 @@ def _fixed_class(base: type) -> type:
 
 def row_norm_dora(adapter):
     """``adapter`` as the subclass computing DoRA with the adapted weight's row norms (unchanged without DoRA)."""
-    if not isinstance(adapter, weight_adapter.WeightAdapterBase):
+    base = _adapter_base(adapter) if isinstance(adapter, weight_adapter.WeightAdapterBase) else None
+    if base is None or adapter.weights[_DORA_INDEX[base.__name__]] is None or type(adapter).__module__ == __name__:
         return adapter
-    index = _dora_index(adapter)
-    if index is None or adapter.weights[index] is None or type(adapter).__module__ == __name__:
-        return adapter
-    return _fixed_class(next(c for c in type(adapter).__mro__ if c.__name__ in _DORA_INDEX))(
-        adapter.loaded_keys, adapter.weights)
+    return _fixed_class(base)(adapter.loaded_keys, adapter.weights)
 
 
 def with_row_norm_dora(patches: dict) -> dict:
