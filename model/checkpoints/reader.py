@@ -38,11 +38,9 @@ def _variants(folder: Path, stem: str) -> dict[str, Path]:
     """A folder's diffusers ``variant`` checkpoints of ``stem``: variant → its index, else its single file."""
     index = re.compile(re.escape(stem) + r"\.safetensors\.index\.([A-Za-z0-9_]+)\.json")
     single = re.compile(re.escape(stem) + r"\.([A-Za-z0-9_]+)\.safetensors")  # shards have '-': never match
-    found: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if m := index.fullmatch(f.name):
-            found[m[1]] = f
-    for f in sorted(folder.iterdir()):
+    files = sorted(folder.iterdir())
+    found = {m[1]: f for f in files if (m := index.fullmatch(f.name))}
+    for f in files:
         if (m := single.fullmatch(f.name)) and m[1] not in found:
             found[m[1]] = f
     return found
