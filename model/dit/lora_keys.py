@@ -46,6 +46,9 @@ OTHER_SUFFIXES = (".alpha", ".dora_scale", ".lora_magnitude_vector", ".lora_mid.
                   ".oft_blocks", ".rescale", ".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight",
                   ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight")
 SUFFIXES = tuple(sorted(LOW_RANK_UP + LOW_RANK_DOWN + OTHER_SUFFIXES, key=len, reverse=True))
+LOW_RANK = frozenset(LOW_RANK_UP + LOW_RANK_DOWN)
+# factored adapters: none of them can patch a 1-D weight
+FACTORED = LOW_RANK | {x for x in OTHER_SUFFIXES if x.startswith((".hada_", ".lokr_"))}
 
 # What a LoRA that is not for Ideogram 4 looks like (markers are substrings of its keys).
 OTHER_LORA_FAMILIES = (
@@ -172,7 +175,7 @@ def adapter_kind(suffixes: Iterable[str]) -> str:
         return "GLoRA"
     if s & {".dora_scale", ".lora_magnitude_vector"}:
         return "DoRA"
-    if s & set(LOW_RANK_UP + LOW_RANK_DOWN):
+    if s & LOW_RANK:
         return "LoRA"
     return "weight diff"
 
@@ -228,8 +231,7 @@ def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[i
     present = set(members)
     if present <= {".alpha"}:
         return ["has only an alpha (no LoRA matrices or weight difference)"]
-    if len(want) != 2 and present & set(LOW_RANK_UP + LOW_RANK_DOWN + tuple(
-            x for x in OTHER_SUFFIXES if x.startswith((".hada_", ".lokr_")))):
+    if len(want) != 2 and present & FACTORED:
         return [f"a low-rank adapter on {target.module}, a {len(want)}-D weight {list(want)}: only a full weight "
                 "difference (.diff) can patch it"]
     problems = []
@@ -298,8 +300,7 @@ def alpha_notes(alphas: Mapping[str, float], mapping: LoraMapping, label: str) -
         notes.append(f"alpha = 0 in {len(zero)} modules ({', '.join(zero[:3])}{' …' if len(zero) > 3 else ''}): "
                      "their scale alpha/rank is 0, so they have no effect (kohya / LyCORIS trainers write alpha = "
                      "rank, never 0 — re-save the LoRA with its real alpha)")
-    low_rank = set(LOW_RANK_UP + LOW_RANK_DOWN)
-    without = [p for p, members in mapping.members.items() if ".alpha" not in members and low_rank & set(members)]
+    without = [p for p, members in mapping.members.items() if ".alpha" not in members and LOW_RANK & set(members)]
     if without:
         notes.append(f"{len(without)} LoRA modules carry no alpha and the file no PEFT lora_alpha: applied at scale 1 "
                      "(alpha = rank), as ComfyUI and diffusers do")
