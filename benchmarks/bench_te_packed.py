@@ -11,11 +11,13 @@ slot per image token after the text); our encoder appends masked slots only up t
 * ``ref 256²`` / ``ref 1024²`` (``--sides``) — the reference's layout: text + 256 / 4096 masked image slots.
 
 It prints ms per caption and whether our text rows equal each reference layout bit for bit (max |diff|
-otherwise).  On CUDA this is the check of the CPU finding: SDPA picks another kernel there (flash for the
+otherwise).  ``--kernel-sweep`` checks the rule on the attention kernel alone (what decides it), for many
+caption lengths against the reference's layouts at several resolutions: run it on a new kind of CPU.  On CUDA this is the check of the CPU finding: SDPA picks another kernel there (flash for the
 unmasked text-only run; memory-efficient / cuDNN with a mask) and cuBLAS picks GEMM algorithms by shape.
 
     python benchmarks/bench_te_packed.py                         # CPU, 2 layers
     python benchmarks/bench_te_packed.py --device cuda --layers 36
+    python benchmarks/bench_te_packed.py --kernel-sweep --lengths 1-896:5 --sides 256,384,512,768,1024
 """
 
 from __future__ import annotations
@@ -68,6 +70,48 @@ def run(enc: Ideogram4TextEncoder, ids: torch.Tensor, length: int, device: str) 
         return out.float().cpu(), time.perf_counter() - t0
 
 
+def _lengths(spec: str) -> list[int]:
+    """``20,200`` or ``1-896:5`` (start-stop:step, inclusive) or both, comma-separated."""
+    out: list[int] = []
+    for part in spec.split(","):
+        if "-" in part:
+            span, _, step = part.partition(":")
+            lo, hi = (int(x) for x in span.split("-"))
+            out.extend(range(lo, hi + 1, int(step or 1)))
+        else:
+            out.append(int(part))
+    return out
+
+
+def kernel_sweep(lengths: list[int], sides: list[int], device: str, dtype: torch.dtype, heads: int = 2) -> None:
+    """SDPA as Qwen3-VL calls it in the packed run (head_dim 128, explicit causal + key-padding bool mask): per
+    caption length, are the text rows at ``packed_length(n)`` equal to those at ``n + (side/16)²`` for each side?"""
+    import torch.nn.functional as F
+
+    def rows(q, k, v, n, length):
+        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
+        keep[:, n:] = False  # causal + key padding, as transformers' create_causal_mask builds it
+        with torch.inference_mode():
+            return F.scaled_dot_product_attention(q[:, :, :length], k[:, :, :length], v[:, :, :length],
+                                                  attn_mask=keep[None, None])[:, :, :n].float().cpu()
+
+    g = torch.Generator().manual_seed(7)
+    longest = max(lengths) + max(side // 16 for side in sides) ** 2
+    q, k, v = (torch.randn(1, heads, longest, 128, generator=g).to(device, dtype) for _ in range(3))
+    differ = {side: [] for side in sides}
+    for n in lengths:
+        ours = rows(q, k, v, n, packed_length(n))
+        for side in sides:
+            if not torch.equal(rows(q, k, v, n, n + (side // 16) ** 2), ours):
+                differ[side].append(n)
+    print(f"attention kernel alone ({device}, {dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads),"
+          f" {len(lengths)} caption lengths {lengths[0]}…{lengths[-1]}: text rows at packed_length(n) vs the "
+          "reference's packed run")
+    for side in sides:
+        bad = differ[side]
+        print(f"  {side}² ({(side // 16) ** 2} image slots): {len(bad)} differ" + (f" — n = {bad[:20]}" if bad else ""))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -75,14 +119,18 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--lengths", default="20,200,600,1500")
     ap.add_argument("--sides", default="256,1024", help="square resolutions of the reference layouts")
+    ap.add_argument("--kernel-sweep", action="store_true", help="the attention kernel alone, many lengths")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.kernel_sweep:
+        kernel_sweep(_lengths(args.lengths), [int(s) for s in args.sides.split(",")], args.device, dtype)
+        return
     enc = build(args.layers, args.device, dtype)
     scale = 36 / args.layers
     print(f"device {args.device}, {args.dtype}, {args.layers} layers at real width (ms scaled to 36 layers), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     g = torch.Generator().manual_seed(1)
-    for n in (int(x) for x in args.lengths.split(",")):
+    for n in _lengths(args.lengths):
         ids = torch.randint(1, 151936, (n,), generator=g)
         run(enc, ids, n, args.device)  # warm-up
         layouts = {"text-only": n, "packed_length": packed_length(n)}

@@ -180,7 +180,6 @@ def count_ops(cfg, args, fmt, fake_cuda=False):
     fused CUDA kernel; metadata queries (``prim.*``) are not counted and attention counts as the one fused kernel a
     GPU runs (fake devices report no flash support, so SDPA would otherwise unfold into its math ops)."""
     import contextlib
-    import torch
 
     ours, core = build_pair(cfg, fmt)
     gh = gw = max(2, args.size // 16)

@@ -34,3 +34,8 @@ def tiny_files(tmp_path_factory, tiny_weights) -> dict[str, dict[str, Path]]:
     return {fmt: {"cond": write_file(convert(cond, fmt), root / f"cond_{fmt}.safetensors", fmt),
                   "uncond": write_file(convert(uncond, fmt), root / f"uncond_{fmt}.safetensors", fmt)}
             for fmt in FORMATS}
+
+
+def pytest_report_header(config):
+    from kernel_family import describe
+    return describe()

@@ -79,9 +79,12 @@ def test_seed_and_batch(pipe):
     assert a[0].tobytes() == b[0].tobytes() != c[0].tobytes()
     batch = run([DEFAULT_CAPTION, CAPTION], 1)
     assert len(batch) == 2
-    # sample 0 of a batch of (different-length) captions = the single run (left padding is masked)
+    # sample 0 of a batch of (different-length) captions = the single run (left padding is masked) up to bf16
+    # GEMM rounding, which depends on the batch's row count and on the CPU's kernels — measured max / mean |Δ| in
+    # 8-bit levels: ≤ 2 on AMD EPYC (avx512_bf16), 5 / 0.54 on Intel Xeon with AMX (seeds 1–3).  The masking
+    # itself is checked per forward in test_dit_parity.test_padded_sample_equals_its_unpadded_run.
     diff = np.abs(np.array(batch[0], np.int16) - np.array(a[0], np.int16))
-    assert diff.max() <= 2
+    assert diff.max() <= 8 and diff.mean() <= 1.0
 
 
 def test_caption_and_size_errors_raise(pipe):

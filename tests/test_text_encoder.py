@@ -25,6 +25,11 @@ Golden values (``tests/data/te_golden.safetensors``) were computed ONCE by the o
 
 Our encoder (masked slots up to ``packed_length``, see ``tests/test_text_encoder_packed.py``) matches
 all four bit for bit; they are compared exactly.
+
+Goldens are kept per CPU kernel family (``tests/kernel_family.py``, ``data/golden_families.json``): the
+file in ``data/`` is the AMD EPYC (avx512_bf16) family's, ``data/families/xeon-amx/`` holds the same recipe
+recorded on an Intel Xeon with AMX by ``python -m tools.record_goldens`` (module ``text_encoder``), where bf16 CPU
+kernels round differently (the reference and ours agree bit for bit on each machine).
 """
 
 from __future__ import annotations
@@ -36,17 +41,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model import text_encoder as te
 from model.checkpoints import CheckpointReader
 from model.checkpoints import dequantize_fp8, dequantize_nf4, parse_nf4_quant_state
 from model.text_encoder import EncodedText, build_chat_prompt, load_text_encoder
+from kernel_family import Goldens
 from tools import make_test_text_encoder as mk
 
 TAPS = (0, 1, 3)
-GOLDEN = Path(__file__).parent / "data" / "te_golden.safetensors"
+GOLDENS = Goldens("te_golden.safetensors")  # per CPU kernel family: tests/kernel_family.py
 CAPTIONS = ["a cat", '{"subject": "The red fox", "n": 2}']
 MORE = ["a cat", '{"subject": "The red fox and the dog", "style": "flat"}', "ünïcödé ✓ text,\nwith 12345"]
 
@@ -95,8 +100,7 @@ def _padded(ids: list[list[int]]):
 # ----------------------------------------------------------------------------------- reference parity
 
 def _golden():
-    with safe_open(str(GOLDEN), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    return GOLDENS.data, GOLDENS.metadata
 
 
 def test_golden_recipe_is_what_the_tool_writes():
@@ -122,7 +126,10 @@ def test_matches_reference_golden(layouts, layout, dtype):
     ids = enc.tokenize(CAPTIONS)
     assert torch.equal(_padded(ids)[0], gold["token_ids"])
     assert out.features.dtype == torch.float32 and out.features.shape == ref.shape
-    assert torch.equal(out.features, ref), f"max |diff| {(out.features - ref).abs().max().item():.3g}"
+    # exact on the CPU family that recorded the golden; on other kernels within twice the largest cross-family
+    # deviation measured (bf16: 0.0156 / fp8: 0.0312 max abs between AMD EPYC and Intel Xeon AMX)
+    GOLDENS.expect(key, out.features, equal=lambda o, g: torch.equal(o, g.float()),
+                   bound=lambda o, g: (o - g.float()).abs().max().item() <= 0.0625)
 
 
 def test_taps_interleave_and_padding_equal_a_transformers_forward(layouts, bf16, ref_features):

@@ -4,7 +4,13 @@ The reference (``Ideogram4Pipeline._build_inputs`` + ``_encode_text``) runs Qwen
 by one masked slot per image token (token 0, attention mask 0, text position 0; ≥ 256 of them at every real
 resolution).  In bf16 those slots change the numbers: SDPA then gets an explicit mask and the CPU flash kernel
 walks the keys in blocks of 512, so a text-only run differs by ~1e-2.  Our encoder appends masked slots up to
-``packed_length(n)`` (min(n + 256, next multiple of 512)) and must give the reference's text rows bit for bit.
+``packed_length(n)`` (the next multiple of 512: the key block holding the text is full, as in every reference run
+from 384² up) and must give the reference's text rows bit for bit.
+
+Goldens are kept per CPU kernel family (``tests/kernel_family.py``, ``data/golden_families.json``): the
+file in ``data/`` is the AMD EPYC (avx512_bf16) family's, ``data/families/xeon-amx/`` holds the same recipe
+recorded on an Intel Xeon with AMX by ``python -m tools.record_goldens`` (module ``text_encoder_packed``), where bf16 CPU
+kernels round differently (the reference and ours agree bit for bit on each machine).
 
 Model: ``tools/make_test_text_encoder.packed_golden_text_config()`` (seed 0) — 36 layers (all 13 real taps
 0, 3, …, 33, 35), head_dim 128, 4 query / 2 KV heads, mrope (24, 20, 20), the real 151,936-token vocabulary,
@@ -37,20 +43,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from model import text_encoder as te
 from model.dit.constants import TEXT_ENCODER_TAPS
 from model.text_encoder import load_text_encoder, packed_length
+from kernel_family import Goldens
 from tools import make_test_text_encoder as mk
 
-GOLDEN = Path(__file__).parent / "data" / "te_packed_golden.safetensors"
+GOLDENS = Goldens("te_packed_golden.safetensors")  # per CPU kernel family: tests/kernel_family.py
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(GOLDEN), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    return GOLDENS.data, GOLDENS.metadata
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +108,16 @@ def test_bf16_equals_the_reference_packed_run_bit_for_bit(golden, bf16, encoded,
     assert ids == gold[f"token_ids_{stored}"].tolist()
     out = encoded(caption)
     rows = out[:: int(meta[f"row_step_{case}"])]
-    ref = gold[f"bf16_{stored}"].float()
-    assert rows.shape == ref.shape
-    diff = (rows - ref).abs().max().item()
-    assert torch.equal(rows, ref), f"{len(ids)} tokens at {height}x{width}: max |diff| {diff:.3g}"
-    assert _digest(out) == meta[f"sha256_{case}"], "stored rows equal, but some other row differs"
+    assert rows.shape == gold[f"bf16_{stored}"].shape
+
+    def equal(tensors, family_meta):  # the stored rows, and every row through the SHA-256 of all of them
+        return torch.equal(rows, tensors[f"bf16_{stored}"].float()) and _digest(out) == family_meta[f"sha256_{case}"]
+
+    def bound(tensors, _):  # other CPUs: twice the largest cross-family deviation measured (3.1e-2 of max |x|)
+        ref = tensors[f"bf16_{stored}"].float()
+        return (rows - ref).abs().max() <= 0.0625 * ref.abs().max()
+
+    GOLDENS.expect_each(f"{len(ids)} tokens at {height}x{width}", equal, bound)
 
 
 def test_the_goldens_see_a_text_only_run(golden, bf16, monkeypatch):
@@ -120,23 +130,25 @@ def test_the_goldens_see_a_text_only_run(golden, bf16, monkeypatch):
     assert _digest(out) != meta["sha256_0"], "a text-only run equals the packed golden: the golden cannot see it"
 
 
-def test_float32_within_1e6_of_the_reference_packed_run(golden, folder):
-    gold, _ = golden
+def test_float32_within_1e6_of_the_reference_packed_run(folder):
     enc = load_text_encoder(folder, dtype=torch.float32)
     objects, _, _ = mk.PACKED_GOLDEN_CASES[2]
     out = enc.encode(mk.golden_caption(objects), use_cache=False).features[0, ::4]
-    ref = gold["fp32_2"]
-    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+    # 1e-6 of max |x| against this CPU family's reference run; across families the reference itself moves by
+    # 1.5e-6 (AMD EPYC vs Intel Xeon AMX float32 GEMMs), so other CPUs get 5e-6
+    GOLDENS.expect("fp32_2", out, equal=lambda o, g: (o - g).abs().max() <= 1e-6 * g.abs().max(),
+                   bound=lambda o, g: (o - g).abs().max() <= 5e-6 * g.abs().max())
 
 
-@pytest.mark.parametrize("n,length", [(1, 257), (19, 275), (256, 512), (300, 512), (511, 512), (512, 512),
-                                      (513, 769), (1000, 1024), (1507, 1536), (2048, 2048)])
-def test_packed_length_is_the_256_square_run_or_the_next_full_key_block(n, length):
+@pytest.mark.parametrize("n,length", [(0, 512), (1, 512), (19, 512), (256, 512), (300, 512), (511, 512), (512, 512),
+                                      (513, 1024), (1000, 1024), (1507, 1536), (2048, 2048)])
+def test_packed_length_fills_the_key_block_that_holds_the_text(n, length):
     assert packed_length(n) == length
 
 
 def test_masked_slots_are_the_reference_image_slots(bf16, monkeypatch):
-    """The run the encoder makes: text, then token 0 / mask 0 / position 0 up to packed_length, explicit mask."""
+    """The run the encoder makes: text, then token 0 / mask 0 / position 0 (the reference's image slots) to the end
+    of the key block, explicit mask."""
     seen = {}
     real_forward = type(bf16).forward
 
@@ -148,7 +160,29 @@ def test_masked_slots_are_the_reference_image_slots(bf16, monkeypatch):
     ids = bf16.tokenize(["fox"])[0]
     bf16.encode("fox", use_cache=False)
     n = len(ids)
-    assert seen["tokens"].shape == (1, n + 256)  # as the reference at 256²
+    assert seen["tokens"].shape == (1, 512)  # the reference's first key block, full at every resolution ≥ 384²
     assert seen["tokens"][0, :n].tolist() == ids and not seen["tokens"][0, n:].any()
     assert seen["mask"][0, :n].all() and not seen["mask"][0, n:].any()
     assert seen["pos"][0, :n].tolist() == list(range(n)) and not seen["pos"][0, n:].any()
+
+
+@pytest.mark.parametrize("n", [19, 136, 207, 255, 613])
+def test_packed_length_rows_equal_the_reference_layout_from_384_square_up(n):
+    """On this machine's attention kernel (what decides it), the text rows of the packed_length run equal those of
+    the reference's packed run at 384² (576 image slots) and 1024² (4096) bit for bit.  The previous rule
+    (n + 256 slots when shorter than a block, the reference's 256² run) fails this on Intel Xeon AMX for
+    n = 136, 207 and 613 with these inputs (on AMD EPYC a cut block rounds like a full one: both rules pass)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(1, 8, n + 4096, 128, generator=g).bfloat16() for _ in range(3))
+
+    def rows(length):
+        keep = torch.ones(length, length, dtype=torch.bool).tril_()
+        keep[:, n:] = False  # causal + key padding (transformers' create_causal_mask)
+        return F.scaled_dot_product_attention(q[:, :, :length], k[:, :, :length], v[:, :, :length],
+                                              attn_mask=keep[None, None])[:, :, :n]
+
+    ours = rows(packed_length(n))
+    for slots in (576, 4096):
+        assert torch.equal(ours, rows(n + slots)), f"{n} tokens, {slots} image slots"

@@ -12,29 +12,31 @@ the reference fork (github:RyukoMatoiFan/ideogram4 @ HEAD; ``src/ideogram4/autoe
    ``encode_image_tokens``' tokens ``(patchify_latent(mean, 2) − shift) / scale`` with REF
    ``get_latent_norm()``.  ``encoder_weight_fingerprint``: per-tensor sums (detects RNG drift).
    Metadata ``torch``: 2.13.0+cpu.
+
+Goldens are kept per CPU kernel family (``tests/kernel_family.py``, ``data/golden_families.json``): the
+file in ``data/`` is the AMD EPYC (avx512_bf16) family's, ``data/families/xeon-amx/`` holds the same recipe
+recorded on an Intel Xeon with AMX by ``python -m tools.record_goldens`` (module ``vae_encoder``), where bf16 CPU
+kernels round differently (the reference and ours agree bit for bit on each machine).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.vae import (Flux2VAEEncoder, VAEEncoderConfig, denormalise, detect_vae_format, from_uint8, from_unit_float,
                        load_vae, load_vae_encoder, unpatchify)
+from kernel_family import Goldens
 from tools.make_test_vae import random_vae_state_dict, tiny_vae_config, write_vae
 
-GOLDEN = Path(__file__).parent / "data" / "vae_encoder_golden.safetensors"
+GOLDEN = Goldens("vae_encoder_golden.safetensors")  # per CPU kernel family: tests/kernel_family.py
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(GOLDEN), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(GOLDEN)), meta
+    return GOLDEN.data, GOLDEN.metadata
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +72,14 @@ def test_fp32_equals_reference_encoder(encoders, golden, naming):
 
 @pytest.mark.parametrize("naming", ["bfl", "diffusers"])
 def test_bf16_equals_reference_encoder(encoders, golden, naming):
-    data, meta = golden
+    data, _ = golden
     enc = encoders[(naming, "bf16")]
     tokens, _, _ = enc.encode_tokens(data["images"])
-    diff = (tokens - data["tokens_bf16"]).abs().max().item()
-    if torch.__version__.split("+")[0] == meta["torch"].split("+")[0]:
-        assert diff == 0.0  # same kernels as the golden's torch: bit-identical
-    else:
-        # another build's bf16 kernels: bounded by the bf16-vs-fp32 gap of the reference itself
-        ref_gap = (data["tokens_bf16"] - data["tokens_fp32"]).abs().max().item()
-        assert diff <= 2 * ref_gap
+    # bit-identical on the CPU family that recorded the golden; other kernels: bounded by twice the
+    # reference's own bf16-vs-fp32 gap (measured across families: 0.022 max abs)
+    ref_gap = (data["tokens_bf16"] - data["tokens_fp32"]).abs().max().item()
+    GOLDEN.expect("tokens_bf16", tokens, equal=torch.equal,
+                  bound=lambda o, g: (o - g).abs().max().item() <= 2 * ref_gap)
 
 
 def test_equals_diffusers_autoencoder(files):

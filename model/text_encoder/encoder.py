@@ -46,25 +46,28 @@ PAD_TOKEN_ID = 0  # what the reference puts in padding slots (masked out, never 
 
 # The CPU flash-attention kernel's key/value block (ATen FlashAttentionKernel.cpp, kv_split_size 512).
 KV_BLOCK = 512
-# Image tokens of the smallest resolution (256², 16 × 16 patches): the reference never has fewer masked slots.
-MIN_IMAGE_SLOTS = 256
 
 
 def packed_length(num_text_tokens: int) -> int:
     """Sequence length at which a caption of ``num_text_tokens`` tokens is encoded (masked slots after the text):
-    the smaller of ``n + 256`` (the reference's own packed run at 256²) and the next multiple of ``KV_BLOCK``.
+    the next multiple of ``KV_BLOCK`` — the key block that holds the text's last token is always full.
 
-    Why: the reference runs Qwen3-VL over text + ≥ 256 masked image slots, so SDPA gets an explicit mask and,
-    on CPU, its flash kernel walks the keys in blocks of 512 from position 0.  A text row's numbers depend on
-    the size of the block that holds its last keys: the softmax vectorises whole 16-lane chunks only (a short
-    tail is summed scalar, with another ``exp``), and oneDNN's bf16 GEMM for P·V picks its K-blocking from the
-    block size.  With ≥ 256 masked slots the block that holds the text is full (512) or ends ≥ 256 slots past
-    the text, and the masked columns add exact zeros: every resolution gives the same text rows (measured:
-    256 … 16384 image tokens), and so does padding to a full block.  Shorter pads (to a multiple of 16, 64,
-    128 or 256) are exact for most lengths but not all (README), so they are not used.
+    Why: the reference runs Qwen3-VL over text + one masked slot per image token (256 at 256², 4096 at 1024²), so
+    SDPA gets an explicit mask and, on CPU, its flash kernel walks the keys in blocks of 512 from position 0.  A
+    text row's numbers depend on the size of the block that holds its last keys (the softmax vectorises whole
+    16-lane chunks only, a short tail is summed scalar with another ``exp``; oneDNN's bf16 GEMM for P·V picks its
+    K-blocking from the block size), and on some CPUs (Intel Xeon with AMX) a block cut short by the end of the
+    sequence rounds differently from a full one even when the cut-off keys are masked.  Every reference run whose
+    sequence reaches the end of that block — every resolution from 384² up, for any caption — has it full, and
+    fully masked blocks after it add exact zeros: padding to the block's end gives the reference's text rows at
+    all those resolutions (attention kernel alone, ``benchmarks/bench_te_packed.py --kernel-sweep``: 0 of 75
+    lengths 1…2048 differ at 384², 512², 1024² on Xeon AMX; 0 of 1…896 on AMD EPYC, where a cut block rounds like
+    a full one and 256² agrees too).  At 256² (256 slots) the reference's own block is cut short when
+    ``n mod 512`` is below 256; on Xeon AMX 17 of those 75 lengths (n mod 512 ≈ 136…255) then differ in the last
+    bf16 bits from the reference's 256² run.  Shorter pads (to a multiple of 16, 64, 128 or 256) are not exact.
     """
     n = int(num_text_tokens)
-    return min(n + MIN_IMAGE_SLOTS, -(-n // KV_BLOCK) * KV_BLOCK) if n > 0 else MIN_IMAGE_SLOTS
+    return max(1, -(-n // KV_BLOCK)) * KV_BLOCK
 
 
 def build_chat_prompt(caption: str) -> str:

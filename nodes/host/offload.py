@@ -268,7 +268,7 @@ def system_ram_budget(plan, patchers: dict, activation: int):
     from . import memory_policy as mp
 
     vm = psutil.virtual_memory()
-    private = file_backed = 0
+    private = 0
     mapped: dict = {}
     for name, patcher in patchers.items():
         mem = host_memory(patcher.model)

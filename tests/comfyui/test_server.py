@@ -596,7 +596,14 @@ def test_latent_from_batch_resamples_the_item_it_picked(comfy_server):
 
     batch, item = saved("402"), saved("403")
     assert batch.shape[0] == 3 and item.shape[0] == 1
-    assert torch.equal(item[0], batch[2]) and not torch.equal(item[0], batch[0])
+    def same_sample(a, b, other):
+        # b's noise rows: equal up to bf16 GEMM rounding, which depends on the batch's row count on some CPUs
+        # (bit-equal on AMD EPYC, not on Intel Xeon AMX); another item's noise is another sample
+        near, far = float((a - b).abs().mean()), float((a - other).abs().mean())
+        return near <= 0.02 * far, (near, far)
+
+    ok, figures = same_sample(item[0], batch[2], batch[0])
+    assert ok, figures
     assert "noise: items [2] of the batch of 3 that seed 5 draws (the latent's batch_index)" in \
         entry["outputs"]["401"]["text"][0]
     # item 0 too: the latent carries its batch's size (3), so the noise is that batch's draw on every device
@@ -604,6 +611,7 @@ def test_latent_from_batch_resamples_the_item_it_picked(comfy_server):
     prompt["403"]["inputs"]["filename_prefix"] = "latents/item0"
     entry = comfy_server.run(prompt)
     assert_success(entry, comfy_server)
-    assert torch.equal(saved("403")[0], batch[0])
+    ok, figures = same_sample(saved("403")[0], batch[0], batch[2])
+    assert ok, figures
     assert "items [0] of the batch of 3" in entry["outputs"]["401"]["text"][0]  # the size the Empty Latent carries
 
