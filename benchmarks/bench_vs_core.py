@@ -7,7 +7,10 @@ Prints, for one conditional + one unconditional (image-only) forward:
 * ours with core's attention kernel for this device forced through a per-model attention override
   (``transformer_options["optimized_attention_override"]``, what attention-patch nodes do) — on the CPU
   ComfyUI's default is its sub-quadratic kernel, which is not the reference's SDPA;
-* the max |ours − core| of the velocities at t = 0.5 (≈ 5e-3: bf16 rounding, core's fused RoPE).  At a t that
+* the max |ours − core| of the velocities at t = 0.5, relative to max |core|, with our exact kernel and with
+  core's (Intel Xeon AMX, defaults: conditional pass 4.8e-2, image-only pass 7.4e-3, the same with either
+  kernel; the text projection is identical — where the conditional pass's extra gap comes from in core was
+  not isolated, ours equals the reference's goldens).  At a t that
   bf16 cannot represent the two differ completely: the reference (and ours) rounds t to bf16 before the
   1e4-scaled sinusoid, core's ``Ideogram4EmbedScalar`` does not (t = 0.4: 96 % relative difference of the
   time embedding, measured with forward hooks);
@@ -255,25 +258,31 @@ def main(argv=None):
     override = {"optimized_attention_override": lambda func, *a, **k: host_kernel(*a, **k)}
     with torch.no_grad(), ours.sampling_run():
         ov, ou = ours_step(ours, x, feats, sigma, {})
+        hv, hu = ours_step(ours, x, feats, sigma, override)
         cv, cu = core_step(core, x, feats, sigma)
         t_ours = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), args.repeats)
         t_ours_host = timed(lambda: (ours_step(ours, x, feats, sigma, override), sync()), args.repeats)
         t_core = timed(lambda: (core_step(core, x, feats, sigma), sync()), args.repeats)
     with torch.no_grad():
         t_first = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), 1)  # uncached: outside a run
-    diff = max(float((ov - cv).abs().max() / cv.abs().max()), float((ou - cu).abs().max() / cu.abs().max()))
+    def rel(a, b):  # per pass (cond, uncond): max |a − b| / max |b|
+        return [round(float((x - y).abs().max() / y.abs().max()), 5) for x, y in zip(a, b)]
+
+    diff = max(rel((ov, ou), (cv, cu)))
+    diff_host = max(rel((hv, hu), (cv, cu)))
     out.update(config=f"{cfg.num_layers}×{cfg.emb_dim} (ffn {cfg.intermediate_size}, text {cfg.llm_features_dim})",
                size=args.size, text_tokens=args.text_tokens, ours_kernel=ca.kernel_name(),
                core_kernel=comfy_attention.optimized_attention.__name__, host_kernel=host_kernel.__name__,
                ours_s=t_ours, ours_uncached_s=t_first, ours_host_attention_s=t_ours_host, core_s=t_core,
-               ratio=t_ours / t_core, ratio_host_attention=t_ours_host / t_core, rel_diff_vs_core=diff)
+               ratio=t_ours / t_core, ratio_host_attention=t_ours_host / t_core, rel_diff_vs_core=diff,
+               rel_diff_vs_core_same_kernel=diff_host, rel_diff_vs_core_per_pass=rel((ov, ou), (cv, cu)))
     print(f"{out['config']} at {args.size}², {args.text_tokens} text tokens, {device}, {out['threads']} threads:")
     print(f"  ours (exact, {out['ours_kernel']} attention, cached run): {t_ours:.3f} s per cond+uncond forward "
           f"(first step, uncached: {t_first:.3f} s)")
     print(f"  ours with the host's {host_kernel.__name__} via an attention override: {t_ours_host:.3f} s")
     print(f"  core comfy/ldm/ideogram4 ({out['core_kernel']}): {t_core:.3f} s")
     print(f"  ratio ours/core: {out['ratio']:.2f}× (exact) | {out['ratio_host_attention']:.2f}× (same kernel as core)"
-          f" | max rel |ours − core| {diff:.2e}")
+          f" | max rel |ours − core| {diff:.2e} ({diff_host:.2e} with the same kernel)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return out
