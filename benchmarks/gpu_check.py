@@ -167,8 +167,7 @@ def parity(args, device, out):
     from safetensors.torch import load_file
 
     from model import load_transformer
-    from test_dit_parity import _inputs
-    from tools.make_test_checkpoints import convert, random_state_dict, tiny_config, write_file
+    from tools.make_test_checkpoints import convert, parity_inputs as _inputs, random_state_dict, tiny_config, write_file
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -6,7 +6,7 @@ reference (``RyukoMatoiFan/ideogram4`` @ 415abf4: ``Ideogram4Transformer`` and
 ``tools.make_test_checkpoints.random_state_dict(tiny_config(), seed)`` — seed 0 conditional,
 seed 1 unconditional, head_dim 256, 2 layers, 2 heads, text width 13×32 — loaded with
 ``load_state_dict`` and ``.to(dtype)`` exactly as the reference's loader does.  Inputs
-(``_inputs`` below): ``torch.Generator().manual_seed(s)`` draws text features (B, L_max, 416)
+(``tools.make_test_checkpoints.parity_inputs``): ``torch.Generator().manual_seed(s)`` draws text features (B, L_max, 416)
 with left-padding rows zeroed, then x (B, N, 128).  Forward cases use a 3×5 token grid and
 t = 0.8989259 (single) or (0.3, 0.7) (padded batch of lengths 7 and 4).  Sampling cases run at
 384×256 px (24×16 tokens) with each official preset at full length, seed 1234, text features
@@ -27,6 +27,7 @@ from model import load_transformer
 from sampling import PRESETS, sample
 
 from kernel_family import Goldens
+from tools.make_test_checkpoints import parity_inputs
 
 GOLDEN = Goldens("dit_golden.safetensors")  # per CPU kernel family: tests/kernel_family.py
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -37,14 +38,7 @@ TOL = {"fp32": 1e-5, "bf16": 1e-6}
 BOUND = {"fp32": 1e-5, "bf16": 1e-2}
 
 
-def _inputs(seed: int, lengths: list[int], n_img: int, feat_dim: int):
-    g = torch.Generator().manual_seed(seed)
-    l_max = max(lengths)
-    feats = torch.randn(len(lengths), l_max, feat_dim, generator=g)
-    for b, n in enumerate(lengths):
-        feats[b, : l_max - n] = 0
-    x = torch.randn(len(lengths), n_img, 128, generator=g)
-    return feats, x
+_inputs = parity_inputs
 
 
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -53,6 +53,18 @@ def random_state_dict(cfg: DiTConfig, seed: int) -> dict[str, torch.Tensor]:
     return {key: random_tensor(key, shape, g) for key, shape in expected_shapes(cfg).items()}
 
 
+def parity_inputs(seed: int, lengths: list[int], n_img: int, feat_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DiT parity cases' inputs (tests/test_dit_parity.py, tools/record_goldens/dit.py): text features
+    (B, L_max, feat_dim) with left-padding rows zeroed, then x (B, n_img, 128), from one seeded CPU generator."""
+    g = torch.Generator().manual_seed(seed)
+    l_max = max(lengths)
+    feats = torch.randn(len(lengths), l_max, feat_dim, generator=g)
+    for b, n in enumerate(lengths):
+        feats[b, : l_max - n] = 0
+    x = torch.randn(len(lengths), n_img, 128, generator=g)
+    return feats, x
+
+
 def _is_linear_weight(key: str, sd: dict[str, torch.Tensor]) -> bool:
     return key.endswith(".weight") and sd[key].ndim == 2 and key != "embed_image_indicator.weight"
 

@@ -22,23 +22,12 @@ SAMPLE_HW = (256, 384)     # (height, width) px -> 16 x 24 tokens
 SAMPLE_SEED = 1234
 
 
-def _inputs(seed: int, lengths: list[int], n_img: int, feat_dim: int):
-    """Same draws as tests/test_dit_parity.py::_inputs."""
-    g = torch.Generator().manual_seed(seed)
-    l_max = max(lengths)
-    feats = torch.randn(len(lengths), l_max, feat_dim, generator=g)
-    for b, n in enumerate(lengths):
-        feats[b, : l_max - n] = 0
-    x = torch.randn(len(lengths), n_img, 128, generator=g)
-    return feats, x
-
-
 def record() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     modeling = reference_module("modeling_ideogram4", "the DiT golden")
     pipeline = reference_module("pipeline_ideogram4", "the DiT golden")
     PRESETS = reference_module("sampler_configs", "the DiT golden").PRESETS
     get_latent_norm = reference_module("latent_norm", "the DiT golden").get_latent_norm
-    from tools.make_test_checkpoints import random_state_dict, tiny_config
+    from tools.make_test_checkpoints import parity_inputs as _inputs, random_state_dict, tiny_config
 
     cfg = tiny_config()
     rcfg = modeling.Ideogram4Config(
