@@ -82,9 +82,12 @@ def pair_warnings(cond_name: str, cond_path: Path, cond_component: str, uncond_n
                   uncond_component: str) -> list[str]:
     """ValueError when both roles load the same weights; warnings when a file's name says the other role."""
     if _same_checkpoint(cond_path, cond_component, uncond_path, uncond_component):
+        hint = ("a bare transformer folder holds one model: pick the unconditional model's own folder or file "
+                "as unconditional" if cond_path.is_dir() else
+                "pick the unconditional file (e.g. ideogram4_unconditional_fp8_scaled.safetensors) as unconditional, "
+                "or leave it on auto")
         raise ValueError(f"conditional and unconditional are the same checkpoint ({cond_name!r}): guidance "
-                         "v = g·v_cond + (1 − g)·v_uncond would then do nothing. Pick the unconditional file "
-                         "(e.g. ideogram4_unconditional_fp8_scaled.safetensors) as unconditional, or leave it on auto")
+                         f"v = g·v_cond + (1 − g)·v_uncond would then do nothing. {hint[0].upper() + hint[1:]}")
     warnings = conditional_name_warnings(cond_name, cond_path)
     if not uncond_path.is_dir() and not _says_unconditional(uncond_path):
         shown = uncond_path.name if uncond_name == AUTO else uncond_name

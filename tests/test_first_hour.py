@@ -123,7 +123,7 @@ def test_same_file_for_both_roles_is_an_error(pack, tmp_path):
     guard = pack["loader_nodes"].pair_warnings
     f = tmp_path / "ideogram4_fp8_scaled.safetensors"
     f.write_bytes(b"x")
-    with pytest.raises(ValueError, match="same checkpoint .*guidance"):
+    with pytest.raises(ValueError, match="same checkpoint .*guidance.*or leave it on auto"):
         guard(f.name, f, "transformer", f.name, f, "unconditional_transformer")
     link = tmp_path / "other_name_unconditional.safetensors"
     link.symlink_to(f)
@@ -139,8 +139,9 @@ def test_same_file_for_both_roles_is_an_error(pack, tmp_path):
     bare.mkdir()
     (bare / "config.json").write_text("{}")
     (bare / "diffusion_pytorch_model.bf16.safetensors").write_bytes(b"x")
-    with pytest.raises(ValueError, match="same checkpoint"):
+    with pytest.raises(ValueError, match="same checkpoint") as err:  # auto would fail on it too: not suggested
         guard("bare/", bare, "transformer", "bare/", bare, "unconditional_transformer")
+    assert "unconditional model's own folder or file" in str(err.value) and "auto" not in str(err.value)
 
 
 def test_role_names_swapped_are_warnings(pack, tmp_path):

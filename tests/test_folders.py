@@ -33,7 +33,8 @@ def models_dir(tmp_path, monkeypatch):
     fp.get_folder_paths = lambda key: list(fp.folder_names_and_paths[key][0])
 
     def get_filename_list(key):
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in (".safetensors", ".sft"))
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")  # ComfyUI's supported extensions
+                      if p.suffix in (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pkl"))
 
     fp.get_filename_list = get_filename_list
     # ComfyUI's get_full_path: None unless the name is a file (a symbolic link to nothing is not)
@@ -136,3 +137,14 @@ def test_a_shard_alone_several_variants_and_a_dangling_link_are_explained(folder
     assert "gone.safetensors" not in folders.list_files("diffusion_models", folders.DIT_EXTENSIONS)
     with pytest.raises(ValueError, match="a symbolic link to a file that does not exist"):
         load_transformer(models_dir / "gone.safetensors")
+
+
+def test_a_pickle_checkpoint_is_left_out_and_said_once(folders, models_dir, caplog):
+    """ComfyUI lists .pt / .ckpt files; the pack's loaders never unpickle, so they are not in the combo — and the log
+    says so (once), instead of the file silently missing from the list."""
+    (models_dir / "ideogram4_model.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickle, never opened
+    caplog.set_level("WARNING", logger="ideogram4_native")
+    for _ in range(2):
+        assert "ideogram4_model.pt" not in folders.list_files("diffusion_models", folders.DIT_EXTENSIONS)
+    said = [r.getMessage() for r in caplog.records if "ideogram4_model.pt" in r.getMessage()]
+    assert len(said) == 1 and "pickle checkpoint, not listed" in said[0] and ".safetensors" in said[0], said

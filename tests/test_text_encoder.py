@@ -217,7 +217,13 @@ def test_tokenizer_without_or_with_a_foreign_template(layouts, bf16, tmp_path, c
     # Qwen2.5's template concatenates str + list for list content and raises: same fallback.
     raising = mk.write_tokenizer(tmp_path / "raising", chat_template="{{- '<|im_start|>' + messages[0]['content'] }}")
     enc = load_text_encoder(layouts["official_bf16"], taps=TAPS, tokenizer=raising)
-    assert enc.tokenize(MORE) == bf16.tokenize(MORE)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="model.text_encoder"):
+        assert enc.tokenize(MORE) == bf16.tokenize(MORE)
+    said = [r for r in caplog.records if "template" in r.getMessage()]
+    # the expected case for ComfyUI's bundled tokenizer: one INFO line, not an "<error: …>" that reads as a crash
+    assert len(said) == 1 and said[0].levelno == logging.INFO and "<error" not in said[0].getMessage()
+    assert "cannot render Ideogram 4's message (TypeError)" in said[0].getMessage()
 
 
 # ----------------------------------------------------------------------------------- formats

@@ -167,3 +167,15 @@ def test_checker_catches_drift(schemas):
     node = next(n for n in ui["nodes"] if n["type"] == "Ideogram4NativeKSampler")
     node["widgets_values"] = node["widgets_values"][:-1]
     assert any("no value" in p for p in check_ui(ui, schemas))
+
+
+def test_every_template_has_a_thumbnail():
+    """The frontend asks /api/workflow_templates/<pack>/<name>.jpg for each template (a 404 per missing one)."""
+    from PIL import Image
+
+    templates = sorted((REPO / "workflows").glob("*.json"))
+    assert len(templates) >= 3
+    for t in templates:
+        with Image.open(t.with_suffix(".jpg")) as im:
+            assert im.format == "JPEG" and im.width >= 256 and im.height >= 192, (t.name, im.format, im.size)
+        assert t.with_suffix(".jpg").stat().st_size < 200_000

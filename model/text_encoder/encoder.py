@@ -270,15 +270,17 @@ class Ideogram4TextEncoder(nn.Module):
                 rendered = self.tokenizer.apply_chat_template(chat_messages(caption), add_generation_prompt=True,
                                                               tokenize=False)
             except Exception as exc:  # a template that cannot render list content (e.g. ComfyUI's qwen25_tokenizer)
-                rendered, level = f"<error: {type(exc).__name__}: {exc}>", logging.INFO
-            else:
-                level = logging.WARNING
+                if not self._template_warned:
+                    self._template_warned = True
+                    log.info("The tokenizer's chat template cannot render Ideogram 4's message (%s); the encoder uses "
+                             "Ideogram 4's fixed template, as intended for this tokenizer.", type(exc).__name__)
+                return expected
             if rendered == expected:
                 return rendered
             if not self._template_warned:
                 self._template_warned = True
-                log.log(level, "The tokenizer's chat template renders %r instead of Ideogram 4's fixed template "
-                        "(no system prompt, no think block); using the fixed template.", str(rendered)[:160])
+                log.warning("The tokenizer's chat template renders %r instead of Ideogram 4's fixed template "
+                            "(no system prompt, no think block); using the fixed template.", str(rendered)[:160])
         return expected
 
     def tokenize(self, captions: Sequence[str]) -> list[list[int]]:

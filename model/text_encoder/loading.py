@@ -445,7 +445,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     source = Path(source).expanduser()
     if source.suffix.lower() == ".gguf":
         raise ValueError(f"{source}: a GGUF text encoder (llama.cpp / ComfyUI-GGUF) is not supported; this pack reads "
-                         "Qwen3-VL-8B from safetensors: Comfy-Org's qwen3vl_8b_fp8_scaled.safetensors (8.8 GB), or an "
+                         "Qwen3-VL-8B from safetensors: Comfy-Org's qwen3vl_8b_fp8_scaled.safetensors (10.6 GB), or an "
                          "official repository's text_encoder/ (bf16 / fp8 / nf4)")
     reader = open_checkpoint(source, COMPONENT)
     files = reader.files

@@ -122,7 +122,9 @@ def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_u
     fp = _folder_paths()
     if key not in fp.folder_names_and_paths:
         return []
-    names = [n for n in fp.get_filename_list(key) if n.lower().endswith(extensions)]
+    listed = fp.get_filename_list(key)
+    names = [n for n in listed if n.lower().endswith(extensions)]
+    _report_pickles(key, [n for n in listed if not n.lower().endswith(extensions)])
     extra = tuple(e for e in extensions if e not in WEIGHT_EXTENSIONS)  # ComfyUI's list has no .gguf / .json
     if extra:
         def wanted(n: str) -> bool:  # diffusers variant indexes (….safetensors.index.bf16.json) too
@@ -140,6 +142,17 @@ def list_files(key: str, extensions: tuple[str, ...] = WEIGHT_EXTENSIONS, hide_u
 
 
 _REPORTED_LINKS: set[Path] = set()
+_REPORTED_PICKLES: set[tuple[str, str]] = set()
+
+
+def _report_pickles(key: str, names: list[str]) -> None:
+    """ComfyUI lists pickle checkpoints (``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` / ``.pkl``); the pack never unpickles
+    a file, so they are left out of its combos — logged once each, so a file the user put there is not just gone."""
+    for name in names:
+        if (key, name) not in _REPORTED_PICKLES:
+            _REPORTED_PICKLES.add((key, name))
+            log.warning("models/%s: %s is a pickle checkpoint, not listed by the Ideogram 4 loaders (they never "
+                        "unpickle a file): use its .safetensors release, or convert it", key, name)
 
 
 def _dangling(bases: list[Path], name: str) -> bool:

@@ -25,8 +25,7 @@ from .model_call import pass_options
 # model_options key → (what it is, nodes that set it)
 CFG_HOOKS = {
     "sampler_cfg_function": ("a CFG function", "RescaleCFG, PerpNeg, RenormCFG"),
-    "sampler_post_cfg_function": ("post-CFG functions", "CFGNorm, CFGZeroStar, Mahiro, SkipLayerGuidanceDiT, "
-                                                        "PerturbedAttentionGuidance, SelfAttentionGuidance"),
+    "sampler_post_cfg_function": ("post-CFG functions", "CFGNorm, CFGZeroStar, Mahiro, SkipLayerGuidanceDiT"),
     "sampler_pre_cfg_function": ("pre-CFG functions", "APG, TCFG, FreSca"),
 }
 BATCH_FUNCTION = ("sampler_calc_cond_batch_function", "a batch function for the model calls (e.g. "
@@ -36,6 +35,11 @@ DENOISE_MASK = ("denoise_mask_function", "a denoise-mask function", "Differentia
 # wrappers of its own model through ComfyUI's CFGGuider; both DiTs run apply_model and diffusion_model wrappers)
 SAMPLER_WRAPPERS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise", "calc_cond_batch")
 GUIDER_RUNS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise")
+# post-CFG functions that re-run the model with a UNet self-attention patch: no sampler can apply them to this DiT
+# (its model call refuses the patch), so they are named as such instead of being sent to the Guider
+UNET_ATTENTION_GUIDANCE = {"comfy_extras.nodes_pag": "PerturbedAttentionGuidance",
+                           "comfy_extras.nodes_sag": "SelfAttentionGuidance"}
+SHIFT = "a sampling shift (ModelSamplingSD3 / AuraFlow / Flux)"
 USE_GUIDER = ("sample with SamplerCustomAdvanced + Ideogram4 Guider (applies CFG hooks and denoise-mask functions of "
               "the model connected to it; the result is then not reference-exact), or remove the node")
 
@@ -86,9 +90,36 @@ def object_patch_problems(object_patches: dict, *, shift_applies: bool) -> list[
     the patched diffusion model and its layers' switches (TorchCompileModel, Fast FP8); a compute dtype is a
     model-level problem (:func:`model_level_problems`)."""
     if "model_sampling" in object_patches and not shift_applies:
-        return ["a sampling shift (ModelSamplingSD3 / AuraFlow / Flux): the Ideogram4 KSampler runs the reference "
-                "schedule — set its mu / std (or preset) instead"]
+        return [f"{SHIFT}: the Ideogram4 KSampler runs the reference schedule — set its mu / std (or preset) instead"]
     return []
+
+
+def unet_attention_guidance(model_options: dict) -> list[str]:
+    """The UNet-only guidance nodes among ``model_options``' post-CFG functions (refused on every sampler)."""
+    found = {UNET_ATTENTION_GUIDANCE[getattr(f, "__module__", "")]
+             for f in model_options.get("sampler_post_cfg_function") or []
+             if getattr(f, "__module__", "") in UNET_ATTENTION_GUIDANCE}
+    return [f"{name} (it re-runs a UNet's self-attention blocks; this DiT has none)" for name in sorted(found)]
+
+
+def _cfg_hooks(model_options: dict, key: str) -> list:
+    hooks = model_options.get(key)
+    if key == "sampler_post_cfg_function":
+        return [f for f in hooks or [] if getattr(f, "__module__", "") not in UNET_ATTENTION_GUIDANCE]
+    return hooks
+
+
+def shift_with_pack_sigmas(patchers: dict) -> None:
+    """``ValueError`` when a model given to the Ideogram4 Guider carries a sampling shift while the sigmas come from
+    Ideogram4 Sigmas, which reads no model (the shift would be silently unused)."""
+    shifted = [role for role, p in patchers.items()
+               if p is not None and "model_sampling" in (getattr(p, "object_patches", {}) or {})]
+    if shifted:
+        raise ValueError(f"Ideogram4 Guider: the {' and '.join(shifted)} model carries {SHIFT}, but the sigmas come "
+                         "from Ideogram4 Sigmas, which reads no model, so the shift would not be used. Set Ideogram4 "
+                         "Sigmas' mu / std (or preset) instead, or make the sigmas with a scheduler that reads the "
+                         "shifted model (BasicScheduler on the conditional model; the result is then not the "
+                         "reference schedule)")
 
 
 def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: dict, *, path: str,
@@ -98,7 +129,7 @@ def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: 
     Guider's conditional model)."""
     problems = []
     for key, (what, nodes) in CFG_HOOKS.items():
-        if _non_empty(model_options.get(key)) and not runs_hooks:
+        if _non_empty(_cfg_hooks(model_options, key)) and not runs_hooks:
             problems.append(f"{what} (e.g. {nodes})")
     if model_options.get(BATCH_FUNCTION[0]) is not None:
         problems.append(BATCH_FUNCTION[1])
@@ -154,20 +185,26 @@ def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None
     property of ``conditioning`` (the positive CONDITIONING) that ``path`` does not apply; ``hooks_of``: the role whose
     CFG hooks and sampler wrappers the path runs."""
     found = conditioning_problems(conditioning)
+    nowhere = []
     for role, patcher in patchers.items():
         if patcher is None:
             continue
         for problem in patcher_problems(patcher, path=path, runs_hooks=role == hooks_of):
             found.append(f"{role} model: {problem}")
-    if not found:
+        nowhere += [f"{role} model: {p}" for p in unet_attention_guidance(getattr(patcher, "model_options", {}) or {})]
+    if not found and not nowhere:
         return
     where = "the Ideogram4 KSampler" if path == "ksampler" else "the Ideogram4 Guider"
     advice = (USE_GUIDER if path == "ksampler" else
               "connect the patch node to the conditional model (the Guider's first input) where it is a CFG "
               "hook, or remove the node")
-    raise ValueError(f"{where} would not apply these patches: " + "; ".join(found) + f". To use them: {advice}. "
-                     "Patches that this DiT cannot apply (block / attention / RoPE patches) are refused on every "
-                     "sampler.")
+    parts = []
+    if found:
+        parts.append(f"{where} would not apply these patches: " + "; ".join(found) + f". To use them: {advice}.")
+    if nowhere:
+        parts.append("No Ideogram 4 sampler can apply " + "; ".join(nowhere) + ": remove the node.")
+    raise ValueError(" ".join(parts) + " Patches that this DiT cannot apply (block / attention / RoPE patches) are "
+                     "refused on every sampler.")
 
 
 def check_model_call(transformer_options: dict, honoured_blocks: Collection = (), *, manual_cast_dtype=None,

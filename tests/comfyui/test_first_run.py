@@ -161,6 +161,37 @@ def test_first_run_log(first_server):
     print("Model Loader:", entry["outputs"]["1"]["text"][0].splitlines()[0])
 
 
+def _readme_python_example(server, out: Path, extra: str = "") -> "subprocess.CompletedProcess":
+    """The README's Python headless example, verbatim but for the server address and the template's path (and
+    ``extra`` lines run just before it posts), in a fresh interpreter with ``out`` as its working folder."""
+    import re
+    import subprocess
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Headless use"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for old, new in (('SERVER = "http://127.0.0.1:8188"', f"SERVER = {server.url!r}"),
+                     ('open("workflows/api/image_ideogram4_t2i_api.json")', f"open({str(API_TEMPLATE)!r})"),
+                     ("\nreq = urllib.request.Request(", f"\n{extra}\nreq = urllib.request.Request(")):
+        assert code.count(old) == 1, old
+        code = code.replace(old, new)
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=900)
+
+
+def test_the_readme_python_example_runs_as_written(first_server, tmp_path):
+    from PIL import Image
+
+    proc = _readme_python_example(first_server, tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pngs = list((tmp_path / "ok").glob("*.png"))
+    assert len(pngs) == 1 and Image.open(pngs[0]).size == (1360, 768)
+    # an invalid input: the example's 400 branch prints which node, field and value (urllib raises on the 400)
+    bad = _readme_python_example(first_server, tmp_path / "bad", extra='prompt["7"]["inputs"]["steps"] = 0')
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert "'7'" in bad.stderr and "steps" in bad.stderr, bad.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- 10. clean exception type
 
 def _with_preview(node: dict) -> dict:

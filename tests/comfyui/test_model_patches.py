@@ -149,6 +149,18 @@ pag = nodes_pag.PerturbedAttentionGuidance().patch(pc, 3.0)[0] if hasattr(nodes_
 core_pos = [[feats, {"text_lengths": [4]}]]
 res["core_ksampler_pag"] = error(lambda: core_nodes.common_ksampler(pag, 5, 2, 5.0, "euler", "simple", core_pos,
                                                                     core_pos, latent))
+res["pag_one_node"] = error(lambda: one_node(pag, pu))
+res["pag_guider"] = error(lambda: guided(pag, pu))
+# a sampling shift with the Guider: refused with Ideogram4 Sigmas (reads no model), applied by BasicScheduler
+shifted = nodes_model_advanced.ModelSamplingSD3().patch(pc, 6.0)[0]
+res["shift_pack_sigmas"] = error(lambda: guided(shifted, pu))
+def with_scheduler(c):
+    guider = out(sn.Ideogram4NativeGuider.execute(c, pu, positive, "custom", G, 0, 3.0, ""))[0]
+    sampler = out(sn.Ideogram4NativeSampler.execute())[0]
+    sigmas = comfy.samplers.calculate_sigmas(c.get_model_object("model_sampling"), "simple", STEPS).cpu()
+    noise = out(sn.Ideogram4NativeNoise.execute(5))[0]
+    return guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas, seed=5)
+res["shift_basic_scheduler_changes"] = not bool(torch.equal(with_scheduler(shifted), with_scheduler(pc)))
 
 # 5. ModelMergeSimple of packed models merges their decoded weights
 res["merge"] = {}
@@ -227,6 +239,20 @@ def test_ksampler_refuses_patches_its_reference_loop_does_not_run(result):
     assert "sampling shift" in e["ModelSamplingSD3"] and "mu / std" in e["ModelSamplingSD3"]
     assert "denoise-mask function (e.g. DifferentialDiffusion" in e["denoise_mask"]
     assert "outer_sample wrappers (test)" in e["outer_sample_wrapper"]
+
+
+def test_unet_attention_guidance_is_refused_without_sending_it_to_the_guider(result):
+    for key in ("pag_one_node", "pag_guider"):
+        e = result[key]
+        assert "No Ideogram 4 sampler can apply conditional model: PerturbedAttentionGuidance" in e, e
+        assert "remove the node" in e and "To use them" not in e, e  # it is not a CFG hook the Guider would run
+
+
+def test_a_shift_is_refused_with_ideogram4_sigmas_and_used_by_a_scheduler_that_reads_it(result):
+    e = result["shift_pack_sigmas"]
+    assert "conditional model carries a sampling shift" in e and "Ideogram4 Sigmas, which reads no model" in e, e
+    assert "BasicScheduler" in e
+    assert result["shift_basic_scheduler_changes"]
 
 
 def test_dit_applies_block_replacements_and_refuses_what_it_has_no_hook_for(result):
