@@ -11,7 +11,6 @@ Skipped unless ``COMFYUI_PATH`` is set.
 
 from __future__ import annotations
 
-import pytest
 from comfy_harness import LORA_WORKER_SETUP, requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()

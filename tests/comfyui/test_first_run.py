@@ -161,7 +161,7 @@ def test_first_run_log(first_server):
     print("Model Loader:", entry["outputs"]["1"]["text"][0].splitlines()[0])
 
 
-def _readme_python_example(server, out: Path, extra: str = "") -> "subprocess.CompletedProcess":
+def _readme_python_example(server, out: Path, extra: str = ""):
     """The README's Python headless example, verbatim but for the server address and the template's path (and
     ``extra`` lines run just before it posts), in a fresh interpreter with ``out`` as its working folder."""
     import re

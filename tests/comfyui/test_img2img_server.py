@@ -338,7 +338,7 @@ def test_sampler_custom_advanced_with_set_latent_noise_mask_keeps_the_region(com
 def test_core_vae_encode_through_the_converter_matches_our_encoder(comfy_server, comfy_models):
     prompt = template("image_ideogram4_img2img", Ideogram4NativeVAELoader={"vae_name": VAE_CORE, "dtype": "fp32"})
     ids = {v["class_type"]: k for k, v in prompt.items()}
-    load, enc, vae = ids["LoadImage"], ids["Ideogram4NativeVAEEncode"], ids["Ideogram4NativeVAELoader"]
+    load, enc = ids["LoadImage"], ids["Ideogram4NativeVAEEncode"]
     ks = ids["Ideogram4NativeKSampler"]
     prompt.update({
         "600": {"class_type": "VAELoader", "inputs": {"vae_name": VAE_CORE}},

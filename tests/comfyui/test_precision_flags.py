@@ -7,7 +7,6 @@ Skipped unless ``COMFYUI_PATH`` is set.
 
 from __future__ import annotations
 
-import pytest
 from comfy_harness import requires_comfyui, worker_result
 
 pytestmark = requires_comfyui()
