@@ -167,6 +167,10 @@ def test_conditioning_contract(pack):
     padded = [[torch.randn(1, 4, 8), {"attention_mask": torch.tensor([[0, 1, 1, 1]])}]]
     with pytest.raises(ValueError, match="padded"):
         c.text_from_conditioning(padded)
+    # core ConditioningConcat joins two captions' features along the tokens and keeps the first one's text_lengths
+    concat = [[torch.cat([feats[:1], feats[1:]], dim=1), {"text_lengths": [5], c.MARKER: True}]]
+    with pytest.raises(ValueError, match=r"hold 10 token rows but the caption\(s\) 5 .*ConditioningConcat"):
+        c.text_from_conditioning(concat)
 
 
 def test_feature_width_is_checked_against_the_dit(pack):

@@ -52,7 +52,7 @@ from . import memory_policy as mp
 from .dtype_flags import flag_dtype, flag_note
 from .lora_patching import (Ideogram4ModelPatcher, RolePatched, clear_dead_roles, computing_dit,
                             install_key_map_hook)
-from .conditioning import feature_width_problem
+from .conditioning import feature_width_problem, rows_problem
 from .model_patches import check_model_call
 from .text_projection_release import text_projection_hook
 from .offload import system_ram_budget
@@ -245,6 +245,14 @@ class TextLengthsCond(comfy.conds.CONDRegular):
         return [len(self.cond)]
 
 
+# A wrapper that swaps ``diffusion_model`` for another model's (TorchCompileModel's APPLY_MODEL wrapper when a guider
+# hands one model's options to the other model's pass, as core's Dual Model CFG Guider does) would run the wrong weights
+ANOTHER_MODELS_DIT = ("this model's pass would run another model's DiT: an APPLY_MODEL wrapper from the other model "
+                      "(TorchCompileModel) swapped it in — core's Dual Model CFG Guider hands the conditional model's "
+                      "options to both passes. Sample with SamplerCustomAdvanced + Ideogram4 Guider, which runs each "
+                      "pass with its own model's options (TorchCompileModel on each model), or remove TorchCompileModel")
+
+
 class Ideogram4NativeModel(comfy.model_base.BaseModel):
     """ComfyUI model wrapper around an ``Ideogram4DiT`` (conditional or unconditional weights).
 
@@ -258,6 +266,7 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
     def __init__(self, model_config: Ideogram4NativeConfig, dit: torch.nn.Module, device=None):
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = dit
+        self._own_dit = (dit,)  # a tuple: not registered as a submodule
         mm.archive_model_dtypes(self.diffusion_model)
 
     # ComfyUI asks the model for its dtype in many places; ours is the compute dtype.
@@ -299,6 +308,12 @@ class Ideogram4NativeModel(comfy.model_base.BaseModel):
                 lengths = [int(v) for v in (lengths.reshape(-1).tolist() if torch.is_tensor(lengths) else lengths)]
                 if len(lengths) != b and b % len(lengths) == 0:  # ComfyUI repeated / batched equal conds
                     lengths = lengths * (b // len(lengths))
+                problem = rows_problem(int(feats.shape[1]), lengths)
+                if problem:
+                    raise ValueError(problem)
+        running = getattr(self.diffusion_model, "_orig_mod", self.diffusion_model)  # a torch.compile'd module's own
+        if running is not self._own_dit[0]:
+            raise ValueError(ANOTHER_MODELS_DIT)
         clear_dead_roles(computing_dit(self.diffusion_model))  # patches of views dropped since the last call
         check_model_call(transformer_options, self.replaceable_blocks, manual_cast_dtype=self.manual_cast_dtype,
                          control=control)

@@ -54,7 +54,22 @@ def text_from_conditioning(conditioning, what: str = "positive") -> tuple[torch.
             raise ValueError(f"{what}: padded conditioning without text_lengths is not supported; use the "
                              "Ideogram4 Native Text Encode node")
         lengths = [features.shape[1]] * features.shape[0]
-    return features.to(torch.float32), [int(v) for v in lengths], bool(extra.get(MARKER, False))
+    lengths = [int(v) for v in lengths]
+    problem = rows_problem(int(features.shape[1]), lengths, what)
+    if problem:
+        raise ValueError(problem)
+    return features.to(torch.float32), lengths, bool(extra.get(MARKER, False))
+
+
+def rows_problem(rows: int, lengths: Sequence[int], what: str = "positive") -> Optional[str]:
+    """The features' row count must be the longest caption's (left padding): a node that concatenates conditionings
+    along the tokens (ConditioningConcat) keeps the first caption's ``text_lengths`` over a longer tensor, and the
+    DiT would then mask the wrong rows."""
+    if lengths and max(lengths) != rows:
+        return (f"{what}: the text features hold {rows} token rows but the caption(s) {max(lengths)} "
+                f"(text_lengths {list(lengths)}): a node such as ConditioningConcat joined conditionings along the "
+                "tokens. Ideogram 4 takes one caption per image — put everything into one JSON caption")
+    return None
 
 
 def batch_text(features: torch.Tensor, lengths: list[int], batch: int, what: str = "positive") -> tuple[torch.Tensor, list[int]]:

@@ -150,6 +150,25 @@ core_pos = [[feats, {"text_lengths": [4]}]]
 res["core_ksampler_pag"] = error(lambda: core_nodes.common_ksampler(pag, 5, 2, 5.0, "euler", "simple", core_pos,
                                                                     core_pos, latent))
 res["pag_one_node"] = error(lambda: one_node(pag, pu))
+concat = core_nodes.ConditioningConcat().concat(positive, positive)[0]
+res["concat_core_ksampler"] = error(lambda: core_nodes.common_ksampler(pc, 5, 2, 5.0, "euler", "simple", concat,
+                                                                       [[None, {}]], latent))
+# core's Dual Model CFG Guider hands the conditional model's options to both passes: TorchCompileModel's APPLY_MODEL
+# wrapper (here with the uncompiled module, the same swap) would run the conditional DiT for the unconditional pass
+from comfy_api.torch_helpers.torch_compile import apply_torch_compile_factory
+from comfy_extras import nodes_custom_sampler as ncs
+def dual(c):
+    guider = out(ncs.DualModelGuider.execute(c, positive, G, model_negative=pu))[0]
+    sampler = out(sn.Ideogram4NativeSampler.execute())[0]
+    sigmas = out(sn.Ideogram4NativeSigmas.execute("custom", W, H, STEPS, 0.0, 1.75))[0]
+    noise = out(sn.Ideogram4NativeNoise.execute(5))[0]
+    return guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas, seed=5)
+swapped = pc.clone()
+swapped.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "torch.compile",
+                             apply_torch_compile_factory({"diffusion_model": pc.model.diffusion_model}))
+res["dual_guider_plain_runs"] = error(lambda: dual(pc)) is None
+res["dual_guider_cross_model_wrapper"] = error(lambda: dual(swapped))
+res["own_swap_runs"] = error(lambda: one_node(swapped, pu)) is None  # its own DiT swapped in: fine
 res["pag_guider"] = error(lambda: guided(pag, pu))
 # a sampling shift with the Guider: refused with Ideogram4 Sigmas (reads no model), applied by BasicScheduler
 shifted = nodes_model_advanced.ModelSamplingSD3().patch(pc, 6.0)[0]
@@ -246,6 +265,17 @@ def test_unet_attention_guidance_is_refused_without_sending_it_to_the_guider(res
         e = result[key]
         assert "No Ideogram 4 sampler can apply conditional model: PerturbedAttentionGuidance" in e, e
         assert "remove the node" in e and "To use them" not in e, e  # it is not a CFG hook the Guider would run
+
+
+def test_conditioning_concat_is_refused_in_the_model_call(result):
+    e = result["concat_core_ksampler"]
+    assert e and "hold 8 token rows but the caption(s) 4" in e and "ConditioningConcat" in e, e
+
+
+def test_another_models_dit_swapped_in_by_a_wrapper_is_refused(result):
+    assert result["dual_guider_plain_runs"] and result["own_swap_runs"]
+    e = result["dual_guider_cross_model_wrapper"]
+    assert e and "would run another model's DiT" in e and "Ideogram4 Guider" in e, e
 
 
 def test_a_shift_is_refused_with_ideogram4_sigmas_and_used_by_a_scheduler_that_reads_it(result):
