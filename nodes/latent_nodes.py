@@ -111,7 +111,9 @@ class Ideogram4NativeEmptyLatent(io.ComfyNode):
         check_size("Ideogram4 Empty Latent", w, h)
         gh, gw = token_grid(w, h)
         samples = empty_latent(batch_size, LATENT_CHANNELS, gh, gw)
-        return io.NodeOutput(model_latent(samples), w, h)
+        text = f"{w}×{h}, batch {batch_size}" + ("" if aspect_ratio == CUSTOM else
+                                                 f" (aspect_ratio {aspect_ratio}: width/height widgets not used)")
+        return io.NodeOutput(model_latent(samples), w, h, ui={"text": [text]})
 
 
 class Ideogram4NativeVAEDecode(io.ComfyNode):

@@ -206,7 +206,7 @@ class Ideogram4NativeKSampler(io.ComfyNode):
             require_ideogram4(unconditional_model, "unconditional_model")
         check_feature_width(positive, dit_of(model).config.llm_features_dim)
         check_denoise("Ideogram4 KSampler", denoise, latent)
-        notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS)] if n]
+        notes = [n for n in [unused_widgets_note(preset, SCHEDULE_WIDGETS + GUIDANCE_WIDGETS, guidance_schedule)] if n]
         init = mask = None
         if latent is not None:
             batch_size, width, height = size_from_latent(latent)
@@ -322,7 +322,7 @@ class Ideogram4NativeGuider(io.ComfyNode):
         spec = GuidanceSpec.from_inputs(preset, guidance, polish_steps, polish_guidance, guidance_schedule)
         guider = Ideogram4Guider(model, unconditional_model, spec)
         guider.set_positive(positive)
-        note = unused_widgets_note(preset, GUIDANCE_WIDGETS)
+        note = unused_widgets_note(preset, GUIDANCE_WIDGETS, guidance_schedule)
         return io.NodeOutput(guider, ui={"text": ["\n".join([spec.describe()] + ([note] if note else []))]})
 
 

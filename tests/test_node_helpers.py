@@ -240,6 +240,9 @@ def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack)
         assert msg is not True and "width" in msg
     ss = pack["sampler_settings"]
     assert ss.unused_widgets_note("custom", ss.SCHEDULE_WIDGETS) is None
+    assert ss.unused_widgets_note("custom", ss.GUIDANCE_WIDGETS, "") is None
+    assert ss.unused_widgets_note("custom", ss.GUIDANCE_WIDGETS, "7,7,7,3") == (
+        "guidance_schedule gives every step's guidance: guidance, polish_steps, polish_guidance not used")
     assert ss.unused_widgets_note("V4_TURBO_12", ss.SCHEDULE_WIDGETS + ss.GUIDANCE_WIDGETS) == (
         "preset V4_TURBO_12 ran: steps, mu, std, guidance, polish_steps, polish_guidance, guidance_schedule not used "
         "(custom only)")

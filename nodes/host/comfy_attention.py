@@ -7,7 +7,8 @@ and every kernel is ``wrap_attn``-decorated, so a per-model override in
 
 One exception keeps the default path reference-exact: when ComfyUI falls back to its
 sub-quadratic kernel only because PyTorch attention is not enabled (the CPU default), we use its
-``attention_pytorch`` (SDPA, the reference's kernel; overrides still apply).
+``attention_pytorch`` (SDPA, the reference's kernel; overrides still apply).  ``--use-quad-cross-attention``
+asks for the sub-quadratic kernel by name: then it runs (not reference-exact).
 
 Masks (padded caption batches only) are built once per sampling run in the form of the kernel that
 will run: bool for SDPA (the reference's call); additive (0 / −max, ComfyUI's convention, which every
@@ -28,16 +29,34 @@ import comfy.ldm.modules.attention as comfy_attention
 from ...model.dit.attention import additive_mask, bool_mask
 
 
+def _quad_asked_for() -> bool:
+    """``--use-quad-cross-attention`` on the command line: the user chose the sub-quadratic kernel."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:  # pragma: no cover - ComfyUI without cli_args
+        return False
+    return bool(getattr(args, "use_quad_cross_attention", False))
+
+
 def host_kernel():
-    """The attention function ComfyUI dispatches to (see the module docstring for the one exception)."""
+    """The attention function ComfyUI dispatches to (see the module docstring for the one exception: the
+    sub-quadratic kernel as ComfyUI's fallback, not when ``--use-quad-cross-attention`` asks for it)."""
     fn = comfy_attention.optimized_attention
-    if fn is comfy_attention.attention_sub_quad:
+    if fn is comfy_attention.attention_sub_quad and not _quad_asked_for():
         return comfy_attention.attention_pytorch
     return fn
 
 
 def kernel_name() -> str:
     return host_kernel().__name__.removeprefix("attention_")
+
+
+def kernel_note() -> str:
+    """What the node says about attention: the kernel ComfyUI's flags select, and whether it is the reference's."""
+    name = kernel_name()
+    exact = host_kernel() is comfy_attention.attention_pytorch
+    return f"attention: {name}" + (" (SDPA, the reference's kernel)" if exact else
+                                   " (ComfyUI's flags; not the reference's SDPA: close, not bit-exact)")
 
 
 def masked_kernel():

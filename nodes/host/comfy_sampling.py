@@ -46,6 +46,7 @@ import latent_preview
 from ...model.vae import latents as lat
 from ...sampling import draw_noise, sample, schedule_steps, sigma_from_time, time_grid, token_grid
 from ...sampling.masks import latent_mask
+from .comfy_attention import kernel_note
 from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .model_call import HostModelCall, call_model
@@ -177,7 +178,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),
                          n_img=int(gh * gw), n_txt=int(self.features.shape[1]))
-        log.info("Ideogram4 guider %s", plan.summary().replace("\n", " |"))
+        log.info("Ideogram4 guider %s | %s", plan.summary().replace("\n", " |"), kernel_note())
         return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
                               disable_pbar=disable_pbar, seed=seed)
 
@@ -371,5 +372,6 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
         if uncond is not None:
             uncond.cleanup()
     elapsed = time.perf_counter() - t0
-    info.append(f"sampled {batch}×{width}×{height} in {elapsed:.1f} s ({elapsed / n:.2f} s/step) on {device}")
+    info.append(f"sampled {batch}×{width}×{height} in {elapsed:.1f} s ({elapsed / n:.2f} s/step) on {device}; "
+                f"{kernel_note()}")
     return lat.tokens_to_comfy(z, gh, gw).to(mm.intermediate_device()), info

@@ -109,9 +109,12 @@ SCHEDULE_WIDGETS = ("steps", "mu", "std")
 GUIDANCE_WIDGETS = ("guidance", "polish_steps", "polish_guidance", "guidance_schedule")
 
 
-def unused_widgets_note(preset: str, names: tuple[str, ...]) -> Optional[str]:
-    """The report line naming the custom-only widgets a preset ignores (None for ``custom``)."""
+def unused_widgets_note(preset: str, names: tuple[str, ...], guidance_schedule: str = "") -> Optional[str]:
+    """The report line naming the widgets that did not apply: the custom-only ones under a preset; under ``custom``,
+    guidance / polish_steps / polish_guidance when a ``guidance_schedule`` gives every step's guidance."""
     if preset == CUSTOM:
+        if "guidance_schedule" in names and str(guidance_schedule).strip():
+            return "guidance_schedule gives every step's guidance: guidance, polish_steps, polish_guidance not used"
         return None
     return f"preset {preset} ran: {', '.join(names)} not used (custom only)"
 

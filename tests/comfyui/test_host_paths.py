@@ -74,6 +74,16 @@ try:
                     str(ca.attention_mask(allowed, torch.bfloat16, {}).dtype)]
 finally:
     comfy_attention.optimized_attention = real_default
+# the sub-quadratic kernel: ComfyUI's CPU fallback runs SDPA (exact); asked for by --use-quad-cross-attention it runs
+from comfy.cli_args import args as cli_args
+comfy_attention.optimized_attention = comfy_attention.attention_sub_quad
+try:
+    res["quad"] = {"fallback": [ca.host_kernel().__name__, ca.kernel_note()]}
+    cli_args.use_quad_cross_attention = True
+    res["quad"]["asked"] = [ca.host_kernel().__name__, ca.kernel_note()]
+finally:
+    cli_args.use_quad_cross_attention = False
+    comfy_attention.optimized_attention = real_default
 oracle = cm.load_transformer(paths["bf16"][0], dtype=torch.bfloat16)  # plain torch, SDPA
 from i4pack.model.vae import latents as lat
 ref = oracle(lat.comfy_to_tokens(x), 1 - sigma, feats, grid_hw=(3, 4), text_lengths=[7, 4])
@@ -251,6 +261,12 @@ def test_an_override_routing_to_another_kernel_gets_a_mask_it_takes(result, kern
 
 def test_flash_attention_host_sends_masked_calls_to_sdpa(result):
     assert result["flash"] == ["attention_pytorch", "attention_flash", "torch.bool"]
+
+
+def test_the_sub_quadratic_kernel_runs_when_asked_for_and_the_node_says_which_ran(result):
+    q = result["quad"]
+    assert q["fallback"] == ["attention_pytorch", "attention: pytorch (SDPA, the reference's kernel)"]
+    assert q["asked"][0] == "attention_sub_quad" and "not the reference's SDPA" in q["asked"][1]
 
 
 def test_one_node_sampler_is_exact_and_honours_model_patches(result):

@@ -615,3 +615,13 @@ def test_latent_from_batch_resamples_the_item_it_picked(comfy_server):
     assert ok, figures
     assert "items [0] of the batch of 3" in entry["outputs"]["401"]["text"][0]  # the size the Empty Latent carries
 
+
+
+def test_empty_latent_says_its_size_and_when_width_height_are_not_used(comfy_server):
+    prompt = template()
+    empty = node_id(prompt, "Ideogram4NativeEmptyLatent")
+    prompt[empty]["inputs"].update(aspect_ratio="1360x768 (16:9)", width=512, height=512)
+    entry = comfy_server.run(prompt)
+    assert_success(entry, comfy_server)
+    assert entry["outputs"][empty]["text"][0] == \
+        "1360×768, batch 1 (aspect_ratio 1360x768 (16:9): width/height widgets not used)"
