@@ -8,14 +8,15 @@
 // * Inert widgets: on Ideogram4 KSampler / Sigmas / Guider the custom-only
 //   widgets are disabled (greyed, not editable) while a preset is selected, and
 //   width/height/batch_size while a latent is connected (the Python report says
-//   the same). Their values are still saved with the workflow.
+//   the same); on Empty Latent, width/height while aspect_ratio is not custom.
+//   Their values are still saved with the workflow.
 //
 // The DOM-free logic lives in ./lib/node_ui.js (unit tested with node --test).
 
 import { app } from "../../scripts/app.js";
 import { chain as chainHook } from "./lib/chain.js";
 import { api } from "../../scripts/api.js";
-import { REPORT_WIDGET, INERT_RULES, inertWidgets, isPackNode, reportText } from "./lib/node_ui.js";
+import { REPORT_WIDGET, INERT_RULES, inertWidgets, isPackNode, reportText, selectorOf } from "./lib/node_ui.js";
 
 export const EXTENSION_NAME = "Ideogram4Native.NodeUI";
 const STYLE_ID = "ideogram4-node-ui-style";
@@ -88,7 +89,7 @@ function clearReports(graph) {
 function updateInert(node) {
   const rule = INERT_RULES[node.type ?? node.comfyClass];
   if (!rule || !node.widgets) return;
-  const preset = node.widgets.find((w) => w.name === "preset")?.value;
+  const preset = node.widgets.find((w) => w.name === selectorOf(node.type ?? node.comfyClass))?.value;
   const latentLinked = node.inputs?.some((i) => i.name === "latent" && i.link !== null && i.link !== undefined);
   const inert = inertWidgets(node.type ?? node.comfyClass, { preset, latentLinked });
   let changed = false;
@@ -117,7 +118,7 @@ export const extension = {
     });
     if (!INERT_RULES[nodeData.name]) return;
     chain(nodeType.prototype, "onNodeCreated", function () {
-      const preset = this.widgets?.find((w) => w.name === "preset");
+      const preset = this.widgets?.find((w) => w.name === selectorOf(nodeData.name));
       if (preset) chain(preset, "callback", () => updateInert(this));
       updateInert(this);
     });

@@ -17,7 +17,14 @@ export const INERT_RULES = Object.freeze({
   Ideogram4NativeKSampler: { custom: [...SCHEDULE_WIDGETS, ...GUIDANCE_WIDGETS], latent: ["width", "height", "batch_size"] },
   Ideogram4NativeSigmas: { custom: [...SCHEDULE_WIDGETS], latent: ["width", "height"] },
   Ideogram4NativeGuider: { custom: [...GUIDANCE_WIDGETS], latent: [] },
+  // the size widgets count only for aspect_ratio "custom" (the node's report says so too)
+  Ideogram4NativeEmptyLatent: { selector: "aspect_ratio", custom: ["width", "height"], latent: [] },
 });
+
+/** The widget whose value makes a rule's custom-only widgets inert ("preset", or the rule's selector). */
+export function selectorOf(type) {
+  return INERT_RULES[type]?.selector ?? "preset";
+}
 
 export function isPackNode(type) {
   return typeof type === "string" && type.startsWith(PACK_PREFIX);
@@ -40,7 +47,8 @@ export function inertWidgets(type, { preset, latentLinked = false } = {}) {
   const out = {};
   if (!rule) return out;
   if (preset !== undefined && preset !== CUSTOM_PRESET) {
-    for (const name of rule.custom) out[name] = `not used with preset ${preset} (custom only)`;
+    const what = rule.selector ?? "preset";
+    for (const name of rule.custom) out[name] = `not used with ${what} ${preset} (custom only)`;
   }
   if (latentLinked) for (const name of rule.latent) out[name] = "not used: the connected latent sets the size";
   return out;

@@ -9,6 +9,7 @@ import {
   isPackNode,
   parseAspectChoice,
   reportText,
+  selectorOf,
 } from "../lib/node_ui.js";
 
 test("reportText joins the ui text list of an executed message; null when there is none", () => {
@@ -31,6 +32,12 @@ test("inertWidgets: custom-only widgets with a preset, size widgets with a laten
   assert.deepEqual(Object.keys(inertWidgets("Ideogram4NativeGuider", { preset: "V4_DEFAULT_20" })), [...GUIDANCE_WIDGETS]);
   assert.match(inertWidgets("Ideogram4NativeGuider", { preset: "V4_DEFAULT_20" }).guidance, /preset V4_DEFAULT_20/);
   assert.deepEqual(inertWidgets("Ideogram4NativeVAEDecode", { preset: "x" }), {});
+  // Empty Latent: width/height count only for aspect_ratio "custom"
+  assert.equal(selectorOf("Ideogram4NativeEmptyLatent"), "aspect_ratio");
+  assert.equal(selectorOf("Ideogram4NativeKSampler"), "preset");
+  assert.deepEqual(Object.keys(inertWidgets("Ideogram4NativeEmptyLatent", { preset: "1360x768 (16:9)" })), ["width", "height"]);
+  assert.match(inertWidgets("Ideogram4NativeEmptyLatent", { preset: "1360x768 (16:9)" }).width, /aspect_ratio 1360x768/);
+  assert.deepEqual(inertWidgets("Ideogram4NativeEmptyLatent", { preset: "custom" }), {});
 });
 
 // A tiny graph with the accessors the frontend's LGraph has (getNodeById, links Map).

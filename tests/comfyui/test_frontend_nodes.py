@@ -6,7 +6,8 @@
 * The Caption Builder canvas follows the size it is wired to (Empty Latent aspect preset / custom size), not its
   own stale width/height widgets.
 * Inert widgets: on KSampler / Sigmas / Guider the custom-only widgets are disabled while a preset is selected and
-  width/height/batch_size while a latent is connected; the sampler's report says which settings ran.
+  width/height/batch_size while a latent is connected; on Empty Latent width/height while aspect_ratio is not custom;
+  the sampler's report says which settings ran.
 * Editor: Import replaces every field, box labels stay inside their box, Import / Raw JSON do not shrink the
   canvas, the invalid-JSON overlay fits the canvas, an auto-fix reads as a fix.
 
@@ -223,6 +224,16 @@ def test_inert_sampler_widgets_are_disabled(server, page):
     assert sig["steps"] and sig["mu"] and sig["std"] and not sig["width"] and not sig["preset"], sig
     gd = cdp.js(f"{DISABLED}({made['Ideogram4NativeGuider']})")
     assert all(gd[n] for n in ["guidance", "polish_steps", "polish_guidance", "guidance_schedule"]), gd
+    # Empty Latent: width/height count only for aspect_ratio custom
+    el = cdp.js(f"""(() => {{ const n = LiteGraph.createNode('Ideogram4NativeEmptyLatent'); n.pos = [2400, 2000];
+      {APP}.graph.add(n); return n.id; }})()""")
+    d = cdp.js(f"{DISABLED}({el})")
+    assert d["width"] and d["height"] and not d["aspect_ratio"] and not d["batch_size"], d
+    cdp.js(f"""(() => {{ const n = {APP}.graph.getNodeById({el}); const a = n.widgets.find(w => w.name === 'aspect_ratio');
+      a.value = 'custom'; a.callback?.(a.value); }})()""")
+    d = cdp.js(f"{DISABLED}({el})")
+    assert not d["width"] and not d["height"], d
+    cdp.js(f"{APP}.graph.remove({APP}.graph.getNodeById({el}))")
     # disabled widgets keep their values in the workflow
     wf = cdp.js(f"{APP}.graph.serialize()")
     node = [n for n in wf["nodes"] if n["type"] == "Ideogram4NativeGuider"]
