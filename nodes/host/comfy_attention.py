@@ -53,10 +53,10 @@ def kernel_name() -> str:
 
 def kernel_note() -> str:
     """What the node says about attention: the kernel ComfyUI's flags select, and whether it is the reference's."""
-    name = kernel_name()
-    exact = host_kernel() is comfy_attention.attention_pytorch
-    return f"attention: {name}" + (" (SDPA, the reference's kernel)" if exact else
-                                   " (ComfyUI's flags; not the reference's SDPA: close, not bit-exact)")
+    fn = host_kernel()
+    return f"attention: {fn.__name__.removeprefix('attention_')}" + (
+        " (SDPA, the reference's kernel)" if fn is comfy_attention.attention_pytorch else
+        " (ComfyUI's flags; not the reference's SDPA: close, not bit-exact)")
 
 
 def masked_kernel():

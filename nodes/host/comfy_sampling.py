@@ -50,7 +50,7 @@ from .comfy_attention import kernel_note
 from .comfy_model import load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .model_call import HostModelCall, call_model
-from .model_patches import CFG_HOOKS, require_applied, shift_with_pack_sigmas
+from .model_patches import CFG_HOOKS, require_applied
 from .sampler_settings import BATCH_KEY, GuidanceSpec, require_guidance_without_unconditional
 
 log = logging.getLogger("ideogram4_native")
@@ -171,9 +171,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         if self.features is None:
             raise ValueError("Ideogram4 Guider has no positive conditioning")
         require_applied({"conditional": self.model_patcher, "unconditional": self.uncond_patcher}, path="guider",
-                        hooks_of="conditional", conditioning=self.positive)
-        if getattr(sigmas, TIME_ATTR, None) is not None:  # Ideogram4 Sigmas: made without reading a model
-            shift_with_pack_sigmas({"conditional": self.model_patcher, "unconditional": self.uncond_patcher})
+                        hooks_of="conditional", conditioning=self.positive,
+                        sigmas_read_model=getattr(sigmas, TIME_ATTR, None) is None)  # Ideogram4 Sigmas read none
         self._prepare(sigmas)  # before ComfyUI moves the sigmas (the time attribute lives on this tensor)
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),

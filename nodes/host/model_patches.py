@@ -84,49 +84,49 @@ def _last_block(honoured) -> str:
     return str(max(idx)) if idx else "?"
 
 
-def object_patch_problems(object_patches: dict, *, shift_applies: bool) -> list[str]:
-    """Object patches the path does not use (``shift_applies``: a ``model_sampling`` patch is used — by the
-    scheduler of a SamplerCustomAdvanced graph).  ComfyUI sets every object patch on the model; the pack reads
-    the patched diffusion model and its layers' switches (TorchCompileModel, Fast FP8); a compute dtype is a
-    model-level problem (:func:`model_level_problems`)."""
-    if "model_sampling" in object_patches and not shift_applies:
+def object_patch_problems(object_patches: dict, *, path: str, sigmas_read_model: bool = True) -> list[str]:
+    """Object patches the path does not use: a ``model_sampling`` patch (a shift) is used only by a scheduler that
+    reads the model — in a SamplerCustomAdvanced graph (``path`` "guider") whose sigmas do not come from Ideogram4
+    Sigmas (``sigmas_read_model``).  ComfyUI sets every object patch on the model; the pack reads the patched
+    diffusion model and its layers' switches (TorchCompileModel, Fast FP8); a compute dtype is a model-level problem
+    (:func:`model_level_problems`)."""
+    if "model_sampling" not in object_patches:
+        return []
+    if path == "ksampler":
         return [f"{SHIFT}: the Ideogram4 KSampler runs the reference schedule — set its mu / std (or preset) instead"]
+    if not sigmas_read_model:
+        return [f"carries {SHIFT}, but the sigmas come from Ideogram4 Sigmas, which reads no model, so the shift "
+                "would not be used — set Ideogram4 Sigmas' mu / std (or preset) instead, or make the sigmas with a "
+                "scheduler that reads the shifted model (BasicScheduler on the conditional model; the result is then "
+                "not the reference schedule)"]
     return []
+
+
+def _unet_guidance(fn) -> Optional[str]:
+    """The UNet-only guidance node a post-CFG function comes from (PerturbedAttentionGuidance…), or None."""
+    return UNET_ATTENTION_GUIDANCE.get(getattr(fn, "__module__", ""))
 
 
 def unet_attention_guidance(model_options: dict) -> list[str]:
     """The UNet-only guidance nodes among ``model_options``' post-CFG functions (refused on every sampler)."""
-    found = {UNET_ATTENTION_GUIDANCE[getattr(f, "__module__", "")]
-             for f in model_options.get("sampler_post_cfg_function") or []
-             if getattr(f, "__module__", "") in UNET_ATTENTION_GUIDANCE}
+    found = {name for f in model_options.get("sampler_post_cfg_function") or [] if (name := _unet_guidance(f))}
     return [f"{name} (it re-runs a UNet's self-attention blocks; this DiT has none)" for name in sorted(found)]
 
 
 def _cfg_hooks(model_options: dict, key: str) -> list:
+    """The CFG hooks of ``key`` a Guider could run (UNet-only guidance is refused by :func:`unet_attention_guidance`)."""
     hooks = model_options.get(key)
     if key == "sampler_post_cfg_function":
-        return [f for f in hooks or [] if getattr(f, "__module__", "") not in UNET_ATTENTION_GUIDANCE]
+        return [f for f in hooks or [] if _unet_guidance(f) is None]
     return hooks
 
 
-def shift_with_pack_sigmas(patchers: dict) -> None:
-    """``ValueError`` when a model given to the Ideogram4 Guider carries a sampling shift while the sigmas come from
-    Ideogram4 Sigmas, which reads no model (the shift would be silently unused)."""
-    shifted = [role for role, p in patchers.items()
-               if p is not None and "model_sampling" in (getattr(p, "object_patches", {}) or {})]
-    if shifted:
-        raise ValueError(f"Ideogram4 Guider: the {' and '.join(shifted)} model carries {SHIFT}, but the sigmas come "
-                         "from Ideogram4 Sigmas, which reads no model, so the shift would not be used. Set Ideogram4 "
-                         "Sigmas' mu / std (or preset) instead, or make the sigmas with a scheduler that reads the "
-                         "shifted model (BasicScheduler on the conditional model; the result is then not the "
-                         "reference schedule)")
-
-
 def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: dict, *, path: str,
-                           runs_hooks: bool) -> list[str]:
+                           runs_hooks: bool, sigmas_read_model: bool = True) -> list[str]:
     """What ``path`` (``"ksampler"``: the Ideogram4 KSampler; ``"guider"``: the Ideogram4 Guider) does not apply of a
     model's options.  ``runs_hooks``: this is the model whose CFG hooks and sampler wrappers the path runs (the
-    Guider's conditional model)."""
+    Guider's conditional model); ``sigmas_read_model``: the Guider's sigmas come from a scheduler that reads the
+    model (not Ideogram4 Sigmas)."""
     problems = []
     for key, (what, nodes) in CFG_HOOKS.items():
         if _non_empty(_cfg_hooks(model_options, key)) and not runs_hooks:
@@ -140,7 +140,7 @@ def sampler_level_problems(model_options: dict, wrappers: dict, object_patches: 
     for kind in SAMPLER_WRAPPERS:
         if kind not in run and _non_empty(wrappers.get(kind)):
             problems.append(f"{kind} wrappers ({', '.join(str(k) for k in wrappers[kind])})")
-    problems += object_patch_problems(object_patches, shift_applies=path == "guider")
+    problems += object_patch_problems(object_patches, path=path, sigmas_read_model=sigmas_read_model)
     return problems
 
 
@@ -168,28 +168,31 @@ def conditioning_problems(conditioning, what: str = "positive") -> list[str]:
     return problems
 
 
-def patcher_problems(patcher, *, path: str, runs_hooks: bool) -> list[str]:
+def patcher_problems(patcher, *, path: str, runs_hooks: bool, sigmas_read_model: bool = True) -> list[str]:
     """:func:`sampler_level_problems` and :func:`model_level_problems` of a ModelPatcher."""
     options = getattr(patcher, "model_options", {}) or {}
     wrappers = pass_options(patcher).get("wrappers", {})  # the patcher's and its transformer_options' (as they run)
     object_patches = getattr(patcher, "object_patches", {}) or {}
     hooks = ["weight hooks (hook LoRAs / Set Model Hooks)"] if getattr(patcher, "hook_patches", None) else []
-    return hooks + (sampler_level_problems(options, wrappers, object_patches, path=path, runs_hooks=runs_hooks)
+    return hooks + (sampler_level_problems(options, wrappers, object_patches, path=path, runs_hooks=runs_hooks,
+                                           sigmas_read_model=sigmas_read_model)
                     + model_level_problems(options.get("transformer_options", {}),
                                            getattr(getattr(patcher, "model", None), "replaceable_blocks", ()),
                                            manual_cast_dtype=object_patches.get("manual_cast_dtype")))
 
 
-def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None, conditioning=None) -> None:
+def require_applied(patchers: dict, *, path: str, hooks_of: Optional[str] = None, conditioning=None,
+                    sigmas_read_model: bool = True) -> None:
     """``ValueError`` naming every patch of ``patchers`` ({"conditional": patcher, …}; None entries skipped) and every
     property of ``conditioning`` (the positive CONDITIONING) that ``path`` does not apply; ``hooks_of``: the role whose
-    CFG hooks and sampler wrappers the path runs."""
+    CFG hooks and sampler wrappers the path runs; ``sigmas_read_model``: see :func:`sampler_level_problems`."""
     found = conditioning_problems(conditioning)
     nowhere = []
     for role, patcher in patchers.items():
         if patcher is None:
             continue
-        for problem in patcher_problems(patcher, path=path, runs_hooks=role == hooks_of):
+        for problem in patcher_problems(patcher, path=path, runs_hooks=role == hooks_of,
+                                        sigmas_read_model=sigmas_read_model):
             found.append(f"{role} model: {problem}")
         nowhere += [f"{role} model: {p}" for p in unet_attention_guidance(getattr(patcher, "model_options", {}) or {})]
     if not found and not nowhere:

@@ -280,7 +280,7 @@ def test_another_models_dit_swapped_in_by_a_wrapper_is_refused(result):
 
 def test_a_shift_is_refused_with_ideogram4_sigmas_and_used_by_a_scheduler_that_reads_it(result):
     e = result["shift_pack_sigmas"]
-    assert "conditional model carries a sampling shift" in e and "Ideogram4 Sigmas, which reads no model" in e, e
+    assert "conditional model: carries a sampling shift" in e and "Ideogram4 Sigmas, which reads no model" in e, e
     assert "BasicScheduler" in e
     assert result["shift_basic_scheduler_changes"]
 
