@@ -62,8 +62,12 @@ def fingerprint() -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
 def families() -> dict:
-    return json.loads(MANIFEST.read_text())["families"]
+    return manifest()["families"]
 
 
 def this_family() -> Optional[str]:
@@ -93,7 +97,8 @@ class Goldens:
                     meta = f.metadata() or {}
                 self.sets[fam] = (load_file(str(path)), meta)
         assert self.sets, f"no family has {name}"
-        self.family = this_family() if this_family() in self.sets else None
+        family = this_family()
+        self.family = family if family in self.sets else None
 
     @property
     def exact(self) -> bool:
@@ -135,4 +140,4 @@ class Goldens:
         for fam, (tensors, meta) in self.sets.items():
             assert bound(tensors, meta), f"{what}: ours is outside the cross-CPU bound vs family {fam}"
         warnings.warn(f"{what}: within the cross-CPU bound but not bit-exact — {describe()}. "
-                      f"{json.loads(MANIFEST.read_text())['recording']}")
+                      f"{manifest()['recording']}")
