@@ -24,7 +24,8 @@ CAPTION_CHECKS = ("canonicalize", "strict", "warn", "off")
 
 
 def _te_options() -> list[str]:
-    # .gguf listed too: ComfyUI-GGUF users keep GGUF text encoders here; picking one says it is not supported
+    # .gguf too: llama.cpp's Qwen3-VL language-model files (ComfyUI-GGUF users keep them here); an mmproj beside
+    # them is listed and, picked, says what it is
     return folders.list_folders("text_encoder", TE_FOLDER_KEYS) + \
         folders.list_files("text_encoders", folders.WEIGHT_EXTENSIONS + (".gguf",))
 
@@ -59,10 +60,11 @@ class Ideogram4NativeTextEncoderLoader(io.ComfyNode):
             description="Load the Qwen3-VL-8B text encoder (language model only, 13 tapped layers). Accepts the "
                         "official repository folder (text_encoder/ + tokenizer/; bf16, fp8 or nf4), a stock "
                         "Qwen3-VL-8B-Instruct folder, or a single file such as Comfy-Org's "
-                        "qwen3vl_8b_fp8_scaled.safetensors.",
+                        "qwen3vl_8b_fp8_scaled.safetensors or llama.cpp's Qwen3VL-8B-Instruct-Q4_K_M.gguf.",
             inputs=[
                 io.Combo.Input("text_encoder", options=_te_options(),
-                               tooltip="models/text_encoders file (e.g. qwen3vl_8b_fp8_scaled.safetensors), a "
+                               tooltip="models/text_encoders file (e.g. qwen3vl_8b_fp8_scaled.safetensors, or a "
+                                       "llama.cpp GGUF such as Qwen3VL-8B-Instruct-Q4_K_M.gguf — not its mmproj), a "
                                        "Qwen3-VL folder there, or an official repository folder 'name/' from "
                                        "models/ideogram4."),
                 io.Combo.Input("tokenizer", options=_tokenizer_options(), default=AUTO,

@@ -5,7 +5,7 @@
   (``comfy/ops.py`` ``_quantized_weight_state_dict``); a per-module ``schemes`` map makes mixed files.
 * GGUF: ``gguf.GGUFWriter`` in the ComfyUI-GGUF layout (state-dict names, 1-D / small tensors F32 or F16).
   Types ``gguf.quants.quantize`` implements are quantised from the weights; for the others (K-quants,
-  IQ4_NL) valid random blocks with small scales are written (their truth is ``gguf.quants.dequantize``).
+  IQ4_NL, IQ4_XS) valid random blocks with small scales are written (their truth is ``gguf.quants.dequantize``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COMFY_LAYOUTS = {"nvfp4": ("TensorCoreNVFP4Layout", {}), "mxfp8": ("TensorCoreMX
                  "fp8_scaled": ("TensorCoreFP8Layout", {})}
 # (offsets of fp16 super-scales d / dmin, the largest |q·sc| of the type) for random valid blocks
 _RANDOM_BLOCKS = {"Q2_K": ((80, 82), 45), "Q3_K": ((108,), 128), "Q4_K": ((0, 2), 945), "Q5_K": ((0, 2), 1953),
-                  "Q6_K": ((208,), 4064), "IQ4_NL": ((0,), 127), "Q8_0": ((0,), 127), "Q4_0": ((0,), 8),
+                  "Q6_K": ((208,), 4064), "IQ4_NL": ((0,), 127), "IQ4_XS": ((0,), 4064), "Q8_0": ((0,), 127), "Q4_0": ((0,), 8),
                   "Q5_0": ((0,), 16), "Q4_1": ((0, 2), 15), "Q5_1": ((0, 2), 31)}
 _QUANTISABLE = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16")  # what gguf.quants.quantize implements
 

@@ -1,6 +1,6 @@
 """GGUF block codec: ggml quantisation blocks → weights, as torch ops on the weight's device.
 
-Types: Q8_0, Q6_K, Q5_K, Q5_0, Q5_1, Q4_K, Q4_0, Q4_1, Q3_K, Q2_K, IQ4_NL (plus F16/BF16/F32 tensors,
+Types: Q8_0, Q6_K, Q5_K, Q5_0, Q5_1, Q4_K, Q4_0, Q4_1, Q3_K, Q2_K, IQ4_NL, IQ4_XS (plus F16/BF16/F32 tensors,
 which the reader hands over as plain tensors).  Every function is a line-for-line torch port of
 ``gguf.quants``' numpy ``dequantize_blocks``: block scales are combined in float32 in the same order
 (no fp16 scale arithmetic, unlike ComfyUI-GGUF's default), so the result is bit-identical to
@@ -19,7 +19,7 @@ QK_K = 256
 # name: (elements per block, bytes per block) — ggml's GGML_QUANT_SIZES for the supported types
 BLOCKS = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
           "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-          "IQ4_NL": (32, 18)}
+          "IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
 GGUF_QTYPES = tuple(BLOCKS)
 IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
@@ -95,6 +95,20 @@ def _iq4_nl(b):
     return _f16(d) * table[_nibbles(qs, n, 16).long()]
 
 
+def _iq4_xs(b):
+    """IQ4_NL's code book with a 6-bit signed scale per 32 values (4 low bits in ``scales_l``, 2 high in ``scales_h``)."""
+    n = b.shape[0]
+    d, scales_h, scales_l, qs = _split(b, 2, 2, QK_K // 64)
+    low = (scales_l.reshape(n, -1, 1) >> _shifts((0, 4), b.device, shape=(1, 1, 2))).reshape(n, -1) & 0x0F
+    word = scales_h.contiguous().view(torch.int16).to(torch.int32).reshape(n, 1) & 0xFFFF
+    high = (word >> _shifts(tuple(range(0, 16, 2)), b.device, torch.int32, (1, -1))) & 0x03
+    sc = (low.to(torch.int32) | (high << 4)) - 32
+    dl = (_f16(d) * sc.to(torch.float32)).reshape(n, -1, 1)
+    table = _constant(tuple(IQ4_NL_VALUES), b.device, torch.float32, (-1,))
+    q = table[_nibbles(qs, n, 16).long()].reshape(n, -1, 32)
+    return (dl * q).reshape(n, QK_K)
+
+
 def _q2_k(b):
     n = b.shape[0]
     scales, qs, d, dmin = _split(b, QK_K // 16, QK_K // 4, 2)
@@ -164,7 +178,7 @@ def _q6_k(b):
 
 
 _DECODERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0, "IQ4_NL": _iq4_nl,
+    "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0, "IQ4_NL": _iq4_nl, "IQ4_XS": _iq4_xs,
     "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
 
 _CHUNK_BLOCKS = 1 << 16  # blocks decoded at once: bounds the float32/int temporaries (≈ 16M weights)

@@ -1,9 +1,11 @@
-"""GGUF files (ComfyUI-GGUF layout) behind the ``CheckpointReader`` interface, memory-mapped by ``gguf``.
+"""GGUF files behind the ``CheckpointReader`` interface, memory-mapped by ``gguf``.
 
 ComfyUI-GGUF and its forks write a diffusion model as its state dict: tensor names are the state-dict
 keys (optionally prefixed), shapes are in ggml order (reversed), ``general.architecture`` names the
 model (``ideogram4`` or ``ideogram`` for Ideogram 4), 1-D and small tensors are F32/F16/BF16 and the
-Linear weights are ggml blocks.  Tensors come back as views of the read-only memory map (no copy):
+Linear weights are ggml blocks.  llama.cpp's language models (a text encoder) use its own tensor names
+(``blk.N.attn_q.weight``); their loader maps them (:class:`RenamedReader`).  Which architectures a caller
+accepts is its choice (``architectures``, with a hint per known other architecture).  Tensors come back as views of the read-only memory map (no copy):
 quantised ones as their raw block bytes, uint8 (rows, bytes per row), with :meth:`block_type` naming
 the ggml type; float ones as typed tensors.  The codec is :mod:`.gguf_codec`.
 """
@@ -12,14 +14,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .gguf_codec import BLOCKS, row_bytes
 
-ARCHITECTURES = ("ideogram4", "ideogram")
+ARCHITECTURES = ("ideogram4", "ideogram")  # a DiT's (the default of every reader)
+# what a GGUF of another architecture is, for the DiT loader's error
+DIT_HINTS = {"qwen3vl": "a Qwen3-VL language model, Ideogram 4's text encoder: load it with the Ideogram4 Text "
+                        "Encoder Loader",
+             "clip": "a vision projector (mmproj), not a diffusion model"}
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _ORIG_SHAPE = "comfy.gguf.orig_shape."
 
@@ -49,7 +55,10 @@ def _as_torch(array: np.ndarray) -> torch.Tensor:
 class GGUFCheckpointReader:
     """Keys, logical (torch-order) shapes, dtypes and zero-copy tensors of one GGUF file."""
 
-    def __init__(self, path: Path, label: Optional[str] = None) -> None:
+    def __init__(self, path: Path, label: Optional[str] = None, *, architectures: Sequence[str] = ARCHITECTURES,
+                 what: str = "an Ideogram 4 GGUF", hints: Optional[Mapping[str, str]] = DIT_HINTS) -> None:
+        """``architectures``: the ``general.architecture`` values the caller reads (``what`` names them in the
+        error); ``hints``: architecture → what such a file is, for the error when it is another."""
         gguf = _gguf()
         self.label = label or str(path)
         self.path = Path(path)
@@ -61,10 +70,13 @@ class GGUFCheckpointReader:
             raise ValueError(f"{path}: not a readable GGUF file — truncated or corrupt ({type(exc).__name__}: {exc})") from None
         arch_field = reader.fields.get("general.architecture")
         arch = str(_field_value(arch_field)) if arch_field is not None else None
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"{path}: GGUF general.architecture is {arch!r}; an Ideogram 4 GGUF has one of "
-                             f"{', '.join(ARCHITECTURES)}")
+        if arch not in architectures:
+            hint = (hints or {}).get(arch)
+            raise ValueError(f"{path}: GGUF general.architecture is {arch!r}" + (f" — {hint}" if hint else "")
+                             + f"; {what} has {' or '.join(map(repr, architectures))}")
+        self.architecture = arch
         self.metadata = {"general.architecture": arch}
+        self._fields = reader.fields
         self._tensors = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         size = self.path.stat().st_size
@@ -132,3 +144,54 @@ class GGUFCheckpointReader:
 
     def file_size(self) -> int:
         return self.path.stat().st_size
+
+    def field(self, key: str, default=None):
+        """A metadata value (number, string or list), ``default`` when the file has none.  Not for the
+        tokenizer's string arrays (151,936 entries): :meth:`array_item` reads one entry."""
+        f = self._fields.get(key)
+        return default if f is None else _field_value(f)
+
+    def array_length(self, key: str) -> Optional[int]:
+        f = self._fields.get(key)
+        return None if f is None else len(f.data)
+
+    def array_item(self, key: str, index: int):
+        """Entry ``index`` of an array field (a string array's entry decoded), without reading the others."""
+        f = self._fields.get(key)
+        if f is None or not 0 <= index < len(f.data):
+            return None
+        part = f.parts[f.data[index]]
+        return bytes(part).decode("utf-8", "replace") if part.dtype == np.uint8 else part.tolist()[0]
+
+
+class RenamedReader:
+    """A reader under other tensor names (``names``: new name → the file's name); everything else is the
+    wrapped reader's.  ``file_name(key)`` gives the name as the file spells it, for messages."""
+
+    def __init__(self, reader, names: Mapping[str, str]) -> None:
+        self._reader = reader
+        self._names = dict(names)
+
+    def __getattr__(self, attr):
+        return getattr(self._reader, attr)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._names
+
+    def file_name(self, key: str) -> str:
+        return self._names.get(key, key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._reader.shape(self._names[key])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._reader.dtype(self._names[key])
+
+    def block_type(self, key: str) -> Optional[str]:
+        return self._reader.block_type(self._names[key])
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._reader.get(self._names[key])

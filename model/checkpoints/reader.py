@@ -217,14 +217,15 @@ def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str]
     return [path]
 
 
-def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None) -> CheckpointReader:
-    """A reader for any checkpoint: safetensors (file, shards, folder) or a GGUF file (same interface)."""
+def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None, **gguf_options) -> CheckpointReader:
+    """A reader for any checkpoint: safetensors (file, shards, folder) or a GGUF file (same interface;
+    ``gguf_options``: the architectures the caller reads, see ``GGUFCheckpointReader``)."""
     files = resolve_checkpoint_files(source, component)
     label = str(Path(source)) + (f" [{component}]" if component and Path(source).is_dir() else "")
     if len(files) == 1 and files[0].suffix == ".gguf":
         from .gguf_reader import GGUFCheckpointReader
 
-        return GGUFCheckpointReader(files[0], label)
+        return GGUFCheckpointReader(files[0], label, **gguf_options)
     return CheckpointReader(files, label)
 
 

@@ -9,7 +9,9 @@ Accepted sources (spec §3.5):
   ``lm_head.*``, tokenizer at the root);
 * a single file such as ComfyUI's ``qwen3vl_8b_fp8_scaled.safetensors`` (``comfy_quant`` fp8 with
   per-tensor scales; HF or ComfyUI ``model.layers.*`` names) with the tokenizer from a folder
-  the caller names.
+  the caller names;
+* llama.cpp's GGUF of the language model (``Qwen3VL-8B-Instruct-Q4_K_M.gguf`` …; :mod:`.gguf_layout`), likewise
+  with a tokenizer folder, checked against the vocabulary the file lists.
 
 Only the language model is built — with transformers' ``Qwen3VLTextModel`` on the meta device,
 and only up to the last tapped layer: no vision tower, no lm_head, no final norm, no later
@@ -33,7 +35,9 @@ import torch.nn as nn
 
 from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, classify_modules,
                            describe_other_family, key_problems, open_checkpoint, replace_module, swap_quantized_linears)
+from ..checkpoints.gguf_reader import RenamedReader
 from ..dit.constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
+from . import gguf_layout
 from .encoder import Ideogram4TextEncoder
 
 log = logging.getLogger(__name__)
@@ -107,7 +111,7 @@ class TextEncoderFormat:
 
     @property
     def naming(self) -> str:
-        return _NAMINGS.get(self.prefix, f"key prefix {self.prefix!r}")
+        return self.checkpoint.naming
 
     @property
     def description(self) -> str:
@@ -126,13 +130,14 @@ def _skip_category(key: str) -> str:
     return "other"
 
 
-def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optional[int] = None) -> TextEncoderFormat:
+def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optional[int] = None,
+                               naming: Optional[str] = None) -> TextEncoderFormat:
     """Recognise a Qwen3-VL language model under any key prefix, or explain what the file is instead.
 
     The one naming-detection function: the prefix is whatever precedes ``embed_tokens.weight`` for
     a decoder that also has Qwen3's ``layers.0.self_attn.q_norm``.  ``keep_layers`` (max tap + 1)
     limits the tensors that will be read; vision, lm_head, final norm and later layers are
-    skipped without being read.
+    skipped without being read.  ``naming`` describes the key names when the reader renamed them (GGUF).
     """
     keys = reader.keys()
     label = reader.label
@@ -170,7 +175,7 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
                 raise ValueError(f"{label}: unexpected tensor {raw} for a Qwen3-VL text encoder") from None
             layer_ids.add(idx)
             if keep_layers is not None and idx >= keep_layers:
-                skipped["layers after the last tap"] += 1
+                skipped["in layers after the last tap"] += 1
                 continue
         elif head == "norm":
             skipped["final norm"] += 1
@@ -190,8 +195,10 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
         raise ValueError(f"{label}: has {num_layers} decoder layers, but the requested taps need layer {kept - 1}")
 
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
-    ckpt = CheckpointFormat(naming=_NAMINGS.get(prefix, prefix), quantization=quantization, prefix=prefix,
-                            storage_dtype=storage, sources=sources, linears=linears, logical_shapes=logical)
+    ckpt = CheckpointFormat(naming=naming or _NAMINGS.get(prefix, f"key prefix {prefix!r}"),
+                            quantization=quantization, prefix=prefix, storage_dtype=storage, sources=sources,
+                            linears=linears, logical_shapes=logical,
+                            container="gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors")
     return TextEncoderFormat(label=label, num_layers=num_layers, kept_layers=kept, checkpoint=ckpt,
                              skipped=dict(skipped))
 
@@ -200,8 +207,10 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
 
 def unconfirmed_qwen3vl(fmt: TextEncoderFormat, cfg_json: Optional[dict]) -> Optional[str]:
     """A warning when nothing in the checkpoint says Qwen3-VL: no config.json, no vision tower, no Qwen3-VL key names
-    (``language_model.``) — a text-only Qwen3 LLM (Qwen3-8B) has the same tensors and shapes."""
-    if cfg_json is not None or "vision tower" in fmt.skipped or "language_model." in fmt.prefix:
+    (``language_model.``), not a llama.cpp ``qwen3vl`` GGUF — a text-only Qwen3 LLM (Qwen3-8B) has the same tensors
+    and shapes."""
+    if cfg_json is not None or "vision tower" in fmt.skipped or "language_model." in fmt.prefix \
+            or fmt.naming == gguf_layout.NAMING:
         return None
     return (f"cannot confirm this is Qwen3-VL: {fmt.naming}, no vision tower and no config.json — a text-only Qwen3 "
             "LLM (e.g. Qwen3-8B) has the same shapes but gives other features; Ideogram 4 needs the Qwen3-VL-8B-Instruct "
@@ -255,8 +264,9 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * hw, hw, hw]
 
 
-def _text_config(cfg_json: Optional[dict], fmt: TextEncoderFormat):
-    """``Qwen3VLTextConfig`` from config.json, or inferred from the tensor shapes."""
+def _text_config(cfg_json: Optional[dict], fmt: TextEncoderFormat, constants: Optional[dict] = None):
+    """``Qwen3VLTextConfig`` from config.json, or inferred from the tensor shapes; ``constants`` (a GGUF's metadata:
+    ``rope_theta``, ``rms_norm_eps``, ``max_position_embeddings``) replace Qwen3-VL's where given."""
     from transformers import Qwen3VLConfig, Qwen3VLTextConfig
 
     if cfg_json is not None:
@@ -272,11 +282,12 @@ def _text_config(cfg_json: Optional[dict], fmt: TextEncoderFormat):
         inter = shapes["layers.0.mlp.gate_proj.weight"][0]
     except KeyError as exc:
         raise ValueError(f"{fmt.label}: missing tensor {fmt.prefix}{exc.args[0]} needed to determine the model size") from None
+    values = {"rms_norm_eps": QWEN3VL_RMS_NORM_EPS, "max_position_embeddings": QWEN3VL_MAX_POSITIONS,
+              "rope_theta": QWEN3VL_ROPE_THETA, **(constants or {})}
     return Qwen3VLTextConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=fmt.num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_kv, head_dim=head_dim, hidden_act="silu",
-        rms_norm_eps=QWEN3VL_RMS_NORM_EPS, max_position_embeddings=QWEN3VL_MAX_POSITIONS, attention_bias=False,
-        rope_theta=QWEN3VL_ROPE_THETA,
+        attention_bias=False, **values,
         rope_scaling={"rope_type": "default", "mrope_section": _mrope_section(head_dim), "mrope_interleaved": True})
 
 
@@ -311,7 +322,8 @@ def _check_shapes(model: nn.Module, fmt: TextEncoderFormat) -> None:
         raise ValueError(f"{fmt.label}: does not match its Qwen3-VL configuration ({fmt.description}): "
                          + " | ".join(problems))
     for mod, spec in fmt.checkpoint.linears.items():
-        if spec.scheme and not isinstance(model.get_submodule(mod), nn.Linear):
+        # a GGUF's token embedding is ggml blocks too (llama.cpp quantises it): decoded once, at load
+        if spec.scheme and spec.scheme != "gguf" and not isinstance(model.get_submodule(mod), nn.Linear):
             raise ValueError(f"{fmt.label}: {fmt.prefix}{mod} is quantised ({spec.scheme}) but is not a Linear layer")
 
 
@@ -443,18 +455,21 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device)
     source = Path(source).expanduser()
-    if source.suffix.lower() == ".gguf":
-        raise ValueError(f"{source}: a GGUF text encoder (llama.cpp / ComfyUI-GGUF) is not supported; this pack reads "
-                         "Qwen3-VL-8B from safetensors: Comfy-Org's qwen3vl_8b_fp8_scaled.safetensors (10.6 GB), or an "
-                         "official repository's text_encoder/ (bf16 / fp8 / nf4)")
-    reader = open_checkpoint(source, COMPONENT)
+    reader = open_checkpoint(source, COMPONENT, architectures=(gguf_layout.LLAMA_CPP_ARCH,), what=gguf_layout.WHAT,
+                             hints=gguf_layout.OTHER_ARCHITECTURES)
     files = reader.files
     label = reader.label
-    cfg_json = _read_config_json(files, source, label)
+    gguf = getattr(reader, "architecture", None) == gguf_layout.LLAMA_CPP_ARCH
+    if gguf:
+        reader = RenamedReader(reader, gguf_layout.hf_names(reader.keys()))
+    cfg_json = None if gguf else _read_config_json(files, source, label)
     if cfg_json is not None:
         _check_quantization_config(cfg_json, label)
-    fmt = detect_text_encoder_format(reader, keep_layers=max(taps) + 1)
-    text_cfg = _text_config(cfg_json, fmt)
+    fmt = detect_text_encoder_format(reader, keep_layers=max(taps) + 1, naming=gguf_layout.NAMING if gguf else None)
+    text_cfg = _text_config(cfg_json, fmt, gguf_layout.config_constants(reader) if gguf else None)
+    problem = gguf and gguf_layout.size_problem(reader, text_cfg, label)
+    if problem:
+        raise ValueError(problem)
     if text_cfg.num_hidden_layers != fmt.num_layers:
         raise ValueError(f"{label}: config.json says {text_cfg.num_hidden_layers} decoder layers, the weights have "
                          f"{fmt.num_layers}")
@@ -470,6 +485,9 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     _check_shapes(model, fmt)
     tok, tok_identity = resolve_tokenizer(tokenizer, source, files, label)
     _check_tokenizer(tok, text_cfg.vocab_size, label)
+    problem = gguf and gguf_layout.tokenizer_problem(reader, tok, label)
+    if problem:
+        raise ValueError(problem)
     _use_operations(model, fmt, dtype, operations)
     assign_weights(model, reader, fmt.checkpoint, device, dtype)
     model.rotary_emb = _rotary_embedding(text_cfg, device)
@@ -481,7 +499,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     file_identity = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in files for st in (p.stat(),))
     identity = (file_identity, tok_identity, taps)
     skipped = ", ".join(f"{n} {what}" for what, n in sorted(fmt.skipped.items()))
-    log.info("Loaded Ideogram 4 text encoder from %s (%s; %d of %d layers; skipped unread: %s)", label,
+    log.info("Loaded Ideogram 4 text encoder from %s (%s; %d of %d layers; tensors skipped unread: %s)", label,
              fmt.description, fmt.kept_layers, fmt.num_layers, skipped or "nothing")
     warnings = [w for w in [unconfirmed_qwen3vl(fmt, cfg_json)] if w]
     for warning in warnings:

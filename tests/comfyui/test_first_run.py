@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfy_harness import (REPO, TEXT_WIDTH, running_server, errors_of, new_client_id,
+from comfy_harness import (COMFYUI_PATH, REPO, TEXT_WIDTH, running_server, errors_of, new_client_id,
                            requires_comfyui, ws_messages)
 
 pytestmark = requires_comfyui()
@@ -63,12 +63,31 @@ def write_readme_models(models: Path) -> dict:
     shutil.move(str(written), str(te / "qwen3vl_8b_fp8_scaled.safetensors"))
     shutil.rmtree(staging, ignore_errors=True)
     write_vae(vae / "flux2-vae.safetensors", "bfl")
+    write_qwen_gguf(te, text)
     import torch
 
     write_vae(vae / "tiny_vae_with_core_encoder.safetensors", "bfl", with_encoder=True, dtype=torch.bfloat16,
               encoder_ch=128)  # what core ComfyUI builds
     write_vae(vae / "tiny_vae_with_small_encoder.safetensors", "bfl", with_encoder=True, encoder_ch=32)
     return {"te": te / "qwen3vl_8b_fp8_scaled.safetensors"}
+
+
+QWEN_GGUF = "Qwen3VL-8B-Instruct-Q8_0.gguf"  # Qwen/Qwen3VL-8B-Instruct-GGUF's names
+QWEN_MMPROJ = "mmproj-Qwen3VL-8B-Instruct-F16.gguf"
+
+
+def write_qwen_gguf(te: Path, text: dict) -> None:
+    """llama.cpp's language-model GGUF (36 layers, hidden 64, Q8_0) listing the real vocabulary — the token strings
+    of ComfyUI's bundled Qwen tokenizer padded to 151,936 rows with ``[PADn]``, as llama.cpp writes Qwen3-VL's —
+    and the mmproj file users download beside it."""
+    from transformers import AutoTokenizer
+    from tools.make_test_text_encoder_gguf import write_llama_cpp_gguf, write_mmproj
+
+    tok = AutoTokenizer.from_pretrained(str(Path(COMFYUI_PATH) / "comfy" / "text_encoders" / "qwen25_tokenizer"))
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    write_llama_cpp_gguf(te / QWEN_GGUF, "Q8_0", text=text, tokens=[by_id.get(i) for i in range(max(by_id) + 1)],
+                         merges=[])
+    write_mmproj(te / QWEN_MMPROJ)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +209,30 @@ def test_the_readme_python_example_runs_as_written(first_server, tmp_path):
     bad = _readme_python_example(first_server, tmp_path / "bad", extra='prompt["7"]["inputs"]["steps"] = 0')
     assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert "'7'" in bad.stderr and "steps" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_the_readme_prompt_runs_on_a_llama_cpp_gguf_text_encoder(first_server):
+    """A ComfyUI-GGUF user's text encoder: Qwen's own Q8_0 GGUF with tokenizer auto (ComfyUI's bundled one,
+    checked against the vocabulary the file lists) → the README prompt gives its PNG; the loader says what it read."""
+    prompt = readme_prompt()
+    prompt["2"]["inputs"]["text_encoder"] = QWEN_GGUF
+    prompt["4"]["inputs"].update(aspect_ratio="custom", width=256, height=256)
+    prompt["7"]["inputs"].update(preset="V4_TURBO_12")
+    entry = first_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", errors_of(entry)
+    assert len(entry["outputs"]["9"]["images"]) == 1
+    text = entry["outputs"]["2"]["text"][0]
+    assert f"{QWEN_GGUF} — Qwen3-VL text encoder, GGUF (Q8_0), llama.cpp names (blk.N.*), compute bfloat16" in text
+    assert "tokenizer: " in text and "qwen25_tokenizer" in text and "warning" not in text
+
+
+def test_the_mmproj_file_is_named_as_such(first_server):
+    entry = first_server.run(_with_preview({"class_type": "Ideogram4NativeTextEncoderLoader", "inputs": {
+        "text_encoder": QWEN_MMPROJ, "tokenizer": "auto", "dtype": "auto", "device": "auto"}}))
+    err = errors_of(entry)[0]
+    assert err["node_type"] == "Ideogram4NativeTextEncoderLoader" and err["exception_type"] == "ValueError"
+    assert "'clip' — the vision projector (mmproj)" in err["exception_message"]
+    assert "pick the larger Qwen3-VL-8B-Instruct GGUF without 'mmproj' in its name" in err["exception_message"]
 
 
 # --------------------------------------------------------------------------- 10. clean exception type

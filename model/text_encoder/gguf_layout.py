@@ -1,0 +1,113 @@
+"""llama.cpp's Qwen3-VL language model as a GGUF file (``general.architecture`` ``qwen3vl``): its tensor names mapped
+to ``Qwen3VLTextModel``'s, its metadata checked against the weights, its vocabulary against the tokenizer.
+
+llama.cpp's converter (``Qwen3VLTextModel``, a ``Qwen3Model``) writes the language model of
+``Qwen3VLForConditionalGeneration`` under llama.cpp names — ``token_embd``, ``blk.N.attn_q`` … ``ffn_down``,
+``output_norm``, ``output`` — without reordering any weight (q/k are not permuted: only its Llama classes do
+that), and the vision tower goes to a separate ``mmproj`` file (architecture ``clip``).  Shapes are in ggml order;
+the reader reverses them.  Quantised tensors stay ggml blocks and decode per layer (``model.checkpoints.gguf_codec``),
+the token embedding is decoded once at load.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Optional
+
+LLAMA_CPP_ARCH = "qwen3vl"
+NAMING = "llama.cpp names (blk.N.*)"
+WHAT = "a Qwen3-VL text encoder GGUF (llama.cpp's language-model file)"
+
+# general.architecture of GGUF files users keep with their text encoders → what such a file is.
+OTHER_ARCHITECTURES = {
+    "clip": "the vision projector (mmproj) of a vision-language model, not its language model: pick the larger "
+            "Qwen3-VL-8B-Instruct GGUF without 'mmproj' in its name",
+    "qwen3": "a text-only Qwen3 LLM (Ideogram 4 needs the Qwen3-VL-8B-Instruct language model)",
+    "qwen3vlmoe": "a mixture-of-experts Qwen3-VL (e.g. 30B-A3B); Ideogram 4 needs the dense Qwen3-VL-8B",
+    "qwen3moe": "a Qwen3 mixture-of-experts LLM",
+    "qwen2vl": "Qwen2-VL / Qwen2.5-VL (Qwen-Image's text encoder), not Qwen3-VL",
+    "qwen2": "a Qwen2 / Qwen2.5 LLM",
+    "llama": "a Llama-family LLM",
+    "t5": "a T5 text encoder", "t5encoder": "a T5 text encoder",
+    "ideogram4": "an Ideogram 4 diffusion model (DiT): load it with the Ideogram4 model loader, not as the text encoder",
+    "ideogram": "an Ideogram 4 diffusion model (DiT): load it with the Ideogram4 model loader, not as the text encoder",
+}
+
+_TOP = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
+        "output.weight": "lm_head.weight"}
+_LAYER = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_IN_LAYER = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+             "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def hf_name(file_name: str) -> str:
+    """``blk.3.attn_q.weight`` → ``layers.3.self_attn.q_proj.weight``; a name llama.cpp's Qwen3-VL has no
+    counterpart for stays as it is (the format detection then names it as unexpected)."""
+    if file_name in _TOP:
+        return _TOP[file_name]
+    m = _LAYER.match(file_name)
+    if m and m[2] in _IN_LAYER:
+        return f"layers.{m[1]}.{_IN_LAYER[m[2]]}.{m[3]}"
+    return file_name
+
+
+def hf_names(file_names) -> dict[str, str]:
+    """Qwen3VLTextModel name → the file's name, for every tensor of the file."""
+    out: dict[str, str] = {}
+    for name in file_names:
+        new = hf_name(name)
+        if new in out:
+            raise ValueError(f"tensors {out[new]} and {name} both map to {new}")
+        out[new] = name
+    return out
+
+
+def _meta(reader, key: str):
+    return reader.field(f"{LLAMA_CPP_ARCH}.{key}")
+
+
+# config value → (metadata key, type); llama.cpp writes them from the model's config.json
+_CONSTANTS = {"rope_theta": ("rope.freq_base", float), "rms_norm_eps": ("attention.layer_norm_rms_epsilon", float),
+              "max_position_embeddings": ("context_length", int)}
+
+
+def config_constants(reader) -> dict:
+    """The values that are not visible in the weights, from the file's metadata (those it has)."""
+    return {name: kind(_meta(reader, key)) for name, (key, kind) in _CONSTANTS.items() if _meta(reader, key) is not None}
+
+
+def size_problem(reader, text_cfg, label: str) -> Optional[str]:
+    """The first metadata size that disagrees with the weights (a damaged or hand-edited file), else None."""
+    sizes = {"block_count": text_cfg.num_hidden_layers, "embedding_length": text_cfg.hidden_size,
+             "feed_forward_length": text_cfg.intermediate_size, "attention.head_count": text_cfg.num_attention_heads,
+             "attention.head_count_kv": text_cfg.num_key_value_heads, "attention.key_length": text_cfg.head_dim,
+             "attention.value_length": text_cfg.head_dim}
+    for key, want in sizes.items():
+        have = _meta(reader, key)
+        if have is not None and int(have) != int(want):
+            return (f"{label}: GGUF metadata {LLAMA_CPP_ARCH}.{key} is {have}, but the weights give {want} "
+                    "(a damaged or hand-edited file)")
+    return None
+
+
+_TOKENS = "tokenizer.ggml.tokens"
+
+
+def tokenizer_problem(reader, tok, label: str) -> Optional[str]:
+    """Why ``tok`` does not belong to this GGUF's vocabulary (None if it does, or the file lists none): every id
+    the tokenizer has must be the same token string in the file's ``tokenizer.ggml.tokens`` (llama.cpp writes
+    them from the model's own tokenizer; the ids past the tokenizer's are ``[PADn]`` rows)."""
+    count = reader.array_length(_TOKENS)
+    if not count:
+        return None
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    bad = [i for i in sorted(by_id) if (reader.array_item(_TOKENS, i) if i < count else None) != by_id[i]]
+    if not bad:
+        return None
+    i = bad[0]
+    have = reader.array_item(_TOKENS, i) if i < count else None
+    return (f"{label}: the tokenizer does not match the GGUF's own vocabulary ({len(bad)} of {len(by_id)} ids differ; "
+            f"token {i} is {by_id[i]!r} in the tokenizer, {have!r} in the file) — pick this model's tokenizer (auto: "
+            "ComfyUI's bundled Qwen tokenizer)")
