@@ -169,6 +169,20 @@ swapped.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "torch.compile",
 res["dual_guider_plain_runs"] = error(lambda: dual(pc)) is None
 res["dual_guider_cross_model_wrapper"] = error(lambda: dual(swapped))
 res["own_swap_runs"] = error(lambda: one_node(swapped, pu)) is None  # its own DiT swapped in: fine
+# TorchCompileModel's wrapper (the real helper; backend eager: dynamo traces, no inductor build) on the one-node
+# KSampler: it runs, and the node's report names it (a plain run has no such line)
+from comfy_api.torch_helpers import set_torch_compile_wrapper
+compiled = pc.clone()
+set_torch_compile_wrapper(model=compiled, backend="eager")
+def one_node_report(c, u):
+    o = sn.Ideogram4NativeKSampler.execute(model=c, unconditional_model=u, positive=positive, seed=5, preset="custom",
+        width=W, height=H, batch_size=1, steps=STEPS, mu=0.0, std=1.75, guidance=G, polish_steps=0,
+        polish_guidance=3.0, guidance_schedule="", denoise=1.0, latent=None)
+    return o.result[0]["samples"], o.ui["text"][0]
+c_samples, c_text = one_node_report(compiled, pu)
+res["compile_report"] = {"text": c_text, "plain_text": one_node_report(pc, pu)[1],
+                         "rel": float((c_samples - base_one).abs().max() / base_one.abs().max()),
+                         "other_wrapper_text": one_node_report(calls_by_model(pc)[0], pu)[1]}
 res["pag_guider"] = error(lambda: guided(pag, pu))
 # a sampling shift with the Guider: refused with Ideogram4 Sigmas (reads no model), applied by BasicScheduler
 shifted = nodes_model_advanced.ModelSamplingSD3().patch(pc, 6.0)[0]
@@ -276,6 +290,16 @@ def test_another_models_dit_swapped_in_by_a_wrapper_is_refused(result):
     assert result["dual_guider_plain_runs"] and result["own_swap_runs"]
     e = result["dual_guider_cross_model_wrapper"]
     assert e and "would run another model's DiT" in e and "Ideogram4 Guider" in e, e
+
+
+def test_the_ksampler_report_names_torch_compile_and_other_model_call_wrappers(result):
+    r = result["compile_report"]
+    assert "host wrappers: conditional model compiled (TorchCompileModel, backend eager; the first step compiles; " \
+           "bf16 rounding differs from eager, not bit-exact)" in r["text"], r["text"]
+    assert "unconditional model" not in r["text"].split("host wrappers:")[1]
+    assert "host wrappers" not in r["plain_text"]
+    assert "host wrappers: conditional model: apply_model wrapper 'test'" in r["other_wrapper_text"]
+    assert r["rel"] < 1e-2, r["rel"]  # compiled (eager backend) ≈ the eager run
 
 
 def test_a_shift_is_refused_with_ideogram4_sigmas_and_used_by_a_scheduler_that_reads_it(result):
