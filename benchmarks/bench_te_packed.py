@@ -86,14 +86,10 @@ def _lengths(spec: str) -> list[int]:
 def kernel_sweep(lengths: list[int], sides: list[int], device: str, dtype: torch.dtype, heads: int = 2) -> None:
     """SDPA as Qwen3-VL calls it in the packed run (head_dim 128, explicit causal + key-padding bool mask): per
     caption length, are the text rows at ``packed_length(n)`` equal to those at ``n + (side/16)²`` for each side?"""
-    import torch.nn.functional as F
+    from tools.packed_attention import text_rows
 
     def rows(q, k, v, n, length):
-        keep = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
-        keep[:, n:] = False  # causal + key padding, as transformers' create_causal_mask builds it
-        with torch.inference_mode():
-            return F.scaled_dot_product_attention(q[:, :, :length], k[:, :, :length], v[:, :, :length],
-                                                  attn_mask=keep[None, None])[:, :, :n].float().cpu()
+        return text_rows(q, k, v, n, length).float().cpu()
 
     g = torch.Generator().manual_seed(7)
     longest = max(lengths) + max(side // 16 for side in sides) ** 2

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.cpu_math import warm_vector_math
 from tools.make_test_checkpoints import FORMATS, convert, random_state_dict, tiny_config, write_file
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+warm_vector_math()  # the first multi-threaded sin/cos/exp of a process can round differently: model/cpu_math.py
 
 DATA = Path(__file__).parent / "data"
 COND_SEED, UNCOND_SEED = 0, 1

@@ -39,6 +39,9 @@ MANIFEST = DATA / "golden_families.json"
 @functools.lru_cache(maxsize=None)
 def fingerprint() -> str:
     """12 hex digits naming this machine's CPU kernels (same digits ⇔ same probe outputs, bit for bit)."""
+    from model.cpu_math import warm_vector_math
+
+    warm_vector_math()  # the probes' softmax must not be the process's racy first exp (model/cpu_math.py)
     g = torch.Generator().manual_seed(20261202)
     rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     probes = []

@@ -19,11 +19,12 @@ HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "
 
 # What each model subpackage may import from the rest of the pack (besides itself).
 MODEL_LAYERS = {
+    "model.cpu_math": set(),
     "model.checkpoints": set(),
     "model.caption": set(),
-    "model.dit": {"model.checkpoints"},
-    "model.vae": {"model.checkpoints"},
-    "model.text_encoder": {"model.checkpoints", "model.dit"},
+    "model.dit": {"model.checkpoints", "model.cpu_math"},
+    "model.vae": {"model.checkpoints", "model.cpu_math"},
+    "model.text_encoder": {"model.checkpoints", "model.dit", "model.cpu_math"},
 }
 
 

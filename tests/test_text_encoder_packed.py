@@ -172,17 +172,10 @@ def test_packed_length_rows_equal_the_reference_layout_from_384_square_up(n):
     the reference's packed run at 384² (576 image slots) and 1024² (4096) bit for bit.  The previous rule
     (n + 256 slots when shorter than a block, the reference's 256² run) fails this on Intel Xeon AMX for
     n = 136, 207 and 613 with these inputs (on AMD EPYC a cut block rounds like a full one: both rules pass)."""
-    import torch.nn.functional as F
+    from tools.packed_attention import text_rows
 
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(1, 8, n + 4096, 128, generator=g).bfloat16() for _ in range(3))
-
-    def rows(length):
-        keep = torch.ones(length, length, dtype=torch.bool).tril_()
-        keep[:, n:] = False  # causal + key padding (transformers' create_causal_mask)
-        return F.scaled_dot_product_attention(q[:, :, :length], k[:, :, :length], v[:, :, :length],
-                                              attn_mask=keep[None, None])[:, :, :n]
-
-    ours = rows(packed_length(n))
+    ours = text_rows(q, k, v, n, packed_length(n))
     for slots in (576, 4096):
-        assert torch.equal(ours, rows(n + slots)), f"{n} tokens, {slots} image slots"
+        assert torch.equal(ours, text_rows(q, k, v, n, n + slots)), f"{n} tokens, {slots} image slots"

@@ -16,6 +16,7 @@ import torch
 from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
                            swap_quantized_linears)
 from .config import DiTConfig, expected_shapes
+from ..cpu_math import warm_vector_math
 from .diffusers_config import check_diffusers_config
 from .transformer import Ideogram4DiT
 
@@ -83,6 +84,7 @@ def load_transformer(source: str | os.PathLike, *, device: torch.device | str = 
     scale), official bitsandbytes nf4 (blocksize 64, no nested statistics), ComfyUI ``comfy_quant`` nvfp4 /
     mxfp8 / int8_tensorwise (convrot) and mixed files, GGUF (ComfyUI-GGUF layout, ``.gguf``).
     """
+    warm_vector_math()
     reader, fmt, cfg = inspect_transformer(source, component)
     config_json = reader.files[0].parent / "config.json"
     unknown = check_diffusers_config(config_json, cfg, fmt.quantization) if Path(source).is_dir() and config_json.is_file() else []

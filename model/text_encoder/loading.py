@@ -36,6 +36,7 @@ import torch.nn as nn
 from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, classify_modules,
                            describe_other_family, key_problems, open_checkpoint, replace_module, swap_quantized_linears)
 from ..checkpoints.gguf_reader import RenamedReader
+from ..cpu_math import warm_vector_math
 from ..dit.constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
 from . import gguf_layout
 from .encoder import Ideogram4TextEncoder
@@ -450,6 +451,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
         operations: layer namespace (``model.checkpoints.TorchOps`` by default; see :func:`_use_operations`).
     """
 
+    warm_vector_math()
     taps = _check_taps(taps)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..cpu_math import warm_vector_math
 from ..checkpoints import CheckpointReader, describe_other_family, key_problems, open_checkpoint, set_tensor
 from .decoder import LATENT_Z, Flux2VAEDecoder, VAEDecoderConfig, VAEOps
 from .encoder import Flux2VAEEncoder, VAEEncoderConfig
@@ -205,6 +206,7 @@ def load_vae(source: str | os.PathLike, *, device: torch.device | str = "cpu", d
     Built on the meta device, every tensor assigned from the file (no random init); encoder tensors are
     never read.  ``dtype`` is the compute dtype (REF decodes in bf16).  Wrong files raise ``ValueError``.
     """
+    warm_vector_math()
     reader = open_checkpoint(source, "vae")
     fmt = detect_vae_format(reader.keys(), reader.label)
     shapes = _logical_shapes(reader, fmt.sources, fmt.linear_to_conv)
@@ -243,6 +245,7 @@ def load_vae_encoder(source: str | os.PathLike, *, device: torch.device | str = 
     Built on the meta device, every tensor assigned from the file.  ``dtype`` is the compute dtype (REF
     encodes in the pipeline dtype, bf16).  A file without encoder tensors raises ``ValueError``.
     """
+    warm_vector_math()
     reader = open_checkpoint(source, "vae")
     fmt = detect_vae_format(reader.keys(), reader.label)
     if not fmt.encoder:

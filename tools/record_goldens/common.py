@@ -121,7 +121,11 @@ def patched(target, **attrs) -> Iterator[None]:
 
 
 def use_test_threads() -> int:
-    """The thread count the test suite runs with (tests/conftest.py): part of the kernel fingerprint."""
+    """The thread count the test suite runs with (tests/conftest.py): part of the kernel fingerprint.  Also the
+    pack's vector-math warm-up (``model.cpu_math``), so the reference's first sin/cos is not the racy first call."""
+    from model.cpu_math import warm_vector_math
+
+    warm_vector_math()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return torch.get_num_threads()
 
