@@ -2,7 +2,8 @@
 
 Writes a ~1.4 GB bf16 Qwen3-VL checkpoint in the stock Hugging Face layout (``model.language_model.*``
 + a ~0.35 GB ``model.visual.*`` vision tower + ``lm_head``, 3 shards + index, tiny tokenizer) and the
-same weights in the official fp8 weight-only layout, then — each in a fresh process — loads them
+same weights in the official fp8 weight-only layout and as llama.cpp GGUF (Q8_0, Q4_K_M — the K-quant blocks
+random, so only its figures, not its features, mean anything), then — each in a fresh process — loads them
 with ``load_text_encoder`` and reports:
 
 * peak RSS (``VmHWM``) above the pre-load baseline, against the file size and the
@@ -91,6 +92,10 @@ def build(args) -> None:
     (hf / "config.json").write_text(json.dumps(mk.full_config(text, vision, "Qwen3VLForConditionalGeneration")))
     mk.write_tokenizer(hf)
     del tensors
+    from tools.make_test_text_encoder_gguf import write_llama_cpp_gguf
+
+    for file_type in GGUF_TYPES:  # llama.cpp's language-model file of the same weights (no vision tower)
+        write_llama_cpp_gguf(out / gguf_layout(file_type), file_type, text=text, weights={**lm, **head})
     fp8 = out / "official_fp8"
     tensors = {**{"language_model." + k: v for k, v in mk.quantize(lm, "fp8_rowwise").items()},
                **{"visual." + k: v for k, v in mk.quantize(vis, "fp8_rowwise").items()}}
@@ -99,6 +104,13 @@ def build(args) -> None:
     cfg["ideogram_fp8_weight_only"] = True
     (fp8 / "text_encoder" / "config.json").write_text(json.dumps(cfg))
     mk.write_tokenizer(fp8 / "tokenizer")
+
+
+GGUF_TYPES = ("Q8_0", "Q4_K_M")
+
+
+def gguf_layout(file_type: str) -> str:
+    return f"Qwen3VL-bench-{file_type}.gguf"
 
 
 def measure(args) -> None:
@@ -115,7 +127,8 @@ def measure(args) -> None:
     import transformers  # noqa: F401  (import cost is not part of the load)
     before, base_peak = _rss_breakdown(), _maxrss()
     t0 = time.perf_counter()
-    enc = load_text_encoder(source, device=args.device, taps=tuple(args.taps))
+    tokenizer = Path(args.workdir) / "qwen_hf" if source.suffix == ".gguf" else None  # a single file names one
+    enc = load_text_encoder(source, device=args.device, taps=tuple(args.taps), tokenizer=tokenizer)
     load_s = time.perf_counter() - t0
     peak = _maxrss()
     after = _rss_breakdown()
@@ -177,7 +190,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--layouts", nargs="+", default=["qwen_hf", "official_fp8"])
+    ap.add_argument("--layouts", nargs="+", default=["qwen_hf", "official_fp8"] + [gguf_layout(t) for t in GGUF_TYPES])
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--_child", choices=["build", "measure"], help=argparse.SUPPRESS)
     ap.add_argument("--layout", help=argparse.SUPPRESS)
@@ -190,7 +203,8 @@ def main(argv=None) -> None:
     work = Path(args.workdir)
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--rebuild"]
     if args.rebuild or not (work / "qwen_hf" / "model.safetensors.index.json").is_file() or \
-            not (work / "official_fp8" / "text_encoder" / "config.json").is_file():
+            not (work / "official_fp8" / "text_encoder" / "config.json").is_file() or \
+            not all((work / gguf_layout(t)).is_file() for t in GGUF_TYPES):
         t = time.perf_counter()
         subprocess.run([sys.executable, __file__, *passthrough, "--_child", "build"], check=True)
         print(f"built synthetic checkpoints in {work} ({time.perf_counter() - t:.0f} s)")

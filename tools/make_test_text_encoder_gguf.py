@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -101,19 +101,24 @@ def vocabulary(vocab_size: int, tokens: Optional[Sequence[str]] = None) -> list[
 
 def write_llama_cpp_gguf(path: Path, file_type: str = "Q8_0", *, text: Optional[dict] = None, seed: int = 0,
                          tokens: Optional[Sequence[str]] = None, merges: Optional[Sequence[str]] = None,
-                         architecture: str = "qwen3vl", with_metadata: bool = True) -> Path:
+                         architecture: str = "qwen3vl", with_metadata: bool = True,
+                         weights: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
     """The language model of a tiny Qwen3-VL (``tiny_weights(text, …, seed)``, lm_head included) as llama.cpp's
     GGUF of ``file_type``; ``tokens`` / ``merges``: the vocabulary written into the file (default: the tiny
-    tokenizer's).  ``with_metadata=False`` leaves out the ``qwen3vl.*`` keys (an old or stripped file)."""
+    tokenizer's).  ``with_metadata=False`` leaves out the ``qwen3vl.*`` keys (an old or stripped file).
+    ``weights``: other Qwen3VLTextModel-named weights of ``text``'s shapes (``lm_head.weight`` optional)."""
     import gguf
 
     if file_type not in FILE_TYPES:
         raise ValueError(f"file_type must be one of {FILE_TYPES}, got {file_type!r}")
     text = text or gguf_text_config()
-    lm, _ = tiny_weights(text, tiny_vision_config(text["hidden_size"]), seed)
-    g = torch.Generator().manual_seed(seed + 2000)
-    lm["lm_head.weight"] = (torch.randn(text["vocab_size"], text["hidden_size"], generator=g)
-                            / text["hidden_size"] ** 0.5).to(torch.bfloat16)
+    if weights is None:
+        lm, _ = tiny_weights(text, tiny_vision_config(text["hidden_size"]), seed)
+        g = torch.Generator().manual_seed(seed + 2000)
+        lm["lm_head.weight"] = (torch.randn(text["vocab_size"], text["hidden_size"], generator=g)
+                                / text["hidden_size"] ** 0.5).to(torch.bfloat16)
+    else:
+        lm = dict(weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("Qwen3-VL tiny test model")
