@@ -170,6 +170,14 @@ def test_other_gguf_files_are_named(tmp_path, folder, text):
         load_transformer(te_file)
 
 
+def test_a_folder_holding_only_a_gguf_says_to_pick_the_file(tmp_path, folder, text):
+    sub = tmp_path / "qwen3vl_gguf"
+    write_llama_cpp_gguf(sub / "Qwen3VL-tiny-Q8_0.gguf", "Q8_0", text=text)
+    with pytest.raises(ValueError, match=r"qwen3vl_gguf/text_encoder: no checkpoint found .*; it holds Qwen3VL-tiny-Q8_0\.gguf: "
+                                         r"pick the \.gguf file itself, not its folder"):
+        load_text_encoder(sub, taps=TAPS, tokenizer=folder)
+
+
 def test_truncated_gguf_is_named(tmp_path, folder, text):
     path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-Q8_0.gguf", "Q8_0", text=text)
     data = path.read_bytes()
@@ -179,14 +187,115 @@ def test_truncated_gguf_is_named(tmp_path, folder, text):
         load_text_encoder(broken, taps=TAPS, tokenizer=folder)
 
 
-def test_host_operations_stream_the_packed_layers(tmp_path, folder, text):
-    """Under a host namespace the GGUF Linears are the host's QuantizedLinear (ComfyUI casts / streams them)."""
-    from model.checkpoints import QuantizedLinear
+def test_host_operations_own_every_layer_and_change_nothing(tmp_path, folder, text):
+    """Under a host namespace (ComfyUI's ops, here ``test_text_encoder._HostOps``) the GGUF Linears are the host's
+    QuantizedLinear (ComfyUI casts / streams them), the decoded embedding and the norms the host's classes, and
+    the features are those of the default ops."""
+    from test_text_encoder import _HostOps
 
     path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-Q4_K_M.gguf", "Q4_K_M", text=text)
-    enc = load_text_encoder(path, taps=TAPS, tokenizer=folder)
-    packed = [m for m in enc.language_model.modules() if isinstance(m, QuantizedLinear)]
+    plain = load_text_encoder(path, taps=TAPS, tokenizer=folder)
+    hosted = load_text_encoder(path, taps=TAPS, tokenizer=folder, operations=_HostOps)
+    lm = hosted.language_model
+    packed = [m for m in lm.modules() if isinstance(m, _HostOps.QuantizedLinear)]
     assert len(packed) == 5 * 7 and {m.options["qtype"] for m in packed} == {"Q4_K", "Q6_K"}
+    assert isinstance(lm.embed_tokens, _HostOps.Embedding) and lm.embed_tokens.weight.dtype == torch.bfloat16
+    assert isinstance(lm.layers[0].input_layernorm, _HostOps.TextRMSNorm)
+    assert torch.equal(hosted.encode(CAPTIONS, use_cache=False).features, plain.encode(CAPTIONS, use_cache=False).features)
+
+
+def test_metadata_values_are_read_as_gguf_reads_them(tmp_path, text):
+    """``_field_value`` (decoded by hand: gguf < 0.11 has no ``ReaderField.contents``) equals gguf's own
+    ``contents()`` for every field of a llama.cpp file, and one token list entry equals ``contents(i)``."""
+    from model.checkpoints.gguf_reader import _field_value
+
+    path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-Q8_0.gguf", "Q8_0", text=text)
+    fields = gguf.GGUFReader(str(path)).fields
+    assert len(fields) > 20
+    for name, f in fields.items():
+        assert _field_value(f) == f.contents(), name
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert [_field_value(tokens, i) for i in (0, 257, 297)] == [tokens.contents(i) for i in (0, 257, 297)]
+
+
+def _rewritten(path, out, *, drop=(), extra=None):
+    """``path``'s tensors (without metadata) in a new qwen3vl GGUF, ``drop`` left out, ``extra`` {name: array} added."""
+    writer = gguf.GGUFWriter(str(out), "qwen3vl")
+    for t in gguf.GGUFReader(str(path)).tensors:
+        if t.name not in drop:
+            data = np.asarray(t.data)  # as the reader maps it: elements, or block bytes (rows, bytes per row)
+            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+    for name, value in (extra or {}).items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_tensor_names_in_messages_are_the_files(tmp_path, folder, text):
+    """A GGUF without a tensor the model needs, or with one it does not know, is named as the file spells it."""
+    path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-BF16.gguf", "BF16", text=text)
+    unknown = _rewritten(path, tmp_path / "unknown.gguf", extra={"rope_freqs.weight": np.ones(32, dtype=np.float32)})
+    with pytest.raises(ValueError, match=r"unknown\.gguf: unexpected tensor rope_freqs\.weight for a Qwen3-VL text "
+                                         r"encoder \(llama\.cpp names \(blk\.N\.\*\)\)"):
+        load_text_encoder(unknown, taps=TAPS, tokenizer=folder)
+    missing = _rewritten(path, tmp_path / "missing.gguf", drop=("blk.1.attn_k_norm.weight",))
+    with pytest.raises(ValueError, match=r"missing\.gguf: does not match its Qwen3-VL configuration .*missing tensors "
+                                         r"\(1\): blk\.1\.attn_k_norm\.weight$"):
+        load_text_encoder(missing, taps=TAPS, tokenizer=folder)
+    from model.text_encoder.gguf_layout import file_name, hf_name
+
+    names = [t.name for t in gguf.GGUFReader(str(path)).tensors]
+    assert all(file_name(hf_name(n)) == n for n in names) and len(names) == 5 * 11 + 3  # both directions agree
+
+
+class _TokenList:
+    """The two reader calls ``tokenizer_problem`` makes, over a given token list."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def array_length(self, key):
+        return len(self.tokens)
+
+    def array_item(self, key, index):
+        return self.tokens[index]
+
+
+def test_a_short_token_list_or_a_tokenizer_object_without_a_vocabulary(folder, caplog):
+    from transformers import AutoTokenizer
+
+    from model.text_encoder.gguf_layout import tokenizer_problem
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    full = write_llama_cpp_gguf.__globals__["vocabulary"](320)
+    assert tokenizer_problem(_TokenList(full), tok, "t.gguf") is None
+    assert tokenizer_problem(_TokenList(full[:250]), tok, "t.gguf") == (
+        "t.gguf: the GGUF lists 250 tokens, the tokenizer has ids up to 297 — they do not belong together; pick this "
+        "model's tokenizer (auto: ComfyUI's bundled Qwen tokenizer)")
+
+    class IdsOnly:  # a tokenizer object with convert_ids_to_tokens but no get_vocab: still checked
+        def __len__(self):
+            return len(tok)
+
+        def convert_ids_to_tokens(self, ids):
+            return tok.convert_ids_to_tokens(ids)
+
+    swapped = list(full)
+    swapped[3], swapped[4] = swapped[4], swapped[3]
+    assert tokenizer_problem(_TokenList(full), IdsOnly(), "t.gguf") is None
+    assert "2 of 298 ids differ; token 3" in tokenizer_problem(_TokenList(swapped), IdsOnly(), "t.gguf")
+
+    class Opaque:
+        def __len__(self):
+            return 298
+
+    with caplog.at_level(logging.WARNING):
+        assert tokenizer_problem(_TokenList(full), Opaque(), "t.gguf") is None
+    assert "t.gguf: the tokenizer object lists no vocabulary (no get_vocab / convert_ids_to_tokens): not checked " \
+           "against the GGUF's 320 tokens" in caplog.text
 
 
 def test_loading_logs_what_was_read(tmp_path, folder, text, caplog):

@@ -10,8 +10,9 @@ What llama.cpp's converter and ``llama-quantize`` write, reproduced:
 * tensor names ``token_embd``, ``blk.N.attn_{q,k,v,output,q_norm,k_norm,norm}``, ``blk.N.ffn_{norm,gate,up,down}``,
   ``output_norm``, ``output``; shapes in ggml order (the writer reverses them); no weight reordered;
 * tensor types per file type: norms F32; ``F16`` / ``BF16`` / ``Q8_0`` … every matrix; ``Q4_K_M`` / ``Q5_K_M``
-  mixes in Q6_K (``output``, and ``attn_v`` / ``ffn_down`` of the first half of the layers, llama.cpp's
-  "use more bits" rule in short).
+  mix in Q6_K (``output``, and ``attn_v`` / ``ffn_down`` of the first half of the layers — a simplification of
+  llama.cpp's "use more bits" rule, which picks the first and last eighth and every third layer; only the mix
+  of block types matters here).
 
 Types ``gguf.quants.quantize`` implements are quantised from the weights; K-quants get valid random blocks
 (their truth is ``gguf.quants.dequantize``, as in ``tools.make_test_quantized``).

@@ -38,12 +38,18 @@ def _gguf():
     return gguf
 
 
-def _field_value(field):
-    try:
-        return field.contents()
-    except Exception:  # older gguf: decode the last part by hand
-        return bytes(field.parts[field.data[0]]).decode("utf-8") if field.types and field.types[0].name == "STRING" \
-            else field.parts[field.data[0]].tolist()
+def _field_value(field, index: Optional[int] = None):
+    """A metadata value as gguf's ``ReaderField.contents()`` gives it (a number, a string, a list; ``index``: one
+    entry of an array), decoded here because gguf before 0.11 — which ``requirements.txt`` allows — has no
+    ``contents``."""
+    if not field.types:
+        return None
+    string = lambda part: bytes(part).decode("utf-8", "replace")  # noqa: E731
+    if field.types[0].name == "ARRAY":
+        text = field.types[-1].name == "STRING"
+        item = lambda i: string(field.parts[i]) if text else field.parts[i].tolist()[0]  # noqa: E731
+        return item(field.data[index]) if index is not None else [item(i) for i in field.data]
+    return string(field.parts[-1]) if field.types[0].name == "STRING" else field.parts[-1].tolist()[0]
 
 
 def _as_torch(array: np.ndarray) -> torch.Tensor:
@@ -160,8 +166,7 @@ class GGUFCheckpointReader:
         f = self._fields.get(key)
         if f is None or not 0 <= index < len(f.data):
             return None
-        part = f.parts[f.data[index]]
-        return bytes(part).decode("utf-8", "replace") if part.dtype == np.uint8 else part.tolist()[0]
+        return _field_value(f, index)
 
 
 class RenamedReader:

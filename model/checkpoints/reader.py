@@ -201,8 +201,10 @@ def resolve_checkpoint_files(source: str | os.PathLike, component: Optional[str]
             if found is not None:
                 return resolve_checkpoint_files(found)
         where = f"{path}/{component}" if component else str(path)
+        ggufs = sorted(p.name for folder in candidates for p in folder.glob("*.gguf"))
+        hint = f"; it holds {', '.join(ggufs[:3])}: pick the .gguf file itself, not its folder" if ggufs else ""
         raise ValueError(f"{where}: no checkpoint found (expected one of {', '.join(FOLDER_FILENAMES)}, or a "
-                         "diffusers variant of them such as diffusion_pytorch_model.bf16.safetensors)")
+                         f"diffusers variant of them such as diffusion_pytorch_model.bf16.safetensors){hint}")
     if not path.exists():
         raise ValueError(f"{path}: " + ("a symbolic link to a file that does not exist"
                                         if path.is_symlink() else "file not found"))

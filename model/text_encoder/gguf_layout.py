@@ -11,8 +11,11 @@ the token embedding is decoded once at load.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Mapping, Optional
+from typing import Optional
+
+log = logging.getLogger(__name__)
 
 LLAMA_CPP_ARCH = "qwen3vl"
 NAMING = "llama.cpp names (blk.N.*)"
@@ -42,15 +45,28 @@ _IN_LAYER = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v
              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 
 
+_TOP_FILE = {v: k for k, v in _TOP.items()}
+_IN_LAYER_FILE = {v: k for k, v in _IN_LAYER.items()}
+_HF_LAYER = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def _translate(name: str, top: dict, layer: re.Pattern, in_layer: dict, block: str) -> str:
+    if name in top:
+        return top[name]
+    m = layer.match(name)
+    return f"{block}.{m[1]}.{in_layer[m[2]]}.{m[3]}" if m and m[2] in in_layer else name
+
+
 def hf_name(file_name: str) -> str:
     """``blk.3.attn_q.weight`` → ``layers.3.self_attn.q_proj.weight``; a name llama.cpp's Qwen3-VL has no
     counterpart for stays as it is (the format detection then names it as unexpected)."""
-    if file_name in _TOP:
-        return _TOP[file_name]
-    m = _LAYER.match(file_name)
-    if m and m[2] in _IN_LAYER:
-        return f"layers.{m[1]}.{_IN_LAYER[m[2]]}.{m[3]}"
-    return file_name
+    return _translate(file_name, _TOP, _LAYER, _IN_LAYER, "layers")
+
+
+def file_name(hf: str) -> str:
+    """The other way: ``layers.3.self_attn.q_proj.weight`` → ``blk.3.attn_q.weight`` (for messages about a tensor the
+    file lacks); a name without a llama.cpp counterpart stays as it is."""
+    return _translate(hf, _TOP_FILE, _HF_LAYER, _IN_LAYER_FILE, "blk")
 
 
 def hf_names(file_names) -> dict[str, str]:
@@ -102,12 +118,28 @@ def tokenizer_problem(reader, tok, label: str) -> Optional[str]:
     count = reader.array_length(_TOKENS)
     if not count:
         return None
-    by_id = {i: t for t, i in tok.get_vocab().items()}
-    bad = [i for i in sorted(by_id) if (reader.array_item(_TOKENS, i) if i < count else None) != by_id[i]]
+    by_id = _tokens_by_id(tok)
+    if by_id is None:
+        log.warning("%s: the tokenizer object lists no vocabulary (no get_vocab / convert_ids_to_tokens): not checked "
+                    "against the GGUF's %d tokens", label, count)
+        return None
+    if max(by_id) >= count:
+        return (f"{label}: the GGUF lists {count} tokens, the tokenizer has ids up to {max(by_id)} — they do not "
+                "belong together; pick this model's tokenizer (auto: ComfyUI's bundled Qwen tokenizer)")
+    bad = [i for i in sorted(by_id) if reader.array_item(_TOKENS, i) != by_id[i]]
     if not bad:
         return None
     i = bad[0]
-    have = reader.array_item(_TOKENS, i) if i < count else None
     return (f"{label}: the tokenizer does not match the GGUF's own vocabulary ({len(bad)} of {len(by_id)} ids differ; "
-            f"token {i} is {by_id[i]!r} in the tokenizer, {have!r} in the file) — pick this model's tokenizer (auto: "
-            "ComfyUI's bundled Qwen tokenizer)")
+            f"token {i} is {by_id[i]!r} in the tokenizer, {reader.array_item(_TOKENS, i)!r} in the file) — pick this "
+            "model's tokenizer (auto: ComfyUI's bundled Qwen tokenizer)")
+
+
+def _tokens_by_id(tok) -> Optional[dict[int, str]]:
+    vocab = getattr(tok, "get_vocab", None)
+    if callable(vocab):
+        return {i: t for t, i in vocab().items()}
+    convert = getattr(tok, "convert_ids_to_tokens", None)
+    if callable(convert):
+        return dict(enumerate(convert(list(range(len(tok))))))
+    return None

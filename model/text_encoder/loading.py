@@ -142,6 +142,7 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
     """
     keys = reader.keys()
     label = reader.label
+    spell = getattr(reader, "file_name", str)  # a renamed reader (GGUF) spells a tensor as its file does
     if not keys:
         raise ValueError(f"{label}: the checkpoint contains no tensors")
     prefixes = sorted({k[: -len(_ANCHOR)] for k in keys
@@ -173,7 +174,7 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
             try:
                 idx = int(key.split(".")[1])
             except (IndexError, ValueError):
-                raise ValueError(f"{label}: unexpected tensor {raw} for a Qwen3-VL text encoder") from None
+                raise ValueError(f"{label}: unexpected tensor {spell(raw)} for a Qwen3-VL text encoder") from None
             layer_ids.add(idx)
             if keep_layers is not None and idx >= keep_layers:
                 skipped["in layers after the last tap"] += 1
@@ -185,7 +186,8 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
             skipped[_skip_category(key)] += 1
             continue
         elif head != "embed_tokens":
-            raise ValueError(f"{label}: unexpected tensor {raw} for a Qwen3-VL text encoder ({_NAMINGS.get(prefix, prefix)})")
+            raise ValueError(f"{label}: unexpected tensor {spell(raw)} for a Qwen3-VL text encoder "
+                             f"({naming or _NAMINGS.get(prefix, prefix)})")
         sources[key] = [raw]
     num_layers = max(layer_ids) + 1
     if layer_ids != set(range(num_layers)):
@@ -314,9 +316,12 @@ def _rotary_embedding(text_cfg, device: torch.device) -> nn.Module:
         return Qwen3VLTextRotaryEmbedding(config=text_cfg)
 
 
-def _check_shapes(model: nn.Module, fmt: TextEncoderFormat) -> None:
-    want = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    have = fmt.checkpoint.logical_shapes
+def _check_shapes(model: nn.Module, fmt: TextEncoderFormat, spell=None) -> None:
+    """Missing / unexpected / wrong-shape tensors, named as the file spells them (``spell``: a model name → the
+    file's, for a GGUF; otherwise the prefix is put back)."""
+    spell = spell or (lambda k: k)
+    want = {spell(name): tuple(p.shape) for name, p in model.named_parameters()}
+    have = {spell(k): v for k, v in fmt.checkpoint.logical_shapes.items()}
     problems = key_problems(want, have, [k for k in have if k not in want], noun="tensors", prefix=fmt.prefix,
                             limits=(6, 6, 4))
     if problems:
@@ -484,7 +489,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
                     fmt.description)
 
     model = _build_language_model(text_cfg, fmt.kept_layers)
-    _check_shapes(model, fmt)
+    _check_shapes(model, fmt, gguf_layout.file_name if gguf else None)
     tok, tok_identity = resolve_tokenizer(tokenizer, source, files, label)
     _check_tokenizer(tok, text_cfg.vocab_size, label)
     problem = gguf and gguf_layout.tokenizer_problem(reader, tok, label)

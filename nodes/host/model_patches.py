@@ -185,19 +185,6 @@ COMPILE_KEY = "torch.compile"  # comfy_api.torch_helpers' key for TorchCompileMo
 MODEL_CALL_WRAPPERS = ("apply_model", "diffusion_model")  # the wrapper types every Ideogram 4 path runs
 
 
-def _wrapper_keys(patcher) -> dict[str, list[str]]:
-    """wrapper type → keys with at least one wrapper, on the patcher and in its ``transformer_options``."""
-    found: dict[str, list[str]] = {}
-    tables = (getattr(patcher, "wrappers", None) or {},
-              ((getattr(patcher, "model_options", None) or {}).get("transformer_options") or {}).get("wrappers") or {})
-    for table in tables:
-        for kind in MODEL_CALL_WRAPPERS:
-            for key, fns in (table.get(kind) or {}).items():
-                if fns and key not in found.setdefault(kind, []):
-                    found[kind].append(key)
-    return found
-
-
 def applied_wrappers_note(patchers: dict) -> Optional[str]:
     """One report line naming the model-call wrappers the sampling ran ({"conditional": patcher, …}; None skipped):
     TorchCompileModel's compile with its backend, any other wrapper by its key.  None when there are none."""
@@ -205,14 +192,16 @@ def applied_wrappers_note(patchers: dict) -> Optional[str]:
     for role, patcher in patchers.items():
         if patcher is None:
             continue
-        for kind, keys in _wrapper_keys(patcher).items():
-            for key in keys:
-                if key == COMPILE_KEY:
-                    backend = ((patcher.model_options or {}).get("torch_compile_kwargs") or {}).get("backend", "?")
-                    parts.append(f"{role} model compiled (TorchCompileModel, backend {backend}; the first step "
-                                 "compiles; bf16 rounding differs from eager, not bit-exact)")
-                else:
+        wrappers = pass_options(patcher).get("wrappers") or {}
+        for kind in MODEL_CALL_WRAPPERS:
+            for key in (k for k, fns in (wrappers.get(kind) or {}).items() if fns):
+                if key != COMPILE_KEY:
                     parts.append(f"{role} model: {kind} wrapper {key!r}")
+                    continue
+                backend = ((patcher.model_options or {}).get("torch_compile_kwargs") or {}).get("backend", "?")
+                parts.append(f"{role} model compiled (TorchCompileModel, backend {backend}; the first step compiles"
+                             + ("; inductor's fused kernels round differently from eager in bf16: not bit-exact)"
+                                if backend == "inductor" else ")"))
     return "host wrappers: " + "; ".join(parts) if parts else None
 
 

@@ -179,8 +179,11 @@ def one_node_report(c, u):
         width=W, height=H, batch_size=1, steps=STEPS, mu=0.0, std=1.75, guidance=G, polish_steps=0,
         polish_guidance=3.0, guidance_schedule="", denoise=1.0, latent=None)
     return o.result[0]["samples"], o.ui["text"][0]
+import torch._dynamo.utils as dynamo_utils
+frames_before = sum(dynamo_utils.counters["frames"].values())
 c_samples, c_text = one_node_report(compiled, pu)
 res["compile_report"] = {"text": c_text, "plain_text": one_node_report(pc, pu)[1],
+                         "frames_compiled": sum(dynamo_utils.counters["frames"].values()) - frames_before,
                          "rel": float((c_samples - base_one).abs().max() / base_one.abs().max()),
                          "other_wrapper_text": one_node_report(calls_by_model(pc)[0], pu)[1]}
 res["pag_guider"] = error(lambda: guided(pag, pu))
@@ -294,8 +297,9 @@ def test_another_models_dit_swapped_in_by_a_wrapper_is_refused(result):
 
 def test_the_ksampler_report_names_torch_compile_and_other_model_call_wrappers(result):
     r = result["compile_report"]
-    assert "host wrappers: conditional model compiled (TorchCompileModel, backend eager; the first step compiles; " \
-           "bf16 rounding differs from eager, not bit-exact)" in r["text"], r["text"]
+    assert "host wrappers: conditional model compiled (TorchCompileModel, backend eager; the first step compiles)" \
+        in r["text"], r["text"]
+    assert r["frames_compiled"] > 0  # the compiled module really ran (dynamo traced it)
     assert "unconditional model" not in r["text"].split("host wrappers:")[1]
     assert "host wrappers" not in r["plain_text"]
     assert "host wrappers: conditional model: apply_model wrapper 'test'" in r["other_wrapper_text"]
