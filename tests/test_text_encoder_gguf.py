@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from model.text_encoder import load_text_encoder
 from tools import make_test_text_encoder as mk
-from tools.make_test_text_encoder_gguf import gguf_text_config, write_llama_cpp_gguf, write_mmproj
+from tools.make_test_text_encoder_gguf import gguf_text_config, vocabulary, write_llama_cpp_gguf, write_mmproj
 
 gguf = pytest.importorskip("gguf")
 
@@ -44,21 +44,16 @@ def want(folder):
 
 def _dequantised_twin(path, tmp_path):
     """A safetensors file (ComfyUI ``model.*`` names) of what gguf's numpy dequantize makes of every tensor."""
-    names = {v: k for k, v in _hf_names(path).items()}
+    from model.text_encoder.gguf_layout import hf_name
+
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         value = gguf.quants.dequantize(t.data, t.tensor_type)
         shape = tuple(int(v) for v in reversed(t.shape.tolist()))
-        out["model." + names[t.name]] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).reshape(shape)
+        out["model." + hf_name(t.name)] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).reshape(shape)
     twin = tmp_path / f"twin_{path.stem}.safetensors"
     save_file(out, str(twin))
     return twin
-
-
-def _hf_names(path):
-    from model.text_encoder.gguf_layout import hf_names
-
-    return hf_names([t.name for t in gguf.GGUFReader(str(path)).tensors])
 
 
 @pytest.mark.parametrize("file_type", ["BF16", "F32"])
@@ -136,7 +131,7 @@ def test_metadata_that_contradicts_the_weights_is_refused(tmp_path, folder, text
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, folder, text):
-    vocab = write_llama_cpp_gguf.__globals__["vocabulary"](text["vocab_size"])
+    vocab = vocabulary(text["vocab_size"])
     swapped = list(vocab)
     swapped[40], swapped[41] = swapped[41], swapped[40]
     path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-other-vocab.gguf", "Q8_0", text=text, tokens=swapped)
@@ -270,7 +265,7 @@ def test_a_short_token_list_or_a_tokenizer_object_without_a_vocabulary(folder, c
     from model.text_encoder.gguf_layout import tokenizer_problem
 
     tok = AutoTokenizer.from_pretrained(str(folder))
-    full = write_llama_cpp_gguf.__globals__["vocabulary"](320)
+    full = vocabulary(320)
     assert tokenizer_problem(_TokenList(full), tok, "t.gguf") is None
     assert tokenizer_problem(_TokenList(full[:250]), tok, "t.gguf") == (
         "t.gguf: the GGUF lists 250 tokens, the tokenizer has ids up to 297 — they do not belong together; pick this "

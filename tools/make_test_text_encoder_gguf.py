@@ -23,6 +23,7 @@ Types ``gguf.quants.quantize`` implements are quantised from the weights; K-quan
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -47,13 +48,17 @@ def gguf_text_config(num_layers: int = 5, vocab_size: int = 320) -> dict:
     return cfg
 
 
+@functools.lru_cache(maxsize=None)
+def _tensor_map(num_layers: int):
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3VL, num_layers)
+
+
 def llama_cpp_name(hf_name: str, num_layers: int) -> str:
     """``layers.3.self_attn.q_proj.weight`` → ``blk.3.attn_q.weight``, by gguf's own tensor map for ``QWEN3VL``
     (what llama.cpp's converter uses after stripping ``model.language_model.`` to ``model.``)."""
-    import gguf
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3VL, num_layers)
-    name = names.get_name(hf_name if hf_name.startswith("lm_head.") else "model." + hf_name,
+    name = _tensor_map(num_layers).get_name(hf_name if hf_name.startswith("lm_head.") else "model." + hf_name,
                           try_suffixes=(".weight", ".bias"))
     if name is None:
         raise KeyError(f"gguf has no QWEN3VL tensor for {hf_name}")

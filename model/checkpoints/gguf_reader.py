@@ -5,8 +5,8 @@ keys (optionally prefixed), shapes are in ggml order (reversed), ``general.archi
 model (``ideogram4`` or ``ideogram`` for Ideogram 4), 1-D and small tensors are F32/F16/BF16 and the
 Linear weights are ggml blocks.  llama.cpp's language models (a text encoder) use its own tensor names
 (``blk.N.attn_q.weight``); their loader maps them (:class:`RenamedReader`).  Which architectures a caller
-accepts is its choice (``architectures``, with a hint per known other architecture).  Tensors come back as views of the read-only memory map (no copy):
-quantised ones as their raw block bytes, uint8 (rows, bytes per row), with :meth:`block_type` naming
+accepts is its choice (``architectures``, with a hint per known other architecture).  Tensors come back as
+views of the read-only memory map (no copy): quantised ones as their raw block bytes, uint8 (rows, bytes per row), with :meth:`block_type` naming
 the ggml type; float ones as typed tensors.  The codec is :mod:`.gguf_codec`.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -170,12 +170,18 @@ class GGUFCheckpointReader:
 
 
 class RenamedReader:
-    """A reader under other tensor names (``names``: new name → the file's name); everything else is the
-    wrapped reader's.  ``file_name(key)`` gives the name as the file spells it, for messages."""
+    """A reader under other tensor names: ``rename`` maps each of the file's names to the caller's, ``file_name``
+    the other way (for messages, also about tensors the file lacks); everything else is the wrapped reader's."""
 
-    def __init__(self, reader, names: Mapping[str, str]) -> None:
+    def __init__(self, reader, rename: Callable[[str], str], file_name: Callable[[str], str]) -> None:
         self._reader = reader
-        self._names = dict(names)
+        self._names: dict[str, str] = {}
+        for name in reader.keys():
+            new = rename(name)
+            if new in self._names:
+                raise ValueError(f"{reader.label}: tensors {self._names[new]} and {name} both map to {new}")
+            self._names[new] = name
+        self.file_name = file_name
 
     def __getattr__(self, attr):
         return getattr(self._reader, attr)
@@ -185,9 +191,6 @@ class RenamedReader:
 
     def __contains__(self, key: str) -> bool:
         return key in self._names
-
-    def file_name(self, key: str) -> str:
-        return self._names.get(key, key)
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self._reader.shape(self._names[key])

@@ -15,8 +15,8 @@ import torch
 
 from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
                            swap_quantized_linears)
-from .config import DiTConfig, expected_shapes
 from ..cpu_math import warm_vector_math
+from .config import DiTConfig, expected_shapes
 from .diffusers_config import check_diffusers_config
 from .transformer import Ideogram4DiT
 

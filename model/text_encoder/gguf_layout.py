@@ -69,17 +69,6 @@ def file_name(hf: str) -> str:
     return _translate(hf, _TOP_FILE, _HF_LAYER, _IN_LAYER_FILE, "blk")
 
 
-def hf_names(file_names) -> dict[str, str]:
-    """Qwen3VLTextModel name → the file's name, for every tensor of the file."""
-    out: dict[str, str] = {}
-    for name in file_names:
-        new = hf_name(name)
-        if new in out:
-            raise ValueError(f"tensors {out[new]} and {name} both map to {new}")
-        out[new] = name
-    return out
-
-
 def _meta(reader, key: str):
     return reader.field(f"{LLAMA_CPP_ARCH}.{key}")
 
@@ -91,7 +80,7 @@ _CONSTANTS = {"rope_theta": ("rope.freq_base", float), "rms_norm_eps": ("attenti
 
 def config_constants(reader) -> dict:
     """The values that are not visible in the weights, from the file's metadata (those it has)."""
-    return {name: kind(_meta(reader, key)) for name, (key, kind) in _CONSTANTS.items() if _meta(reader, key) is not None}
+    return {name: kind(value) for name, (key, kind) in _CONSTANTS.items() if (value := _meta(reader, key)) is not None}
 
 
 def size_problem(reader, text_cfg, label: str) -> Optional[str]:

@@ -468,7 +468,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     label = reader.label
     gguf = getattr(reader, "architecture", None) == gguf_layout.LLAMA_CPP_ARCH
     if gguf:
-        reader = RenamedReader(reader, gguf_layout.hf_names(reader.keys()))
+        reader = RenamedReader(reader, gguf_layout.hf_name, gguf_layout.file_name)
     cfg_json = None if gguf else _read_config_json(files, source, label)
     if cfg_json is not None:
         _check_quantization_config(cfg_json, label)
@@ -489,7 +489,7 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
                     fmt.description)
 
     model = _build_language_model(text_cfg, fmt.kept_layers)
-    _check_shapes(model, fmt, gguf_layout.file_name if gguf else None)
+    _check_shapes(model, fmt, getattr(reader, "file_name", None))
     tok, tok_identity = resolve_tokenizer(tokenizer, source, files, label)
     _check_tokenizer(tok, text_cfg.vocab_size, label)
     problem = gguf and gguf_layout.tokenizer_problem(reader, tok, label)

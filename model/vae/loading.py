@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..cpu_math import warm_vector_math
 from ..checkpoints import CheckpointReader, describe_other_family, key_problems, open_checkpoint, set_tensor
+from ..cpu_math import warm_vector_math
 from .decoder import LATENT_Z, Flux2VAEDecoder, VAEDecoderConfig, VAEOps
 from .encoder import Flux2VAEEncoder, VAEEncoderConfig
 
