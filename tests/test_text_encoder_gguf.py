@@ -299,3 +299,10 @@ def test_loading_logs_what_was_read(tmp_path, folder, text, caplog):
         load_text_encoder(path, taps=(0, 1), tokenizer=folder)
     assert "GGUF (Q8_0), llama.cpp names (blk.N.*); 2 of 5 layers; tensors skipped unread: 1 final norm, " \
            "33 in layers after the last tap, 1 lm_head" in caplog.text
+    # every metadata key outside general.* that the loader does not read is named, with why
+    assert "Qwen3VL-tiny-Q8_0.gguf: GGUF metadata not used: qwen3vl.n_deepstack_layers (image inputs only); " \
+           "qwen3vl.rope.dimension_sections (text positions are equal on all three MRoPE axes); tokenizer.ggml.model, " \
+           "tokenizer.ggml.pre, tokenizer.ggml.token_type, tokenizer.ggml.merges, tokenizer.ggml.eos_token_id, " \
+           "tokenizer.ggml.padding_token_id, tokenizer.ggml.bos_token_id, tokenizer.ggml.add_bos_token (the tokenizer " \
+           "picked is used, checked against tokenizer.ggml.tokens); tokenizer.chat_template (Ideogram 4's prompt is " \
+           "fixed)" in caplog.text

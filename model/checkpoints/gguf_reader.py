@@ -157,6 +157,10 @@ class GGUFCheckpointReader:
         f = self._fields.get(key)
         return default if f is None else _field_value(f)
 
+    def metadata_keys(self) -> list[str]:
+        """Every metadata key of the file (``general.*``, ``<arch>.*``, ``tokenizer.*`` …)."""
+        return [k for k in self._fields if not k.startswith("GGUF.")]  # GGUF.*: the header's own fields
+
     def array_length(self, key: str) -> Optional[int]:
         f = self._fields.get(key)
         return None if f is None else len(f.data)

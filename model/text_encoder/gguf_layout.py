@@ -85,10 +85,9 @@ def config_constants(reader) -> dict:
 
 def size_problem(reader, text_cfg, label: str) -> Optional[str]:
     """The first metadata size that disagrees with the weights (a damaged or hand-edited file), else None."""
-    sizes = {"block_count": text_cfg.num_hidden_layers, "embedding_length": text_cfg.hidden_size,
-             "feed_forward_length": text_cfg.intermediate_size, "attention.head_count": text_cfg.num_attention_heads,
-             "attention.head_count_kv": text_cfg.num_key_value_heads, "attention.key_length": text_cfg.head_dim,
-             "attention.value_length": text_cfg.head_dim}
+    sizes = dict(zip(_SIZES, (text_cfg.num_hidden_layers, text_cfg.hidden_size, text_cfg.intermediate_size,
+                              text_cfg.num_attention_heads, text_cfg.num_key_value_heads, text_cfg.head_dim,
+                              text_cfg.head_dim)))
     for key, want in sizes.items():
         have = _meta(reader, key)
         if have is not None and int(have) != int(want):
@@ -98,6 +97,29 @@ def size_problem(reader, text_cfg, label: str) -> Optional[str]:
 
 
 _TOKENS = "tokenizer.ggml.tokens"
+_SIZES = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv",
+          "attention.key_length", "attention.value_length")
+# metadata the loader does not use, and why (exact keys before key prefixes ending in "."); keys outside these and
+# general.* are listed as not used without a reason
+_NOT_NEEDED = {"rope.dimension_sections": "text positions are equal on all three MRoPE axes",
+               "n_deepstack_layers": "image inputs only",
+               "tokenizer.chat_template": "Ideogram 4's prompt is fixed",
+               "tokenizer.": "the tokenizer picked is used, checked against tokenizer.ggml.tokens"}
+
+
+def unused_metadata(reader) -> list[str]:
+    """The file's metadata keys the loader does not read (``general.*`` — name, file type — aside), grouped by the
+    reason where there is one: for the load log, so nothing in the file is passed over unsaid."""
+    read = {f"{LLAMA_CPP_ARCH}.{k}" for k in (*_SIZES, *(key for key, _ in _CONSTANTS.values()))} | {_TOKENS}
+    groups: dict[Optional[str], list[str]] = {}
+    for key in reader.metadata_keys():
+        if key in read or key.startswith("general."):
+            continue
+        short = key.removeprefix(f"{LLAMA_CPP_ARCH}.")
+        why = _NOT_NEEDED.get(short) or next((w for k, w in _NOT_NEEDED.items()
+                                             if k.endswith(".") and key.startswith(k)), None)
+        groups.setdefault(why, []).append(key)
+    return [", ".join(keys) + (f" ({why})" if why else "") for why, keys in groups.items()]
 
 
 def tokenizer_problem(reader, tok, label: str) -> Optional[str]:

@@ -508,6 +508,8 @@ def load_text_encoder(source: str | os.PathLike, *, device: torch.device | str =
     skipped = ", ".join(f"{n} {what}" for what, n in sorted(fmt.skipped.items()))
     log.info("Loaded Ideogram 4 text encoder from %s (%s; %d of %d layers; tensors skipped unread: %s)", label,
              fmt.description, fmt.kept_layers, fmt.num_layers, skipped or "nothing")
+    if gguf:
+        log.info("%s: GGUF metadata not used: %s", label, "; ".join(gguf_layout.unused_metadata(reader)) or "none")
     warnings = [w for w in [unconfirmed_qwen3vl(fmt, cfg_json)] if w]
     for warning in warnings:
         log.warning("%s: %s", label, warning)
