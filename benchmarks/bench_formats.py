@@ -13,7 +13,7 @@ each in a fresh subprocess:
 * per-step decode cost: the seconds to decode every quantised Linear of one forward (measured on layer 0's
   Linears + the text projection, times 34 for the blocks), i.e. the decode part of one pass on this CPU.
 
-Also ``fp8-table`` (the 256-entry table gather vs the native float8 cast on a real-size layer) and
+Also ``fp8-table`` (the exact fp8 decodes of a real-size layer: cast + scale, the 256-entry table, the fused kernel) and
 ``nf4-bnb`` (bitsandbytes' CPU kernel vs the pure-torch codec on a real-size layer).
 
     flock /tmp/heavy.lock python benchmarks/bench_formats.py run --out /work/scratch/issue12 \\
@@ -346,18 +346,34 @@ def _rate(fn, n: int, repeat: int = 3) -> float:
 
 
 def cmd_fp8_table(args) -> None:
+    """The exact fp8 decodes of a real FFN layer on the CPU: two kernels (cast, scale), the 256-entry table, and
+    the fused kernel (``fp8_fused``, compiled here as with ``IDEOGRAM4_FP8_DECODE=fused``); all must agree bit for
+    bit."""
+    import os
+
+    from model.checkpoints import fp8_fused
     from model.checkpoints.fp8 import dequantize_fp8
 
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     w = _fp8_codes((4608, 12288), g)  # a real feed-forward w1
-    s = torch.tensor(1e-3)
+    s = torch.rand(4608, generator=g) * 1e-3  # per-row scales, as the official fp8 files
+    os.environ[fp8_fused.ENV] = "two-kernel"
     native = _rate(lambda: dequantize_fp8(w, s, torch.bfloat16, table=False), w.numel())
+    want = dequantize_fp8(w, s, torch.bfloat16, table=False).view(torch.int16)
     table = _rate(lambda: dequantize_fp8(w, s, torch.bfloat16, table=True), w.numel())
-    same = torch.equal(dequantize_fp8(w, s, torch.bfloat16, table=False).view(torch.int16),
-                       dequantize_fp8(w, s, torch.bfloat16, table=True).view(torch.int16))
-    print(f"fp8 → bf16 decode of a 4608×12288 layer, {args.threads} thread(s): native cast {native:.2f} G elements/s, "
-          f"256-entry table {table:.2f} G elements/s ({table / native:.2f}×), bit-identical: {same}")
+    same = torch.equal(dequantize_fp8(w, s, torch.bfloat16, table=True).view(torch.int16), want)
+    os.environ[fp8_fused.ENV] = "fused"
+    fp8_fused.forget_probes()
+    t0 = time.perf_counter()
+    note = fp8_fused.decode_note("cpu")  # compiles and probes
+    compile_s = time.perf_counter() - t0
+    fused = _rate(lambda: dequantize_fp8(w, s, torch.bfloat16, table=False), w.numel())
+    same_fused = torch.equal(dequantize_fp8(w, s, torch.bfloat16, table=False).view(torch.int16), want)
+    print(f"fp8 → bf16 decode of a 4608×12288 layer, {args.threads} thread(s): cast + scale (two kernels) {native:.2f} "
+          f"G elements/s, 256-entry table {table:.2f} G elements/s ({table / native:.2f}×, bit-identical: {same}), "
+          f"fused {fused:.2f} G elements/s ({fused / native:.2f}×, bit-identical: {same_fused}; compile + probe "
+          f"{compile_s:.1f} s; {note})")
 
 
 def cmd_nf4_bnb(args) -> None:

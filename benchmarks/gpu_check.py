@@ -76,6 +76,10 @@ def speed(args, device, out):
               f"{torch.backends.cuda.flash_sdp_enabled()}, cudnn {torch.backends.cuda.cudnn_sdp_enabled()}, "
               f"mem-efficient {torch.backends.cuda.mem_efficient_sdp_enabled()} (the kernel that ran is in the "
               f"profile below); fp8 _scaled_mm rowwise: {kernel_available()}")
+    from model.checkpoints import fp8_fused
+
+    out["fp8_decode"] = fp8_fused.decode_note(device)  # compiles and probes here, not inside the fp8 row's timing
+    print(f"   {out['fp8_decode']} (fp8 exact and fp8_scaled rows)")
     rows = out["speed"] = []
     for fmt in [f for f in args.formats.split(",") if f]:
         try:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU check in one command (step limits add up to 475 s, so one H100/H200 call stays under 8 min):
+# Every GPU check in one command (step limits add up to 480 s, so one H100/H200 call stays within 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
-#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel test,
+#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel tests (fused decode too),
 #   and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM
 #   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step; last, issue 13's
 #   targets against the figures, as a markdown table ($OUT/targets.md).
@@ -48,7 +48,7 @@ fi
 echo "gpu_check: $(date -u)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # exit 2: a package the checks cannot run without is missing (stop here); 3: ComfyUI does not import (its steps skip)
-step 40 "environment (benchmarks/gpu_env.py)" "$PY" benchmarks/gpu_env.py
+step 35 "environment (benchmarks/gpu_env.py)" "$PY" benchmarks/gpu_env.py
 [ $rc -eq 2 ] && { echo "gpu_check stopped: see the environment above"; exit 1; }
 COMFY_OK=0
 [ $rc -eq 0 ] && [ -n "${COMFYUI_PATH:-}" ] && COMFY_OK=1
@@ -60,7 +60,8 @@ else
   step 145 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
   step 65 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
     benchmarks/bench_families.py --device cuda --out "$SCRATCH/families" --json "$DEST/families.json"
-  step 20 "fp8 _scaled_mm kernel vs emulation" "$PY" -m pytest -q -p no:cacheprovider tests/test_fp8_matmul.py
+  step 30 "fp8 kernels: _scaled_mm vs emulation, fused decode vs two kernels" "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_fp8_matmul.py "tests/test_fp8_fused.py" -k "cuda or not test_fp8_fused"
 fi
 if [ $COMFY_OK -eq 1 ]; then
   if [ -n "$SMOKE" ]; then

@@ -55,6 +55,7 @@ def kernels():
           f" (bitsandbytes probed bit-exact on {device})")
     if device == "cuda":
         print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
+    fp8_decode(device)
     try:
         import comfy_kitchen
 
@@ -63,6 +64,41 @@ def kernels():
             print(f"   comfy-kitchen backend {name}: {state}")
     except Exception as exc:  # noqa: BLE001
         print(f"   comfy-kitchen backends: NOT USABLE: {type(exc).__name__}: {exc}")
+
+
+def fp8_decode(device: str) -> None:
+    """The exact fp8 decode on ``device``: fused or two kernels (compiles and probes it), and on CUDA both timed on a
+    real-size FFN weight (12288 × 4608) with their effective bandwidth and bit equality."""
+    import time
+
+    import torch
+
+    from model.checkpoints import fp8_fused
+
+    print(f"   {fp8_fused.decode_note(device)}")
+    fn, _ = fp8_fused.fused_decoder(device)
+    if device != "cuda":
+        return
+    w = torch.randn(12288, 4608, device=device).to(torch.float8_e4m3fn)
+    s = torch.rand(12288, 1, device=device).to(torch.bfloat16)
+
+    def timed(decode) -> float:
+        decode(w, s)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            decode(w, s)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / 20
+
+    two = timed(fp8_fused.two_kernel_decode)
+    line = f"   fp8 decode of 12288×4608 → bf16: two kernels {two * 1e3:.3f} ms ({7 * w.numel() / two / 1e9:.0f} GB/s moved)"
+    if fn is not None:
+        fused = timed(fp8_fused.decode)
+        same = torch.equal(fp8_fused.decode(w, s), fp8_fused.two_kernel_decode(w, s))
+        line += (f"; fused {fused * 1e3:.3f} ms ({3 * w.numel() / fused / 1e9:.0f} GB/s moved), {two / fused:.2f}× "
+                 f"faster, bit-identical: {same}")
+    print(line)
 
 
 def comfyui() -> bool:

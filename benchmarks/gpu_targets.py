@@ -94,7 +94,10 @@ def targets(check: dict, vs_core, text_tokens: int = 512, streaming=None) -> lis
         if value is None or bf16 is None:
             rows.append((label, "not measured", "n/a"))
         else:
-            rows.append((label, f"{fmt_s(value)} (×{value / bf16:.2f})", _verdict(value <= limit * bf16)))
+            decode = check.get("fp8_decode", "") if label.startswith("fp8") else ""
+            how = " — one fused decode kernel" if decode.startswith("fp8 decode: one fused") else (
+                " — two decode kernels" if decode else "")
+            rows.append((label, f"{fmt_s(value)} (×{value / bf16:.2f}){how}", _verdict(value <= limit * bf16)))
     rows.append(("fp8 fast, 1024² Default-20 ≤ 3.5 s", fmt_s(fast), _verdict(None if fast is None else fast <= 3.5)))
     if isinstance(vs_core, dict) and vs_core.get("ours_s") and vs_core.get("core_s"):
         speedup = vs_core["core_s"] / vs_core["ours_s"]

@@ -58,6 +58,46 @@ def test_sample_runs_each_model_inside_one_cached_run(bf16_pair, tiny_cfg):
     assert len(calls) == 1  # 12 steps, one text projection
 
 
+# ops that read a tensor back to the host (``.item()``, ``bool(t)``, ``tolist()``) or build one from Python data
+# (``torch.tensor(list)``, which on a GPU is a blocking host-to-device copy)
+HOST_ROUND_TRIPS = ("aten._local_scalar_dense", "aten.lift_fresh", "aten.lift_fresh_copy")
+
+
+def test_steps_after_the_first_make_no_host_round_trips(bf16_pair, tiny_cfg):
+    """Inside a sampling run, every step after the first (which fills the cache) dispatches no op that reads a
+    tensor back or uploads Python data: the padded two-caption batch (mask) and the image-only pass, and the
+    sampler's own loop."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket) in HOST_ROUND_TRIPS:
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    cond, uncond = bf16_pair
+    feats, _ = _inputs(12, [9, 5], 1, tiny_cfg.llm_features_dim)
+    watch = Watch()
+
+    def after_step(k, n, z):  # count from the end of step 1 to the end of the run
+        if k == 0:
+            watch.__enter__()
+
+    with torch.inference_mode():
+        try:
+            sample(cond, uncond, feats, height=256, width=256, preset="V4_TURBO_12", seed=3, text_lengths=[9, 5],
+                   callback=after_step)
+        finally:
+            watch.__exit__(None, None, None)
+    assert seen == []
+    # the watch itself sees them: the first step's cache fill builds its tables from Python lists
+    with torch.inference_mode(), Watch(), cond.sampling_run():
+        cond(torch.zeros(2, 256, 128), torch.full((2,), 0.5), feats, grid_hw=(16, 16), text_lengths=[9, 5])
+    assert seen
+
+
 class RecordingOps(TorchOps):
     seen: list = []
     masks: list = []

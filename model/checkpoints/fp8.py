@@ -7,7 +7,8 @@
 On devices without float8 kernels (Apple MPS) the codes travel as a uint8 view and are decoded by a
 256-entry table gather, bit-identical to the native cast for all 256 codes (tests/test_codecs_comfy.py);
 on CPU and CUDA the native cast runs (the table gather measured no faster on this CPU: see
-benchmarks/bench_formats.py).
+benchmarks/bench_formats.py), fused with the scale into one kernel where ``fp8_fused`` compiled and probed it
+(CUDA with Triton by default), else as a cast and an in-place scale; the bits are the same either way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from . import fp8_fused
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -79,6 +82,9 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
         s = s.unsqueeze(1)
     elif s.numel() == 1:
         s = s.reshape(())
-    w = fp8_codes_to(weight, dtype, table=table)
+    if table is None:
+        table = weight.dtype == torch.uint8 or weight.device.type in NO_FP8_DEVICES
+    if not table:  # one fused kernel where it is compiled and probed, else cast + scale in place (same bits)
+        return fp8_fused.decode(weight, s)
     # One weight-sized temporary: scale the fresh copy in place (the same rounding as ``w * s``).
-    return w.mul_(s) if w is not weight else w * s
+    return fp8_codes_to(weight, dtype, table=True).mul_(s)

@@ -45,7 +45,8 @@ from ...model.dit import TEXT_PROJECTION_MODULES, load_transformer
 from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
 from ...model.checkpoints import QuantizedLinear
-from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
+from ...model.checkpoints import fp8_fused
+from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_layers, fp8_linear
 from ...sampling import sigma_from_time
 from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
@@ -453,6 +454,19 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
     return tuple(mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
                                       nf4_kernel=cuda and bitsandbytes_decodes("cuda"),
                                       nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for layers in stages)
+
+
+def fp8_decode_note(*patchers) -> str | None:
+    """The report line on how the exact path decodes the fp8 layers of ``patchers`` (None skipped) on their load
+    device (``model.checkpoints.fp8_fused``: one fused kernel or two); None when none of them has fp8 layers."""
+    targets = []
+    for patcher in patchers:
+        dit = computing_dit(dit_of(patcher)) if patcher is not None else None
+        if dit is not None and fp8_layers(dit):
+            target = (torch.device(patcher.load_device), dit.compute_dtype)
+            if target not in targets:
+                targets.append(target)
+    return "; ".join(fp8_fused.decode_note(*target) for target in targets) or None
 
 
 def merged_layers(*patchers) -> frozenset:
