@@ -52,11 +52,16 @@ def fp8_table(dtype: torch.dtype, device=None) -> torch.Tensor:
     return _fp8_table_cpu(dtype).to(device or "cpu")
 
 
+def needs_table(weight: torch.Tensor) -> bool:
+    """The codes are a uint8 view, or on a device without a float8 cast: decode them through the 256-entry table."""
+    return weight.dtype == torch.uint8 or weight.device.type in NO_FP8_DEVICES
+
+
 def fp8_codes_to(weight: torch.Tensor, dtype: torch.dtype, *, table: bool | None = None) -> torch.Tensor:
     """float8_e4m3fn codes (as float8, or their uint8 view) → ``dtype``; ``table=None`` uses the 256-entry
     gather where the device has no float8 cast (or the codes are a uint8 view), else the native cast."""
     if table is None:
-        table = weight.dtype == torch.uint8 or weight.device.type in NO_FP8_DEVICES
+        table = needs_table(weight)
     if not table:
         return weight.to(dtype)
     codes = weight if weight.dtype == torch.uint8 else weight.view(torch.uint8)
@@ -83,7 +88,7 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     elif s.numel() == 1:
         s = s.reshape(())
     if table is None:
-        table = weight.dtype == torch.uint8 or weight.device.type in NO_FP8_DEVICES
+        table = needs_table(weight)
     if not table:  # one fused kernel where it is compiled and probed, else cast + scale in place (same bits)
         return fp8_fused.decode(weight, s)
     # One weight-sized temporary: scale the fresh copy in place (the same rounding as ``w * s``).
