@@ -126,6 +126,7 @@ def main(argv=None) -> None:
 
     import torch
 
+    from model.checkpoints.packed_linear import decode_notes
     from model.dit import DiTConfig, load_transformer
 
     device = torch.device(args.device)
@@ -149,7 +150,8 @@ def main(argv=None) -> None:
             with kitchen_backends() as kitchen:
                 step, block = time_blocks(model, device, args.size, args.text_tokens, args.repeats)
             row.update(format=model.checkpoint_format, step_s=step, block_s=block,
-                       real_step_estimate_s=2 * REAL_LAYERS * block, comfy_kitchen=kitchen)
+                       real_step_estimate_s=2 * REAL_LAYERS * block, comfy_kitchen=kitchen,
+                       decode="; ".join(decode_notes(model, device, torch.bfloat16)))
             del model
         except Exception as exc:  # noqa: BLE001 - a figure per family; one failure must not hide the rest
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -173,7 +175,7 @@ def print_row(row: dict, rows: list[dict]) -> None:
     kitchen = ", ".join(f"{f} → {b}" for f, b in row["comfy_kitchen"].items())
     print(f"  {row['family']:16s} {row['block_s'] * 1e3:8.2f} ms per block and pass → ≈ "
           f"{row['real_step_estimate_s']:6.2f} s per 34-block step{ratio} | {row['format']}"
-          + (f" | comfy-kitchen: {kitchen}" if kitchen else ""))
+          + (f" | comfy-kitchen: {kitchen}" if kitchen else "") + (f" | {row['decode']}" if row.get("decode") else ""))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ each in a fresh subprocess:
 * per-step decode cost: the seconds to decode every quantised Linear of one forward (measured on layer 0's
   Linears + the text projection, times 34 for the blocks), i.e. the decode part of one pass on this CPU.
 
-Also ``fp8-table`` (the exact fp8 decodes of a real-size layer: cast + scale, the 256-entry table, the fused kernel) and
-``nf4-bnb`` (bitsandbytes' CPU kernel vs the pure-torch codec on a real-size layer).
+Also ``fp8-table`` (the exact fp8 decodes of a real-size layer: cast + scale, the 256-entry table, the fused kernel),
+``gguf-decode`` (the eager GGUF decode in chunks vs the compiled kernel, per quantisation type, on a real-size layer)
+and ``nf4-bnb`` (bitsandbytes' CPU kernel vs the pure-torch codec on a real-size layer).
 
     flock /tmp/heavy.lock python benchmarks/bench_formats.py run --out /work/scratch/issue12 \\
         --families nvfp4,int8_tensorwise,gguf_Q4_K --comfyui /work/comfyui --comfy-python /work/comfy-venv/bin/python
     python benchmarks/bench_formats.py fp8-table
+    python benchmarks/bench_formats.py gguf-decode --threads 2
     python benchmarks/bench_formats.py nf4-bnb
 
 Files are deleted after their family is measured unless ``--keep``.
@@ -376,6 +378,35 @@ def cmd_fp8_table(args) -> None:
           f"{compile_s:.1f} s; {note})")
 
 
+def cmd_gguf_decode(args) -> None:
+    """The exact GGUF decodes of a real FFN layer on the CPU, per quantisation type: the eager ops in chunks and the
+    compiled kernel (``gguf_fused``, compiled here as with ``IDEOGRAM4_GGUF_DECODE=fused``); bit for bit equal."""
+    import os
+
+    from model.checkpoints import gguf_fused
+    from model.checkpoints.gguf_codec import dequantize_gguf
+    from tools.make_test_quantized import random_blocks
+
+    torch.set_num_threads(args.threads)
+    shape = (4608, 12288)  # a real feed-forward w1
+    n = shape[0] * shape[1]
+    print(f"GGUF → bf16 decode of a {shape[0]}×{shape[1]} layer, {args.threads} thread(s), G elements/s:")
+    for qtype in args.qtypes.split(","):
+        data = torch.from_numpy(random_blocks(qtype, *shape, 0.05, 0))
+        os.environ[gguf_fused.ENV] = "eager"
+        gguf_fused.forget_probes()
+        eager = _rate(lambda: dequantize_gguf(data, qtype, shape, torch.bfloat16), n)
+        want = dequantize_gguf(data, qtype, shape, torch.bfloat16).view(torch.int16)
+        os.environ[gguf_fused.ENV] = "fused"
+        t0 = time.perf_counter()
+        note = gguf_fused.decode_note("cpu", [qtype])  # compiles and probes
+        compile_s = time.perf_counter() - t0
+        fused = _rate(lambda: dequantize_gguf(data, qtype, shape, torch.bfloat16), n)
+        same = torch.equal(dequantize_gguf(data, qtype, shape, torch.bfloat16).view(torch.int16), want)
+        print(f"  {qtype:6s}: eager {eager:.2f}, compiled {fused:.2f} ({fused / eager:.2f}×, bit-identical: {same}; "
+              f"compile + probe {compile_s:.1f} s; {note.removeprefix('GGUF decode: ')})")
+
+
 def cmd_nf4_bnb(args) -> None:
     from model.checkpoints import nf4
 
@@ -410,11 +441,13 @@ def main(argv=None) -> None:
     run.add_argument("--layers", type=int, default=REAL_LAYERS,
                      help="blocks in the written file (default 34 = real size; fewer = real width, smaller file)")
     run.add_argument("--json", type=Path)
-    for name in ("fp8-table", "nf4-bnb"):
+    for name in ("fp8-table", "nf4-bnb", "gguf-decode"):
         p = sub.add_parser(name)
+        if name == "gguf-decode":
+            p.add_argument("--qtypes", default="Q8_0,Q4_K,Q5_K,Q6_K,IQ4_XS")
         p.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    {"run": cmd_run, "fp8-table": cmd_fp8_table, "nf4-bnb": cmd_nf4_bnb}[args.cmd](args)
+    {"run": cmd_run, "fp8-table": cmd_fp8_table, "nf4-bnb": cmd_nf4_bnb, "gguf-decode": cmd_gguf_decode}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def kernels():
     if device == "cuda":
         print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
     fp8_decode(device)
+    gguf_decode(device)
     try:
         import comfy_kitchen
 
@@ -99,6 +100,51 @@ def fp8_decode(device: str) -> None:
         line += (f"; fused {fused * 1e3:.3f} ms ({3 * w.numel() / fused / 1e9:.0f} GB/s moved), {two / fused:.2f}× "
                  f"faster, bit-identical: {same}")
     print(line)
+
+
+def gguf_decode(device: str, qtype: str = "Q4_K") -> None:
+    """The GGUF decode of ``qtype`` on ``device``: compiled or eager (compiles and probes it), and on CUDA both timed
+    on a real-size FFN weight (12288 × 4608) with bit equality."""
+    import time
+
+    import torch
+
+    from model.checkpoints import gguf_fused
+    from model.checkpoints.fused_decode import same_bits
+    from model.checkpoints.gguf_codec import BLOCKS, dequantize_gguf
+
+    print(f"   {gguf_fused.decode_note(device, [qtype])}")
+    if device != "cuda":
+        return
+    shape = (12288, 4608)
+    data = torch.randint(0, 256, (shape[0] * shape[1] // BLOCKS[qtype][0] * BLOCKS[qtype][1],), dtype=torch.uint8,
+                         device=device)
+
+    def timed(policy: str) -> tuple[float, torch.Tensor]:
+        os.environ[gguf_fused.ENV] = policy
+        out = dequantize_gguf(data, qtype, shape, torch.bfloat16)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            dequantize_gguf(data, qtype, shape, torch.bfloat16)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / 10, out
+
+    before = os.environ.get(gguf_fused.ENV)
+    try:
+        eager, want = timed("eager")
+        fn, _ = gguf_fused.fused_decoder(device, qtype)
+        line = f"   GGUF {qtype} decode of 12288×4608 → bf16: eager (chunked) {eager * 1e3:.3f} ms"
+        if fn is not None:
+            fused, got = timed("auto")
+            same = same_bits(got, want) == 0  # random bytes: NaN scales occur (a NaN matches any NaN)
+            line += f"; compiled {fused * 1e3:.3f} ms, {eager / fused:.2f}× faster, bit-identical: {same}"
+        print(line)
+    finally:
+        if before is None:
+            os.environ.pop(gguf_fused.ENV, None)
+        else:
+            os.environ[gguf_fused.ENV] = before
 
 
 def comfyui() -> bool:

@@ -163,6 +163,8 @@ def markdown(check, vs_core, families, streaming=None) -> str:
                 lines.append(f"| {r.get('family')} | FAILED: {r['error']} | | |")
                 continue
             kitchen = ", ".join(f"{k} → {v}" for k, v in (r.get("comfy_kitchen") or {}).items()) or "torch"
+            if r.get("decode"):  # fp8 / GGUF: one compiled kernel or the eager ops
+                kitchen += f" ({r['decode']})"
             lines.append(f"| {r['family']} | {r['block_s']:.4f} | {r['real_step_estimate_s']:.2f} | {kitchen} |")
     return "\n".join(lines)
 

@@ -38,6 +38,43 @@ def tiny_files(tmp_path_factory, tiny_weights) -> dict[str, dict[str, Path]]:
             for fmt in FORMATS}
 
 
+# The compiled decodes' tests (test_fp8_fused, test_gguf_fused) name their module ``FUSED`` and how a call to its
+# kernel is recorded, ``CALL_KEY(*variant, *args)``; ``policy`` and ``counted`` work on that module.
+
+@pytest.fixture
+def policy(request, monkeypatch):
+    """``set_to(value)``: the test module's ``FUSED.ENV`` policy for one test; probes forgotten before and after."""
+    module = request.module.FUSED
+
+    def set_to(value: str) -> None:
+        monkeypatch.setenv(module.ENV, value)
+        module.forget_probes()
+
+    module.forget_probes()
+    yield set_to
+    module.forget_probes()
+
+
+@pytest.fixture
+def counted(request, monkeypatch) -> list:
+    """Every call that reaches one of ``FUSED``'s compiled kernels (probe calls included), as ``CALL_KEY`` records
+    it: ``FUSED._compiled(*variant)`` is wrapped."""
+    module, key = request.module.FUSED, request.module.CALL_KEY
+    calls = []
+    real = module._compiled
+
+    def compiled(*variant):
+        fn = real(*variant)
+
+        def wrapper(*args):
+            calls.append(key(*variant, *args))
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(module, "_compiled", compiled)
+    return calls
+
+
 def pytest_report_header(config):
     from kernel_family import describe
     return describe()

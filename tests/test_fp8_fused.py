@@ -11,40 +11,15 @@ import logging
 import pytest
 import torch
 
-from model.checkpoints import dequantize_fp8, fp8_fused, quantize_fp8_rowwise, quantize_fp8_tensorwise
+from model.checkpoints import dequantize_fp8, fp8_fused, fused_decode, quantize_fp8_rowwise, quantize_fp8_tensorwise
 from model.dit import load_transformer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.fixture
-def policy(monkeypatch):
-    """Set ``IDEOGRAM4_FP8_DECODE`` for one test; every probe is forgotten before and after."""
-    def set_to(value: str) -> None:
-        monkeypatch.setenv(fp8_fused.ENV, value)
-        fp8_fused.forget_probes()
-
-    fp8_fused.forget_probes()
-    yield set_to
-    fp8_fused.forget_probes()
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """Counts the calls that reach the compiled decode (probe calls included)."""
-    calls = []
-    real = fp8_fused._compiled
-
-    def compiled():
-        fn = real()
-
-        def wrapper(codes, scale):
-            calls.append((tuple(codes.shape), scale.dtype))
-            return fn(codes, scale)
-        return wrapper
-
-    monkeypatch.setattr(fp8_fused, "_compiled", compiled)
-    return calls
+FUSED = fp8_fused  # the ``policy`` and ``counted`` fixtures (conftest) work on it
+# a call to a compiled kernel, as ``counted`` records it: (codes shape, scale dtype)
+CALL_KEY = lambda codes, scale: (tuple(codes.shape), scale.dtype)
 
 
 def _weights(out=96, inp=256, seed=0):
@@ -81,10 +56,10 @@ def test_policy_choices_and_reasons(policy, monkeypatch):
     assert fp8_fused.fused_decoder("cpu") == (None, f"not compiled on the CPU unless {fp8_fused.ENV}=fused "
                                                     "(it needs a C++ compiler)")
     assert "two kernels per layer" in fp8_fused.decode_note("cpu")
-    monkeypatch.setattr(fp8_fused, "_has_triton", lambda: False)
+    monkeypatch.setattr(fused_decode, "_has_triton", lambda: False)
     assert fp8_fused.wanted_on("cuda") == (False, "Triton is not installed (it compiles the fused kernel; "
                                                   "pip install triton)")
-    monkeypatch.setattr(fp8_fused, "_has_triton", lambda: True)
+    monkeypatch.setattr(fused_decode, "_has_triton", lambda: True)
     assert fp8_fused.wanted_on("cuda") == (True, "")
     assert fp8_fused.wanted_on("mps")[0] is False
     policy("two-kernel")

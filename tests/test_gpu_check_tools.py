@@ -183,6 +183,13 @@ def test_targets_table_judges_each_issue_13_target(tmp_path):
     (tmp_path / "streaming.json").write_text(json.dumps({"formats": {"fp8": streaming["formats"]["fp8"]}}))
     assert gpu_targets.main(["--dir", str(tmp_path), "--out", str(tmp_path / "targets.md")]) == 0
     assert f"| {label} | fp8 equal (34 layers, ring 512 MiB) | met |" in (tmp_path / "targets.md").read_text()
+    # bench_families' rows say how each packed family decoded (comfy-kitchen, or the compiled / eager decode)
+    families = [{"family": "gguf_Q4_K", "block_s": 0.01, "real_step_estimate_s": 0.68, "comfy_kitchen": {},
+                 "decode": "GGUF decode: Q4_K: one compiled kernel per layer (probed …)"},
+                {"family": "nvfp4", "block_s": 0.02, "real_step_estimate_s": 1.36, "comfy_kitchen": {"nvfp4": "cuda"}}]
+    lines = gpu_targets.markdown(check, None, families).splitlines()
+    assert "| gguf_Q4_K | 0.0100 | 0.68 | torch (GGUF decode: Q4_K: one compiled kernel per layer (probed …)) |" in lines
+    assert "| nvfp4 | 0.0200 | 1.36 | nvfp4 → cuda |" in lines
 
 
 def test_gpu_steps_fit_one_eight_minute_call():

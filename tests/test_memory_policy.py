@@ -284,6 +284,7 @@ def test_decode_estimate_per_kind():
     assert decode_temp_bytes([("fp8", 100), ("linear", 50)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 200
     assert decode_temp_bytes([("nf4", 10)], act_bytes=4, nf4_kernel=False, nf4_chunk_temp=7) == 47
     assert decode_temp_bytes([("packed", 10)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 60
+    assert decode_temp_bytes([("compiled", 10)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 20
     # a patch merged into the decoded weight on every call: ComfyUI's 2 more weight-sized temporaries
     assert decode_temp_bytes([("fp8", 100, True), ("fp8", 250)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 600
     assert decode_temp_bytes([("fp8", 100, False)], act_bytes=2, nf4_kernel=False, nf4_chunk_temp=7) == 200

@@ -13,7 +13,8 @@ exact in the float32 the kernel computes in, so both ways round once, from the s
 dtype with the fused kernel, the kernel is compiled and run there on every finite e4m3 code against per-row
 scales from 1e-8 to 1e2 and a per-tensor scale in that dtype, and compared bit for bit with the two-kernel
 decode.  A device that fails the probe, or cannot compile (no Triton, no C++ compiler), keeps the two-kernel
-decode; the reason is logged and shown on the sampler node (:func:`decode_note`).
+decode; the reason is logged and shown on the sampler node (:func:`decode_note`).  Policy, probe and fallbacks
+are :class:`model.checkpoints.fused_decode.FusedDecode`'s (GGUF layers use the same, ``gguf_fused``).
 
 ``IDEOGRAM4_FP8_DECODE`` chooses: ``auto`` (default: fused on CUDA where Triton is installed, two kernels
 elsewhere), ``fused`` (also on the CPU, where it needs a C++ compiler: a 2.4–2.8× faster decode on this project's
@@ -22,13 +23,12 @@ CPU, ≈ 23 s to compile and probe once per machine), ``two-kernel`` (never comp
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import types
 from typing import Callable, Optional
 
 import torch
+
+from .fused_decode import FusedDecode, private_copy
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +48,10 @@ def two_kernel_decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.to(scale.dtype).mul_(scale)
 
 
-def policy() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in POLICIES:
-        raise ValueError(f"{ENV}={value!r} is not one of {', '.join(POLICIES)}")
-    return value
-
-
-def _has_triton() -> bool:
-    try:
-        from torch.utils._triton import has_triton
-        return bool(has_triton())
-    except Exception:  # noqa: BLE001 - an old torch without the helper
-        return False
-
-
-def wanted_on(device_type: str) -> tuple[bool, str]:
-    """(whether the policy asks for the fused kernel on this device type, why not when it does not)."""
-    choice = policy()
-    if choice == "two-kernel":
-        return False, f"{ENV}=two-kernel"
-    if device_type == "cuda":
-        if not _has_triton():
-            return False, "Triton is not installed (it compiles the fused kernel; pip install triton)"
-        return True, ""
-    if device_type == "cpu":
-        if choice == "fused":
-            return True, ""
-        return False, f"not compiled on the CPU unless {ENV}=fused (it needs a C++ compiler)"
-    return False, f"no compiled kernel for {device_type}"
-
-
 def _compiled() -> Callable:
-    """A compiled private copy of :func:`scale_codes` (dynamic shapes).  Dynamo keeps its graphs, and counts them
-    against its recompile limit (8), per code object: a copy per (device, dtype) holds this decode's own two or
-    three graphs (per row, per tensor, a grad mode), so it never reaches the limit nor crowds other code."""
-    code = scale_codes.__code__.replace()  # an equal, distinct code object
-    return torch.compile(types.FunctionType(code, scale_codes.__globals__, scale_codes.__name__),
-                         dynamic=True, fullgraph=True)
+    """A compiled private copy of :func:`scale_codes` (dynamic shapes): its own two or three graphs (per row, per
+    tensor, a grad mode) per (device, dtype), never near dynamo's recompile limit nor crowding other code."""
+    return torch.compile(private_copy(scale_codes), dynamic=True, fullgraph=True)
 
 
 def _probe_cases(device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -100,79 +66,41 @@ def _probe_cases(device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.T
     return [(weight, scale), (weight, scale[rows // 2, 0].clone())]
 
 
-@functools.cache
-def _fused_for(device_key: str, dtype: torch.dtype) -> tuple[Optional[Callable], str]:
-    """(the compiled decode to ``dtype`` if it compiles on ``device_key`` and passes the bit-for-bit probe, else None;
-    why not)."""
-    device = torch.device(device_key)
-    fn = _compiled()
-    try:
-        for weight, scale in _probe_cases(device, dtype):
-            with torch.no_grad():
-                got = fn(weight, scale)
-            want = two_kernel_decode(weight, scale)
-            if got.dtype != want.dtype or not torch.equal(got, want):
-                bad = int((got != want).sum())
-                raise RuntimeError(f"its {_name(dtype)} result differs from the two-kernel decode in {bad} of "
-                                   f"{want.numel()} probe values")
-    except Exception as exc:  # noqa: BLE001 - no compiler, a Triton error or wrong numbers: keep the exact eager path
-        reason = (f"the fused kernel is not used on {device_key} ({_name(dtype)}): {type(exc).__name__}: "
-                  f"{_first_line(exc)}")
-        log.warning("fp8 decode: %s; decoding with two kernels (cast, then scale)", reason)
-        return None, reason
-    log.info("fp8 decode on %s (%s): one fused kernel per layer (compiled; probed bit-identical to the two-kernel "
-             "decode)", device_key, _name(dtype))
-    return fn, ""
-
-
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
+_DECODE = FusedDecode(
+    what="fp8 decode", env=ENV, eager_choice="two-kernel", eager_name="two kernels (cast, then scale)",
+    eager_short="two-kernel", logger=log,
+    build=lambda variant: _compiled(),  # looked up per build: tests replace the compiler
+    eager=lambda variant, codes, scale: two_kernel_decode(codes, scale),
+    probe_cases=lambda device, variant: _probe_cases(device, variant[0]),
+    describe=lambda variant: _name(variant[0]))
 
 
-def _device_key(device: torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
-    return device.type
+def policy() -> str:
+    return _DECODE.policy()
 
 
-_failed: dict[tuple[str, torch.dtype], str] = {}  # why a kernel that passed its probe failed later (kept off there)
+def wanted_on(device_type: str) -> tuple[bool, str]:
+    """(whether the policy asks for the fused kernel on this device type, why not when it does not)."""
+    return _DECODE.wanted_on(device_type)
 
 
 def fused_decoder(device, dtype: torch.dtype = torch.bfloat16) -> tuple[Optional[Callable], str]:
     """(the fused decode to ``dtype`` on ``device`` or None, the reason when None); compiled and probed once per
     device and dtype."""
-    device = torch.device(device)
-    wanted, why_not = wanted_on(device.type)
-    if not wanted:
-        return None, why_not
-    key = (_device_key(device), dtype)
-    if key in _failed:
-        return None, _failed[key]
-    return _fused_for(*key)
+    return _DECODE.decoder(device, (dtype,))
 
 
 def decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale_codes`` in one kernel where :func:`fused_decoder` allows it, else in two (same bits either way)."""
     if torch.compiler.is_compiling():  # inside a compiled model: its own compiler fuses the plain expression
         return scale_codes(codes, scale)
-    fn, _ = fused_decoder(codes.device, scale.dtype)
-    if fn is None:
-        return two_kernel_decode(codes, scale)
-    try:
-        with torch.no_grad():  # one compiled graph for every grad mode; a Parameter passed as the plain tensor it holds
-            return fn(codes.detach(), scale.detach())
-    except Exception as exc:  # noqa: BLE001 - e.g. a compiler error on a new shape
-        key = (_device_key(codes.device), scale.dtype)
-        _failed[key] = (f"the fused kernel failed on {key[0]} ({_name(key[1])}) after its probe and is off there for "
-                        f"this process: {type(exc).__name__}: {_first_line(exc)}")
-        log.warning("fp8 decode: %s; decoding with two kernels (cast, then scale)", _failed[key])
-        return two_kernel_decode(codes, scale)
+    # A Parameter is passed as the plain tensor it holds (dynamo specialises a Parameter's shape).
+    out = _DECODE.run(codes.device, (scale.dtype,), (codes.detach(), scale.detach()))
+    return two_kernel_decode(codes, scale) if out is None else out
 
 
 def decode_note(device, dtype: torch.dtype = torch.bfloat16) -> str:
@@ -185,5 +113,4 @@ def decode_note(device, dtype: torch.dtype = torch.bfloat16) -> str:
 
 def forget_probes() -> None:
     """Drop every probe result and compiled copy (the next decode probes again; tests and a changed policy)."""
-    _fused_for.cache_clear()
-    _failed.clear()
+    _DECODE.forget()

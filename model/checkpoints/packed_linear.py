@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fp8_fused, gguf_fused
 from .comfy_quant import COMFY_CODECS, COMFY_SCHEMES, dequantize_comfy, storage_shape
 from .fp8 import FP8_DTYPE, dequantize_fp8, fp8_storage_to
 from .fp8_matmul import FP8_SCHEMES, fp8_linear
@@ -107,3 +108,16 @@ class QuantizedLinear(nn.Module):
         w = self.dequantized_weight(x.dtype, x.device)
         b = self.bias.to(device=x.device, dtype=x.dtype) if self.bias is not None else None
         return F.linear(x, w, b)
+
+
+def decode_notes(model: nn.Module, device, dtype: torch.dtype) -> list[str]:
+    """How ``model``'s fp8 and GGUF layers decode to ``dtype`` on ``device`` (one compiled kernel, or the eager ops
+    and why): ``fp8_fused`` / ``gguf_fused``'s report lines, probing each once; empty for a model without them."""
+    packed = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    notes = []
+    if any(m.scheme in FP8_SCHEMES for m in packed):
+        notes.append(fp8_fused.decode_note(device, dtype))
+    qtypes = sorted({m.options["qtype"] for m in packed if m.scheme == "gguf"})
+    if qtypes:
+        notes.append(gguf_fused.decode_note(device, qtypes, dtype))
+    return notes

@@ -44,9 +44,9 @@ from ...model.vae import latents as lat
 from ...model.dit import TEXT_PROJECTION_MODULES, load_transformer
 from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
-from ...model.checkpoints import QuantizedLinear
-from ...model.checkpoints import fp8_fused
-from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_layers, fp8_linear
+from ...model.checkpoints import QuantizedLinear, gguf_fused
+from ...model.checkpoints.packed_linear import decode_notes
+from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
 from . import comfy_attention, lora_branch, staging_ring
 from . import memory_policy as mp
@@ -431,10 +431,14 @@ def dit_of(patcher) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------- memory
 
-def _decode_kind(module: torch.nn.Module) -> str:
-    """``memory_policy.decode_temp_bytes`` kind of a Linear."""
+def _decode_kind(module: torch.nn.Module, device, dtype: torch.dtype) -> str:
+    """``memory_policy.decode_temp_bytes`` kind of a Linear decoded to ``dtype`` on ``device`` (a GGUF layer's
+    compiled decode is asked for — compiled and probed there once — since it needs no float32 intermediate)."""
     if not isinstance(module, QuantizedLinear):
         return "linear"
+    if module.scheme == "gguf" and device is not None and \
+            gguf_fused.fused_decoder(device, module.options["qtype"], dtype)[0] is not None:
+        return "compiled"
     return "fp8" if module.scheme.startswith("fp8") else "nf4" if module.scheme == "nf4" else "packed"
 
 
@@ -450,23 +454,24 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
     stages = ([], [])
     for name, m in dit.named_modules():
         if isinstance(m, (QuantizedLinear, torch.nn.Linear)):
-            stages[id(m) in text].append((_decode_kind(m), m.in_features * m.out_features, name in merged))
+            kind = _decode_kind(m, device, dit.compute_dtype)
+            stages[id(m) in text].append((kind, m.in_features * m.out_features, name in merged))
     return tuple(mp.decode_temp_bytes(layers, act_bytes=torch.finfo(dit.compute_dtype).bits // 8,
                                       nf4_kernel=cuda and bitsandbytes_decodes("cuda"),
                                       nf4_chunk_temp=NF4_CHUNK_TEMP_BYTES) for layers in stages)
 
 
-def fp8_decode_note(*patchers) -> str | None:
-    """The report line on how the exact path decodes the fp8 layers of ``patchers`` (None skipped) on their load
-    device (``model.checkpoints.fp8_fused``: one fused kernel or two); None when none of them has fp8 layers."""
-    targets = []
+def decode_note(*patchers) -> str | None:
+    """The report line on how the exact path decodes the fp8 and GGUF layers of ``patchers`` (None skipped) on
+    their load device (``model.checkpoints.fp8_fused`` / ``gguf_fused``: one compiled kernel or the eager ops);
+    None when none of them has such layers."""
+    notes = []
     for patcher in patchers:
         dit = computing_dit(dit_of(patcher)) if patcher is not None else None
-        if dit is not None and fp8_layers(dit):
-            target = (torch.device(patcher.load_device), dit.compute_dtype)
-            if target not in targets:
-                targets.append(target)
-    return "; ".join(fp8_fused.decode_note(*target) for target in targets) or None
+        if dit is not None:
+            notes += [n for n in decode_notes(dit, torch.device(patcher.load_device), dit.compute_dtype)
+                      if n not in notes]
+    return "; ".join(notes) or None
 
 
 def merged_layers(*patchers) -> frozenset:

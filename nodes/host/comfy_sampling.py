@@ -47,7 +47,7 @@ from ...model.vae import latents as lat
 from ...sampling import draw_noise, sample, schedule_steps, sigma_from_time, time_grid, token_grid
 from ...sampling.masks import latent_mask
 from .comfy_attention import kernel_note
-from .comfy_model import fp8_decode_note, load_pair, loaded_summary, plan_pair
+from .comfy_model import decode_note, load_pair, loaded_summary, plan_pair
 from .conditioning import batch_text, text_from_conditioning
 from .model_call import HostModelCall, call_model
 from .model_patches import CFG_HOOKS, applied_wrappers_note, require_applied
@@ -177,7 +177,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         gh, gw = latent_image.shape[-2:]
         plan = plan_pair(self.model_patcher, self.uncond_patcher, batch=int(latent_image.shape[0]),
                          n_img=int(gh * gw), n_txt=int(self.features.shape[1]))
-        notes = [kernel_note()] + [n for n in (fp8_decode_note(self.model_patcher, self.uncond_patcher),
+        notes = [kernel_note()] + [n for n in (decode_note(self.model_patcher, self.uncond_patcher),
                                                applied_wrappers_note({"conditional": self.model_patcher,
                                                                       "unconditional": self.uncond_patcher})) if n]
         log.info("Ideogram4 guider %s | %s", plan.summary().replace("\n", " |"), " | ".join(notes))
@@ -376,7 +376,7 @@ def run_reference_sampler(cond, uncond, positive, settings, *, width: int, heigh
     elapsed = time.perf_counter() - t0
     info.append(f"sampled {batch}×{width}×{height} in {elapsed:.1f} s ({elapsed / n:.2f} s/step) on {device}; "
                 f"{kernel_note()}")
-    for note in (fp8_decode_note(cond, uncond), applied_wrappers_note({"conditional": cond, "unconditional": uncond})):
+    for note in (decode_note(cond, uncond), applied_wrappers_note({"conditional": cond, "unconditional": uncond})):
         if note:
             info.append(note)
     return lat.tokens_to_comfy(z, gh, gw).to(mm.intermediate_device()), info

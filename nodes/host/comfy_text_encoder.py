@@ -21,6 +21,7 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
+from ...model.checkpoints.packed_linear import decode_notes
 from ...model.text_encoder import configure_cache, load_text_encoder
 from . import memory_policy as mp
 from .offload import HomePatcher
@@ -116,4 +117,5 @@ def encode(patcher, caption: str) -> tuple[torch.Tensor, list[int], str]:
     encoded = encoder.encode([caption], compute_device=run_on)
     info = f"{head}, encoded on {where} in {time.perf_counter() - t0:.2f} s" + \
         (" (not cached: --cache-none)" if no_cache else "")
-    return encoded.features, list(encoded.lengths), info
+    notes = decode_notes(encoder, run_on, encoder.dtype)  # fp8 / GGUF layers: compiled kernel or eager ops
+    return encoded.features, list(encoded.lengths), "\n".join([info, *notes])

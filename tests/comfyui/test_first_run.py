@@ -224,6 +224,9 @@ def test_the_readme_prompt_runs_on_a_llama_cpp_gguf_text_encoder(first_server):
     text = entry["outputs"]["2"]["text"][0]
     assert f"{QWEN_GGUF} — Qwen3-VL text encoder, GGUF (Q8_0), llama.cpp names (blk.N.*), compute bfloat16" in text
     assert "tokenizer: " in text and "qwen25_tokenizer" in text and "warning" not in text
+    encoded = entry["outputs"]["6"]["text"][0]  # the encode node says how the packed layers were decoded
+    assert encoded.endswith("GGUF decode: Q8_0: eager torch ops (exact) — not compiled on the CPU unless "
+                            "IDEOGRAM4_GGUF_DECODE=fused (it needs a C++ compiler)"), encoded
 
 
 def test_the_mmproj_file_is_named_as_such(first_server):

@@ -1,0 +1,162 @@
+"""An exact weight decode compiled into one kernel, used only where a bit-for-bit probe says it equals the eager one.
+
+A packed layer's decode (fp8 ``cast × scale``, a GGUF block decode) is a handful of element-wise ops.  Eager torch
+runs each as its own weight-sized kernel; torch's compiler (inductor: Triton on CUDA, C++ on the CPU) fuses them
+into one pass that reads the packed bytes once and writes the weight once.  Compiled code is not trusted to give
+the same bits (a compiler may contract ``a·b − c`` into an FMA, or mis-handle a shape), so before a device decodes
+a variant (dtype, quantisation type) with it, the kernel is compiled and run there on probe inputs that cover the
+format's codes, and compared bit for bit with the eager decode (NaN where eager gives NaN).  A compile failure or
+any mismatch keeps the eager decode, logged with the reason; so does a kernel that passed and fails later.
+
+One :class:`FusedDecode` per format (``fp8_fused``, ``gguf_fused``) says how to build its kernel and its probes;
+policy, probing, caching, fallbacks and the report line are here.  The policy is an environment variable per
+format: ``auto`` (default: fused on CUDA where Triton is installed), ``fused`` (also on the CPU, where it needs a
+C++ compiler) or the eager choice (never compile).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from typing import Callable, Optional, Sequence
+
+import torch
+
+def private_copy(fn: Callable) -> Callable:
+    """``fn`` with an equal but distinct code object (closure kept).  Dynamo keeps its graphs, and counts them
+    against its recompile limit (8), per code object: a copy per variant holds only that variant's graphs."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def same_bits(got: torch.Tensor, want: torch.Tensor) -> int:
+    """How many values of ``got`` differ from ``want`` bit for bit (a NaN matches any NaN); all of them if the
+    shapes or dtypes differ."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return want.numel()
+    if not want.is_floating_point():
+        return int((got != want).sum())
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[want.element_size()]
+    equal = (got.view(as_int) == want.view(as_int)) | (torch.isnan(got) & torch.isnan(want))
+    return int((~equal).sum())
+
+
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+        return bool(has_triton())
+    except Exception:  # noqa: BLE001 - an old torch without the helper
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def device_key(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
+    return device.type
+
+
+class FusedDecode:
+    """Policy, probe and fallbacks of one format's compiled decode.
+
+    ``build(variant)`` returns the compiled callable for a variant (a tuple such as ``(dtype,)`` or
+    ``(qtype, dtype)``); ``eager(variant, *args)`` the reference decode; ``probe_cases(device, variant)`` the
+    argument tuples the probe runs; ``describe(variant)`` how messages name a variant ("bfloat16",
+    "Q4_K → bfloat16").  ``what`` starts log lines ("fp8 decode"), written to ``logger``; ``eager_name`` says
+    what runs instead ("two kernels (cast, then scale)"); ``eager_choice`` is the policy value that never compiles.
+    """
+
+    def __init__(self, *, what: str, env: str, eager_choice: str, eager_name: str, eager_short: str,
+                 build: Callable, eager: Callable, probe_cases: Callable, describe: Callable,
+                 logger: logging.Logger) -> None:
+        self.log = logger
+        self.what, self.env, self.eager_choice = what, env, eager_choice
+        self.eager_name, self.eager_short = eager_name, eager_short
+        self.policies = ("auto", "fused", eager_choice)
+        self._build, self._eager, self._probe_cases, self.describe = build, eager, probe_cases, describe
+        self._probed: dict[tuple, tuple[Optional[Callable], str]] = {}
+        self._failed: dict[tuple, str] = {}  # why a kernel that passed its probe failed later (kept off there)
+
+    def policy(self) -> str:
+        value = os.environ.get(self.env, "auto").strip().lower() or "auto"
+        if value not in self.policies:
+            raise ValueError(f"{self.env}={value!r} is not one of {', '.join(self.policies)}")
+        return value
+
+    def wanted_on(self, device_type: str) -> tuple[bool, str]:
+        """(whether the policy asks for the fused kernel on this device type, why not when it does not)."""
+        choice = self.policy()
+        if choice == self.eager_choice:
+            return False, f"{self.env}={self.eager_choice}"
+        if device_type == "cuda":
+            if not _has_triton():
+                return False, "Triton is not installed (it compiles the fused kernel; pip install triton)"
+            return True, ""
+        if device_type == "cpu":
+            if choice == "fused":
+                return True, ""
+            return False, f"not compiled on the CPU unless {self.env}=fused (it needs a C++ compiler)"
+        return False, f"no compiled kernel for {device_type}"
+
+    def _probe(self, key: str, variant: tuple) -> tuple[Optional[Callable], str]:
+        device = torch.device(key)
+        where = f"{key} ({self.describe(variant)})"
+        try:
+            fn = self._build(variant)
+            for args in self._probe_cases(device, variant):
+                with torch.no_grad():
+                    got = fn(*args)
+                want = self._eager(variant, *args)
+                bad = same_bits(got, want)
+                if bad:
+                    raise RuntimeError(f"its {self.describe(variant)} result differs from the {self.eager_short} "
+                                       f"decode in {bad} of {want.numel()} probe values")
+        except Exception as exc:  # noqa: BLE001 - no compiler, a Triton error or wrong numbers: keep the exact eager path
+            reason = f"the fused kernel is not used on {where}: {type(exc).__name__}: {_first_line(exc)}"
+            self.log.warning("%s: %s; decoding with %s", self.what, reason, self.eager_name)
+            return None, reason
+        self.log.info("%s on %s: one fused kernel per layer (compiled; probed bit-identical to the %s decode)",
+                 self.what, where, self.eager_short)
+        return fn, ""
+
+    def decoder(self, device, variant: tuple) -> tuple[Optional[Callable], str]:
+        """(the fused decode of ``variant`` on ``device`` or None, the reason when None); compiled and probed once
+        per device and variant."""
+        device = torch.device(device)
+        wanted, why_not = self.wanted_on(device.type)
+        if not wanted:
+            return None, why_not
+        key = (device_key(device), variant)
+        if key in self._failed:
+            return None, self._failed[key]
+        if key not in self._probed:
+            self._probed[key] = self._probe(*key)
+        return self._probed[key]
+
+    def run(self, device, variant: tuple, args: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The fused decode of ``args``, or None where the eager decode must run (not wanted, not probed equal,
+        or failed now: then it stays off for this device and variant, and says so once)."""
+        fn, _ = self.decoder(device, variant)
+        if fn is None:
+            return None
+        try:
+            with torch.no_grad():  # one compiled graph for every grad mode
+                return fn(*args)
+        except torch.OutOfMemoryError:  # the device is full, not the kernel wrong: the host's OOM handling decides
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a compiler error on a new shape
+            key = (device_key(device), variant)
+            self._failed[key] = (f"the fused kernel failed on {key[0]} ({self.describe(variant)}) after its probe "
+                                 f"and is off there for this process: {type(exc).__name__}: {_first_line(exc)}")
+            self.log.warning("%s: %s; decoding with %s", self.what, self._failed[key], self.eager_name)
+            return None
+
+    def forget(self) -> None:
+        """Drop every probe result and compiled kernel (the next decode probes again; tests and a changed policy)."""
+        self._probed.clear()
+        self._failed.clear()

@@ -1,0 +1,79 @@
+"""The shared machinery of the compiled decodes (``model.checkpoints.fused_decode``): the bit comparison the probes
+use, and what a failure of a probed kernel does."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from model.checkpoints.fused_decode import FusedDecode, private_copy, same_bits
+
+
+def test_same_bits_counts_differing_values_and_matches_nan_with_nan():
+    a = torch.tensor([1.0, -0.0, float("inf"), float("nan"), 2.0])
+    b = torch.tensor([1.0, 0.0, float("inf"), float("nan"), 2.0])
+    assert same_bits(a, b) == 1  # -0.0 vs 0.0: equal as numbers, not as bits
+    other_nan = a.clone()
+    other_nan.view(torch.int32)[3] = 0x7FC00001  # another NaN payload
+    assert same_bits(other_nan, a) == 0
+    assert same_bits(a.to(torch.bfloat16), a) == a.numel()  # another dtype: every value differs
+    assert same_bits(a[:4], a) == a.numel()
+    assert same_bits(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4])) == 1
+
+
+def test_private_copy_is_the_same_function_with_its_own_code():
+    def make(k):
+        def scaled(x):
+            return x * k
+        return scaled
+
+    f = make(3)
+    g = private_copy(f)
+    assert g(2) == 6 and g.__code__ is not f.__code__ and g.__code__ == f.__code__
+
+
+def _decode(kernel, env="IDEOGRAM4_TEST_DECODE"):
+    return FusedDecode(what="test decode", env=env, eager_choice="eager", eager_name="the eager ops",
+                       eager_short="eager", build=lambda variant: kernel, eager=lambda variant, x: x * 2,
+                       probe_cases=lambda device, variant: [(torch.arange(8.0),)], describe=lambda variant: "float32",
+                       logger=logging.getLogger("test_fused_decode"))
+
+
+def test_out_of_memory_in_a_probed_kernel_propagates_and_keeps_the_kernel(monkeypatch):
+    """A full device is not a wrong kernel: the error reaches the host (ComfyUI frees memory and retries) and the
+    compiled decode stays on."""
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+    state = {"oom": False}
+
+    def kernel(x):
+        if state["oom"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return x * 2
+
+    decode = _decode(kernel)
+    assert torch.equal(decode.run("cpu", ("v",), (torch.ones(3),)), torch.full((3,), 2.0))
+    state["oom"] = True
+    with pytest.raises(torch.OutOfMemoryError):
+        decode.run("cpu", ("v",), (torch.ones(3),))
+    state["oom"] = False
+    assert decode.decoder("cpu", ("v",))[0] is kernel
+
+
+def test_another_failure_turns_the_kernel_off_for_that_variant_only(monkeypatch, caplog):
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+
+    def kernel(x):
+        if x.numel() == 5:
+            raise RuntimeError("a compiler error\nwith details")
+        return x * 2
+
+    decode = _decode(kernel)
+    with caplog.at_level(logging.WARNING, logger="test_fused_decode"):
+        assert decode.run("cpu", ("a",), (torch.ones(5),)) is None  # the caller runs its eager decode
+    assert ("test decode: the fused kernel failed on cpu (float32) after its probe and is off there for this "
+            "process: RuntimeError: a compiler error; decoding with the eager ops") in caplog.text
+    assert decode.decoder("cpu", ("a",))[0] is None and decode.decoder("cpu", ("b",))[0] is kernel
+    decode.forget()
+    assert decode.decoder("cpu", ("a",))[0] is kernel
