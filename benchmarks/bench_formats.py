@@ -15,7 +15,8 @@ each in a fresh subprocess:
 
 Also ``fp8-table`` (the exact fp8 decodes of a real-size layer: cast + scale, the 256-entry table, the fused kernel),
 ``gguf-decode`` (the eager GGUF decode in chunks vs the compiled kernel, per quantisation type, on a real-size layer)
-and ``nf4-bnb`` (bitsandbytes' CPU kernel vs the pure-torch codec on a real-size layer).
+and ``nf4-bnb`` (the pure-torch nf4 codec vs its compiled kernel and bitsandbytes' CPU kernel, on a real-size
+layer).
 
     flock /tmp/heavy.lock python benchmarks/bench_formats.py run --out /work/scratch/issue12 \\
         --families nvfp4,int8_tensorwise,gguf_Q4_K --comfyui /work/comfyui --comfy-python /work/comfy-venv/bin/python
@@ -408,7 +409,11 @@ def cmd_gguf_decode(args) -> None:
 
 
 def cmd_nf4_bnb(args) -> None:
-    from model.checkpoints import nf4
+    """nf4 decodes of a real FFN layer on the CPU: the pure-torch codec in chunks, the compiled kernel
+    (``nf4_fused``, compiled here as with ``IDEOGRAM4_NF4_DECODE=fused``) and bitsandbytes' CPU kernel; bit for bit."""
+    import os
+
+    from model.checkpoints import nf4, nf4_fused
 
     torch.set_num_threads(args.threads)
     w = torch.randn(4608, 12288, generator=torch.Generator().manual_seed(0))
@@ -416,14 +421,29 @@ def cmd_nf4_bnb(args) -> None:
     code = torch.tensor(nf4.NF4_CODE)
     shape = tuple(w.shape)
     ref = _rate(lambda: nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16), w.numel())
-    if not nf4.bitsandbytes_decodes("cpu"):
-        print(f"nf4 decode: pure torch {ref:.2f} G elements/s; bitsandbytes not usable here")
-        return
-    bnb = _rate(lambda: nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16, use_bitsandbytes=True), w.numel())
-    same = torch.equal(nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16),
-                       nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16))
-    print(f"nf4 → bf16 decode of a 4608×12288 layer, {args.threads} thread(s): pure torch {ref:.2f} G elements/s, "
-          f"bitsandbytes CPU {bnb:.2f} G elements/s ({bnb / ref:.1f}×), auto path bit-identical: {same}")
+    want = nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16)
+    os.environ[nf4_fused.ENV] = "fused"
+    nf4_fused.forget_probes()
+    t0 = time.perf_counter()
+    fn, why = nf4_fused.fused_decoder("cpu")  # compiles and probes
+    compile_s = time.perf_counter() - t0
+    line = f"nf4 → bf16 decode of a 4608×12288 layer, {args.threads} thread(s): pure torch {ref:.2f} G elements/s"
+    if fn is not None:
+        flat, scales = packed.reshape(-1), absmax.float()
+        fused = _rate(lambda: nf4_fused.decode(flat, scales, code, torch.bfloat16), w.numel())
+        same = torch.equal(nf4_fused.decode(flat, scales, code, torch.bfloat16).view(shape), want)
+        line += (f", compiled {fused:.2f} G elements/s ({fused / ref:.2f}×, bit-identical: {same}; compile + probe "
+                 f"{compile_s:.1f} s)")
+    else:
+        line += f", compiled: not used ({why})"
+    if nf4.bitsandbytes_decodes("cpu"):
+        bnb = _rate(lambda: nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16, use_bitsandbytes=True),
+                    w.numel())
+        same = torch.equal(nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16, use_bitsandbytes=True), want)
+        line += f", bitsandbytes CPU {bnb:.2f} G elements/s ({bnb / ref:.1f}×, bit-identical: {same})"
+    else:
+        line += "; bitsandbytes not usable here"
+    print(line)
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,7 @@
 # Every GPU check in one command (step limits add up to 480 s, so one H100/H200 call stays within 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
-#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel tests (fused decode too), the GGUF compiled decode,
+#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel tests (fused decode too), the GGUF and nf4 compiled decodes,
 #   and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM
 #   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step; last, issue 13's
 #   targets against the figures, as a markdown table ($OUT/targets.md).
@@ -60,9 +60,9 @@ else
   step 145 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
   step 75 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
     benchmarks/bench_families.py --device cuda --out "$SCRATCH/families" --json "$DEST/families.json"
-  step 45 "fp8 kernels: _scaled_mm vs emulation, fused decode vs two kernels; GGUF compiled decode" "$PY" -m pytest -q \
-    -p no:cacheprovider -rA tests/test_fp8_matmul.py tests/test_fp8_fused.py tests/test_gguf_fused.py \
-    -k "cuda or test_fp8_matmul"
+  step 45 "fp8 kernels: _scaled_mm vs emulation, fused decode vs two kernels; GGUF and nf4 compiled decodes" "$PY" \
+    -m pytest -q -p no:cacheprovider -rA tests/test_fp8_matmul.py tests/test_fp8_fused.py tests/test_gguf_fused.py \
+    tests/test_nf4_fused.py -k "cuda or test_fp8_matmul"
 fi
 if [ $COMFY_OK -eq 1 ]; then
   if [ -n "$SMOKE" ]; then

@@ -47,12 +47,10 @@ def kernels():
     import torch
 
     from model.checkpoints.fp8_matmul import kernel_available
-    from model.checkpoints.nf4 import bitsandbytes_decodes
+    from model.checkpoints.nf4 import decode_note
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"   nf4 decode on {device}: "
-          f"{'bitsandbytes kernel' if bitsandbytes_decodes(device) else 'pure torch'}"
-          f" (bitsandbytes probed bit-exact on {device})")
+    print(f"   {decode_note(device)} (on {device})")
     if device == "cuda":
         print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
     fp8_decode(device)

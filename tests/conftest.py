@@ -38,7 +38,7 @@ def tiny_files(tmp_path_factory, tiny_weights) -> dict[str, dict[str, Path]]:
             for fmt in FORMATS}
 
 
-# The compiled decodes' tests (test_fp8_fused, test_gguf_fused) name their module ``FUSED`` and how a call to its
+# The compiled decodes' tests (test_fp8_fused, test_gguf_fused, test_nf4_fused) name their module ``FUSED`` and how a call to its
 # kernel is recorded, ``CALL_KEY(*variant, *args)``; ``policy`` and ``counted`` work on that module.
 
 @pytest.fixture

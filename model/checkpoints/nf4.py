@@ -5,7 +5,9 @@ Packed uint8 (out*in/2, 1), high nibble first, float32 ``absmax`` per 64 element
 does on every backend).  With bitsandbytes installed the decode uses its kernel on CUDA and on the CPU
 (identical numbers, ≈9× faster than the pure-torch codec on CPU); bitsandbytes is probed once — imported,
 run on one small block set and compared with the pure-torch codec — and a broken native library falls
-back to the pure-torch codec below, so every user and CI can run every format.
+back to the pure-torch codec below, so every user and CI can run every format.  Without bitsandbytes the
+pure-torch arithmetic runs in one compiled kernel where ``nf4_fused`` compiled and probed it (CUDA with Triton by
+default), else in chunks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from . import nf4_fused
 from .reader import json_from_tensor
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,17 @@ def _nf4_byte_table(quant_map: torch.Tensor, device) -> torch.Tensor:
     return torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)
 
 
+def _packed_bytes(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The packed bytes as a flat uint8 view; ValueError if they cannot hold ``shape`` in whole blocks."""
+    flat = packed.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    n = shape[0] * shape[1]
+    if flat.numel() * 2 != n or n % NF4_BLOCKSIZE:
+        raise ValueError(f"nf4: {flat.numel()} packed bytes cannot hold a {list(shape)} weight in blocks of {NF4_BLOCKSIZE}")
+    return flat
+
+
 def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor,
                              shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """Pure-torch NF4 decode: element 2k = high nibble of byte k; float32 product, one cast.
@@ -71,12 +85,8 @@ def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_m
     even for the 245M-weight ``llm_cond_proj``; the arithmetic (code · absmax in float32, then one
     cast) is exactly bitsandbytes'.
     """
-    flat = packed.reshape(-1)
-    if flat.dtype != torch.uint8:
-        flat = flat.view(torch.uint8)
+    flat = _packed_bytes(packed, shape)
     n = shape[0] * shape[1]
-    if flat.numel() * 2 != n or n % NF4_BLOCKSIZE:
-        raise ValueError(f"nf4: {flat.numel()} packed bytes cannot hold a {list(shape)} weight in blocks of {NF4_BLOCKSIZE}")
     table = _nf4_byte_table(quant_map, flat.device)
     scales = absmax.to(device=flat.device, dtype=torch.float32)
     out = torch.empty(n, dtype=dtype, device=flat.device)
@@ -144,7 +154,25 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
     if usable:
         return _bnb_dequantize(packed, absmax, shape, dtype)
+    if not torch.compiler.is_compiling():  # inside a compiled model its own compiler fuses the traced chunks
+        flat = _packed_bytes(packed, shape)
+        fused = nf4_fused.decode(flat, absmax.to(device=flat.device, dtype=torch.float32),
+                                 quant_map.to(device=flat.device, dtype=torch.float32), dtype)
+        if fused is not None:
+            return fused.view(shape)
     return dequantize_nf4_reference(packed, absmax, quant_map, shape, dtype)
+
+
+def decode_note(device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The sampler's line about decoding nf4 weights to ``dtype`` on ``device`` (probes once if not done yet)."""
+    device = torch.device(device)
+    if device.type in ("cuda", "cpu") and bitsandbytes_decodes(device.type):
+        rows = " (rows of whole 64-blocks; others: the pure-torch codec)" if device.type == "cpu" else ""
+        return f"nf4 decode: bitsandbytes' kernel{rows}, probed bit-identical to the reference's decode"
+    fn, why_not = nf4_fused.fused_decoder(device, dtype)
+    if fn is not None:
+        return "nf4 decode: one compiled kernel per layer (probed bit-identical to the reference's decode)"
+    return f"nf4 decode: pure torch in chunks (exact; bitsandbytes not used) — {why_not}"
 
 
 def nf4_quant_state_json(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:

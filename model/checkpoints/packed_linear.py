@@ -20,6 +20,7 @@ from .fp8 import FP8_DTYPE, dequantize_fp8, fp8_storage_to
 from .fp8_matmul import FP8_SCHEMES, fp8_linear
 from .gguf_codec import dequantize_gguf, row_bytes
 from .nf4 import NF4_BLOCKSIZE, dequantize_nf4
+from .nf4 import decode_note as nf4_decode_note
 
 SCHEMES = ("fp8_rowwise", "fp8_tensorwise", "nf4") + COMFY_SCHEMES + ("gguf",)
 
@@ -111,12 +112,14 @@ class QuantizedLinear(nn.Module):
 
 
 def decode_notes(model: nn.Module, device, dtype: torch.dtype) -> list[str]:
-    """How ``model``'s fp8 and GGUF layers decode to ``dtype`` on ``device`` (one compiled kernel, or the eager ops
-    and why): ``fp8_fused`` / ``gguf_fused``'s report lines, probing each once; empty for a model without them."""
+    """How ``model``'s fp8, nf4 and GGUF layers decode to ``dtype`` on ``device`` (one compiled kernel, or the eager ops
+    and why): ``fp8_fused`` / ``nf4`` / ``gguf_fused``'s report lines, probing each once; empty for a model without them."""
     packed = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     notes = []
     if any(m.scheme in FP8_SCHEMES for m in packed):
         notes.append(fp8_fused.decode_note(device, dtype))
+    if any(m.scheme == "nf4" for m in packed):
+        notes.append(nf4_decode_note(device, dtype))
     qtypes = sorted({m.options["qtype"] for m in packed if m.scheme == "gguf"})
     if qtypes:
         notes.append(gguf_fused.decode_note(device, qtypes, dtype))

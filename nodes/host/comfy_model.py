@@ -44,7 +44,8 @@ from ...model.vae import latents as lat
 from ...model.dit import TEXT_PROJECTION_MODULES, load_transformer
 from ...model.dit.lora_keys import comfy_key_map
 from ...model.text_encoder import qwen_rms_norm
-from ...model.checkpoints import QuantizedLinear, gguf_fused
+from ...model.checkpoints import QuantizedLinear, gguf_fused, nf4_fused
+from ...model.checkpoints.nf4 import bitsandbytes_decodes
 from ...model.checkpoints.packed_linear import decode_notes
 from ...model.checkpoints.fp8_matmul import FP8_SCHEMES, fp8_linear
 from ...sampling import sigma_from_time
@@ -432,12 +433,16 @@ def dit_of(patcher) -> torch.nn.Module:
 # --------------------------------------------------------------------------- memory
 
 def _decode_kind(module: torch.nn.Module, device, dtype: torch.dtype) -> str:
-    """``memory_policy.decode_temp_bytes`` kind of a Linear decoded to ``dtype`` on ``device`` (a GGUF layer's
-    compiled decode is asked for — compiled and probed there once — since it needs no float32 intermediate)."""
+    """``memory_policy.decode_temp_bytes`` kind of a Linear decoded to ``dtype`` on ``device`` (a GGUF or nf4
+    layer's compiled decode is asked for — compiled and probed there once — since it needs no float32
+    intermediate nor chunk temporaries)."""
     if not isinstance(module, QuantizedLinear):
         return "linear"
-    if module.scheme == "gguf" and device is not None and \
+    if device is not None and module.scheme == "gguf" and \
             gguf_fused.fused_decoder(device, module.options["qtype"], dtype)[0] is not None:
+        return "compiled"
+    if device is not None and module.scheme == "nf4" and not bitsandbytes_decodes(torch.device(device).type) and \
+            nf4_fused.fused_decoder(device, dtype)[0] is not None:
         return "compiled"
     return "fp8" if module.scheme.startswith("fp8") else "nf4" if module.scheme == "nf4" else "packed"
 
@@ -447,7 +452,7 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
     the fly, among the blocks' layers and among the text projection's (which runs once, before the blocks).
     ``merged``: names of the layers whose run-time patch is merged into the decoded weight on every call
     (:func:`merged_layers`)."""
-    from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES, bitsandbytes_decodes
+    from ...model.checkpoints.nf4 import NF4_CHUNK_TEMP_BYTES
 
     cuda = device is not None and torch.device(device).type == "cuda"
     text = {id(m) for name in TEXT_PROJECTION_MODULES if hasattr(dit, name) for m in getattr(dit, name).modules()}

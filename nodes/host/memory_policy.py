@@ -271,8 +271,8 @@ def decode_temp_bytes(layers, *, act_bytes: int, nf4_kernel: bool, nf4_chunk_tem
     ``"nf4"`` (the decoded weight; without bitsandbytes' kernel plus the pure-torch codec's per-chunk
     temporaries, ``nf4_chunk_temp`` bytes, independent of the layer size) or ``"packed"`` (the other
     codecs — ComfyUI nvfp4/mxfp8/int8, GGUF — counted conservatively as the decoded weight plus a
-    float32 intermediate of the same size) or ``"compiled"`` (a GGUF layer decoded by its probed compiled kernel,
-    ``gguf_fused``: one pass writes the decoded weight, no weight-sized intermediate).  ``merged``: a weight patch (LoHa, LoKr, DoRA, ``diff``… — not a
+    float32 intermediate of the same size) or ``"compiled"`` (a GGUF or nf4 layer decoded by its probed compiled kernel,
+    ``gguf_fused`` / ``nf4_fused``: one pass writes the decoded weight, no intermediate nor chunk temporaries).  ``merged``: a weight patch (LoHa, LoKr, DoRA, ``diff``… — not a
     plain LoRA, which runs as a side branch) is merged into the decoded weight on every call, which holds
     ``PATCH_MATH_FACTOR`` more weight-sized temporaries in the compute dtype (ComfyUI's own estimate).
     """

@@ -1,0 +1,122 @@
+"""nf4 decode in one compiled pass (``model.checkpoints.nf4_fused``), for devices where bitsandbytes' kernel is not
+used: bit-identical to the pure-torch codec (itself bitsandbytes' numbers), the probe, the policy, the note, and the
+loader's nf4 model through the compiled kernel.
+
+On the CPU the compiled kernel is inductor's C++ code (``IDEOGRAM4_NF4_DECODE=fused``); on CUDA Triton code, checked
+by the CUDA test at the end (``benchmarks/gpu_check.sh`` runs it)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from model.checkpoints import QuantizedLinear, nf4, nf4_fused
+from model.dit import load_transformer
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+FUSED = nf4_fused  # the ``policy`` and ``counted`` fixtures (conftest) work on it
+# a call to a compiled kernel, as ``counted`` records it: (output dtype, packed bytes)
+CALL_KEY = lambda dtype, flat, absmax, code: (dtype, flat.numel())
+
+
+@pytest.fixture
+def no_bitsandbytes(monkeypatch):
+    """As on a machine without bitsandbytes (or with a broken one): the pure-torch codec decodes."""
+    monkeypatch.setattr(nf4, "bitsandbytes_decodes", lambda device_type: False)
+
+
+def _packed(rows=96, cols=256, seed=0):
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    packed, absmax = nf4.quantize_nf4(w)
+    return packed, absmax, torch.tensor(nf4.NF4_CODE), (rows, cols)
+
+
+def _bits(t):
+    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_compiled_decode_equals_the_pure_torch_codec(dtype, policy, counted, no_bitsandbytes):
+    policy("fused")
+    packed, absmax, code, shape = _packed()
+    got = nf4.dequantize_nf4(packed, absmax, code, shape, dtype)
+    assert counted[-1] == (dtype, packed.numel())  # the decode itself ran the compiled kernel
+    assert torch.equal(_bits(got), _bits(nf4.dequantize_nf4_reference(packed, absmax, code, shape, dtype)))
+    assert nf4.decode_note("cpu", dtype) == ("nf4 decode: one compiled kernel per layer (probed bit-identical to the "
+                                             "reference's decode)")
+
+
+def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, monkeypatch, caplog, no_bitsandbytes):
+    real = nf4_fused._compiled
+
+    def off(dtype):
+        fn = real(dtype)
+
+        def wrong(flat, absmax, code):
+            out = fn(flat, absmax, code).clone()
+            out.view(torch.int16)[100] += 1
+            return out
+        return wrong
+
+    policy("fused")
+    monkeypatch.setattr(nf4_fused, "_compiled", off)
+    with caplog.at_level(logging.WARNING, logger=nf4_fused.__name__):
+        note = nf4.decode_note("cpu")
+    assert note == ("nf4 decode: pure torch in chunks (exact; bitsandbytes not used) — the fused kernel is not used "
+                    "on cpu (bfloat16): RuntimeError: its bfloat16 result differs from the pure-torch decode in 1 of "
+                    "4096 probe values")
+    assert "decoding with the pure-torch codec (in chunks)" in caplog.text
+    packed, absmax, code, shape = _packed()
+    assert torch.equal(nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16),
+                       nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16))
+
+
+def test_policy_default_and_bitsandbytes_first(policy, counted, monkeypatch):
+    policy("auto")
+    monkeypatch.setattr(nf4, "bitsandbytes_decodes", lambda device_type: False)
+    assert nf4.decode_note("cpu") == ("nf4 decode: pure torch in chunks (exact; bitsandbytes not used) — not compiled "
+                                      "on the CPU unless IDEOGRAM4_NF4_DECODE=fused (it needs a C++ compiler)")
+    packed, absmax, code, shape = _packed()
+    nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16)
+    assert counted == []
+    monkeypatch.setattr(nf4, "bitsandbytes_decodes", lambda device_type: True)  # a probed bitsandbytes wins
+    policy("fused")
+    assert nf4.decode_note("cuda").startswith("nf4 decode: bitsandbytes' kernel, probed bit-identical")
+    policy("bogus")
+    monkeypatch.setattr(nf4, "bitsandbytes_decodes", lambda device_type: False)
+    with pytest.raises(ValueError, match=r"IDEOGRAM4_NF4_DECODE='bogus' is not one of auto, fused, eager"):
+        nf4.decode_note("cpu")
+
+
+def test_the_loaders_nf4_model_through_the_compiled_kernel(policy, counted, no_bitsandbytes, tiny_files, tiny_cfg):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 15, tiny_cfg.in_channels, generator=g)
+    feats = torch.randn(1, 6, tiny_cfg.llm_features_dim, generator=g)
+
+    def forwards():
+        model = load_transformer(tiny_files["nf4"]["cond"], dtype=torch.bfloat16)
+        with torch.no_grad():
+            return model, [model(x, torch.tensor([0.7]), f, grid_hw=(3, 5)) for f in (feats, None)]
+
+    policy("eager")
+    _, eager = forwards()
+    assert counted == []
+    policy("fused")
+    model, fused = forwards()
+    assert all(torch.equal(a, b) for a, b in zip(fused, eager))
+    n_nf4 = sum(isinstance(m, QuantizedLinear) and m.scheme == "nf4" for m in model.modules())
+    assert n_nf4 > 0 and len(counted) - 1 >= n_nf4  # the first call is the probe
+
+
+@cuda
+def test_cuda_decode_equals_the_reference(policy, no_bitsandbytes):
+    """On the GPU (``gpu_check.sh``): whichever decode the probe picked gives the reference's numbers."""
+    policy("auto")
+    packed, absmax, code, shape = _packed(1024, 4096)
+    got = nf4.dequantize_nf4(packed.cuda(), absmax.cuda(), code.cuda(), shape, torch.bfloat16).cpu()
+    note = nf4.decode_note("cuda")
+    print(note)
+    assert torch.equal(got, nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16)), note
