@@ -2,10 +2,10 @@
 # Every GPU check in one command (step limits add up to 480 s, so one H100/H200 call stays within 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
-#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the fp8 kernel tests (fused decode too), the GGUF and nf4 compiled decodes,
-#   and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM
-#   (private vs file-backed) through a real load → forward → offload, the LoRA cost per step; last, issue 13's
-#   targets against the figures, as a markdown table ($OUT/targets.md).
+#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the compiled fp8 / GGUF / nf4 decodes (which
+#   runs, timed) and the fp8 kernel tests, and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI
+#   core's model on the same GPU, system RAM (private vs file-backed) through a real load → forward → offload, the
+#   LoRA cost per step; last, issue 13's targets against the figures, as a markdown table ($OUT/targets.md).
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU machine; log + JSON in $OUT (or /tmp)
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # code-path check on a CPU (tiny model), ~3 min
@@ -48,17 +48,20 @@ fi
 echo "gpu_check: $(date -u)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # exit 2: a package the checks cannot run without is missing (stop here); 3: ComfyUI does not import (its steps skip)
-step 40 "environment (benchmarks/gpu_env.py)" "$PY" benchmarks/gpu_env.py
+step 30 "environment (benchmarks/gpu_env.py)" "$PY" benchmarks/gpu_env.py
 [ $rc -eq 2 ] && { echo "gpu_check stopped: see the environment above"; exit 1; }
 COMFY_OK=0
 [ $rc -eq 0 ] && [ -n "${COMFYUI_PATH:-}" ] && COMFY_OK=1
 if [ -n "$SMOKE" ]; then
+  step 60 "compiled decodes (cpu smoke)" "$PY" benchmarks/gpu_env.py --decodes
   step 300 "speed + plan + parity (cpu smoke)" "$PY" benchmarks/gpu_check.py --cpu-smoke --steps 1 --json "$DEST/gpu_check.json"
   step 200 "every checkpoint family (cpu smoke)" "$PY" benchmarks/bench_families.py --device cpu --width 512 --size 256 \
     --text-tokens 16 --repeats 1 --out "$SCRATCH/families" --json "$DEST/families.json"
 else
   step 145 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
-  step 75 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
+  step 30 "compiled decodes: fp8 / GGUF Q4_K / nf4 — which runs, timed on a 12288×4608 layer" "$PY" \
+    benchmarks/gpu_env.py --decodes
+  step 65 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
     benchmarks/bench_families.py --device cuda --out "$SCRATCH/families" --json "$DEST/families.json"
   step 45 "fp8 kernels: _scaled_mm vs emulation, fused decode vs two kernels; GGUF and nf4 compiled decodes" "$PY" \
     -m pytest -q -p no:cacheprovider -rA tests/test_fp8_matmul.py tests/test_fp8_fused.py tests/test_gguf_fused.py \
@@ -75,9 +78,9 @@ if [ $COMFY_OK -eq 1 ]; then
     step 120 "streamed layers == resident (tiny, cpu)" "$PY" benchmarks/gpu_streaming.py --comfyui "$COMFYUI_PATH" \
       --width 512 --grid 8 --json "$DEST/streaming.json" -- --cpu
   else
-    step 45 "ours vs core (34×4608, 1024²)" "$PY" benchmarks/bench_vs_core.py --comfyui "$COMFYUI_PATH" --full --size 1024 \
+    step 40 "ours vs core (34×4608, 1024²)" "$PY" benchmarks/bench_vs_core.py --comfyui "$COMFYUI_PATH" --full --size 1024 \
       --text-tokens 512 --repeats 3 --json "$DEST/vs_core.json"
-    step 35 "system RAM through a real CUDA load → forward → offload (2 × 4608, fp8)" "$PY" \
+    step 30 "system RAM through a real CUDA load → forward → offload (2 × 4608, fp8)" "$PY" \
       benchmarks/bench_offload.py --out "$SCRATCH/offload" --layers 2 --width 4608 --formats fp8 --device cuda
     step 35 "LoRA cost per step on CUDA (0/1/3 LoRAs, bf16 + fp8, 2 × 4608)" "$PY" benchmarks/bench_lora.py \
       --comfyui "$COMFYUI_PATH" --layers 2 --heads 18 --intermediate 12288 --grid 64 --device cuda

@@ -47,14 +47,14 @@ def kernels():
     import torch
 
     from model.checkpoints.fp8_matmul import kernel_available
-    from model.checkpoints.nf4 import decode_note
+    from model.checkpoints.nf4 import bitsandbytes_decodes
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"   {decode_note(device)} (on {device})")
+    print(f"   nf4 decode on {device}: "
+          f"{'bitsandbytes kernel' if bitsandbytes_decodes(device) else 'pure torch'}"
+          f" (bitsandbytes probed bit-exact on {device})")
     if device == "cuda":
         print(f"   fp8 _scaled_mm rowwise kernel: {kernel_available()}")
-    fp8_decode(device)
-    gguf_decode(device)
     try:
         import comfy_kitchen
 
@@ -63,6 +63,20 @@ def kernels():
             print(f"   comfy-kitchen backend {name}: {state}")
     except Exception as exc:  # noqa: BLE001
         print(f"   comfy-kitchen backends: NOT USABLE: {type(exc).__name__}: {exc}")
+
+
+def decodes() -> None:
+    """The compiled one-kernel decodes on this machine's device (``--decodes``, gpu_check's own step: the Triton
+    compiles take seconds each): which decode each format uses, and on CUDA the times of both on a real-size layer."""
+    import torch
+
+    from model.checkpoints.nf4 import decode_note
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"######## compiled decodes on {device}")
+    print(f"   {decode_note(device)}")
+    fp8_decode(device)
+    gguf_decode(device)
 
 
 def fp8_decode(device: str) -> None:
@@ -177,6 +191,10 @@ def _has_cuda() -> bool:
 
 def main() -> int:
     import torch
+
+    if sys.argv[1:] == ["--decodes"]:
+        decodes()
+        return 0
 
     gpu = (f"{torch.cuda.get_device_name()} (sm{''.join(map(str, torch.cuda.get_device_capability()))}, "
            f"{torch.cuda.get_device_properties(0).total_memory / 1024 ** 3:.0f} GiB)" if _has_cuda() else "no CUDA device")
