@@ -77,3 +77,29 @@ def test_another_failure_turns_the_kernel_off_for_that_variant_only(monkeypatch,
     assert decode.decoder("cpu", ("a",))[0] is None and decode.decoder("cpu", ("b",))[0] is kernel
     decode.forget()
     assert decode.decoder("cpu", ("a",))[0] is kernel
+
+
+def test_nothing_is_dispatched_when_the_eager_decode_runs(monkeypatch):
+    """The eager path's per-layer op count must not grow by the fused path's bookkeeping (a detach per argument was
+    12 extra ops per block for fp8): asking ``run`` costs no aten op unless its kernel runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    decode = _decode(lambda x: x * 2)
+    weight = torch.nn.Parameter(torch.ones(4), requires_grad=False)
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "eager")
+    with Watch():
+        assert decode.run("cpu", ("v",), (weight,)) is None
+    assert seen == []
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+    decode.decoder("cpu", ("v",))  # probe outside the watch
+    with Watch():
+        out = decode.run("cpu", ("v",), (weight,))
+    assert torch.equal(out, torch.full((4,), 2.0))
+    assert seen == ["aten.detach", "aten.mul"]  # the Parameter reaches the kernel as the plain tensor it holds

@@ -98,8 +98,7 @@ def decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale_codes`` in one kernel where :func:`fused_decoder` allows it, else in two (same bits either way)."""
     if torch.compiler.is_compiling():  # inside a compiled model: its own compiler fuses the plain expression
         return scale_codes(codes, scale)
-    # A Parameter is passed as the plain tensor it holds (dynamo specialises a Parameter's shape).
-    out = _DECODE.run(codes.device, (scale.dtype,), (codes.detach(), scale.detach()))
+    out = _DECODE.run(codes.device, (scale.dtype,), (codes, scale))
     return two_kernel_decode(codes, scale) if out is None else out
 
 

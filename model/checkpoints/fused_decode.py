@@ -140,13 +140,14 @@ class FusedDecode:
 
     def run(self, device, variant: tuple, args: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
         """The fused decode of ``args``, or None where the eager decode must run (not wanted, not probed equal,
-        or failed now: then it stays off for this device and variant, and says so once)."""
+        or failed now: then it stays off for this device and variant, and says so once).  Nothing is dispatched
+        before the decoder is known to run (the eager path's op count stays what it was)."""
         fn, _ = self.decoder(device, variant)
         if fn is None:
             return None
         try:
-            with torch.no_grad():  # one compiled graph for every grad mode
-                return fn(*args)
+            with torch.no_grad():  # one compiled graph for every grad mode; a Parameter as the plain tensor it holds
+                return fn(*(a.detach() for a in args))  # (dynamo specialises a Parameter's shape)
         except torch.OutOfMemoryError:  # the device is full, not the kernel wrong: the host's OOM handling decides
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a compiler error on a new shape

@@ -81,7 +81,7 @@ def decode(flat: torch.Tensor, qtype: str, dtype: torch.dtype) -> Optional[torch
     where the eager decode must run."""
     if flat.numel() < 2 * BLOCKS[qtype][1]:  # a one-block tensor: its count would be specialised, not symbolic
         return None
-    return _DECODE.run(flat.device, (qtype, dtype), (flat.detach(),))
+    return _DECODE.run(flat.device, (qtype, dtype), (flat,))
 
 
 def decode_note(device, qtypes, dtype: torch.dtype = torch.bfloat16) -> str:

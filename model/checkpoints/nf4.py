@@ -154,7 +154,8 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.
         raise ValueError("use_bitsandbytes=True but bitsandbytes is not installed or has no usable backend")
     if usable:
         return _bnb_dequantize(packed, absmax, shape, dtype)
-    if not torch.compiler.is_compiling():  # inside a compiled model its own compiler fuses the traced chunks
+    # (inside a compiled model its own compiler fuses the traced chunks)
+    if not torch.compiler.is_compiling() and nf4_fused.fused_decoder(packed.device, dtype)[0] is not None:
         flat = _packed_bytes(packed, shape)
         fused = nf4_fused.decode(flat, absmax.to(device=flat.device, dtype=torch.float32),
                                  quant_map.to(device=flat.device, dtype=torch.float32), dtype)

@@ -78,7 +78,7 @@ def decode(flat: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, dtype: 
     """The compiled decode (flat weights in ``dtype``), or None where the pure-torch codec must run."""
     if flat.numel() < BLOCKSIZE:  # a single block: its count would be specialised, not symbolic
         return None
-    return _DECODE.run(flat.device, (dtype,), (flat.detach(), absmax.detach(), code.detach()))
+    return _DECODE.run(flat.device, (dtype,), (flat, absmax, code))
 
 
 def forget_probes() -> None:
