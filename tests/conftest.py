@@ -38,6 +38,24 @@ def tiny_files(tmp_path_factory, tiny_weights) -> dict[str, dict[str, Path]]:
             for fmt in FORMATS}
 
 
+@pytest.fixture
+def tiny_forwards(tiny_cfg):
+    """``run(path)`` → (model, [conditional, image-only] outputs): a DiT file through the loader in bf16, on fixed
+    inputs (15 image tokens, 6 text tokens, t = 0.7)."""
+    from model.dit import load_transformer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 15, tiny_cfg.in_channels, generator=g)
+    feats = torch.randn(1, 6, tiny_cfg.llm_features_dim, generator=g)
+
+    def run(path):
+        model = load_transformer(path, dtype=torch.bfloat16)
+        with torch.no_grad():
+            return model, [model(x, torch.tensor([0.7]), f, grid_hw=(3, 5)) for f in (feats, None)]
+
+    return run
+
+
 # The compiled decodes' tests (test_fp8_fused, test_gguf_fused, test_nf4_fused) name their module ``FUSED`` and how a call to its
 # kernel is recorded, ``CALL_KEY(*variant, *args)``; ``policy`` and ``counted`` work on that module.
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from model import load_transformer
 from model.checkpoints import QuantizedLinear, gguf_fused
 from model.checkpoints.gguf_codec import BLOCKS, GGUF_QTYPES, dequantize_gguf
 from tools.make_test_quantized import random_blocks, write_gguf
@@ -113,23 +112,14 @@ def test_inside_a_compiled_model_the_eager_expressions_are_traced(policy, counte
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
 def test_a_gguf_model_through_the_compiled_kernel_equals_the_eager_one(qtype, policy, counted, tiny_weights,
-                                                                        tiny_cfg, tmp_path):
+                                                                        tiny_forwards, tmp_path):
     """The user path: a ComfyUI-GGUF-layout file through the loader, bf16 forwards with and without text."""
     path = write_gguf(tiny_weights[0], tmp_path / f"ideogram4-{qtype}.gguf", qtype, prefix="model.diffusion_model.")
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 15, tiny_cfg.in_channels, generator=g)
-    feats = torch.randn(1, 6, tiny_cfg.llm_features_dim, generator=g)
-
-    def forwards():
-        model = load_transformer(path, dtype=torch.bfloat16)
-        with torch.no_grad():
-            return model, [model(x, torch.tensor([0.7]), f, grid_hw=(3, 5)) for f in (feats, None)]
-
     policy("eager")
-    _, eager = forwards()
+    _, eager = tiny_forwards(path)
     assert counted == []
     policy("fused")
-    model, fused = forwards()
+    model, fused = tiny_forwards(path)
     assert all(torch.equal(a, b) for a, b in zip(fused, eager))
     packed = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     layer_calls = len(counted) - 1  # the first call of the type is its probe

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from model.checkpoints import QuantizedLinear, nf4, nf4_fused
-from model.dit import load_transformer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -91,21 +90,12 @@ def test_policy_default_and_bitsandbytes_first(policy, counted, monkeypatch):
         nf4.decode_note("cpu")
 
 
-def test_the_loaders_nf4_model_through_the_compiled_kernel(policy, counted, no_bitsandbytes, tiny_files, tiny_cfg):
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 15, tiny_cfg.in_channels, generator=g)
-    feats = torch.randn(1, 6, tiny_cfg.llm_features_dim, generator=g)
-
-    def forwards():
-        model = load_transformer(tiny_files["nf4"]["cond"], dtype=torch.bfloat16)
-        with torch.no_grad():
-            return model, [model(x, torch.tensor([0.7]), f, grid_hw=(3, 5)) for f in (feats, None)]
-
+def test_the_loaders_nf4_model_through_the_compiled_kernel(policy, counted, no_bitsandbytes, tiny_files, tiny_forwards):
     policy("eager")
-    _, eager = forwards()
+    _, eager = tiny_forwards(tiny_files["nf4"]["cond"])
     assert counted == []
     policy("fused")
-    model, fused = forwards()
+    model, fused = tiny_forwards(tiny_files["nf4"]["cond"])
     assert all(torch.equal(a, b) for a, b in zip(fused, eager))
     n_nf4 = sum(isinstance(m, QuantizedLinear) and m.scheme == "nf4" for m in model.modules())
     assert n_nf4 > 0 and len(counted) - 1 >= n_nf4  # the first call is the probe
