@@ -103,3 +103,19 @@ def test_nothing_is_dispatched_when_the_eager_decode_runs(monkeypatch):
         out = decode.run("cpu", ("v",), (weight,))
     assert torch.equal(out, torch.full((4,), 2.0))
     assert seen == ["aten.detach", "aten.mul"]  # the Parameter reaches the kernel as the plain tensor it holds
+
+
+def test_out_of_memory_during_the_probe_is_raised_not_remembered(monkeypatch):
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+    state = {"oom": True}
+
+    def kernel(x):
+        if state["oom"]:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return x * 2
+
+    decode = _decode(kernel)
+    with pytest.raises(torch.OutOfMemoryError):
+        decode.decoder("cpu", ("v",))
+    state["oom"] = False
+    assert decode.decoder("cpu", ("v",))[0] is kernel  # probed again once memory was free

@@ -45,7 +45,7 @@ def test_compiled_decode_equals_the_pure_torch_codec(dtype, policy, counted, no_
     assert counted[-1] == (dtype, packed.numel())  # the decode itself ran the compiled kernel
     assert torch.equal(_bits(got), _bits(nf4.dequantize_nf4_reference(packed, absmax, code, shape, dtype)))
     assert nf4.decode_note("cpu", dtype) == ("nf4 decode: one compiled kernel per layer (probed bit-identical to the "
-                                             "reference's decode)")
+                                             "pure-torch decode)")
 
 
 def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, monkeypatch, caplog, no_bitsandbytes):

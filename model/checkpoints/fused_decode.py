@@ -8,7 +8,7 @@ a variant (dtype, quantisation type) with it, the kernel is compiled and run the
 format's codes, and compared bit for bit with the eager decode (NaN where eager gives NaN).  A compile failure or
 any mismatch keeps the eager decode, logged with the reason; so does a kernel that passed and fails later.
 
-One :class:`FusedDecode` per format (``fp8_fused``, ``gguf_fused``) says how to build its kernel and its probes;
+One :class:`FusedDecode` per format (``fp8_fused``, ``gguf_fused``, ``nf4_fused``) says how to build its kernel and its probes;
 policy, probing, caching, fallbacks and the report line are here.  The policy is an environment variable per
 format: ``auto`` (default: fused on CUDA where Triton is installed), ``fused`` (also on the CPU, where it needs a
 C++ compiler) or the eager choice (never compile).
@@ -116,6 +116,8 @@ class FusedDecode:
                 if bad:
                     raise RuntimeError(f"its {self.describe(variant)} result differs from the {self.eager_short} "
                                        f"decode in {bad} of {want.numel()} probe values")
+        except torch.OutOfMemoryError:  # a full device says nothing about the kernel: not remembered, raised
+            raise
         except Exception as exc:  # noqa: BLE001 - no compiler, a Triton error or wrong numbers: keep the exact eager path
             reason = f"the fused kernel is not used on {where}: {type(exc).__name__}: {_first_line(exc)}"
             self.log.warning("%s: %s; decoding with %s", self.what, reason, self.eager_name)
@@ -146,8 +148,11 @@ class FusedDecode:
         if fn is None:
             return None
         try:
-            with torch.no_grad():  # one compiled graph for every grad mode; a Parameter as the plain tensor it holds
-                return fn(*(a.detach() for a in args))  # (dynamo specialises a Parameter's shape)
+            # One compiled graph for every grad mode; a Parameter as the plain tensor it holds (dynamo specialises a
+            # Parameter's shape).  A guard that fails here (inference-mode tensors after a probe outside inference
+            # mode, say) compiles the same expression again without a new probe: known, see the project's notes.
+            with torch.no_grad():
+                return fn(*(a.detach() for a in args))
         except torch.OutOfMemoryError:  # the device is full, not the kernel wrong: the host's OOM handling decides
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a compiler error on a new shape

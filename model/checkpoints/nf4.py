@@ -172,7 +172,7 @@ def decode_note(device, dtype: torch.dtype = torch.bfloat16) -> str:
         return f"nf4 decode: bitsandbytes' kernel{rows}, probed bit-identical to the reference's decode"
     fn, why_not = nf4_fused.fused_decoder(device, dtype)
     if fn is not None:
-        return "nf4 decode: one compiled kernel per layer (probed bit-identical to the reference's decode)"
+        return "nf4 decode: one compiled kernel per layer (probed bit-identical to the pure-torch decode)"
     return f"nf4 decode: pure torch in chunks (exact; bitsandbytes not used) — {why_not}"
 
 

@@ -467,8 +467,8 @@ def dequant_temp_bytes(dit: torch.nn.Module, device, merged: frozenset = frozens
 
 
 def decode_note(*patchers) -> str | None:
-    """The report line on how the exact path decodes the fp8 and GGUF layers of ``patchers`` (None skipped) on
-    their load device (``model.checkpoints.fp8_fused`` / ``gguf_fused``: one compiled kernel or the eager ops);
+    """The report line on how the exact path decodes the fp8, nf4 and GGUF layers of ``patchers`` (None skipped) on
+    their load device (``model.checkpoints.fp8_fused`` / ``nf4`` / ``gguf_fused``: a compiled kernel or the eager ops);
     None when none of them has such layers."""
     notes = []
     for patcher in patchers:
