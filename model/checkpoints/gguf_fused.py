@@ -7,9 +7,9 @@ stay bounded.  On a GPU each op is a kernel over the chunk.  torch's compiler tu
 compute dtype, with no weight-sized temporaries and no Python loop.
 
 Exactness is probed, not assumed (:class:`model.checkpoints.fused_decode.FusedDecode`): before a device decodes a
-quantisation type to a dtype with the compiled kernel, the kernel runs there on 1,024 random blocks (every code,
-every scale byte pattern: subnormal, infinite and NaN scales included) and must equal the eager decode bit for bit
-(NaN for NaN).  Triton may contract the K-quants' ``d·sc·q − dmin·m`` into an FMA; a kernel that does is refused
+quantisation type to a dtype with the compiled kernel, the kernel runs there on 1,024 random blocks (every code
+and sub-block scale bit pattern; 1,024 random fp16 block scales, subnormal, infinite and NaN ones among them) and
+must equal the eager decode bit for bit (NaN for NaN).  Triton may contract the K-quants' ``d·sc·q − dmin·m`` into an FMA; a kernel that does is refused
 by the probe, logged, and the eager ops run.  The graph has a symbolic block count and static block bytes:
 symbolic byte offsets made inductor mis-broadcast a per-block scale (Q2_K, Q3_K, Q6_K gave wrong values on torch
 2.13's CPU backend; the probe caught it).
@@ -35,11 +35,11 @@ PROBE_BLOCKS = 1024
 
 
 def _compiled(qtype: str, dtype: torch.dtype) -> Callable:
-    """The compiled decode of flat ``qtype`` bytes to ``dtype``: block bytes baked in, block count symbolic."""
-    size = BLOCKS[qtype][1]
+    """The compiled :func:`_eager` of flat ``qtype`` bytes to ``dtype``: block bytes baked in, block count symbolic."""
+    variant = (qtype, dtype)
 
     def decode_flat(flat: torch.Tensor) -> torch.Tensor:
-        return decode_blocks(flat.view(-1, size), qtype).to(dtype)
+        return _eager(variant, flat)
 
     compiled = torch.compile(private_copy(decode_flat), dynamic=False, fullgraph=True)
 
@@ -51,12 +51,13 @@ def _compiled(qtype: str, dtype: torch.dtype) -> Callable:
 
 
 def _eager(variant: tuple, flat: torch.Tensor) -> torch.Tensor:
+    """Flat ``qtype`` bytes → (blocks, elements per block) in ``dtype``, unchunked (the expression compiled)."""
     qtype, dtype = variant
     return decode_blocks(flat.view(-1, BLOCKS[qtype][1]), qtype).to(dtype)
 
 
 def _probe_cases(device, variant: tuple) -> list[tuple[torch.Tensor]]:
-    """``PROBE_BLOCKS`` blocks of random bytes (a fixed seed): every nibble, bit and scale pattern occurs."""
+    """``PROBE_BLOCKS`` blocks of random bytes (a fixed seed): every nibble and sub-block scale pattern occurs."""
     qtype, _ = variant
     gen = torch.Generator().manual_seed(0)
     flat = torch.randint(0, 256, (PROBE_BLOCKS * BLOCKS[qtype][1],), dtype=torch.uint8, generator=gen)
