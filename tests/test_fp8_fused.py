@@ -157,7 +157,9 @@ def test_loaded_models_through_the_fused_kernel_equal_the_two_kernel_ones(fmt, p
     assert all(torch.equal(a, b) for a, b in zip(outs["fused"], outs["two-kernel"]))
     probe = 2
     n_fp8 = sum(1 for m in model.modules() if getattr(m, "scheme", "").startswith("fp8"))
-    assert n_fp8 > 0 and len(counted) - probe == 2 * n_fp8 - 1  # the image-only pass skips llm_cond_proj
+    # The image-only pass skips llm_cond_proj; the first call in inference mode is refused by the probed graph's
+    # guards (inference tensors) and made again, compiled and checked: one more call.
+    assert n_fp8 > 0 and len(counted) - probe == 2 * n_fp8 - 1 + 1
 
 
 @cuda

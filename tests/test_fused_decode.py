@@ -108,3 +108,33 @@ def test_nothing_is_dispatched_when_the_eager_decode_runs(monkeypatch):
     assert torch.equal(out, torch.full((4,), 2.0))
     assert seen == ["aten.detach", "aten.mul"]  # the Parameter reaches the kernel as the plain tensor it holds
 
+
+
+def test_a_graph_compiled_after_the_probe_is_checked_on_the_calls_values(monkeypatch, caplog):
+    """A call the probed graph's guards refuse is compiled again, never run unchecked: that graph's result is
+    compared bit for bit with the eager decode of the call's values; a wrong one gives the eager result and turns
+    the kernel off."""
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+
+    def kernel(x):  # static shapes: every new length is a new graph; from 100 values on, a wrong one
+        return x * 2 if x.shape[0] < 100 else x * 2 + 1
+
+    decode = _decode(torch.compile(kernel, backend="eager", dynamic=False, fullgraph=True))
+    with caplog.at_level(logging.INFO, logger="test_fused_decode"):
+        assert decode.decoder("cpu", ("v",))[0] is not None  # the probe: 8 values
+        x = torch.arange(16.0)
+        assert torch.equal(decode.run("cpu", ("v",), (x,)), x * 2)
+        assert "test decode on cpu (float32): a graph compiled again (" in caplog.text
+        with torch.inference_mode():
+            x_inference = torch.arange(16.0)
+        caplog.clear()
+        assert torch.equal(decode.run("cpu", ("v",), (x_inference,)), x * 2)
+        assert "dispatch key set mismatch), bit-identical to the eager decode on the call's values" in caplog.text
+        caplog.clear()
+        assert torch.equal(decode.run("cpu", ("v",), (x,)), x * 2)  # a graph already checked: nothing compiled
+        assert caplog.text == ""
+        y = torch.arange(200.0)
+        assert torch.equal(decode.run("cpu", ("v",), (y,)), y * 2)  # the eager result, not the wrong graph's
+    assert "differs from the eager decode in 200 of 200 values; decoding with the eager ops" in caplog.text
+    assert decode.decoder("cpu", ("v",))[0] is None
+    assert decode.run("cpu", ("v",), (x,)) is None

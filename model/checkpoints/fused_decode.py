@@ -7,6 +7,10 @@ the same bits (a compiler may contract ``a·b − c`` into an FMA, or mis-handle
 a variant (dtype, quantisation type) with it, the kernel is compiled and run there on probe inputs that cover the
 format's codes, and compared bit for bit with the eager decode (NaN where eager gives NaN).  A compile failure or
 any mismatch keeps the eager decode, logged with the reason; so does a kernel that passed and fails later.
+No graph runs unchecked: calls run under dynamo's ``fail_on_recompile`` stance, so a call that the probed graphs'
+guards refuse (inference-mode tensors after a probe outside inference mode, a shape a graph specialised on) is
+compiled again and that graph's result on the call's own values compared bit for bit with the eager decode before
+it is returned.
 
 One :class:`FusedDecode` per format (``fp8_fused``, ``gguf_fused``, ``nf4_fused``) says how to build its kernel and its probes;
 policy, probing, caching, fallbacks and the report line are here.  The policy is an environment variable per
@@ -52,6 +56,18 @@ def _has_triton() -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+def _is_recompile(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is dynamo refusing to compile a new graph under the ``fail_on_recompile`` stance."""
+    return "fail_on_recompile" in str(exc)
+
+
+def _guard_line(exc: RuntimeError) -> str:
+    """The first guard that failed, from dynamo's recompile message ("tensor 'codes' dispatch key set mismatch")."""
+    lines = [line.strip(" -") for line in str(exc).splitlines()]
+    guards = [line.split(": ", 1)[-1] for line in lines if line[:1].isdigit() and "/" in line.split(":")[0]]
+    return (guards[0].split(". ")[0] if guards else "a guard failed")[:160]
 
 
 def device_key(device) -> str:
@@ -148,19 +164,42 @@ class FusedDecode:
         if fn is None:
             return None
         try:
-            # One compiled graph for every grad mode; a Parameter as the plain tensor it holds (dynamo specialises a
-            # Parameter's shape).  A guard that fails here (inference-mode tensors after a probe outside inference
-            # mode, say) compiles the same expression again without a new probe: known, see the project's notes.
-            with torch.no_grad():
-                return fn(*(a.detach() for a in args))
+            with torch.no_grad():  # one grad mode for every call; a Parameter as the plain tensor it holds
+                args = tuple(a.detach() for a in args)
+                try:
+                    with torch.compiler.set_stance("fail_on_recompile"):  # only graphs already checked run
+                        return fn(*args)
+                except RuntimeError as exc:
+                    if not _is_recompile(exc):
+                        raise
+                    return self._check_new_graph(device, variant, fn, args, _guard_line(exc))
         except torch.OutOfMemoryError:  # the device is full, not the kernel wrong: the host's OOM handling decides
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a compiler error on a new shape
-            key = (device_key(device), variant)
-            self._failed[key] = (f"the fused kernel failed on {key[0]} ({self.describe(variant)}) after its probe "
-                                 f"and is off there for this process: {type(exc).__name__}: {_first_line(exc)}")
-            self.log.warning("%s: %s; decoding with %s", self.what, self._failed[key], self.eager_name)
+            self._turn_off(device, variant, f"{type(exc).__name__}: {_first_line(exc)}")
             return None
+
+    def _check_new_graph(self, device, variant: tuple, fn: Callable, args: tuple, why: str) -> torch.Tensor:
+        """A call the compiled graphs' guards refuse (inference-mode tensors after a probe outside inference mode,
+        a shape a graph specialised on): compiled again, and that graph's result on the call's own values compared
+        bit for bit with the eager decode before it is returned; a mismatch returns the eager result and turns
+        the kernel off."""
+        got = fn(*args)
+        want = self._eager(variant, *args)
+        bad = same_bits(got, want)
+        if bad:
+            self._turn_off(device, variant, f"a graph compiled again ({why}) differs from the {self.eager_short} "
+                                            f"decode in {bad} of {want.numel()} values")
+            return want
+        self.log.info("%s on %s (%s): a graph compiled again (%s), bit-identical to the %s decode on the call's "
+                      "values", self.what, device_key(device), self.describe(variant), why, self.eager_short)
+        return got
+
+    def _turn_off(self, device, variant: tuple, why: str) -> None:
+        key = (device_key(device), variant)
+        self._failed[key] = (f"the fused kernel failed on {key[0]} ({self.describe(variant)}) after its probe "
+                             f"and is off there for this process: {why}")
+        self.log.warning("%s: %s; decoding with %s", self.what, self._failed[key], self.eager_name)
 
     def forget(self) -> None:
         """Drop every probe result and compiled kernel (the next decode probes again; tests and a changed policy)."""
