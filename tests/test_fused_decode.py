@@ -138,3 +138,13 @@ def test_a_graph_compiled_after_the_probe_is_checked_on_the_calls_values(monkeyp
     assert "differs from the eager decode in 200 of 200 values; decoding with the eager ops" in caplog.text
     assert decode.decoder("cpu", ("v",))[0] is None
     assert decode.run("cpu", ("v",), (x,)) is None
+
+
+def test_a_torch_without_set_stance_keeps_the_eager_decode(monkeypatch):
+    monkeypatch.setenv("IDEOGRAM4_TEST_DECODE", "fused")
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    decode = _decode(lambda x: x * 2)
+    fn, why = decode.decoder("cpu", ("v",))
+    assert fn is None and why == (f"torch {torch.__version__} has no torch.compiler.set_stance (torch 2.6 and later), "
+                                  f"which keeps graphs that were not checked from running")
+    assert decode.run("cpu", ("v",), (torch.ones(2),)) is None

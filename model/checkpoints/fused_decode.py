@@ -109,6 +109,9 @@ class FusedDecode:
         choice = self.policy()
         if choice == self.eager_choice:
             return False, f"{self.env}={self.eager_choice}"
+        if not hasattr(torch.compiler, "set_stance"):
+            return False, (f"torch {torch.__version__} has no torch.compiler.set_stance (torch 2.6 and later), which "
+                           f"keeps graphs that were not checked from running")
         if device_type == "cuda":
             if not _has_triton():
                 return False, "Triton is not installed (it compiles the fused kernel; pip install triton)"
