@@ -58,14 +58,14 @@ if [ -n "$SMOKE" ]; then
   step 200 "every checkpoint family (cpu smoke)" "$PY" benchmarks/bench_families.py --device cpu --width 512 --size 256 \
     --text-tokens 16 --repeats 1 --out "$SCRATCH/families" --json "$DEST/families.json"
 else
-  step 145 "speed (5 formats × 1024², 2048²) + plan + parity" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
-  step 30 "compiled decodes: fp8 / GGUF Q4_K / nf4 — which runs, timed on a 12288×4608 layer" "$PY" \
+  step 130 "speed (5 formats × 1024², 2048²) + plan + parity + bf16 GEMM rate" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
+  step 45 "compiled decodes: fp8 / GGUF Q4_K / nf4, fp8 activation quantisation — which runs, timed" "$PY" \
     benchmarks/gpu_env.py --decodes
   step 65 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \
     benchmarks/bench_families.py --device cuda --out "$SCRATCH/families" --json "$DEST/families.json"
   step 45 "fp8 kernels: _scaled_mm vs emulation, fused decode vs two kernels; GGUF and nf4 compiled decodes" "$PY" \
     -m pytest -q -p no:cacheprovider -rA tests/test_fp8_matmul.py tests/test_fp8_fused.py tests/test_gguf_fused.py \
-    tests/test_nf4_fused.py -k "cuda or test_fp8_matmul"
+    tests/test_nf4_fused.py tests/test_fp8_activations.py -k "cuda or test_fp8_matmul"
 fi
 if [ $COMFY_OK -eq 1 ]; then
   if [ -n "$SMOKE" ]; then

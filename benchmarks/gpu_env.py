@@ -77,6 +77,7 @@ def decodes() -> None:
     print(f"   {decode_note(device)}")
     fp8_decode(device)
     gguf_decode(device)
+    fp8_quantize(device)
 
 
 def fp8_decode(device: str) -> None:
@@ -114,9 +115,43 @@ def fp8_decode(device: str) -> None:
     print(line)
 
 
-def gguf_decode(device: str, qtype: str = "Q4_K") -> None:
-    """The GGUF decode of ``qtype`` on ``device``: compiled or eager (compiles and probes it), and on CUDA both timed
-    on a real-size FFN weight (12288 × 4608) with bit equality."""
+def fp8_quantize(device: str) -> None:
+    """The fast fp8 path's activation quantisation on ``device``: compiled or eager (compiles and probes it), and on
+    CUDA both timed on a 1024² conditional pass's activations (4608 + 512 tokens × 4608) with bit equality."""
+    import time
+
+    import torch
+
+    from model.checkpoints import fp8_activations
+    from model.checkpoints.fused_decode import differing
+
+    print(f"   {fp8_activations.quantize_note(device)}")
+    fn, _ = fp8_activations._QUANTIZE.decoder(device, (torch.bfloat16,))
+    if device != "cuda":
+        return
+    x = torch.randn(4608 + 512, 4608, device=device).to(torch.bfloat16)
+
+    def timed(quantize) -> float:
+        quantize(x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            quantize(x)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / 20
+
+    eager = timed(fp8_activations.quantize_rows)
+    line = f"   fp8 activation quantisation of {x.shape[0]}×{x.shape[1]} bf16: eager {eager * 1e3:.3f} ms"
+    if fn is not None:
+        fused = timed(fp8_activations.quantize)
+        same = differing(fp8_activations.quantize(x), fp8_activations.quantize_rows(x))[0] == 0
+        line += f"; compiled {fused * 1e3:.3f} ms, {eager / fused:.2f}× faster, bit-identical: {same}"
+    print(line)
+
+
+def gguf_decode(device: str, qtype: str = "Q4_K", shape: tuple[int, int] = (12288, 4608), *, time_on_cpu: bool = False) -> None:
+    """The GGUF decode of ``qtype`` on ``device``: compiled or eager (compiles and probes it), and on CUDA (on the CPU
+    with ``time_on_cpu``) both timed on a layer of ``shape`` (default a real FFN weight) with bit equality."""
     import time
 
     import torch
@@ -126,29 +161,29 @@ def gguf_decode(device: str, qtype: str = "Q4_K") -> None:
     from model.checkpoints.gguf_codec import BLOCKS, dequantize_gguf
 
     print(f"   {gguf_fused.decode_note(device, [qtype])}")
-    if device != "cuda":
+    if device != "cuda" and not time_on_cpu:
         return
-    shape = (12288, 4608)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     data = torch.randint(0, 256, (shape[0] * shape[1] // BLOCKS[qtype][0] * BLOCKS[qtype][1],), dtype=torch.uint8,
                          device=device)
 
     def timed(policy: str) -> tuple[float, torch.Tensor]:
         os.environ[gguf_fused.ENV] = policy
         out = dequantize_gguf(data, qtype, shape, torch.bfloat16)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         for _ in range(10):
             dequantize_gguf(data, qtype, shape, torch.bfloat16)
-        torch.cuda.synchronize()
+        sync()
         return (time.perf_counter() - t0) / 10, out
 
     before = os.environ.get(gguf_fused.ENV)
     try:
+        fn, _ = gguf_fused.fused_decoder(device, qtype)  # under the caller's policy, before timed() sets its own
         eager, want = timed("eager")
-        fn, _ = gguf_fused.fused_decoder(device, qtype)
-        line = f"   GGUF {qtype} decode of 12288×4608 → bf16: eager (chunked) {eager * 1e3:.3f} ms"
+        line = f"   GGUF {qtype} decode of {shape[0]}×{shape[1]} → bf16: eager (chunked) {eager * 1e3:.3f} ms"
         if fn is not None:
-            fused, got = timed("auto")
+            fused, got = timed(before or "auto")
             same = same_bits(got, want) == 0  # random bytes: NaN scales occur (a NaN matches any NaN)
             line += f"; compiled {fused * 1e3:.3f} ms, {eager / fused:.2f}× faster, bit-identical: {same}"
         print(line)

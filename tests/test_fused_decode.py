@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from model.checkpoints.fused_decode import FusedDecode, private_copy, same_bits
+from model.checkpoints.fused_decode import FusedDecode, compile_exact, private_copy, same_bits
 
 
 def test_same_bits_counts_differing_values_and_matches_nan_with_nan():
@@ -148,3 +148,19 @@ def test_a_torch_without_set_stance_keeps_the_eager_decode(monkeypatch):
     assert fn is None and why == (f"torch {torch.__version__} has no torch.compiler.set_stance (torch 2.6 and later), "
                                   f"which keeps graphs that were not checked from running")
     assert decode.run("cpu", ("v",), (torch.ones(2),)) is None
+
+
+def test_compile_exact_keeps_the_roundings_eager_torch_makes():
+    """Inductor by default skips a cast's rounding between fused ops (and Triton contracts a·b ± c into an FMA);
+    the decodes' compiler keeps eager's numerics, so their probes compare like with like."""
+    def f(a, b):
+        y = (a * b).to(torch.bfloat16)
+        return y, y.to(torch.float32) * 3.0
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
+    want = f(a, b)
+    default = torch.compile(f, dynamic=False, fullgraph=True)(a, b)
+    assert same_bits(default[1], want[1]) > 1000  # the bf16 rounding skipped: the setting is needed
+    exact = compile_exact(f, dynamic=False)(a, b)
+    assert [same_bits(x, y) for x, y in zip(exact, want)] == [0, 0]

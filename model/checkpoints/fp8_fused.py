@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .fused_decode import FusedDecode, private_copy
+from .fused_decode import FusedDecode, compile_exact
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def two_kernel_decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def _compiled() -> Callable:
     """A compiled private copy of :func:`scale_codes` (dynamic shapes): its own two or three graphs (per row, per
     tensor, a grad mode) per (device, dtype), never near dynamo's recompile limit nor crowding other code."""
-    return torch.compile(private_copy(scale_codes), dynamic=True, fullgraph=True)
+    return compile_exact(scale_codes, dynamic=True)
 
 
 def _probe_cases(device, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:

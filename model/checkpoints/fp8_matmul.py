@@ -19,16 +19,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .fp8 import FP8_DTYPE, FP8_MAX
+from .fp8 import FP8_DTYPE
+from .fp8_activations import quantize, quantize_rows  # noqa: F401 - quantize_rows: the eager expression, re-exported
 
 FP8_SCHEMES = ("fp8_rowwise", "fp8_tensorwise")  # the packed-Linear schemes stored as float8_e4m3fn + scale
-
-
-def quantize_rows(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row e4m3 quantisation of a (M, K) activation: (x8, scale (M, 1) float32)."""
-    xf = x2d.to(torch.float32)
-    scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
 def weight_scales(weight_scale: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -73,15 +67,15 @@ def fp8_linear(x: torch.Tensor, w8: torch.Tensor, weight_scale: torch.Tensor, bi
     """``x @ W.T + b`` with fp8 activations and weights (see the module docstring)."""
     n, k = w8.shape
     x2 = x.reshape(-1, k).contiguous()  # the kernel takes row-major activations (elementwise ops keep x's strides)
-    x8, sx = quantize_rows(x2)
+    x8, sx = quantize(x2)  # one compiled pass where probed bit-identical (fp8_activations), else eager
     sw = weight_scales(weight_scale, n).to(x.device)
     # rowwise-scaled fp8 GEMMs write bf16 (cuBLAS and CUTLASS on sm89/sm90 alike; float32 output only on some
     # builds): bf16 out and bias, then the activation dtype — an fp32 model runs the kernel too
     b = None if bias is None else bias.to(device=x.device, dtype=torch.bfloat16)
     if use_kernel is None:
         use_kernel = x.is_cuda and k % 16 == 0 and n % 16 == 0 and kernel_available(x.device.index or 0)
-    if use_kernel:
-        out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=b, out_dtype=torch.bfloat16)
+    if use_kernel:  # mat2 must be column-major: the transpose of a row-major weight (a no-op for stored weights)
+        out = torch._scaled_mm(x8, w8.contiguous().t(), scale_a=sx, scale_b=sw, bias=b, out_dtype=torch.bfloat16)
     else:
         out = emulate_scaled_mm(x8, w8, sx, sw, b, torch.bfloat16)
     return out.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -33,6 +33,19 @@ def private_copy(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+# Eager torch rounds after every op; inductor by default keeps intermediates in float32 across a cast to a narrower
+# dtype, and Triton lets LLVM contract ``a·b ± c`` into one FMA (one rounding instead of two): a GGUF decode
+# (``d·q − m``) would then differ from the eager one in its last bit and the probe would refuse the kernel.  This
+# inductor setting keeps eager's roundings and turns Triton's FMA contraction off (``enable_fp_fusion``).
+EAGER_NUMERICS = {"emulate_precision_casts": True}
+
+
+def compile_exact(fn: Callable, *, dynamic: bool) -> Callable:
+    """``torch.compile`` of a private copy of ``fn`` (one graph, no breaks) with eager's numerics
+    (:data:`EAGER_NUMERICS`)."""
+    return torch.compile(private_copy(fn), dynamic=dynamic, fullgraph=True, options=dict(EAGER_NUMERICS))
+
+
 def same_bits(got: torch.Tensor, want: torch.Tensor) -> int:
     """How many values of ``got`` differ from ``want`` bit for bit (a NaN matches any NaN); all of them if the
     shapes or dtypes differ."""
@@ -43,6 +56,17 @@ def same_bits(got: torch.Tensor, want: torch.Tensor) -> int:
     as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[want.element_size()]
     equal = (got.view(as_int) == want.view(as_int)) | (torch.isnan(got) & torch.isnan(want))
     return int((~equal).sum())
+
+
+def differing(got, want) -> tuple[int, int]:
+    """(values that differ bit for bit, values compared) of a result: one tensor or a tuple of them (a kernel
+    with several outputs, such as fp8 codes and their scales)."""
+    if isinstance(want, torch.Tensor):
+        return same_bits(got, want), want.numel()
+    if not isinstance(got, (tuple, list)) or len(got) != len(want):
+        return sum(w.numel() for w in want), sum(w.numel() for w in want)
+    counts = [differing(g, w) for g, w in zip(got, want)]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def _has_triton() -> bool:
@@ -84,13 +108,16 @@ class FusedDecode:
     ``(qtype, dtype)``); ``eager(variant, *args)`` the reference decode; ``probe_cases(device, variant)`` the
     argument tuples the probe runs; ``describe(variant)`` how messages name a variant ("bfloat16",
     "Q4_K → bfloat16").  ``what`` starts log lines ("fp8 decode"), written to ``logger``; ``eager_name`` says
-    what runs instead ("two kernels (cast, then scale)"); ``eager_choice`` is the policy value that never compiles.
+    what runs instead ("two kernels (cast, then scale)"); ``eager_choice`` is the policy value that never compiles;
+    ``kind`` and ``doing`` name the operation in messages ("decode", "decoding"; "quantisation", "quantising" for
+    the fast fp8 path's activations).  A
+    result may be a tuple of tensors: every one of them is compared.
     """
 
     def __init__(self, *, what: str, env: str, eager_choice: str, eager_name: str, eager_short: str,
                  build: Callable, eager: Callable, probe_cases: Callable, describe: Callable,
-                 logger: logging.Logger) -> None:
-        self.log = logger
+                 logger: logging.Logger, kind: str = "decode", doing: str = "decoding") -> None:
+        self.log, self.kind, self.doing = logger, kind, doing
         self.what, self.env, self.eager_choice = what, env, eager_choice
         self.eager_name, self.eager_short = eager_name, eager_short
         self.policies = ("auto", "fused", eager_choice)
@@ -131,18 +158,18 @@ class FusedDecode:
                 with torch.no_grad():
                     got = fn(*args)
                 want = self._eager(variant, *args)
-                bad = same_bits(got, want)
+                bad, total = differing(got, want)
                 if bad:
                     raise RuntimeError(f"its {self.describe(variant)} result differs from the {self.eager_short} "
-                                       f"decode in {bad} of {want.numel()} probe values")
+                                       f"{self.kind} in {bad} of {total} probe values")
         except torch.OutOfMemoryError:  # a full device says nothing about the kernel: not remembered, raised
             raise
         except Exception as exc:  # noqa: BLE001 - no compiler, a Triton error or wrong numbers: keep the exact eager path
             reason = f"the fused kernel is not used on {where}: {type(exc).__name__}: {_first_line(exc)}"
-            self.log.warning("%s: %s; decoding with %s", self.what, reason, self.eager_name)
+            self.log.warning("%s: %s; %s with %s", self.what, reason, self.doing, self.eager_name)
             return None, reason
-        self.log.info("%s on %s: one fused kernel per layer (compiled; probed bit-identical to the %s decode)",
-                 self.what, where, self.eager_short)
+        self.log.info("%s on %s: one fused kernel per layer (compiled; probed bit-identical to the %s %s)",
+                      self.what, where, self.eager_short, self.kind)
         return fn, ""
 
     def decoder(self, device, variant: tuple) -> tuple[Optional[Callable], str]:
@@ -189,20 +216,20 @@ class FusedDecode:
         the kernel off."""
         got = fn(*args)
         want = self._eager(variant, *args)
-        bad = same_bits(got, want)
+        bad, total = differing(got, want)
         if bad:
             self._turn_off(device, variant, f"a graph compiled again ({why}) differs from the {self.eager_short} "
-                                            f"decode in {bad} of {want.numel()} values")
+                                            f"{self.kind} in {bad} of {total} values")
             return want
-        self.log.info("%s on %s (%s): a graph compiled again (%s), bit-identical to the %s decode on the call's "
-                      "values", self.what, device_key(device), self.describe(variant), why, self.eager_short)
+        self.log.info("%s on %s (%s): a graph compiled again (%s), bit-identical to the %s %s on the call's values",
+                      self.what, device_key(device), self.describe(variant), why, self.eager_short, self.kind)
         return got
 
     def _turn_off(self, device, variant: tuple, why: str) -> None:
         key = (device_key(device), variant)
         self._failed[key] = (f"the fused kernel failed on {key[0]} ({self.describe(variant)}) after its probe "
                              f"and is off there for this process: {why}")
-        self.log.warning("%s: %s; decoding with %s", self.what, self._failed[key], self.eager_name)
+        self.log.warning("%s: %s; %s with %s", self.what, self._failed[key], self.doing, self.eager_name)
 
     def forget(self) -> None:
         """Drop every probe result and compiled kernel (the next decode probes again; tests and a changed policy)."""

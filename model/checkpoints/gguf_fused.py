@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .fused_decode import FusedDecode, private_copy
+from .fused_decode import FusedDecode, compile_exact
 from .gguf_blocks import BLOCKS, decode_blocks
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _compiled(qtype: str, dtype: torch.dtype) -> Callable:
     def decode_flat(flat: torch.Tensor) -> torch.Tensor:
         return _eager(variant, flat)
 
-    compiled = torch.compile(private_copy(decode_flat), dynamic=False, fullgraph=True)
+    compiled = compile_exact(decode_flat, dynamic=False)
 
     def run(flat: torch.Tensor) -> torch.Tensor:
         torch._dynamo.mark_dynamic(flat, 0)  # one graph for every layer size (only the block count varies)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .fused_decode import FusedDecode, private_copy
+from .fused_decode import FusedDecode, compile_exact
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _compiled(dtype: torch.dtype) -> Callable:
     def decode_flat(flat: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return nibble_decode(flat, absmax, code, dtype)
 
-    compiled = torch.compile(private_copy(decode_flat), dynamic=False, fullgraph=True)
+    compiled = compile_exact(decode_flat, dynamic=False)
 
     def run(flat: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         torch._dynamo.maybe_mark_dynamic(flat, 0)  # one graph for every layer size

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ...model.checkpoints.fp8_activations import quantize_note
 from ...model.checkpoints.fp8_matmul import fast_fp8_report, fp8_layers, kernel_available
 from .comfy_model import dit_of, require_ideogram4
 from .lora_patching import computing_dit
@@ -57,4 +58,6 @@ def with_fast_fp8(patcher, what: str):
     probed = [item for item in layers if item[0].startswith(PROBE_BLOCK)]
     ordered = probed + [item for item in layers if item not in probed]
     report = fast_fp8_report(ordered, on_kernel=on_kernel, probe_layers=len(probed) or None)
+    if on_kernel:  # how the activations are quantised on the GPU (compiled and probed there once)
+        report += f"; {quantize_note(device, dit.compute_dtype)}"
     return clone, f"{what}: {report}"
