@@ -80,11 +80,25 @@ def decodes() -> None:
     fp8_quantize(device)
 
 
+def seconds_per_call(fn, *args, repeats: int = 20) -> float:
+    """Mean seconds of ``fn(*args)`` after one warm-up call, waiting for the GPU (when there is one) around them."""
+    import time
+
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn(*args)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn(*args)
+    sync()
+    return (time.perf_counter() - t0) / repeats
+
+
 def fp8_decode(device: str) -> None:
     """The exact fp8 decode on ``device``: fused or two kernels (compiles and probes it), and on CUDA both timed on a
     real-size FFN weight (12288 × 4608) with their effective bandwidth and bit equality."""
-    import time
-
     import torch
 
     from model.checkpoints import fp8_fused
@@ -97,13 +111,7 @@ def fp8_decode(device: str) -> None:
     s = torch.rand(12288, 1, device=device).to(torch.bfloat16)
 
     def timed(decode) -> float:
-        decode(w, s)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            decode(w, s)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / 20
+        return seconds_per_call(decode, w, s)
 
     two = timed(fp8_fused.two_kernel_decode)
     line = f"   fp8 decode of 12288×4608 → bf16: two kernels {two * 1e3:.3f} ms ({7 * w.numel() / two / 1e9:.0f} GB/s moved)"
@@ -118,8 +126,6 @@ def fp8_decode(device: str) -> None:
 def fp8_quantize(device: str) -> None:
     """The fast fp8 path's activation quantisation on ``device``: compiled or eager (compiles and probes it), and on
     CUDA both timed on a 1024² conditional pass's activations (4608 + 512 tokens × 4608) with bit equality."""
-    import time
-
     import torch
 
     from model.checkpoints import fp8_activations
@@ -132,13 +138,7 @@ def fp8_quantize(device: str) -> None:
     x = torch.randn(4608 + 512, 4608, device=device).to(torch.bfloat16)
 
     def timed(quantize) -> float:
-        quantize(x)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            quantize(x)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / 20
+        return seconds_per_call(quantize, x)
 
     eager = timed(fp8_activations.quantize_rows)
     line = f"   fp8 activation quantisation of {x.shape[0]}×{x.shape[1]} bf16: eager {eager * 1e3:.3f} ms"
@@ -152,8 +152,6 @@ def fp8_quantize(device: str) -> None:
 def gguf_decode(device: str, qtype: str = "Q4_K", shape: tuple[int, int] = (12288, 4608), *, time_on_cpu: bool = False) -> None:
     """The GGUF decode of ``qtype`` on ``device``: compiled or eager (compiles and probes it), and on CUDA (on the CPU
     with ``time_on_cpu``) both timed on a layer of ``shape`` (default a real FFN weight) with bit equality."""
-    import time
-
     import torch
 
     from model.checkpoints import gguf_fused
@@ -163,19 +161,13 @@ def gguf_decode(device: str, qtype: str = "Q4_K", shape: tuple[int, int] = (1228
     print(f"   {gguf_fused.decode_note(device, [qtype])}")
     if device != "cuda" and not time_on_cpu:
         return
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     data = torch.randint(0, 256, (shape[0] * shape[1] // BLOCKS[qtype][0] * BLOCKS[qtype][1],), dtype=torch.uint8,
                          device=device)
 
     def timed(policy: str) -> tuple[float, torch.Tensor]:
         os.environ[gguf_fused.ENV] = policy
-        out = dequantize_gguf(data, qtype, shape, torch.bfloat16)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            dequantize_gguf(data, qtype, shape, torch.bfloat16)
-        sync()
-        return (time.perf_counter() - t0) / 10, out
+        return (seconds_per_call(dequantize_gguf, data, qtype, shape, torch.bfloat16, repeats=10),
+                dequantize_gguf(data, qtype, shape, torch.bfloat16))
 
     before = os.environ.get(gguf_fused.ENV)
     try:

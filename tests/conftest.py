@@ -56,8 +56,8 @@ def tiny_forwards(tiny_cfg):
     return run
 
 
-# The compiled decodes' tests (test_fp8_fused, test_gguf_fused, test_nf4_fused) name their module ``FUSED`` and how a call to its
-# kernel is recorded, ``CALL_KEY(*variant, *args)``; ``policy`` and ``counted`` work on that module.
+# The compiled kernels' tests (test_fp8_fused, test_gguf_fused, test_nf4_fused, test_fp8_activations) name their module ``FUSED`` and how a call to its
+# kernel is recorded, ``CALL_KEY(*variant, *args)``; ``policy``, ``counted`` and ``corrupt_kernel`` work on that module.
 
 @pytest.fixture
 def policy(request, monkeypatch):
@@ -91,6 +91,23 @@ def counted(request, monkeypatch) -> list:
 
     monkeypatch.setattr(module, "_compiled", compiled)
     return calls
+
+
+@pytest.fixture
+def corrupt_kernel(request, monkeypatch):
+    """``corrupt_kernel(change)``: ``FUSED``'s compiled kernels return their real result passed through ``change``
+    (one value nudged by an ulp, say) — what a compiler that rounds differently would give."""
+    module = request.module.FUSED
+
+    def install(change) -> None:
+        real = module._compiled
+
+        def compiled(*variant):
+            fn = real(*variant)
+            return lambda *args: change(fn(*args))
+
+        monkeypatch.setattr(module, "_compiled", compiled)
+    return install
 
 
 def pytest_report_header(config):

@@ -40,21 +40,15 @@ def test_compiled_quantisation_equals_the_eager_one(dtype, policy, counted):
         "fp8 activations: quantised in one compiled pass (probed bit-identical to the eager quantisation)")
 
 
-def test_the_probe_refuses_a_kernel_that_is_one_code_off(policy, monkeypatch, caplog):
-    real = fp8_activations._compiled
-
-    def off(dtype):
-        fn = real(dtype)
-
-        def wrong(x2d):
-            codes, scale = fn(x2d)
-            codes = codes.clone()
-            codes.view(torch.uint8)[0, 3] ^= 1
-            return codes, scale
-        return wrong
+def test_the_probe_refuses_a_kernel_that_is_one_code_off(policy, corrupt_kernel, caplog):
+    def one_code_off(out):
+        codes, scale = out
+        codes = codes.clone()
+        codes.view(torch.uint8)[0, 3] ^= 1
+        return codes, scale
 
     policy("fused")
-    monkeypatch.setattr(fp8_activations, "_compiled", off)
+    corrupt_kernel(one_code_off)
     with caplog.at_level(logging.WARNING, logger=fp8_activations.__name__):
         note = fp8_activations.quantize_note("cpu")
     assert note == ("fp8 activations: quantised by six eager kernels — the fused kernel is not used on cpu (bfloat16): "

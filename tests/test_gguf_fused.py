@@ -50,20 +50,14 @@ def test_compiled_decode_of_every_type_equals_gguf_dequantize(qtype, policy, cou
     assert counted.count(qtype) >= n + 3  # bf16 is its own probed kernel
 
 
-def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, monkeypatch, caplog):
-    real = gguf_fused._compiled
-
-    def off_by_one_ulp(qtype, dtype):
-        fn = real(qtype, dtype)
-
-        def wrong(flat):
-            out = fn(flat).clone()
-            out.view(torch.int32)[3, 7] += 1
-            return out
-        return wrong
+def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, corrupt_kernel, caplog):
+    def one_ulp_off(out):
+        out = out.clone()
+        out.view(torch.int32)[3, 7] += 1
+        return out
 
     policy("fused")
-    monkeypatch.setattr(gguf_fused, "_compiled", off_by_one_ulp)
+    corrupt_kernel(one_ulp_off)
     with caplog.at_level(logging.WARNING, logger=gguf_fused.__name__):
         fn, why = gguf_fused.fused_decoder("cpu", "Q4_K", torch.float32)
     assert fn is None

@@ -48,20 +48,14 @@ def test_compiled_decode_equals_the_pure_torch_codec(dtype, policy, counted, no_
                                              "pure-torch decode)")
 
 
-def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, monkeypatch, caplog, no_bitsandbytes):
-    real = nf4_fused._compiled
-
-    def off(dtype):
-        fn = real(dtype)
-
-        def wrong(flat, absmax, code):
-            out = fn(flat, absmax, code).clone()
-            out.view(torch.int16)[100] += 1
-            return out
-        return wrong
+def test_the_probe_refuses_a_kernel_that_is_one_ulp_off(policy, corrupt_kernel, caplog, no_bitsandbytes):
+    def one_ulp_off(out):
+        out = out.clone()
+        out.view(torch.int16)[100] += 1
+        return out
 
     policy("fused")
-    monkeypatch.setattr(nf4_fused, "_compiled", off)
+    corrupt_kernel(one_ulp_off)
     with caplog.at_level(logging.WARNING, logger=nf4_fused.__name__):
         note = nf4.decode_note("cpu")
     assert note == ("nf4 decode: pure torch in chunks (exact; bitsandbytes not used) — the fused kernel is not used "
