@@ -132,7 +132,7 @@ def fp8_quantize(device: str) -> None:
     from model.checkpoints.fused_decode import differing
 
     print(f"   {fp8_activations.quantize_note(device)}")
-    fn, _ = fp8_activations._QUANTIZE.decoder(device, (torch.bfloat16,))
+    fn, _ = fp8_activations.fused_quantizer(device)
     if device != "cuda":
         return
     x = torch.randn(4608 + 512, 4608, device=device).to(torch.bfloat16)

@@ -101,7 +101,7 @@ def test_a_fast_fp8_layer_through_the_compiled_quantisation_equals_the_eager_one
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_quantisation_equals_the_eager_one(policy, dtype):
     policy("auto")
-    fn, why = fp8_activations._QUANTIZE.decoder("cuda", (dtype,))
+    fn, why = fp8_activations.fused_quantizer("cuda", dtype)
     assert fn is not None, why
     x = torch.randn(4608 + 77, 4608, device="cuda").to(dtype)
     assert differing(fp8_activations.quantize(x), fp8_activations.quantize_rows(x)) == (0, x.numel() + x.shape[0])

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from model.checkpoints.fused_decode import FusedDecode, compile_exact, private_copy, same_bits
+from model.checkpoints.fused_decode import FusedDecode, compile_exact, differing, private_copy, same_bits
 
 
 def test_same_bits_counts_differing_values_and_matches_nan_with_nan():
@@ -164,3 +164,11 @@ def test_compile_exact_keeps_the_roundings_eager_torch_makes():
     assert same_bits(default[1], want[1]) > 1000  # the bf16 rounding skipped: the setting is needed
     exact = compile_exact(f, dynamic=False)(a, b)
     assert [same_bits(x, y) for x, y in zip(exact, want)] == [0, 0]
+
+
+def test_differing_compares_tuples_and_counts_a_wrong_kind_of_result_as_all_different():
+    a, b = torch.arange(4.0), torch.tensor([1, 2], dtype=torch.uint8)
+    assert differing((a, b), (a, b)) == (0, 6)
+    assert differing((a, b + 1), (a, b)) == (2, 6)
+    assert differing(a, (a, b)) == (6, 6) and differing((a,), (a, b)) == (6, 6)
+    assert differing((a, b), a) == (4, 4)

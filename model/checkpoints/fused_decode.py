@@ -62,7 +62,7 @@ def differing(got, want) -> tuple[int, int]:
     """(values that differ bit for bit, values compared) of a result: one tensor or a tuple of them (a kernel
     with several outputs, such as fp8 codes and their scales)."""
     if isinstance(want, torch.Tensor):
-        return same_bits(got, want), want.numel()
+        return (same_bits(got, want) if isinstance(got, torch.Tensor) else want.numel()), want.numel()
     if not isinstance(got, (tuple, list)) or len(got) != len(want):
         return sum(w.numel() for w in want), sum(w.numel() for w in want)
     counts = [differing(g, w) for g, w in zip(got, want)]
@@ -110,8 +110,7 @@ class FusedDecode:
     "Q4_K → bfloat16").  ``what`` starts log lines ("fp8 decode"), written to ``logger``; ``eager_name`` says
     what runs instead ("two kernels (cast, then scale)"); ``eager_choice`` is the policy value that never compiles;
     ``kind`` and ``doing`` name the operation in messages ("decode", "decoding"; "quantisation", "quantising" for
-    the fast fp8 path's activations).  A
-    result may be a tuple of tensors: every one of them is compared.
+    the fast fp8 path's activations).  A result may be a tuple of tensors: every one of them is compared.
     """
 
     def __init__(self, *, what: str, env: str, eager_choice: str, eager_name: str, eager_short: str,
