@@ -67,6 +67,37 @@ def test_an_fp32_model_gets_the_kernels_bf16_output_in_fp32():
     assert torch.equal(out, fp8_linear(x, layer.weight, layer.weight_scale, layer.bias.float(), use_kernel=False))
 
 
+@pytest.mark.parametrize("scale_shape", ["rows", "vector", "tensor"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_kernel_call_meets_torchs_own_argument_checks(scale_shape, dtype, bias):
+    """The ``torch._scaled_mm`` call as the fast path makes it on a GPU, checked by torch's meta registration of
+    the kernel (the checks its CUDA implementation makes: fp8 operands, column-major mat2, 2-D float32 rowwise
+    scales of (M, 1) and (1, N), bias dtype) on meta tensors — the CPU's stand-in for the GPU this suite lacks.
+    Every weight-scale layout a file brings: official (N, 1) rows, (N,) vectors, a Comfy fp8_scaled scalar."""
+    n, k = 1024, 512
+    w8 = torch.empty(n, k, device="meta", dtype=torch.float8_e4m3fn)
+    scale = torch.empty({"rows": (n, 1), "vector": (n,), "tensor": ()}[scale_shape], device="meta")
+    b = torch.empty(n, device="meta", dtype=torch.bfloat16) if bias else None
+    x = torch.empty(2, 77, k, device="meta", dtype=dtype)
+    out = fp8_linear(x, w8, scale, b, use_kernel=True)
+    assert out.shape == (2, 77, n) and out.dtype == dtype and out.device.type == "meta"
+
+
+def test_torchs_argument_checks_refuse_what_the_fast_path_must_not_pass():
+    """The control of the test above: the meta checks are live, so a row-major weight or 1-D scales fail."""
+    a8 = torch.empty(154, 512, device="meta", dtype=torch.float8_e4m3fn)
+    w8 = torch.empty(1024, 512, device="meta", dtype=torch.float8_e4m3fn)
+    sa, sb = torch.empty(154, 1, device="meta"), torch.empty(1, 1024, device="meta")
+    assert torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16).shape == (154, 1024)
+    with pytest.raises(RuntimeError, match="col_major"):
+        torch._scaled_mm(a8, w8, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="2D"):
+        torch._scaled_mm(a8, w8.t(), scale_a=sa, scale_b=sb.reshape(-1), out_dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="fp32"):
+        torch._scaled_mm(a8, w8.t(), scale_a=sa.to(torch.bfloat16), scale_b=sb, out_dtype=torch.bfloat16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch._scaled_mm needs CUDA sm89+")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_kernel_matches_emulation_on_cuda(dtype):
