@@ -158,13 +158,21 @@ def ours_step(ours, x, feats, sigma, opts):
     return lat.tokens_to_comfy(v, gh, gw), lat.tokens_to_comfy(u, gh, gw)
 
 
-def core_step(core, x, feats, sigma):
+def core_step(core, x, feats, sigma, opts=None):
     """Core's model as its BaseModel calls it: inputs in the model dtype, output −v."""
     import torch
 
     x, feats = x.to(torch.bfloat16), feats.to(torch.bfloat16)
-    return (-core(x, sigma, context=feats, transformer_options={}).float(),
-            -core(x, sigma, context=None, transformer_options={}).float())
+    return (-core(x, sigma, context=feats, transformer_options=dict(opts or {})).float(),
+            -core(x, sigma, context=None, transformer_options=dict(opts or {})).float())
+
+
+def gpu_attention_override():
+    """A per-model attention override that sends core's attention to ComfyUI's SDPA kernel, the one it runs on a
+    GPU (on fake CUDA tensors ComfyUI still picks its CPU kernel, which asks the device for free memory)."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    return {"optimized_attention_override": lambda _func, *a, **k: comfy_attention.attention_pytorch(*a, **k)}
 
 
 def timed(fn, repeats):
@@ -181,7 +189,8 @@ def count_ops(cfg, args, fmt, fake_cuda=False):
     """aten ops dispatched per block (cond + uncond pass, halved).  ``fake_cuda``: the same forward on fake CUDA
     tensors (``FakeTensorMode``; needs a CUDA build of torch, no GPU), where torch dispatches ``F.rms_norm`` to its
     fused CUDA kernel; metadata queries (``prim.*``) are not counted and attention counts as the one fused kernel a
-    GPU runs (fake devices report no flash support, so SDPA would otherwise unfold into its math ops)."""
+    GPU runs (fake devices report no flash support, so SDPA would otherwise unfold into its math ops; core's
+    attention is sent to ComfyUI's SDPA kernel, as on a GPU: :func:`gpu_attention_override`)."""
     import contextlib
 
     ours, core = build_pair(cfg, fmt)
@@ -219,7 +228,7 @@ def _run_counted(counter, name, model, fake, fake_cuda, x, feats, sigma):
                     with model.sampling_run():
                         ours_step(model, x, feats, sigma, {})
                 else:
-                    core_step(model, x, feats, sigma)
+                    core_step(model, x, feats, sigma, gpu_attention_override() if fake_cuda else None)
         finally:
             undo()
 
