@@ -14,11 +14,15 @@ Sections (each prints a table; ``--json`` writes everything):
    with the stated tolerances (fp32: 1e-4 relative, TF32 off; bf16: 3e-2 relative — different kernels and
    summation orders; the CPU goldens are bit-exact only on the CPU kernel family that recorded them, and two
    families differ by 4e-3 in bf16, see tests/kernel_family.py).
-4. ``core``    — ours vs ComfyUI core's model on the same GPU (``bench_vs_core.py``), when ``--comfyui`` is given.
+4. ``gemm``    — the bf16 GEMM rate this GPU reaches (the "bf16 limit" of the targets).
+5. ``attention`` — the DiT's SDPA call at the real shapes under each SDPA backend (flash, cuDNN, memory-efficient,
+   math): ms, TFLOP/s, difference from the default and which one the default is; a padded batch with its mask.
 
-They run quick ones first (plan, parity, then speed); ``--json`` is rewritten after every section and every speed
-row, and a section or format that fails is reported and skipped, so a run stopped by its time limit or by one
-broken kernel keeps everything else it measured.
+Ours vs ComfyUI core's model on the same GPU is ``bench_vs_core.py``, a step of ``gpu_check.sh`` of its own.
+
+They run quick ones first (plan, parity, GEMM, attention, then speed); ``--json`` is rewritten after every section
+and every speed row, and a section or format that fails is reported and skipped, so a run stopped by its time limit
+or by one broken kernel keeps everything else it measured.
 
 ``--cpu-smoke``: a 2-layer 512-wide model at 256² on the CPU, one timed step — checks the code paths only.
 """
@@ -26,6 +30,7 @@ broken kernel keeps everything else it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -42,7 +47,7 @@ GiB = 1024 ** 3
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-smoke", action="store_true")
-    ap.add_argument("--sections", default="speed,plan,parity,gemm")
+    ap.add_argument("--sections", default="speed,plan,parity,gemm,attention")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--sizes", default="1024,2048")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per format and size (after one warm-up)")
@@ -237,6 +242,69 @@ def gemm_peak(args, device, out, n: int = 8192, repeats: int = 10):
     print(f"\n== bf16 GEMM {n}³ on {device}: {rate / 1e12:.1f} TFLOP/s")
 
 
+ATTENTION_BACKENDS = ("default", "FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+def attention(args, device, out, repeats: int = 10):
+    """The DiT's SDPA call at the real shapes (18 heads × 256, the conditional pass: image + 512 text tokens) under
+    each SDPA backend torch has: seconds, TFLOP/s (4·H·L²·D), the max |difference| from the default backend's
+    output relative to its max, and which backend the default is (the one whose output it equals bit for bit);
+    then a padded batch of two with the bool mask the DiT builds for it (flash takes no mask)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads, dim = (2, 256) if args.cpu_smoke else (18, 256)
+    sizes = [256] if args.cpu_smoke else [int(s) for s in args.sizes.split(",")]
+    n_txt = 16 if args.cpu_smoke else args.text_tokens
+    rows = out["attention"] = []
+    print(f"\n== attention (F.scaled_dot_product_attention, bf16, {heads} heads × {dim}) on {device}")
+
+    def run(q, k, v, mask, backend):
+        ctx = sdpa_kernel([getattr(SDPBackend, backend)]) if backend != "default" else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # also the warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            sync(device)
+        return o, (time.perf_counter() - t0) / repeats
+
+    cases = [(size, False) for size in sizes] + [(sizes[0], True)]
+    for size, padded in cases:
+        length = (size // 16) ** 2 + n_txt
+        batch = 2 if padded else 1
+        q, k, v = (torch.randn(batch, heads, length, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
+        mask = None
+        if padded:  # the second sample's caption is 100 tokens shorter: the DiT's segment mask (padding apart)
+            seg = torch.zeros(batch, length, dtype=torch.long, device=device)
+            seg[1, -100:] = 1
+            mask = (seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1)
+        flops = 4 * batch * heads * length * length * dim
+        ref = None
+        for backend in ATTENTION_BACKENDS:
+            if backend == "MATH" and device.type == "cuda" and length > 8192:
+                continue  # materialises the L² scores: seconds, and nobody runs it
+            label = f"{size}²{' padded ×2' if padded else ''}"
+            try:
+                o, secs = run(q, k, v, mask, backend)
+            except Exception as exc:  # noqa: BLE001 - a backend this GPU / build lacks
+                why = (str(exc).splitlines() or [""])[0].split(". ")[0][:100]
+                print(f"   {label:16s} {backend:20s} unavailable ({type(exc).__name__}: {why})")
+                rows.append({"size": size, "padded": padded, "backend": backend, "error": f"{type(exc).__name__}: {why}"})
+                continue
+            if padded:  # rows of padding tokens are thrown away by the DiT: not compared
+                o = o.clone()
+                o[1, :, -100:] = 0
+            if ref is None:
+                ref = o
+            diff = float((o.float() - ref.float()).abs().max() / ref.float().abs().max())
+            rows.append({"size": size, "padded": padded, "backend": backend, "s": secs, "tflops": flops / secs / 1e12,
+                         "rel_diff_vs_default": diff, "equals_default": bool(torch.equal(o, ref))})
+            print(f"   {label:16s} {backend:20s} {secs * 1e3:8.2f} ms {flops / secs / 1e12:7.1f} TFLOP/s"
+                  f" | vs default {diff:.1e}{' (bit-identical)' if backend != 'default' and torch.equal(o, ref) else ''}")
+
+
 class Results(dict):
     """What the run measured; written to ``--json`` after every section and every speed row, so a run stopped by
     its time limit keeps what it had measured."""
@@ -263,7 +331,8 @@ def main(argv=None):
     wanted = [s for s in args.sections.split(",") if s]
     ok = True
     # quick sections first: the long speed section must not keep the plan and the parity from being reported
-    for name, section in (("plan", plan), ("parity", parity), ("gemm", gemm_peak), ("speed", speed)):
+    for name, section in (("plan", plan), ("parity", parity), ("gemm", gemm_peak), ("attention", attention),
+                          ("speed", speed)):
         if name not in wanted:
             continue
         try:

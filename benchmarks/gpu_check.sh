@@ -2,10 +2,11 @@
 # Every GPU check in one command (step limits add up to 480 s, so one H100/H200 call stays within 8 min):
 #   s/step + peak VRAM per format (bf16, fp8 exact, fp8 fast, nf4, Comfy fp8_scaled) at 1024² and 2048²,
 #   s/step of every checkpoint family (nvfp4, mxfp8, int8, GGUF Q8_0/Q6_K/Q4_K too) through the real loader,
-#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, the compiled fp8 / GGUF / nf4 decodes (which
-#   runs, timed) and the fp8 kernel tests, and, when COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI
-#   core's model on the same GPU, system RAM (private vs file-backed) through a real load → forward → offload, the
-#   LoRA cost per step; last, issue 13's targets against the figures, as a markdown table ($OUT/targets.md).
+#   the memory plan under 24/16/12 GB caps, CUDA-vs-CPU-golden parity, each SDPA backend at the real attention
+#   shapes, the compiled fp8 / GGUF / nf4 decodes (which runs, timed) and the fp8 kernel tests, and, when
+#   COMFYUI_PATH points at a ComfyUI checkout: ours vs ComfyUI core's model on the same GPU, system RAM (private vs
+#   file-backed) through a real load → forward → offload, the LoRA cost per step; last, issue 13's targets
+#   against the figures, as a markdown table ($OUT/targets.md).
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU machine; log + JSON in $OUT (or /tmp)
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # code-path check on a CPU (tiny model), ~3 min
@@ -58,7 +59,7 @@ if [ -n "$SMOKE" ]; then
   step 200 "every checkpoint family (cpu smoke)" "$PY" benchmarks/bench_families.py --device cpu --width 512 --size 256 \
     --text-tokens 16 --repeats 1 --out "$SCRATCH/families" --json "$DEST/families.json"
 else
-  step 130 "speed (5 formats × 1024², 2048²) + plan + parity + bf16 GEMM rate" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
+  step 130 "speed (5 formats × 1024², 2048²) + plan + parity + bf16 GEMM rate + SDPA backends" "$PY" benchmarks/gpu_check.py --steps 3 --json "$DEST/gpu_check.json"
   step 45 "compiled decodes: fp8 / GGUF Q4_K / nf4, fp8 activation quantisation — which runs, timed" "$PY" \
     benchmarks/gpu_env.py --decodes
   step 65 "every checkpoint family through the real loader (1 real-width block each, 1024²)" "$PY" \

@@ -14,7 +14,8 @@ keeps what it measured) and prints, for each target, the measured figure and whe
 * the memory plan: both nf4 models resident on a 16 GB card, 2048² within 12 GB (resident or streaming);
 * CUDA vs the CPU goldens within the stated tolerances.
 
-Then the s/step and peak VRAM per format and size, and the checkpoint families' per-block figures.
+Then the s/step and peak VRAM per format and size, the SDPA backends at the real attention shapes, and the
+checkpoint families' per-block figures.
 """
 
 from __future__ import annotations
@@ -156,6 +157,20 @@ def streaming_row(streaming) -> tuple[str, str, str]:
     return label, "; ".join(parts), _verdict(all(r.get("equal") for r in formats.values()))
 
 
+def attention_table(rows) -> list[str]:
+    """gpu_check's SDPA backends at the real shapes: ms, TFLOP/s and the difference from the default backend."""
+    measured = [r for r in rows or [] if isinstance(r, dict) and "s" in r]
+    if not measured:
+        return []
+    lines = ["", "| attention (cond pass) | backend | ms | TFLOP/s | vs default |", "|---|---|---|---|---|"]
+    for r in measured:
+        same = " (bit-identical)" if r["backend"] != "default" and r.get("equals_default") else ""
+        lines.append(f"| {r['size']}²{' padded ×2' if r.get('padded') else ''} | {r['backend']} | {r['s'] * 1e3:.2f} "
+                     f"| {r['tflops']:.1f} | {r['rel_diff_vs_default']:.1e}{same} |")
+    missing = sorted({r["backend"] for r in rows if isinstance(r, dict) and "error" in r})
+    return lines + ([f"- not available here: {', '.join(missing)}"] if missing else [])
+
+
 def markdown(check, vs_core, families, streaming=None) -> str:
     lines = [f"GPU check on {check.get('gpu') or check.get('device', '?')}, torch {check.get('torch', '?')}", "",
              "| target | measured | |", "|---|---|---|"]
@@ -167,6 +182,7 @@ def markdown(check, vs_core, families, streaming=None) -> str:
                   for (f, s), r in speed.items()]
     errors = [r for r in (check.get("speed") or []) if isinstance(r, dict) and "error" in r]
     lines += [f"- {r['format']}: FAILED {r['error']}" for r in errors]
+    lines += attention_table(check.get("attention"))
     if isinstance(families, list) and families:
         lines += ["", "| family | s per block | real-step estimate (s) | decoded by |", "|---|---|---|---|"]
         for r in families:

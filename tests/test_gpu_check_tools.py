@@ -205,6 +205,29 @@ def test_targets_table_judges_each_issue_13_target(tmp_path):
     assert "| nvfp4 | 0.0200 | 1.36 | nvfp4 → cuda |" in lines
 
 
+def test_attention_section_times_each_sdpa_backend_and_the_table_shows_them(tmp_path):
+    """gpu_check's attention section on the CPU: the default SDPA is the CPU's flash kernel (bit-identical), the
+    math kernel differs by a bf16 rounding, the GPU-only backends are recorded as unavailable; gpu_targets prints
+    what was measured and names what was not."""
+    import gpu_targets
+
+    out = gpu_check.Results(None)
+    gpu_check.attention(gpu_check.parse_args(["--cpu-smoke"]), __import__("torch").device("cpu"), out, repeats=1)
+    rows = {(r["padded"], r["backend"]): r for r in out["attention"]}
+    assert {k for k, r in rows.items() if "error" in r} == {
+        (p, b) for p in (False, True) for b in ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION")}
+    flash, math_ = rows[(False, "FLASH_ATTENTION")], rows[(False, "MATH")]
+    assert flash["equals_default"] and flash["rel_diff_vs_default"] == 0.0
+    assert not math_["equals_default"] and 0 < math_["rel_diff_vs_default"] < 1e-2
+    assert 0 < rows[(True, "MATH")]["rel_diff_vs_default"] < 1e-2  # the padded batch's mask is honoured by both
+    assert all(r["s"] > 0 and r["tflops"] > 0 for r in out["attention"] if "s" in r)
+    lines = gpu_targets.attention_table(out["attention"])
+    assert any(line.startswith("| 256² | FLASH_ATTENTION |") and line.endswith("(bit-identical) |") for line in lines)
+    assert any(line.startswith("| 256² padded ×2 | MATH |") for line in lines)
+    assert lines[-1] == "- not available here: CUDNN_ATTENTION, EFFICIENT_ATTENTION"
+    assert gpu_targets.attention_table(None) == []
+
+
 def test_gpu_steps_fit_one_eight_minute_call():
     """The GPU run's step limits (every ``step <seconds>`` outside the --cpu-smoke branches) add up to ≤ 480 s, the
     figure the script's header states."""
