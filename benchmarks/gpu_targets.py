@@ -162,13 +162,19 @@ def attention_table(rows) -> list[str]:
     measured = [r for r in rows or [] if isinstance(r, dict) and "s" in r]
     if not measured:
         return []
+    def case(r):
+        return f"{r['size']}²{' padded ×2' if r.get('padded') else ''}"
+
     lines = ["", "| attention (cond pass) | backend | ms | TFLOP/s | vs default |", "|---|---|---|---|---|"]
     for r in measured:
         same = " (bit-identical)" if r["backend"] != "default" and r.get("equals_default") else ""
-        lines.append(f"| {r['size']}²{' padded ×2' if r.get('padded') else ''} | {r['backend']} | {r['s'] * 1e3:.2f} "
-                     f"| {r['tflops']:.1f} | {r['rel_diff_vs_default']:.1e}{same} |")
-    missing = sorted({r["backend"] for r in rows if isinstance(r, dict) and "error" in r})
-    return lines + ([f"- not available here: {', '.join(missing)}"] if missing else [])
+        lines.append(f"| {case(r)} | {r['backend']} | {r['s'] * 1e3:.2f} | {r['tflops']:.1f} "
+                     f"| {r['rel_diff_vs_default']:.1e}{same} |")
+    refused = {}
+    for r in rows:
+        if isinstance(r, dict) and "error" in r:
+            refused.setdefault(r["backend"], []).append(case(r))
+    return lines + [f"- {backend} refused at {', '.join(cases)}" for backend, cases in refused.items()]
 
 
 def markdown(check, vs_core, families, streaming=None) -> str:

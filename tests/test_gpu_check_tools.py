@@ -207,8 +207,8 @@ def test_targets_table_judges_each_issue_13_target(tmp_path):
 
 def test_attention_section_times_each_sdpa_backend_and_the_table_shows_them(tmp_path):
     """gpu_check's attention section on the CPU: the default SDPA is the CPU's flash kernel (bit-identical), the
-    math kernel differs by a bf16 rounding, the GPU-only backends are recorded as unavailable; gpu_targets prints
-    what was measured and names what was not."""
+    math kernel differs by a bf16 rounding, the GPU-only backends are recorded as refused; gpu_targets prints
+    what was measured and names each backend and case that was refused."""
     import gpu_targets
 
     out = gpu_check.Results(None)
@@ -224,7 +224,8 @@ def test_attention_section_times_each_sdpa_backend_and_the_table_shows_them(tmp_
     lines = gpu_targets.attention_table(out["attention"])
     assert any(line.startswith("| 256² | FLASH_ATTENTION |") and line.endswith("(bit-identical) |") for line in lines)
     assert any(line.startswith("| 256² padded ×2 | MATH |") for line in lines)
-    assert lines[-1] == "- not available here: CUDNN_ATTENTION, EFFICIENT_ATTENTION"
+    assert lines[-2:] == ["- CUDNN_ATTENTION refused at 256², 256² padded ×2",
+                          "- EFFICIENT_ATTENTION refused at 256², 256² padded ×2"]
     assert gpu_targets.attention_table(None) == []
 
 
