@@ -14,12 +14,21 @@ Prints, for one conditional + one unconditional (image-only) forward:
   bf16 cannot represent the two differ completely: the reference (and ours) rounds t to bf16 before the
   1e4-scaled sinusoid, core's ``Ideogram4EmbedScalar`` does not (t = 0.4: 96 % relative difference of the
   time embedding, measured with forward hooks);
+* where the time goes, from one profiled forward of each (``torch.profiler``): the linear layers' GEMMs
+  (``aten::mm`` / ``aten::addmm`` outside attention), attention (everything inside the attention kernel,
+  timed through a pass-through ``optimized_attention_override``) and the rest, and the **GEMM floor**: core's
+  GEMM time over core's forward, the ratio ours would reach if its GEMMs ran as fast as core's (the same
+  kernel on the same weights) and it spent no time outside them — a ratio target below that floor cannot be
+  met on that device;
 * aten ops dispatched per transformer block (``TorchDispatchMode``) for ours in bf16 / fp8 / nf4 and for core.
 
 Both models use ComfyUI's operations (``comfy.ops.disable_weight_init``; ours: ``ComfyOps``).  Weights are
-random (real head_dim 256 and text width 53248 by default; width/layers set by flags).  Nothing is downloaded.
+random, and by default the real block (4608 wide: 18 heads of 256, FFN 12288, text width 53248) in two layers;
+``--width`` / ``--layers`` set others (a narrower model has fewer heads and smaller GEMMs, so attention and the
+per-op overhead weigh more than in the real one).  The three timed forwards run interleaved, so a machine whose
+speed drifts shifts them alike.  Nothing is downloaded.
 
-    python benchmarks/bench_vs_core.py --comfyui /work/comfyui --width 1536 --layers 6 --size 512
+    python benchmarks/bench_vs_core.py --comfyui /work/comfyui --size 512 -- --cpu
     python benchmarks/bench_vs_core.py --comfyui ~/ComfyUI --full --size 1024 -- --gpu-only   # on a GPU
 """
 
@@ -43,8 +52,8 @@ from random_models import random_dit  # noqa: E402
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"))
-    ap.add_argument("--width", type=int, default=1536, help="emb_dim (multiple of 256)")
-    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--width", type=int, default=4608, help="emb_dim (multiple of 256; default: the real 4608)")
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=0, help="FFN width (default 8/3 · width)")
     ap.add_argument("--text-dim", type=int, default=53248)
     ap.add_argument("--full", action="store_true", help="the real 34 × 4608 configuration")
@@ -175,14 +184,79 @@ def gpu_attention_override():
     return {"optimized_attention_override": lambda _func, *a, **k: comfy_attention.attention_pytorch(*a, **k)}
 
 
-def timed(fn, repeats):
-    fn()  # warm-up (also fills ours' per-run cache)
-    times = []
-    for _ in range(repeats):
+GEMMS = ("aten::mm", "aten::addmm")
+ATTENTION_RANGE = "bench_vs_core.attention"
+
+
+def attention_range_override():
+    """A pass-through per-model attention override that marks each attention call as a profiler range."""
+    import torch
+
+    def override(func, *a, **k):
+        with torch.profiler.record_function(ATTENTION_RANGE):
+            return func(*a, **k)
+
+    return {"optimized_attention_override": override}
+
+
+def split_time(events, device_time: bool) -> dict:
+    """Seconds in the linear GEMMs (``GEMMS`` outside an attention range, self time) and in attention (the
+    ranges, inclusive) from profiler events (``FunctionEvent``: ``name``, ``cpu_parent``, ``*_time_total`` in
+    µs); ``device_time``: the kernels' time on the device instead of the host's."""
+    def inside_attention(e):
+        p = e.cpu_parent
+        while p is not None:
+            if p.name == ATTENTION_RANGE:
+                return True
+            p = p.cpu_parent
+        return False
+
+    gemm = attention = 0.0
+    for e in events:
+        if str(getattr(e, "device_type", "CPU")).rsplit(".", 1)[-1] != "CPU":
+            continue  # the device's copy of a range (gpu_user_annotation): its host event already counts the kernels
+        if e.name == ATTENTION_RANGE and not inside_attention(e):
+            attention += e.device_time_total if device_time else e.cpu_time_total
+        elif e.name in GEMMS and not inside_attention(e):
+            gemm += e.self_device_time_total if device_time else e.self_cpu_time_total
+    return {"gemm_s": gemm / 1e6, "attention_s": attention / 1e6}
+
+
+def profiled(fn, sync, device) -> dict:
+    """One forward under ``torch.profiler``: its wall time and :func:`split_time`; the rest is what is left."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        sync()
+        wall = time.perf_counter() - t0
+    out = {"wall_s": wall, **split_time(prof.events(), device_time=cuda)}
+    if out["gemm_s"] <= 0:  # e.g. CUPTI unavailable: no kernel times, so no split to report
+        return {"error": f"the profiler recorded no GEMM time on {device.type}"}
+    out["rest_s"] = max(0.0, wall - out["gemm_s"] - out["attention_s"])
+    return out
+
+
+def timed(fn, repeats):
+    return timed_interleaved([fn], repeats)[0]
+
+
+def timed_interleaved(fns, repeats):
+    """Median seconds of each of ``fns``, run in turn ``repeats`` times after one warm-up each (which also fills
+    ours' per-run cache): a machine that slows down or speeds up mid-run shifts them all alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def count_ops(cfg, args, fmt, fake_cuda=False):
@@ -269,9 +343,18 @@ def main(argv=None):
         ov, ou = ours_step(ours, x, feats, sigma, {})
         hv, hu = ours_step(ours, x, feats, sigma, override)
         cv, cu = core_step(core, x, feats, sigma)
-        t_ours = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), args.repeats)
-        t_ours_host = timed(lambda: (ours_step(ours, x, feats, sigma, override), sync()), args.repeats)
-        t_core = timed(lambda: (core_step(core, x, feats, sigma), sync()), args.repeats)
+        t_ours, t_ours_host, t_core = timed_interleaved(
+            [lambda: (ours_step(ours, x, feats, sigma, {}), sync()),
+             lambda: (ours_step(ours, x, feats, sigma, override), sync()),
+             lambda: (core_step(core, x, feats, sigma), sync())], args.repeats)
+        marked = attention_range_override()
+        where = {}
+        for name, step in (("ours", lambda: ours_step(ours, x, feats, sigma, marked)),
+                           ("core", lambda: core_step(core, x, feats, sigma, marked))):
+            try:
+                where[name] = profiled(step, sync, device)
+            except Exception as exc:  # noqa: BLE001 - a figure, not a check: the timings above still stand
+                where[name] = {"error": f"{type(exc).__name__}: {exc}"}
     with torch.no_grad():
         t_first = timed(lambda: (ours_step(ours, x, feats, sigma, {}), sync()), 1)  # uncached: outside a run
     def rel(a, b):  # per pass (cond, uncond): max |a − b| / max |b|
@@ -284,7 +367,9 @@ def main(argv=None):
                core_kernel=comfy_attention.optimized_attention.__name__, host_kernel=host_kernel.__name__,
                ours_s=t_ours, ours_uncached_s=t_first, ours_host_attention_s=t_ours_host, core_s=t_core,
                ratio=t_ours / t_core, ratio_host_attention=t_ours_host / t_core, rel_diff_vs_core=diff,
-               rel_diff_vs_core_same_kernel=diff_host, rel_diff_vs_core_per_pass=rel((ov, ou), (cv, cu)))
+               rel_diff_vs_core_same_kernel=diff_host, rel_diff_vs_core_per_pass=rel((ov, ou), (cv, cu)),
+               where_the_time_goes=where,
+               gemm_floor=where["core"]["gemm_s"] / where["core"]["wall_s"] if "gemm_s" in where["core"] else None)
     print(f"{out['config']} at {args.size}², {args.text_tokens} text tokens, {device}, {out['threads']} threads:")
     print(f"  ours (exact, {out['ours_kernel']} attention, cached run): {t_ours:.3f} s per cond+uncond forward "
           f"(first step, uncached: {t_first:.3f} s)")
@@ -292,6 +377,13 @@ def main(argv=None):
     print(f"  core comfy/ldm/ideogram4 ({out['core_kernel']}): {t_core:.3f} s")
     print(f"  ratio ours/core: {out['ratio']:.2f}× (exact) | {out['ratio_host_attention']:.2f}× (same kernel as core)"
           f" | max rel |ours − core| {diff:.2e} ({diff_host:.2e} with the same kernel)")
+    print("  where the time goes (one profiled forward each, s): linear GEMMs | attention | rest | total")
+    for name, w in where.items():
+        print(f"    {name:5s} " + (w["error"] if "error" in w else
+                                   f"{w['gemm_s']:.3f} | {w['attention_s']:.3f} | {w['rest_s']:.3f} | {w['wall_s']:.3f}"))
+    if out["gemm_floor"] is not None:
+        print(f"  GEMM floor (core's GEMM time / core's forward): {out['gemm_floor']:.2f}× — ours/core if ours' GEMMs "
+              f"took core's time (same kernel, same weights) and nothing else took any")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return out

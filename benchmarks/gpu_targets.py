@@ -177,6 +177,22 @@ def attention_table(rows) -> list[str]:
     return lines + [f"- {backend} refused at {', '.join(cases)}" for backend, cases in refused.items()]
 
 
+def time_split_table(vs_core) -> list[str]:
+    """``bench_vs_core``'s profiled forward of each model: linear GEMMs, attention, the rest, and the GEMM floor."""
+    where = vs_core.get("where_the_time_goes") if isinstance(vs_core, dict) else None
+    if not isinstance(where, dict) or not where:
+        return []
+    lines = ["", "| cond + uncond forward (profiled) | linear GEMMs (s) | attention (s) | rest (s) | total (s) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | FAILED: {w['error']} | | | |" if "error" in w else
+              f"| {name} | {w['gemm_s']:.3f} | {w['attention_s']:.3f} | {w['rest_s']:.3f} | {w['wall_s']:.3f} |"
+              for name, w in where.items()]
+    if vs_core.get("gemm_floor") is not None:
+        lines.append(f"- GEMM floor: ours/core ≥ {vs_core['gemm_floor']:.2f}× while both run the same GEMM kernel "
+                     f"(core's GEMM time over core's forward)")
+    return lines
+
+
 def markdown(check, vs_core, families, streaming=None) -> str:
     lines = [f"GPU check on {check.get('gpu') or check.get('device', '?')}, torch {check.get('torch', '?')}", "",
              "| target | measured | |", "|---|---|---|"]
@@ -189,6 +205,7 @@ def markdown(check, vs_core, families, streaming=None) -> str:
     errors = [r for r in (check.get("speed") or []) if isinstance(r, dict) and "error" in r]
     lines += [f"- {r['format']}: FAILED {r['error']}" for r in errors]
     lines += attention_table(check.get("attention"))
+    lines += time_split_table(vs_core)
     if isinstance(families, list) and families:
         lines += ["", "| family | s per block | real-step estimate (s) | decoded by |", "|---|---|---|---|"]
         for r in families:

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_vs_core  # noqa: E402
 import gpu_check  # noqa: E402
 import gpu_env  # noqa: E402
 import gpu_kit  # noqa: E402
@@ -269,3 +270,59 @@ def test_gguf_decode_step_times_the_compiled_kernel_under_the_callers_policy(mon
     assert "GGUF Q4_K decode of 16×1024 → bf16: eager (chunked) " in out
     assert "× faster, bit-identical: True" in out
     assert os.environ[gguf_fused.ENV] == "fused"  # put back
+
+
+def test_time_split_counts_linear_gemms_outside_attention_and_attention_whole():
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    x, w = torch.randn(64, 96), torch.randn(128, 96)
+    q = torch.randn(1, 2, 32, 16)
+    override = bench_vs_core.attention_range_override()["optimized_attention_override"]
+
+    def attention(q, k, v, **_):
+        torch.mm(q[0, 0], k[0, 0].t())  # a GEMM inside attention is attention's, not the linear layers'
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.linear(x, w)
+        torch.addmm(torch.zeros(128), x, w.t())
+        override(attention, q, q, q)
+    events = prof.events()
+    split = bench_vs_core.split_time(events, device_time=False)
+    gemm = sum(e.self_cpu_time_total for e in events if e.name in ("aten::mm", "aten::addmm")
+               and (e.cpu_parent is None or e.cpu_parent.name != bench_vs_core.ATTENTION_RANGE)) / 1e6
+    inner = [e for e in events if e.name == "aten::mm" and e.cpu_parent is not None
+             and e.cpu_parent.name == bench_vs_core.ATTENTION_RANGE]
+    ranges = [e for e in events if e.name == bench_vs_core.ATTENTION_RANGE]
+    assert len(inner) == 1 and len(ranges) == 1
+    assert split["gemm_s"] == pytest.approx(gemm) and split["gemm_s"] > 0
+    assert split["attention_s"] == pytest.approx(ranges[0].cpu_time_total / 1e6)
+    assert split["attention_s"] >= inner[0].self_cpu_time_total / 1e6 > 0
+    # on a GPU a range also appears as the device's annotation event: only the host event (kernels inclusive) counts
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+
+    host = SimpleNamespace(name=bench_vs_core.ATTENTION_RANGE, cpu_parent=None, device_type=DeviceType.CPU,
+                           device_time_total=300.0)
+    copy = SimpleNamespace(name=bench_vs_core.ATTENTION_RANGE, cpu_parent=None, device_type=DeviceType.CUDA,
+                           device_time_total=310.0)
+    mm = SimpleNamespace(name="aten::mm", cpu_parent=None, device_type=DeviceType.CPU, self_device_time_total=2e6)
+    assert bench_vs_core.split_time([host, copy, mm], device_time=True) == {"gemm_s": 2.0, "attention_s": 3e-4}
+
+
+def test_targets_table_shows_where_the_time_goes_and_the_gemm_floor():
+    import gpu_targets
+
+    split = {"ours": {"gemm_s": 0.5, "attention_s": 0.1, "rest_s": 0.05, "wall_s": 0.65},
+             "core": {"gemm_s": 0.5, "attention_s": 0.15, "rest_s": 0.1, "wall_s": 0.75}}
+    table = gpu_targets.markdown({"gpu": "H200"}, {"ours_s": 0.65, "core_s": 0.75, "where_the_time_goes": split,
+                                                  "gemm_floor": 0.5 / 0.75}, None)
+    assert "| ours | 0.500 | 0.100 | 0.050 | 0.650 |" in table
+    assert "| core | 0.500 | 0.150 | 0.100 | 0.750 |" in table
+    assert "GEMM floor: ours/core ≥ 0.67×" in table
+    assert "GEMM floor" not in gpu_targets.markdown({"gpu": "H200"}, {"ours_s": 0.65, "core_s": 0.75}, None)
+    failed = {"ours": split["ours"], "core": {"error": "the profiler recorded no GEMM time on cuda"}}
+    table = gpu_targets.markdown({"gpu": "H200"}, {"where_the_time_goes": failed, "gemm_floor": None}, None)
+    assert "| core | FAILED: the profiler recorded no GEMM time on cuda | | | |" in table
+    assert "| ours | 0.500 |" in table and "GEMM floor" not in table
