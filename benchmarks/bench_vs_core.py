@@ -203,6 +203,8 @@ def split_time(events, device_time: bool) -> dict:
     """Seconds in the linear GEMMs (``GEMMS`` outside an attention range, self time) and in attention (the
     ranges, inclusive) from profiler events (``FunctionEvent``: ``name``, ``cpu_parent``, ``*_time_total`` in
     µs); ``device_time``: the kernels' time on the device instead of the host's."""
+    from torch.autograd import DeviceType
+
     def inside_attention(e):
         p = e.cpu_parent
         while p is not None:
@@ -213,7 +215,7 @@ def split_time(events, device_time: bool) -> dict:
 
     gemm = attention = 0.0
     for e in events:
-        if str(getattr(e, "device_type", "CPU")).rsplit(".", 1)[-1] != "CPU":
+        if e.device_type != DeviceType.CPU:
             continue  # the device's copy of a range (gpu_user_annotation): its host event already counts the kernels
         if e.name == ATTENTION_RANGE and not inside_attention(e):
             attention += e.device_time_total if device_time else e.cpu_time_total
