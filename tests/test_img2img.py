@@ -130,6 +130,8 @@ def test_grow_and_feather():
     f = feather_mask(g, 2)
     assert f[..., 16, 16] == 1.0 and 0 < f[..., 12, 16] < 1 and f[..., 10, 16] == 0
     assert torch.equal(grow_mask(m, 0), m) and torch.equal(feather_mask(m, 0), m)
+    # the image border is not darkened: a full mask stays full after feathering
+    assert torch.equal(feather_mask(torch.ones(1, 1, 8, 8), 3), torch.ones(1, 1, 8, 8))
     with pytest.raises(ValueError, match="grow = -1"):
         grow_mask(m, -1)
 
@@ -145,6 +147,14 @@ def test_bad_input_is_a_clear_error(setup):
         latent_mask(torch.ones(1, 100, 100), 2, GH, GW)
     with pytest.raises(ValueError, match="batch 3"):
         latent_mask(torch.ones(3, H, W), 2, GH, GW)
+    with pytest.raises(ValueError, match=r"has batch 2; the latent has batch 3 \(allowed: 1 or 3\)"):
+        latent_mask(torch.ones(2, H, W), 3, GH, GW)
+    # aspect ratio: within 2 % is the same picture (a rounded resize), 5 % off is not
+    assert latent_mask(torch.ones(1, 100, 101 * W // H), 1, GH, GW).shape == (1, GH * GW, 1)
+    with pytest.raises(ValueError, match="aspect ratios differ"):
+        latent_mask(torch.ones(1, 100, 105 * W // H), 1, GH, GW)
+    with pytest.raises(ValueError, match=r"init_latent must be \(2, 320, 128\), got \(1, 320, 128\)"):
+        sample(cond, uncond, feats, height=H, width=W, settings=settings, denoise=0.5, init_latent=x0[:1])
 
 
 @pytest.mark.parametrize("size,mode,want", [((320, 256), "error", (320, 256)), ((300, 270), "crop", (288, 256)),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from sampling import PRESETS, check_resolution, custom_settings, draw_noise, resolve_settings, sample, sigmas, time_grid
-from sampling.presets import parse_guidance_list
+from sampling.presets import MAX_STEPS, parse_guidance_list
 from sampling.schedule import T_MAX, T_MIN
 
 SPEC_SIGMAS_1024 = {
@@ -46,6 +48,28 @@ def test_bf16_time_rounding_vector_from_spec():
         assert float(t[k].to(torch.bfloat16)) == pytest.approx(bf16, abs=1e-8)  # spec rounds to 8 digits
 
 
+def test_time_grid_is_the_spec_recipe_bit_for_bit():
+    """Spec §5.2: u = linspace(0, 1, N+1) built in float32 and only then widened to float64 (the reference);
+    a float64 grid (diffusers, core) moves some t by one float32 ulp, which the 6-digit table cannot see."""
+    mean = 0.5 * math.log(1024 * 768 / (512 * 512))
+    u32 = torch.linspace(0.0, 1.0, 21, dtype=torch.float32).to(torch.float64)
+    u64 = torch.linspace(0.0, 1.0, 21, dtype=torch.float64)
+
+    def recipe(u):
+        return (1 - torch.special.expit(mean + 1.75 * torch.special.ndtri(u))).clamp(T_MIN, T_MAX).to(torch.float32)
+
+    assert not torch.equal(recipe(u32), recipe(u64))  # the two grids are distinguishable here
+    assert torch.equal(time_grid(20, 0.0, 1.75, 1024, 768), recipe(u32))
+    # σ = 1 − t rounded once: the same bits as float32 arithmetic (correctly rounded), given back exactly
+    assert torch.equal(sigmas(20, 0.0, 1.75, 1024, 768), (1 - recipe(u32)).flip(0))
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.0])
+def test_time_grid_refuses_a_non_positive_or_non_integer_step_count(steps):
+    with pytest.raises(ValueError, match=rf"steps must be a positive integer, got {steps!r}"):
+        time_grid(steps, 0.0, 1.75, 1024, 1024)
+
+
 def test_resolution_shift_changes_schedule():
     assert not torch.equal(sigmas(20, 0.0, 1.75, 512, 512), sigmas(20, 0.0, 1.75, 2048, 2048))
     # mean = mu + 0.5 ln(HW / 512²): the 512² schedule with mu = ln 2 equals 1024² with mu = 0
@@ -69,6 +93,11 @@ def test_custom_settings():
     assert s.guidance == (5.0,) * 8 + (2.0,) * 2
     assert custom_settings(3, 0.0, 1.0, [9, 8, 7]).guidance == (9.0, 8.0, 7.0)
     assert parse_guidance_list("7, 7 ,3") == [7.0, 7.0, 3.0]
+    assert parse_guidance_list("7 6.5\t3") == [7.0, 6.5, 3.0]  # whitespace alone separates too
+    assert custom_settings(2, 0.0, 1.0, 5.0, polish_steps=2).guidance == (3.0, 3.0)  # every step polished
+    assert custom_settings(MAX_STEPS, 0.0, 1.0).steps == MAX_STEPS
+    # custom without a guidance: the presets' 7 at every step
+    assert resolve_settings(steps=4, mu=0.0, std=1.0) == custom_settings(4, 0.0, 1.0, [7.0] * 4)
 
 
 @pytest.mark.parametrize("call,message", [
@@ -78,6 +107,9 @@ def test_custom_settings():
     (lambda: custom_settings(0, 0.0, 1.0), "steps = 0 is outside"),
     (lambda: custom_settings(4, 0.0, 0.0), "std = 0.0 must be > 0"),
     (lambda: resolve_settings("V4_TURBO_12", steps=3), "either a preset or"),
+    (lambda: resolve_settings("V4_TURBO_12", guidance=3.0), "either a preset or"),
+    (lambda: custom_settings(MAX_STEPS + 1, 0.0, 1.0), f"steps = {MAX_STEPS + 1} is outside the allowed range 1–{MAX_STEPS}"),
+    (lambda: custom_settings(2, 0.0, 1.0, [7.0, 3.0], polish_steps=1), "polish_steps applies to a constant guidance"),
     (lambda: parse_guidance_list("7, x"), "must be numbers"),
 ])
 def test_settings_errors(call, message):
@@ -90,6 +122,9 @@ def test_settings_errors(call, message):
     (1024, 240, "height = 240 is outside the supported range 256–2048"),
     (2064, 1024, "width = 2064 is outside"),
     (2048, 336, "exceeds the supported 6:1"),
+    (1020, 1024, r"\(try width = 1024\)"),  # the nearest multiple of 16, not the one below
+    (True, 1024, "width must be an integer number of pixels, got True"),
+    (1024, 1024.0, "height must be an integer number of pixels, got 1024.0"),
 ])
 def test_resolution_errors(w, h, message):
     with pytest.raises(ValueError, match=message):
@@ -167,5 +202,8 @@ def test_batch_index_picks_the_rows_of_the_batch_draw():
     finally:
         torch.randn = real
     assert drawn == [3]
+    for bad in ([0, 1], [-1]):  # one index per latent, none negative
+        with pytest.raises(ValueError, match=r"batch_index .* must list one item index ≥ 0 per latent \(the batch has 1\)"):
+            draw_noise(1, 4, 5, seed=11, batch_index=bad)
     with pytest.raises(ValueError, match=r"batch_index \[0\] must list one item index ≥ 0 per latent \(the batch has 2\)"):
         draw_noise(2, 4, 5, seed=11, batch_index=[0])
