@@ -115,6 +115,18 @@ def test_ensure_ascii_escapes_are_a_fix_and_become_literal():
     assert len(report.fixes) == 1 and "ensure_ascii=True" in report.fixes[0] and "\\u00e9" in report.fixes[0]
 
 
+def test_escape_rule_starts_at_u0080():
+    ascii_text = mini(with_(ART, lambda d: els(d)[0].update(text="A\u0080B")), ensure_ascii=True)
+    assert "\\u0080" in ascii_text
+    report = check_caption(ascii_text)
+    assert report.errors == [] and report.canonical == mini(with_(ART, lambda d: els(d)[0].update(text="A\u0080B")))
+    assert len(report.fixes) == 1 and "(e.g. \\u0080)" in report.fixes[0]
+    escaped_ascii = mini(ART).replace("ACME", "ACM\\u0045")  # an escaped ASCII letter is not the rule's case
+    report = check_caption(escaped_ascii)
+    assert report.errors == [] and report.fixes == [] and report.canonical == mini(ART)
+    assert "$: \\uXXXX escapes written as literal characters" in report.formatting
+
+
 def test_mixed_escapes_and_literals_are_only_formatting():
     text = mini(PHOTO).replace("é", "\\u00e9")  # "東京" stays literal
     report = check_caption(text)
@@ -201,17 +213,23 @@ REJECTIONS = [
     # (name, caption or raw text, expected substrings of the single error)
     ("root_list", [1], ["$: got [1] (list); expected a JSON object"]),
     ("missing_cd", {"high_level_description": "x"}, ["$: missing required key 'compositional_deconstruction'"]),
-    ("unknown_top_key", with_(ART, lambda d: d.update(canvas={"w": 1})), ["$: unknown key 'canvas'", "allowed here"]),
+    ("unknown_top_key", with_(ART, lambda d: d.update(canvas={"w": 1})),
+     ["$: unknown key 'canvas' (not part of the schema; image size comes from width/height); allowed here: "
+      "high_level_description, style_description, compositional_deconstruction"]),
     ("hld_type", with_(ART, lambda d: d.update(high_level_description=42)),
      ["$.high_level_description: got 42 (number); expected a string"]),
     ("style_type", with_(ART, lambda d: d.update(style_description="flat")),
      ['$.style_description: got "flat" (string); expected an object']),
+    ("style_type_long", with_(ART, lambda d: d.update(style_description="x" * 100)),  # values are cut to 60 chars
+     ['$.style_description: got "' + "x" * 56 + '... (string); expected an object']),
     ("style_both", with_(ART, lambda d: d["style_description"].update(photo="35mm")),
      ["$.style_description: has both 'photo' and 'art_style'"]),
     ("style_neither", with_(ART, lambda d: d["style_description"].pop("art_style")),
      ["$.style_description: needs exactly one of 'photo'", "'art_style'"]),
     ("style_missing_lighting", with_(ART, lambda d: d["style_description"].pop("lighting")),
      ["$.style_description: missing required key 'lighting'"]),
+    ("style_missing_all_three", with_(ART, lambda d: d.update(style_description={"art_style": "flat"})),
+     ["$.style_description: missing required key 'aesthetics', 'lighting', 'medium'"]),
     ("style_unknown", with_(ART, lambda d: d["style_description"].update(mood="calm")),
      ["$.style_description: unknown key 'mood'"]),
     ("style_palette_17", with_(ART, lambda d: d["style_description"].update(color_palette=["#000000"] * 17)),
@@ -222,6 +240,10 @@ REJECTIONS = [
      ['$.style_description.color_palette[0]: got "#FA0"', "uppercase #RRGGBB", "'#FFAA00'"]),
     ("hex_no_hash", with_(ART, lambda d: d["style_description"].update(color_palette=["FFAA00"])),
      ['color_palette[0]: got "FFAA00"', "'#FFAA00'"]),
+    ("hex_lowercase_no_hash", with_(ART, lambda d: d["style_description"].update(color_palette=["ffaa00"])),
+     ['color_palette[0]: got "ffaa00"; expected an uppercase #RRGGBB hex colour (did you mean \'#FFAA00\'?)']),
+    ("hex_seven_lowercase_digits", with_(ART, lambda d: d["style_description"].update(color_palette=["#abcdef0"])),
+     ['$.style_description.color_palette[0]: got "#abcdef0"; expected an uppercase #RRGGBB hex colour']),
     ("hex_named", with_(ART, lambda d: d["style_description"].update(color_palette=["red"])),
      ['color_palette[0]: got "red"', "#RRGGBB"]),
     ("hex_trailing_newline", with_(ART, lambda d: d["style_description"].update(color_palette=["#FFAA00\n"])),
@@ -231,7 +253,7 @@ REJECTIONS = [
     ("cd_missing_background", {"compositional_deconstruction": {"elements": []}},
      ["$.compositional_deconstruction: missing required key 'background'"]),
     ("cd_missing_elements", {"compositional_deconstruction": {"background": "b"}},
-     ["$.compositional_deconstruction: missing required key 'elements'"]),
+     ["$.compositional_deconstruction: missing required key 'elements' (use [] for no elements)"]),
     ("cd_background_type", {"compositional_deconstruction": {"background": ["sky"], "elements": []}},
      ['$.compositional_deconstruction.background: got ["sky"] (list); expected a string']),
     ("cd_extra_key", {"compositional_deconstruction": {"background": "b", "elements": [], "layout": "grid"}},
@@ -244,10 +266,12 @@ REJECTIONS = [
      [f"{EL0}: missing required key 'type'"]),
     ("element_bad_type", {"compositional_deconstruction": {"background": "b", "elements": [{"type": "image", "desc": "d"}]}},
      [f'{EL0}.type: got "image"; expected \'obj\' or \'text\'']),
+    ("element_type_non_ascii", {"compositional_deconstruction": {"background": "b", "elements": [{"type": "tëxt", "desc": "d"}]}},
+     [f'{EL0}.type: got "tëxt"; expected']),  # values are shown as written, not \u-escaped
     ("element_missing_desc", {"compositional_deconstruction": {"background": "b", "elements": [{"type": "obj"}]}},
      [f"{EL0}: missing required key 'desc'"]),
     ("text_missing_text", {"compositional_deconstruction": {"background": "b", "elements": [{"type": "text", "desc": "d"}]}},
-     [f"{EL0}: missing required key 'text'"]),
+     [f"{EL0}: missing required key 'text' (text elements carry the literal characters in 'text')"]),
     ("obj_with_text", {"compositional_deconstruction": {"background": "b", "elements": [
         {"type": "obj", "text": "HI", "desc": "d"}]}}, [f"{EL0}: key 'text' is only allowed on text elements"]),
     ("element_unknown_key", {"compositional_deconstruction": {"background": "b", "elements": [
@@ -273,6 +297,10 @@ BBOX_REJECTIONS = [
     ([0.1, 0.2, 0.5, 1], [f"{EL0}.bbox: got [0.1, 0.2, 0.5, 1], which looks like 0..1 fractions",
                           "multiply by 1000: [100, 200, 500, 1000]"]),
     ([0, 0, 500, 1000.6], [f"{EL0}.bbox[3]: got 1001; expected an integer in 0..1000"]),
+    # a 0 among the fractions still reads as fractions (not silently rounded to [0, 0, 1, 1])
+    ([0, 0.25, 0.5, 1.0], [f"{EL0}.bbox: got [0, 0.25, 0.5, 1.0], which looks like 0..1 fractions",
+                           "multiply by 1000: [0, 250, 500, 1000]"]),
+    ([0.1234, 0.4567, 0.5, 0.9999], ["multiply by 1000: [123, 457, 500, 1000])"]),  # rounded, not truncated
 ]
 
 
@@ -335,6 +363,15 @@ def test_literal_backslash_u_in_text_is_rejected_with_path():
     text = mini({"compositional_deconstruction": {"background": "C:\\u00e9", "elements": []}})
     error = only_error(text)
     assert error.startswith("$.compositional_deconstruction.background: contains the literal characters \\u00e9")
+    lowest = only_error(mini({"compositional_deconstruction": {"background": "C:\\u0080", "elements": []}}))
+    assert lowest.startswith("$.compositional_deconstruction.background: contains the literal characters \\u0080")
+
+
+def test_json_path_quotes_keys_that_are_not_identifiers():
+    from model.caption.checker import json_path
+
+    assert json_path(["a", 0, "b c", "_x1"]) == '$.a[0]["b c"]._x1'
+    assert json_path(["é", "1a"]) == '$["é"]["1a"]'
 
 
 # --------------------------------------------------------------------------- #
@@ -361,10 +398,24 @@ def test_fix_integral_float_bbox():
     assert report.canonical == mini(PHOTO)
 
 
+def test_integral_floats_among_zeros_and_ones_are_a_fix_not_fractions():
+    report, fix = single_fix(mini(with_(PHOTO, lambda d: els(d)[0].update(bbox=[0, 0, 1.0, 1]))))
+    assert fix == f"{EL0}.bbox: bbox values must be integers: [2] 1.0 -> 1"
+    assert report.data["compositional_deconstruction"]["elements"][0]["bbox"] == [0, 0, 1, 1]
+
+
 def test_fix_fractional_bbox_is_rounded_half_up_and_says_so():
-    report, fix = single_fix(mini(with_(PHOTO, lambda d: els(d)[0].update(bbox=[199.5, 300.4, 800, 900]))))
-    assert "[0] 199.5 -> rounded 200" in fix and "[1] 300.4 -> rounded 300" in fix
-    assert report.data["compositional_deconstruction"]["elements"][0]["bbox"] == [200, 300, 800, 900]
+    report, fix = single_fix(mini(with_(PHOTO, lambda d: els(d)[0].update(bbox=[199.5, 300.4, 800.5, 900]))))
+    assert fix == (f"{EL0}.bbox: bbox values must be integers: [0] 199.5 -> rounded 200, [1] 300.4 -> rounded 300, "
+                   "[2] 800.5 -> rounded 801")  # half up, not half to even (800)
+    assert report.data["compositional_deconstruction"]["elements"][0]["bbox"] == [200, 300, 801, 900]
+
+
+def test_overflowing_bbox_number_is_an_error_not_a_crash():
+    text = '{"compositional_deconstruction":{"background":"b","elements":[{"type":"obj","bbox":[0,0,500,1e999],"desc":"d"}]}}'
+    report = check_caption(text)  # json reads 1e999 as inf; rounding it would raise OverflowError
+    assert report.errors and report.canonical is None and report.fixes == []
+    assert all(e.startswith(f"{EL0}.bbox[3]: got Infinity") for e in report.errors), report.errors
 
 
 def test_fix_colour_palette_spelling_in_style_and_elements():
@@ -393,6 +444,14 @@ def test_code_fences_are_removed_as_a_fix(wrapped):
     assert len(report.fixes) == 1 and "code fence" in report.fixes[0]
 
 
+def test_chatty_fence_fix_counts_the_ignored_text():
+    text = "Here is your caption:\n```json\n" + mini(ART) + "\n```\nEnjoy!"
+    report = check_caption(text)
+    assert report.canonical == mini(ART)
+    assert report.fixes == ["$: used the JSON inside the ``` code fence and ignored 29 characters of text around it"]
+    assert len("Here is your caption:\n") + len("\nEnjoy!") == 29
+
+
 def test_code_fence_inside_a_json_string_is_left_alone():
     caption = with_(ART, lambda d: els(d)[0].update(text="```\ncode\n```"))
     report = check_caption(mini(caption))
@@ -411,6 +470,11 @@ def test_duplicate_keys_warn_and_keep_last():
     assert report.errors == [] and report.fixes == []
     assert report.data["compositional_deconstruction"]["background"] == "b"
     assert "$.compositional_deconstruction: duplicate key 'background'; the last value was kept" in report.warnings
+    thrice = check_caption('{"compositional_deconstruction":{"background":"a","background":"b","background":"c",'
+                           '"elements":[]}}')
+    assert thrice.data["compositional_deconstruction"]["background"] == "c"
+    assert [w for w in thrice.warnings if "duplicate" in w] == [
+        "$.compositional_deconstruction: duplicate key 'background'; the last value was kept"]
 
 
 def test_warnings_give_advice_without_blocking():
@@ -425,6 +489,21 @@ def test_warnings_give_advice_without_blocking():
     assert "$.style_description.medium: \"illustration\" with 'photo'" in joined
     assert "$.compositional_deconstruction.background: empty" in joined
     assert f"{EL0}.bbox: [10, 10, 10, 500] has zero area" in joined
+
+
+def test_advice_for_art_style_photographs_blank_fields_and_zero_width_boxes():
+    text = mini({"high_level_description": "A poster.",
+                 "style_description": {"aesthetics": "bold", "lighting": "  ", "medium": "photograph", "art_style": "pop"},
+                 "compositional_deconstruction": {"background": "Red.", "elements": [
+                     {"type": "obj", "bbox": [10, 300, 500, 300], "desc": "d"},
+                     {"type": "text", "text": " ", "desc": "Caption."}]}})
+    report = check_caption(text)
+    assert report.errors == [] and report.fixes == []
+    assert report.warnings == [
+        "$.style_description.medium: 'photograph' with 'art_style'; photographs use 'photo' instead of 'art_style'",
+        "$.style_description.lighting: empty",
+        f"{EL0}.bbox: [10, 300, 500, 300] has zero area",
+        "$.compositional_deconstruction.elements[1].text: empty"]
 
 
 # --------------------------------------------------------------------------- #
@@ -442,6 +521,14 @@ def test_require_caption_raises_caption_error_listing_every_problem():
     assert "$.compositional_deconstruction.background: got 1 (number)" in message
     assert f'{EL0}.type: got "x"' in message
     assert info.value.report.errors == check_caption(bad).errors
+    with pytest.raises(CaptionError, match=r"^Ideogram 4 caption: 1 problem:\n  - \$: invalid JSON"):
+        require_caption("{")
+
+
+def test_require_caption_honours_the_dialect():
+    assert require_caption(mini(MAGIC)) == mini({k: v for k, v in MAGIC.items() if k != "aspect_ratio"})
+    with pytest.raises(CaptionError, match=r"unknown key 'aspect_ratio'"):
+        require_caption(mini(MAGIC), dialect="documented")
 
 
 def test_summary_lines_prefixes():
@@ -467,6 +554,14 @@ def test_parse_palette(text, expected):
     assert builders.parse_palette(text) == expected
 
 
+def test_parse_palette_notes_only_the_rewritten_colours():
+    notes = []
+    assert builders.parse_palette("#FF0000, ff00aa, #00ff00, red", notes, field="element color_palette") == [
+        "#FF0000", "#FF00AA", "#00FF00", "red"]
+    assert notes == ["element color_palette: 'ff00aa' written as '#FF00AA'",
+                     "element color_palette: '#00ff00' written as '#00FF00'"]
+
+
 def test_build_caption_orders_keys_and_places_palette_in_style():
     style = builders.build_style("photo", aesthetics="a", lighting="l", medium="photograph", value="35mm")
     element = builders.build_element("text", "sign", text="HI", bbox=[1, 2, 3, 4], palette=["#000000"])
@@ -478,6 +573,12 @@ def test_build_caption_orders_keys_and_places_palette_in_style():
     assert require_caption(builders.canonical_json(caption)) == builders.canonical_json(caption)
 
 
+def test_build_caption_drops_a_blank_high_level_description():
+    assert builders.build_caption("  \n", None, "b", []) == {
+        "compositional_deconstruction": {"background": "b", "elements": []}}
+    assert builders.build_caption(None, None, "b", []) == builders.build_caption("", None, "b", [])
+
+
 def test_build_caption_palette_without_style_is_an_error():
     with pytest.raises(ValueError, match="color_palette needs a style"):
         builders.build_caption("x", None, "b", [], ["#FFFFFF"])
@@ -485,6 +586,9 @@ def test_build_caption_palette_without_style_is_an_error():
 
 def test_build_element_obj_ignores_text_and_optional_parts():
     assert builders.build_element("obj", "d", text="ignored") == {"type": "obj", "desc": "d"}
+    # the Caption Element node passes parse_palette("") == [] and text=None through unchanged
+    assert builders.build_element("obj", "d", palette=[]) == {"type": "obj", "desc": "d"}
+    assert builders.build_element("text", "d", text=None, palette=[]) == {"type": "text", "text": "", "desc": "d"}
     assert list(builders.build_element("obj", "d", bbox=(1, 2, 3, 4), palette=["#000000"])) == [
         "type", "bbox", "desc", "color_palette"]
 
@@ -538,6 +642,22 @@ def test_compose_caption_layout_parsing(layout, expected):
         assert report.errors == [] and report.data["compositional_deconstruction"]["elements"] == []
     else:
         assert report.errors[0].startswith(expected)
+        assert report.canonical is None and report.data is None  # no caption goes out with a builder error
+
+
+def test_compose_caption_rejects_an_unknown_style_mode():
+    report = compose(style_mode="oil", color_palette="")
+    assert report.errors == ["style_mode: got 'oil'; expected photo, art_style or none"]
+    assert report.canonical is None and report.data is None
+
+
+def test_compose_caption_medium_alone_is_not_a_style():
+    report = compose(aesthetics="", lighting=" ", style_value="", medium="oil", color_palette="")
+    assert report.errors == []
+    assert "style_description" not in report.data
+    assert report.warnings == ["style_mode art_style: aesthetics, lighting and style_value are empty, so no "
+                               "style_description is written (medium 'oil' alone is not a style); fill them in, "
+                               "or set style_mode to none"]
 
 
 def test_check_element_paths_start_at_element():
@@ -639,6 +759,9 @@ def test_strict_turns_fixes_into_errors():
     assert report.errors == [f"strict: {m}" for m in report.fixes] and report.canonical is None
     clean = check_caption('{"compositional_deconstruction":{"background":"b","elements":[]}}')
     assert not clean.strict().errors and clean.canonical
+    reordered = check_caption('{"compositional_deconstruction":{"elements":[],"background":"b"}}').strict()
+    assert reordered.errors == ["strict: $.compositional_deconstruction: keys reordered to background, elements"]
+    assert reordered.canonical is None
 
 
 # --------------------------------------------------------------------------- nothing changed or dropped silently
@@ -659,7 +782,13 @@ def test_builder_reports_duplicate_layout_keys_palette_rewrites_and_unused_style
     assert "color_palette: '#00ff00' written as '#00FF00'" in pal.warnings
     unused = _builder(aesthetics="calm", medium="oil")
     assert any(w.startswith("style_mode none: aesthetics, medium not used") for w in unused.warnings), unused.warnings
+    blank = _builder(aesthetics="  ", lighting="\n", medium="oil")  # whitespace-only widgets are not "used"
+    assert any(w.startswith("style_mode none: medium not used") for w in blank.warnings), blank.warnings
     assert not _builder().warnings
+    # the builder's own notes come before the caption's advice
+    assert _builder(high_level_description="", aesthetics="calm").warnings == [
+        "style_mode none: aesthetics not used (no style_description is written); pick photo or art_style to use them",
+        "$: no high_level_description (optional, but strongly recommended)"]
 
 
 @pytest.mark.parametrize("text,hint", [
