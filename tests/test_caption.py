@@ -414,8 +414,8 @@ def test_fix_fractional_bbox_is_rounded_half_up_and_says_so():
 def test_overflowing_bbox_number_is_an_error_not_a_crash():
     text = '{"compositional_deconstruction":{"background":"b","elements":[{"type":"obj","bbox":[0,0,500,1e999],"desc":"d"}]}}'
     report = check_caption(text)  # json reads 1e999 as inf; rounding it would raise OverflowError
-    assert report.errors and report.canonical is None and report.fixes == []
-    assert all(e.startswith(f"{EL0}.bbox[3]: got Infinity") for e in report.errors), report.errors
+    assert report.canonical is None and report.fixes == []
+    assert report.errors == [f"{EL0}.bbox[3]: got Infinity (number); expected an integer in 0..1000"]
 
 
 def test_fix_colour_palette_spelling_in_style_and_elements():
@@ -649,6 +649,9 @@ def test_compose_caption_rejects_an_unknown_style_mode():
     report = compose(style_mode="oil", color_palette="")
     assert report.errors == ["style_mode: got 'oil'; expected photo, art_style or none"]
     assert report.canonical is None and report.data is None
+    # with a palette too: still the one error, not a second "palette needs a style" one
+    assert compose(style_mode="oil", color_palette="#FF0000").errors == [
+        "style_mode: got 'oil'; expected photo, art_style or none"]
 
 
 def test_compose_caption_medium_alone_is_not_a_style():

@@ -186,7 +186,7 @@ def compose_caption(*, high_level_description: str, style_mode: str, aesthetics:
     palette = parse_palette(color_palette, notes)
     if style_mode not in ("photo", "art_style", "none"):
         errors.append(f"style_mode: got {style_mode!r}; expected photo, art_style or none")
-        style_mode = "none"
+        style_mode, palette = "none", []  # the mode's error covers the palette, which needs a style
     if palette and style_mode == "none":
         errors.append("color_palette: a global palette needs style_mode 'photo' or 'art_style' "
                       "(it lives in style_description); clear it or pick a style")

@@ -642,8 +642,13 @@ def _check_text(text: str, dialect: str, report: CaptionReport, drop_bboxes: boo
                             "bbox(es) (keep_bboxes is off)")
 
     problems = list(normaliser.errors)
-    for error in VALIDATOR.iter_errors(data):
+    schema_errors = list(VALIDATOR.iter_errors(data))
+    # a value of the wrong type gets that one message, not also its range's (Infinity is a number, not an integer)
+    mistyped = {tuple(e.absolute_path) for e in schema_errors if e.validator == "type"}
+    for error in schema_errors:
         parts = tuple(error.absolute_path)
+        if error.validator != "type" and parts in mistyped:
+            continue
         if not any(parts[: len(p)] == p for p in normaliser.explained):
             problems.append(_schema_error_message(error))
     if isinstance(data, dict):
