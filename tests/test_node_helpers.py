@@ -68,6 +68,16 @@ def test_guider_guidance_follows_the_sigmas_step_count(pack):
         GuidanceSpec.from_inputs("custom", 6.0, 1, 2.0, "1,2,3").values(4)
     with pytest.raises(ValueError, match="polish_steps = 5"):
         GuidanceSpec.from_inputs("custom", 6.0, 5, 2.0).values(3)
+    # a preset never reads the custom-only schedule text, even one that would not parse
+    assert GuidanceSpec.from_inputs("V4_TURBO_12", 6.0, 1, 2.0, "7, x").schedule is None
+    with pytest.raises(ValueError, match="guidance_schedule has no numbers"):
+        GuidanceSpec.from_inputs("custom", 6.0, 1, 2.0, " , ,")
+    assert [GuidanceSpec.from_inputs(*a).describe() for a in (("V4_TURBO_12", 6.0, 1, 2.0),
+                                                             ("custom", 6.0, 1, 2.0), ("custom", 6.0, 0, 2.0),
+                                                             ("custom", 6.0, 3, 2.0),
+                                                             ("custom", 6.0, 1, 2.0, "7 3"))] == [
+        "preset V4_TURBO_12", "custom guidance 6, last step at 2", "custom guidance 6", "custom guidance 6, last 3 steps at 2",
+        "custom per-step guidance 7, 3"]
 
 
 VALID = ('{"high_level_description":"A fox.","compositional_deconstruction":{"background":"snow",'

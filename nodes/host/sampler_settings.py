@@ -26,6 +26,10 @@ PRESET_CHOICES = (*PRESETS, CUSTOM)
 DEFAULT_PRESET = "V4_DEFAULT_20"
 
 
+def _steps(n: int) -> str:
+    return "step" if n == 1 else f"{n} steps"
+
+
 def _schedule(text: Optional[str]) -> Optional[list[float]]:
     if text is None or not text.strip():
         return None
@@ -101,7 +105,7 @@ class GuidanceSpec:
         if self.schedule is not None:
             return "custom per-step guidance " + ", ".join(f"{g:g}" for g in self.schedule)
         return (f"custom guidance {self.guidance:g}"
-                + (f", last {self.polish_steps} steps at {self.polish_guidance:g}" if self.polish_steps else ""))
+                + (f", last {_steps(self.polish_steps)} at {self.polish_guidance:g}" if self.polish_steps else ""))
 
 
 # Widgets a preset replaces (the node's "custom only" fields), per node kind; the JS greys out the same names.
