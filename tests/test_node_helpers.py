@@ -172,8 +172,13 @@ def test_conditioning_contract(pack):
         c.batch_text(feats, [5, 3], 3)
     with pytest.raises(ValueError, match="one caption per image"):
         c.text_from_conditioning(cond + cond)
+    assert cond[0][1] == {"text_lengths": [5, 3], c.MARKER: True, "ideogram4_captions": ["a", "b"]}
+    assert "ideogram4_captions" not in one[0][1]
+    with pytest.raises(ValueError, match="^1 text lengths for a batch of 2$"):
+        c.make_conditioning(feats, [5])
     core = [[torch.randn(1, 4, 8), {}]]  # e.g. core ConditioningZeroOut-style entry without lengths
     assert c.text_from_conditioning(core)[1:] == ([4], False)
+    assert c.text_from_conditioning([[torch.randn(2, 4, 8), {}]])[1] == [4, 4]  # one length per image
     padded = [[torch.randn(1, 4, 8), {"attention_mask": torch.tensor([[0, 1, 1, 1]])}]]
     with pytest.raises(ValueError, match="padded"):
         c.text_from_conditioning(padded)
