@@ -115,6 +115,9 @@ def test_non_nvidia_weight_ratio_mirrors_comfyui():
     assert first == int(avail * 0.4)
     assert plan.resident["unconditional"] == first
     assert plan.resident["conditional"] == comfy_budget(avail - first, plan.reserve, OTHER_GPU)
+    # a small free amount: the ratio's share is capped at free − minimum_inference (ComfyUI 0.33's min(...))
+    free = int(1.5 * GiB)
+    assert comfy_budget(free, 3 * GiB, OTHER_GPU) == free - OTHER_GPU.minimum_inference < int(free * 0.4)
 
 
 @pytest.mark.parametrize("state,mode", [("disabled", "cpu"), ("no", "stream"), ("high", "resident"),
@@ -127,6 +130,10 @@ def test_vram_states(state, mode):
         assert plan.streamed_per_step == 0 and "cpu" in plan.summary()
     if state == "high":
         assert "out-of-memory" in plan.summary()  # does not fit, but --highvram forces it
+        # the weights alone fit but not with the activation reserve: still out-of-memory, said so
+        tight = plan_memory(pair(BF16), sum(BF16) + plan.reserve - 1, act_1024(), c)
+        assert tight.mode == "resident" and "out-of-memory" in tight.summary()
+        assert plan_memory(pair(BF16), sum(BF16) + plan.reserve, act_1024(), c).notes == ()
     if state == "no":
         assert plan.streamed_per_step == sum(BF16)
 
@@ -148,6 +155,12 @@ def test_invariants_over_a_grid():
             if prev_streamed is not None:
                 assert plan.streamed_per_step <= prev_streamed  # more memory never streams more
             prev_streamed = plan.streamed_per_step
+
+
+def test_a_sliver_of_weights_on_the_device_is_partial_not_stream():
+    plan = plan_memory(pair(FP8), 512 + NVIDIA.minimum_inference, 0, NVIDIA)
+    assert plan.mode == "partial" and plan.weights_resident == 512
+    assert plan_memory(pair(FP8), NVIDIA.minimum_inference, 0, NVIDIA).mode == "stream"
 
 
 def test_already_loaded_parts_count_as_available():
@@ -185,6 +198,7 @@ def test_vae_tile():
     assert (tile + 16) ** 2 * per * 1.25 <= 8 * 10 ** 6
     assert vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=0) == 16
     assert vae_tile(20, 20, batch=4, bytes_per_latent_px=per, halo=8, available=1) == 16
+    assert vae_tile(8, 12, batch=1, bytes_per_latent_px=per, halo=8, available=1) == 12  # never above the latent
 
 
 # ----------------------------------------------------------------------------------- system RAM
@@ -219,6 +233,9 @@ def test_ram_budget_warns_before_a_load_that_cannot_fit():
     short = mp.ram_budget(_plan("disabled", 16 * GiB), total=16 * GiB, available=10 * GiB, private_weights=0,
                           file_backed={"conditional": 9 * GiB}, activation_cpu=2 * GiB)
     assert short.ram.fits and "re-read from disk" in short.ram.warnings()[0]
+    exact = mp.ram_budget(_plan("disabled", 16 * GiB), total=16 * GiB, available=7 * GiB, private_weights=5 * GiB,
+                          file_backed={}, activation_cpu=2 * GiB)
+    assert exact.ram.fits and exact.ram.warnings() == ()  # private == available still fits
 
 
 def _full_size_linears_by_stage() -> tuple[list, list]:
