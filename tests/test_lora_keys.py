@@ -7,13 +7,15 @@ from one set of factors, so each must reproduce the same merged weights.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from model.dit.lora_keys import (LOW_RANK_DOWN, LOW_RANK_UP, comfy_key_map, map_lora, mapping_problems,
-                                 normalize_peft)
+from model.dit.lora_keys import (LOW_RANK_DOWN, LOW_RANK_UP, adapter_kind, comfy_key_map, map_lora,
+                                 mapping_problems, normalize_peft)
 from tools.make_test_loras import LAYOUTS, layout_state_dict, lora_factors, merge_reference, write_peft_lora
 
 
@@ -66,7 +68,6 @@ def test_peft_rslora_and_patterns(tiny_cfg):
             "transformer.layers.0.feed_forward.w1.lora_B.weight": torch.zeros(tiny_cfg.intermediate_size, 4),
             "transformer.layers.1.feed_forward.w1.lora_A.weight": torch.zeros(2, tiny_cfg.emb_dim),
             "transformer.layers.1.feed_forward.w1.lora_B.weight": torch.zeros(tiny_cfg.intermediate_size, 2)}
-    import json
     meta = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8,
                                                  "transformer.use_rslora": True,
                                                  "transformer.rank_pattern": {"layers.1.feed_forward.w1": 2},
@@ -75,6 +76,58 @@ def test_peft_rslora_and_patterns(tiny_cfg):
     # ComfyUI scales by alpha / rank; PEFT rsLoRA by lora_alpha / sqrt(r)
     assert float(out["transformer.layers.0.feed_forward.w1.alpha"]) / 4 == pytest.approx(8 / 2)
     assert float(out["transformer.layers.1.feed_forward.w1.alpha"]) / 2 == pytest.approx(3 / 2 ** 0.5)
+
+
+def test_peft_patterns_match_modules_as_peft_does():
+    """alpha_pattern / rank_pattern keys are regexes on a name suffix at a dot (PEFT's get_pattern_key), the first
+    matching key wins, and the name is the transformer's own (no ``transformer.`` prefix), so anchored ones work."""
+    from peft.utils.other import get_pattern_key
+
+    patterns = {"w1": 3.0, "layers.1.feed_forward.w1": 5.0, "1.feed_forward.w3": 7.0, "to_out": 9.0,
+                r"^layers\.0\.attention\.to_.": 11.0}
+    modules = ["layers.0.feed_forward.w1", "layers.1.feed_forward.w1", "layers.11.feed_forward.w3",
+               "layers.1.feed_forward.w3", "layers.0.attention.to_out.0", "layers.0.attention.to_q",
+               "layers.1.attention.to_k"]
+    lora = {}
+    for m in modules:
+        lora[f"transformer.{m}.lora_A.weight"] = torch.zeros(2, 8)
+        lora[f"transformer.{m}.lora_B.weight"] = torch.zeros(8, 2)
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.r": 2, "transformer.lora_alpha": 2,
+                                                 "transformer.alpha_pattern": patterns})}
+    out = normalize_peft(lora, meta, tensor_factory=torch.tensor)
+    alphas = {m: float(out[f"transformer.{m}.alpha"]) for m in modules}  # rank 2, r 2: the file's alpha = PEFT's
+    assert alphas == {m: patterns.get(get_pattern_key(patterns, m), 2.0) for m in modules}
+    assert alphas == {"layers.0.feed_forward.w1": 3.0, "layers.1.feed_forward.w1": 3.0,  # "w1" comes first
+                      "layers.11.feed_forward.w3": 2.0, "layers.1.feed_forward.w3": 7.0,  # only at a dot
+                      "layers.0.attention.to_out.0": 2.0,  # the whole suffix: "to_out" is not "to_out.0"
+                      "layers.0.attention.to_q": 11.0, "layers.1.attention.to_k": 2.0}
+
+
+def test_peft_metadata_keeps_an_alpha_the_file_has():
+    a, b = "transformer.layers.0.feed_forward.w1", "transformer.layers.1.feed_forward.w1"
+    lora = {f"{a}.lora_A.weight": torch.ones(4, 8), f"{a}.lora_B.weight": torch.ones(8, 4),
+            f"{a}.alpha": torch.tensor(1.0),
+            f"{b}.lora_A.weight": torch.ones(4, 8), f"{b}.lora_B.weight": torch.ones(8, 4)}
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8})}
+    report = []
+    out = normalize_peft(lora, meta, tensor_factory=torch.tensor, report=report)
+    assert float(out[f"{a}.alpha"]) == 1.0 and float(out[f"{b}.alpha"]) == 8.0  # scale 2 · rank 4
+    assert report == ["PEFT scale 2 (lora_alpha / r) on 1 modules"]
+
+
+def test_peft_dora_magnitude_becomes_a_per_row_dora_scale(tiny_cfg):
+    e, i = tiny_cfg.emb_dim, tiny_cfg.intermediate_size
+    m = "transformer.layers.0.feed_forward.w1"
+    lora = {f"{m}.lora_A.weight": torch.ones(4, e), f"{m}.lora_B.weight": torch.ones(i, 4),
+            f"{m}.lora_magnitude_vector": torch.arange(i, dtype=torch.float32)}
+    raw = map_lora({k: tuple(v.shape) for k, v in lora.items()}, tiny_cfg)
+    assert not raw.unmapped and not raw.shape_errors and raw.adapters == {"DoRA"}
+    out = normalize_peft(lora, None, tensor_factory=torch.tensor)
+    assert sorted(out) == [f"{m}.dora_scale", f"{m}.lora_A.weight", f"{m}.lora_B.weight"]
+    assert out[f"{m}.dora_scale"].shape == (i, 1)  # ComfyUI's layout of a per-output-row magnitude
+    assert torch.equal(out[f"{m}.dora_scale"].flatten(), lora[f"{m}.lora_magnitude_vector"])
+    mapped = map_lora({k: tuple(v.shape) for k, v in out.items()}, tiny_cfg)
+    assert not mapped.unmapped and not mapped.shape_errors and mapped.adapters == {"DoRA"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -99,6 +152,58 @@ def test_split_qkv_rows_and_comfy_key_map(tiny_cfg):
     assert km["lycoris_llm_cond_proj"] == "diffusion_model.llm_cond_proj.weight"
 
 
+# Every file prefix of README's "LoRA formats" table and the layout name the node reports for it.
+PREFIX_LAYOUTS = {"transformer.": "diffusers/PEFT", "transformer.base_model.model.": "PEFT",
+                  "base_model.model.": "PEFT",
+                  "diffusion_model.": "ComfyUI / ai-toolkit", "model.diffusion_model.": "ComfyUI",
+                  "conditional_transformer.": "ai-toolkit", "unet.": "diffusers (unet.)", "": "bare module",
+                  "lora_unet_": "kohya / musubi-tuner", "lora_transformer_": "OneTrainer",
+                  "lycoris_": "SimpleTuner LyCORIS"}
+
+
+@pytest.mark.parametrize("prefix", PREFIX_LAYOUTS)
+def test_every_prefix_maps_each_spelling_to_its_rows(prefix, tiny_cfg):
+    e, i, a = tiny_cfg.emb_dim, tiny_cfg.intermediate_size, tiny_cfg.adaln_dim
+    qkv, o = "layers.1.attention.qkv", "layers.1.attention.o"
+    spellings = {"layers.1.attention.to_q": (qkv, (0, 0, e), (e, e)),
+                 "layers.1.attention.to_k": (qkv, (0, e, e), (e, e)),
+                 "layers.1.attention.to_v": (qkv, (0, 2 * e, e), (e, e)), qkv: (qkv, None, (3 * e, e)),
+                 "layers.1.attention.to_out.0": (o, None, (e, e)),
+                 "layers.0.attention.o": ("layers.0.attention.o", None, (e, e)),
+                 "layers.0.feed_forward.w2": ("layers.0.feed_forward.w2", None, (e, i)),
+                 "final_layer.adaln_modulation": ("final_layer.adaln_modulation", None, (e, a))}
+    lora, want = {}, {}
+    for name, (module, offset, (rows, cols)) in spellings.items():
+        stem = prefix + (name.replace(".", "_") if prefix.endswith("_") else name)
+        lora |= {stem + ".lora_down.weight": (4, cols), stem + ".lora_up.weight": (rows, 4), stem + ".alpha": ()}
+        want[stem] = (module, offset)
+    m = map_lora(lora, tiny_cfg)
+    assert not m.unmapped and not m.shape_errors
+    assert {p: (t.module, t.offset) for p, t in m.targets.items()} == want
+    layout = PREFIX_LAYOUTS[prefix]
+    assert m.layouts == {layout, f"{layout}, fused qkv", f"{layout}, split q/k/v"}
+    assert m.describe() == f"LoRA in {layout}, fused qkv; {layout}, split q/k/v key names: 8 modules onto 5 weights"
+
+
+# The up / down names comfy/weight_adapter/lora.py (LoRAAdapter.load) reads.
+LOW_RANK_PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),
+                  (".lora_B.weight", ".lora_A.weight"), (".lora.up.weight", ".lora.down.weight"),
+                  (".lora_B", ".lora_A"),
+                  (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
+                  (".lora_B.default.weight", ".lora_A.default.weight"))
+
+
+@pytest.mark.parametrize("up,down", LOW_RANK_PAIRS)
+def test_every_low_rank_spelling_maps_up_and_down(up, down, tiny_cfg):
+    e, i = tiny_cfg.emb_dim, tiny_cfg.intermediate_size
+    w1 = "transformer.layers.0.feed_forward.w1"
+    m = map_lora({w1 + up: (i, 4), w1 + down: (4, e)}, tiny_cfg)
+    assert not m.unmapped and not m.shape_errors and m.adapters == {"LoRA"}
+    assert m.members == {w1: {up: w1 + up, down: w1 + down}}
+    swapped = map_lora({w1 + up: (4, e), w1 + down: (i, 4)}, tiny_cfg)
+    assert swapped.shape_errors == [f"{w1}: its two LoRA matrices disagree on the rank: up [4, {e}], down [{i}, 4]"]
+
+
 def test_lokr_loha_dora_keys_map(tiny_cfg):
     e = tiny_cfg.emb_dim
     lora = {"lycoris_layers_0_attention_to_q.lokr_w1": torch.zeros(4, 4),
@@ -115,6 +220,10 @@ def test_lokr_loha_dora_keys_map(tiny_cfg):
     assert not m.unmapped and not m.shape_errors
     assert m.adapters == {"LoKr", "LoHa", "DoRA"}
     assert m.targets["lycoris_layers_0_attention_to_q"].offset == (0, 0, e)
+    # a DoRA magnitude on LoKr / LoHa keeps the factorisation's name
+    assert adapter_kind({".lokr_w1", ".lokr_w2", ".dora_scale"}) == "LoKr"
+    assert adapter_kind({".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".dora_scale"}) == "LoHa"
+    assert adapter_kind({".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"}) == "DoRA"
 
 
 def test_unmapped_keys_are_an_error_naming_them(tiny_cfg):
@@ -130,6 +239,8 @@ def test_unmapped_keys_are_an_error_naming_them(tiny_cfg):
              "transformer.layers.0.attention.to_q.lora_B.bias": (e,)}  # PEFT lora_bias: no ComfyUI adapter
     msg = mapping_problems(map_lora(mixed, tiny_cfg), list(mixed), "LoRA y")
     assert "2 keys map nowhere" in msg and "layers.9" in msg and "lora_B.bias" in msg
+    assert map_lora(mixed, tiny_cfg).unmapped == ["transformer.layers.0.attention.to_q.lora_B.bias",
+                                                  "transformer.layers.9.attention.to_q.lora_A.weight"]  # sorted
     wrong = {"transformer.layers.0.attention.to_q.lora_A.weight": (4, e + 1),
              "transformer.layers.0.attention.to_q.lora_B.weight": (e, 4)}
     assert "wrong shapes" in mapping_problems(map_lora(wrong, tiny_cfg), list(wrong), "LoRA z")
@@ -165,6 +276,17 @@ def test_adapter_shapes_are_checked_against_the_weight(tiny_cfg):
         "alpha_only": ({**ok, "diffusion_model.layers.1.feed_forward.w2.alpha": ()}, "has only an alpha"),
         "conv_shaped": ({f"{w1}.lora_down.weight": (4, e + 8, 1, 1), f"{w1}.lora_up.weight": (i, 4, 1, 1)},
                         f"LoRA is {i}×{e + 8}"),
+        "one_matrix": ({f"{w1}.lora_down.weight": (4, e), f"{w1}.alpha": ()}, "has only one of the two LoRA matrices"),
+        "loha_rank": ({f"{w1}.hada_w1_a": (i, 4), f"{w1}.hada_w1_b": (2, e), f"{w1}.hada_w2_a": (i, 4),
+                       f"{w1}.hada_w2_b": (4, e)}, f"LoHa hada_w1_a·hada_w1_b is {i}×-1"),
+        "loha_norm": ({f"diffusion_model.layers.0.ffn_norm1.hada_w{n}_{ab}": (e, 1) for n in "12" for ab in "ab"},
+                      "a low-rank adapter on layers.0.ffn_norm1, a 1-D weight"),
+        "lokr_norm": ({"diffusion_model.layers.0.ffn_norm1.lokr_w1": (1, 1),
+                       "diffusion_model.layers.0.ffn_norm1.lokr_w2": (e, 1)},
+                      "a low-rank adapter on layers.0.ffn_norm1, a 1-D weight"),
+        "locon": ({f"{w1}.lora_down.weight": (4, e + 8, 1, 1), f"{w1}.lora_mid.weight": (4, 4, 1, 1),
+                   f"{w1}.lora_up.weight": (i, 4, 1, 1)}, f"LoRA is {i}×{e + 8}"),
+        "dora_cols": ({**ok, f"{w1}.dora_scale": (1, i)}, f"DoRA magnitude is [1, {i}]"),
     }
     for name, (lora, want) in cases.items():
         msg = _problems(tiny_cfg, lora)
@@ -173,6 +295,9 @@ def test_adapter_shapes_are_checked_against_the_weight(tiny_cfg):
             "loha": {f"{w1}.hada_w{n}_{ab}": ((i, 4) if ab == "a" else (4, e)) for n in "12" for ab in "ab"},
             "conv_shaped": {f"{w1}.lora_down.weight": (4, e, 1, 1), f"{w1}.lora_up.weight": (i, 4, 1, 1)},
             "dora_rows": {**ok, f"{w1}.dora_scale": (i, 1)},
+            "dora_cols": {**ok, f"{w1}.dora_scale": (1, e)},
+            "locon": {f"{w1}.lora_down.weight": (4, e, 1, 1), f"{w1}.lora_mid.weight": (4, 4, 1, 1),
+                      f"{w1}.lora_up.weight": (i, 4, 1, 1)},
             "diff_b": {"diffusion_model.layers.0.adaln_modulation.diff_b": (4 * e,)}}
     for name, lora in good.items():
         assert _problems(tiny_cfg, lora) is None, name
@@ -191,6 +316,9 @@ def test_alpha_values_are_checked_and_explained(tiny_cfg):
     assert "alpha = 0 in 1 modules" in alpha_notes({f"{w1}.alpha": 0.0}, mapping, "LoRA a")[0]
     bare = {k: v for k, v in lora.items() if not k.endswith(".alpha")}
     assert "1 LoRA modules carry no alpha" in alpha_notes({}, map_lora(bare, tiny_cfg), "LoRA a")[0]
+    diff_only = {f"{w1}.diff": (i, e), "diffusion_model.layers.0.feed_forward.w2.lokr_w1": (2, 4),
+                 "diffusion_model.layers.0.feed_forward.w2.lokr_w2": (e // 2, i // 4)}  # read no alpha
+    assert alpha_notes({}, map_lora(diff_only, tiny_cfg), "LoRA a") == []
 
 
 def test_other_families_are_named_right(tiny_cfg):
@@ -213,12 +341,19 @@ def test_peft_loha_and_lokr_configs_scale_the_first_factor():
     tensors = {f"{m}.hada_w1_a": torch.ones(8, 4), f"{m}.hada_w1_b": torch.ones(4, 8), f"{m}.hada_w2_a": torch.ones(8, 4),
                f"{m}.hada_w2_b": torch.ones(4, 8), "base_model.model.layers.1.feed_forward.w1.lokr_w1": torch.ones(2, 2),
                "base_model.model.layers.1.feed_forward.w1.lokr_w2_a": torch.ones(4, 4),
-               "base_model.model.layers.1.feed_forward.w1.lokr_w2_b": torch.ones(4, 4)}
+               "base_model.model.layers.1.feed_forward.w1.lokr_w2_b": torch.ones(4, 4),
+               "base_model.model.layers.2.feed_forward.w1.lokr_w1_a": torch.ones(2, 1),
+               "base_model.model.layers.2.feed_forward.w1.lokr_w1_b": torch.ones(1, 2),
+               "base_model.model.layers.2.feed_forward.w1.lokr_w2": torch.ones(4, 4)}
     meta = {"lora_adapter_metadata": '{"peft_type": "LOHA", "r": 4, "alpha": 8}'}
     report = []
     out = normalize_peft(tensors, meta, tensor_factory=torch.tensor, report=report)
     assert torch.equal(out[f"{m}.hada_w1_a"], 2 * tensors[f"{m}.hada_w1_a"])
     assert torch.equal(out[f"{m}.hada_w2_a"], tensors[f"{m}.hada_w2_a"])
     assert torch.equal(out["base_model.model.layers.1.feed_forward.w1.lokr_w1"], 2 * torch.ones(2, 2))
-    assert report == ["PEFT scale 2 (alpha / r) on 2 modules"]
+    lokr2 = "base_model.model.layers.2.feed_forward.w1"  # w1 stored as w1_a · w1_b: w1_a carries the scale
+    assert torch.equal(out[f"{lokr2}.lokr_w1_a"], 2 * torch.ones(2, 1))
+    assert torch.equal(out[f"{lokr2}.lokr_w1_b"], torch.ones(1, 2))
+    assert torch.equal(out[f"{lokr2}.lokr_w2"], torch.ones(4, 4))
+    assert report == ["PEFT scale 2 (alpha / r) on 3 modules"]
     assert normalize_peft(tensors, None, tensor_factory=torch.tensor, report=report) == tensors  # no config: as is
