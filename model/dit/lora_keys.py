@@ -214,11 +214,21 @@ def _as_matrix(shape: Sequence[int]) -> tuple[int, int]:
 def _product_shape(members: Mapping[str, str], shapes, a: str, b: str, whole: str = "") -> Optional[tuple[int, int]]:
     """Shape of ``a @ b`` (or of ``whole`` when the file stores the factor whole); None when neither is there."""
     if whole and whole in members:
+        if a in members or b in members:  # ComfyUI would use the whole factor and drop the product's
+            raise _BadFactors(f"has both {whole[1:]} and {a[1:]}/{b[1:]}; keep one")
         return _as_matrix(shapes[members[whole]])
     if a in members and b in members:
         (rows, inner), (inner_b, cols) = _as_matrix(shapes[members[a]]), _as_matrix(shapes[members[b]])
-        return (rows, cols) if inner == inner_b else (rows, -1)
+        if inner != inner_b:
+            raise _BadFactors(f"{a[1:]} {list(shapes[members[a]])} and {b[1:]} {list(shapes[members[b]])} disagree "
+                                "on the rank")
+        return rows, cols
     return None
+
+
+class _BadFactors(ValueError):
+    """A factor stored both whole and as a product, or a product's two factors of different ranks (the message
+    names the tensors)."""
 
 
 def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[int]], target: Target,
@@ -235,11 +245,18 @@ def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[i
         return [f"a low-rank adapter on {target.module}, a {len(want)}-D weight {list(want)}: only a full weight "
                 "difference (.diff) can patch it"]
     problems = []
-    up = next((members[x] for x in LOW_RANK_UP if x in members), None)
-    down = next((members[x] for x in LOW_RANK_DOWN if x in members), None)
-    if (up is None) != (down is None):
-        problems.append("has only one of the two LoRA matrices")
-    elif up is not None:
+    # ComfyUI pairs an up matrix with the down matrix of the same spelling (LoRAAdapter.load): one spelling per module
+    spellings = [(u, d) for u, d in zip(LOW_RANK_UP, LOW_RANK_DOWN) if u in members or d in members]
+    up = down = None
+    if len(spellings) > 1:
+        problems.append("has LoRA matrices in " + " and ".join(f"{u[1:]}/{d[1:]}" for u, d in spellings)
+                        + " spellings: ComfyUI would use one set and drop the other; keep one")
+    elif spellings:
+        up, down = members.get(spellings[0][0]), members.get(spellings[0][1])
+        if up is None or down is None:
+            problems.append("has only one of the two LoRA matrices")
+            up = down = None
+    if up is not None:
         (out_rows, up_rank), (down_rank, in_cols) = _as_matrix(shapes[up]), _as_matrix(shapes[down])
         if ".lora_mid.weight" in members:  # LoCon / Tucker: the middle factor joins the ranks
             in_cols = -1 if len(shapes[down]) < 2 else int(shapes[down][1])
@@ -260,19 +277,27 @@ def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[i
             problems.append(f"diff_b is {list(got)}, the bias of {target.module} is {list(bias)}")
     if ".hada_w1_a" in members and ".hada_t1" not in members:
         for one in ("1", "2"):
-            got = _product_shape(members, shapes, f".hada_w{one}_a", f".hada_w{one}_b")
+            try:
+                got = _product_shape(members, shapes, f".hada_w{one}_a", f".hada_w{one}_b")
+            except _BadFactors as exc:
+                problems.append(f"LoHa {exc}")
+                continue
             if got is None:
                 problems.append(f"LoHa factor hada_w{one}_a / hada_w{one}_b missing")
             elif got != want:
                 problems.append(f"LoHa hada_w{one}_a·hada_w{one}_b is {got[0]}×{got[1]}, {where} are {want[0]}×{want[1]}")
     if any(x.startswith(".lokr_") for x in members) and ".lokr_t2" not in members:
-        w1 = _product_shape(members, shapes, ".lokr_w1_a", ".lokr_w1_b", ".lokr_w1")
-        w2 = _product_shape(members, shapes, ".lokr_w2_a", ".lokr_w2_b", ".lokr_w2")
-        if w1 is None or w2 is None:
-            problems.append("LoKr needs both factors (lokr_w1 or lokr_w1_a/b, lokr_w2 or lokr_w2_a/b)")
-        elif (w1[0] * w2[0], w1[1] * w2[1]) != want:
-            problems.append(f"LoKr kron(w1 {w1[0]}×{w1[1]}, w2 {w2[0]}×{w2[1]}) is {w1[0] * w2[0]}×{w1[1] * w2[1]}, "
-                            f"{where} are {want[0]}×{want[1]}")
+        try:
+            w1 = _product_shape(members, shapes, ".lokr_w1_a", ".lokr_w1_b", ".lokr_w1")
+            w2 = _product_shape(members, shapes, ".lokr_w2_a", ".lokr_w2_b", ".lokr_w2")
+        except _BadFactors as exc:
+            problems.append(f"LoKr {exc}")
+        else:
+            if w1 is None or w2 is None:
+                problems.append("LoKr needs both factors (lokr_w1 or lokr_w1_a/b, lokr_w2 or lokr_w2_a/b)")
+            elif (w1[0] * w2[0], w1[1] * w2[1]) != want:
+                problems.append(f"LoKr kron(w1 {w1[0]}×{w1[1]}, w2 {w2[0]}×{w2[1]}) is {w1[0] * w2[0]}×"
+                                f"{w1[1] * w2[1]}, {where} are {want[0]}×{want[1]}")
     scale = members.get(".dora_scale") or members.get(".lora_magnitude_vector")
     if scale is not None:
         got = tuple(int(x) for x in shapes[scale])
