@@ -321,6 +321,37 @@ def test_keys_are_bound_to_hosts(url, env, expected):
     assert mp.resolve_api_key(endpoint, env=env, config={}).value == expected
 
 
+@pytest.mark.parametrize("url,config,expected", [
+    ("https://evil.example/v1", {"api_keys": {"other.example": "k", "openrouter": "or"}}, None),  # never another host's
+    ("https://OpenRouter.AI/api/v1", {"api_keys": {"OpenRouter": "or"}}, "or"),  # aliases and hosts ignore case
+    ("http://localhost:1234/v1", {"api_keys": {"localhost:1234": "lm", "localhost": "any"}}, "lm"),  # host:port first
+    ("http://localhost:8080/v1", {"api_keys": {"localhost:1234": "lm", "localhost": "any"}}, "any"),
+    ("http://localhost:8080/v1", {"api_keys": {"localhost:1234": "lm"}}, None),
+])
+def test_keys_file_entries_are_bound_to_their_host(url, config, expected):
+    endpoint = mp.resolve_endpoint("openai_compatible", url, env={}, config=config)
+    assert mp.resolve_api_key(endpoint, env={}, config=config).value == expected
+
+
+def test_generic_key_goes_to_the_configured_host_and_port_only():
+    config = {"base_urls": {"openai_compatible": "http://localhost:11434/v1"}}
+    env = {mp.GENERIC_KEY_ENV: "gen", mp.BASE_URL_ENV: "https://openrouter.ai/api/v1"}
+    configured = mp.resolve_endpoint("openai_compatible", "", env=env, config=config)
+    assert configured.url == "http://localhost:11434/v1/chat/completions"  # the keys file's base_urls come first
+    assert mp.resolve_api_key(configured, env=env, config=config).value == "gen"
+    other_port = mp.resolve_endpoint("openai_compatible", "http://localhost:8080/v1", env=env, config=config)
+    assert not other_port.configured and mp.resolve_api_key(other_port, env=env, config=config).value is None
+    assert mp.resolve_endpoint("openai_compatible", "", env=env, config={}).url == \
+        "https://openrouter.ai/api/v1/chat/completions"  # then the environment's
+    assert mp.resolve_endpoint("openai_compatible", "", "  ", env={}, config={}).model == mp.DEFAULT_MODEL
+
+
+def test_an_empty_variable_is_no_key():
+    endpoint = mp.resolve_endpoint("openai_compatible", "https://openrouter.ai/api/v1", env={}, config={})
+    key = mp.resolve_api_key(endpoint, env={"OPENROUTER_API_KEY": "", "MAGIC_PROMPT_API_KEY": "ref"}, config={})
+    assert (key.value, key.source) == ("ref", "MAGIC_PROMPT_API_KEY")
+
+
 def test_vendor_host_without_key_fails_before_sending(no_keys_file):
     with pytest.raises(ValueError, match="no API key for openrouter.ai — set OPENROUTER_API_KEY or "
                                          "MAGIC_PROMPT_API_KEY or IDEOGRAM4_MAGIC_PROMPT_API_KEY"):

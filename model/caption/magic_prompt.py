@@ -24,8 +24,8 @@ another server cannot make us send a key there:
   to ``openrouter.ai``
 * ``OPENAI_API_KEY``     only to ``api.openai.com``
 * ``IDEOGRAM4_MAGIC_PROMPT_API_KEY`` only to the provider's *configured*
-  endpoint: ``IDEOGRAM4_MAGIC_PROMPT_BASE_URL`` / the keys file's
-  ``base_urls`` / the built-in default.
+  endpoint (host and port): the keys file's ``base_urls``, else
+  ``IDEOGRAM4_MAGIC_PROMPT_BASE_URL`` (openai_compatible), else the built-in default.
 * ``magic_prompt_keys.json``::
 
       {"api_keys": {"openrouter.ai": "sk-or-...", "localhost:1234": "lm-studio"},
