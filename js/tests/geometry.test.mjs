@@ -102,6 +102,7 @@ test("handles sit on corners/edges in pixels and hit test finds them", () => {
   assert.equal(hitTestHandle(bbox, { x: 300, y: 70 }, W, H, { cornersOnly: true }), null);
   assert.equal(hitTestHandle(bbox, { x: 200, y: 70 }, W, H), null);
   assert.equal(hitTestHandle(bbox, { x: 110, y: 20 }, W, H, { tolerance: 5 }), null);
+  assert.equal(hitTestHandle(bbox, { x: 106, y: 14 }, W, H), "nw"); // exactly `tolerance` away still grabs
   assert.equal(pointInBbox(bbox, { x: 200, y: 70 }, W, H), true);
   assert.equal(pointInBbox(bbox, { x: 99, y: 70 }, W, H), false);
 });
@@ -155,6 +156,9 @@ test("resizeBbox moves only the dragged edges, clamps, and keeps a minimum size"
   // dragging past the opposite edge stops at the minimum size (no flip)
   assert.deepEqual(resizeBbox(b, "w", { x: 900, y: 300 }, { minW: 20 }), [100, 480, 500, 500]);
   assert.deepEqual(resizeBbox(b, "s", { x: 0, y: 0 }, { minH: 15 }), [100, 100, 115, 500]);
+  assert.deepEqual(resizeBbox(b, "e", { x: 0, y: 300 }, { minW: 20 }), [100, 100, 500, 120]);
+  // a fractional minimum (from minSizeForPixels on any canvas) is rounded: the bbox stays integer
+  assert.deepEqual(resizeBbox(b, "s", { x: 0, y: 0 }, { minH: 14.6 }), [100, 100, 115, 500]);
   assert.throws(() => resizeBbox(b, "middle", { x: 0, y: 0 }), RangeError);
 });
 
@@ -169,6 +173,8 @@ test("fitAspect and aspectRatioString", () => {
   assert.deepEqual(fitAspect(400, 400, 1536, 768), { width: 400, height: 200 });
   assert.deepEqual(fitAspect(400, 300, 768, 1376), { width: 167, height: 300 });
   assert.deepEqual(fitAspect(0, 300, 1, 1), { width: 0, height: 0 });
+  assert.deepEqual(fitAspect(100, 100, 3, 2), { width: 100, height: 66 }); // never larger than the space
+  assert.deepEqual(fitAspect(100, 100, 2, 3), { width: 66, height: 100 });
   assert.equal(aspectRatioString(1024, 1024), "1:1");
   assert.equal(aspectRatioString(768, 1376), "24:43");
 });
