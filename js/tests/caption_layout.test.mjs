@@ -12,6 +12,7 @@ import {
   parsePaletteString,
   serializeCaption,
   serializeElements,
+  validateBbox,
   validateElement,
   validateElements,
 } from "../lib/caption_layout.js";
@@ -237,6 +238,18 @@ test("captionToFields reports ambiguous style_description", () => {
   assert.equal(fields.style_mode, undefined);
   assert.deepEqual(warnings, ['style_description must have exactly one of "photo" / "art_style"']);
   assert.equal(fields.background, "bg");
+});
+
+test("captionToFields writes the style palette in canonical case; validateBbox reports non-integers alone", () => {
+  const { fields } = captionToFields({
+    style_description: { aesthetics: "x", lighting: "y", medium: "z", art_style: "a", color_palette: ["#e53935", "red"] },
+    compositional_deconstruction: { background: "bg", elements: [] },
+  });
+  assert.equal(fields.color_palette, "#E53935, red");
+  // one message for fractions: not also a range or order error computed on values that are not bbox numbers
+  assert.deepEqual(validateBbox([0.5, 2000.5, 0.25, 1]), ["bbox values must be integers, got [0.5,2000.5,0.25,1]"]);
+  // an element of an unknown type keeps its text, so the Python checker still sees (and reports) all of it
+  assert.deepEqual(canonicalElement({ type: "image", text: "HI", desc: "d" }), { type: "image", text: "HI", desc: "d" });
 });
 
 test("buildCaption omits blank HLD, style for mode none, and an empty palette", () => {
