@@ -266,3 +266,12 @@ def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack)
     # the custom-only names are real inputs of the nodes (the JS greys out the same names)
     ks = {i.id for i in sn.Ideogram4NativeKSampler.define_schema().inputs}
     assert set(ss.SCHEDULE_WIDGETS + ss.GUIDANCE_WIDGETS) <= ks
+    # ... and js/lib/node_ui.js holds the same lists, in the same order
+    import json
+    import re
+    from pathlib import Path
+
+    js = (Path(__file__).resolve().parents[1] / "js" / "lib" / "node_ui.js").read_text(encoding="utf-8")
+    for name in ("SCHEDULE_WIDGETS", "GUIDANCE_WIDGETS"):
+        listed = re.search(rf"export const {name} = Object\.freeze\((\[[^\]]*\])\);", js)
+        assert listed and tuple(json.loads(listed.group(1))) == getattr(ss, name), name
