@@ -179,6 +179,9 @@ def _files_from_index(index_path: Path) -> list[Path]:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{index_path}: not a safetensors index (needs a 'weight_map'): {exc}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index_path}: not a safetensors index: its 'weight_map' must map each tensor name to "
+                         f"a shard file name, got {type(weight_map).__name__} {str(weight_map)[:80]}")
     files = sorted({index_path.parent / name for name in weight_map.values()})
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
