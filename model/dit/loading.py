@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, detect_format, key_problems, open_checkpoint,
-                           swap_quantized_linears)
+from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, detect_format, key_problems, module_of,
+                           open_checkpoint, swap_quantized_linears)
 from ..cpu_math import warm_vector_math
 from .config import DiTConfig, expected_shapes
 from .diffusers_config import check_diffusers_config
@@ -34,7 +34,11 @@ def _check_keys(fmt: CheckpointFormat, cfg: DiTConfig, label: str) -> None:
     want = expected_shapes(cfg)
     quant_tails = ("weight_scale", "weight_scale_2", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
                    "weight.quant_state.bitsandbytes__nf4")
-    extra = [k for k in fmt.sources if k not in want and not any(k.endswith("." + t) for t in quant_tails)]
+    quantised = {mod for mod, spec in fmt.linears.items() if spec.scheme}
+    # a quantisation sibling is used only beside a weight stored quantised: next to a float weight (or none) it would
+    # be silently ignored, so it is reported like any other tensor the model has no place for
+    extra = [k for k in fmt.sources if k not in want
+             and not (any(k.endswith("." + t) for t in quant_tails) and module_of(k)[0] in quantised)]
     problems = key_problems(want, fmt.logical_shapes, extra)
     if problems:
         raise ValueError(f"{label}: not a loadable Ideogram 4 DiT checkpoint ({fmt.description}): " + " | ".join(problems))
