@@ -13,7 +13,7 @@ from model import load_transformer
 from model.checkpoints import QuantizedLinear, dequantize_nf4_reference, nf4
 from model.checkpoints.fp8 import FP8_DTYPE, dequantize_fp8, fp8_codes_to
 from tools.make_test_checkpoints import write_file
-from tools.make_test_quantized import write_comfy
+from tools.make_test_quantized import comfy_quant_tensors, convert_comfy, write_comfy
 
 ckt = pytest.importorskip("comfy_kitchen.tensor")
 PREFIX = "model.diffusion_model."
@@ -179,3 +179,21 @@ def test_broken_bitsandbytes_falls_back_to_the_pure_torch_codec(monkeypatch):
     finally:
         monkeypatch.undo()
         nf4._bnb_functional.cache_clear()
+
+
+def test_comfy_quant_split_qkv_and_awq_smoothing_are_refused(tiny_weights, tmp_path):
+    """comfy-kitchen layers are not fused from split q/k/v parts, and an AWQ pre_quant_scale (never applied) is refused."""
+    sd = tiny_weights[0]
+    split = {k: v for k, v in convert_comfy(sd, "int8_tensorwise").items() if ".0.attention.qkv." not in k}
+    for letter, part in zip("qkv", sd["layers.0.attention.qkv.weight"].chunk(3)):
+        split.update(comfy_quant_tensors(f"layers.0.attention.to_{letter}.weight", part.contiguous(), "int8_tensorwise"))
+    path = write_file(split, tmp_path / "split_int8.safetensors", "comfy_int8_tensorwise")
+    with pytest.raises(ValueError) as info:
+        load_transformer(path)
+    assert str(info.value) == (f"{path}: layers.0.attention.qkv: split q/k/v int8_tensorwise weights cannot be fused; "
+                               "use the fused-qkv file")
+    awq = dict(convert_comfy(sd, "int8_tensorwise"), **{"layers.0.attention.o.pre_quant_scale": torch.ones(512)})
+    path = write_file(awq, tmp_path / "awq.safetensors", "comfy_int8_tensorwise")
+    with pytest.raises(ValueError) as info:
+        load_transformer(path)
+    assert str(info.value) == f"{path}: layers.0.attention.o has a pre_quant_scale (AWQ smoothing), which is not supported"

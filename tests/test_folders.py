@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 import types
 
@@ -148,3 +149,34 @@ def test_a_pickle_checkpoint_is_left_out_and_said_once(folders, models_dir, capl
         assert "ideogram4_model.pt" not in folders.list_files("diffusion_models", folders.DIT_EXTENSIONS)
     said = [r.getMessage() for r in caplog.records if "ideogram4_model.pt" in r.getMessage()]
     assert len(said) == 1 and "pickle checkpoint, not listed" in said[0] and ".safetensors" in said[0], said
+
+
+def test_hidden_folders_are_skipped_and_a_folder_in_two_bases_is_one_entry(folders, models_dir, tiny_weights):
+    """``.cache/`` (a hub download cache, say) is neither a model folder nor searched for .gguf / index files; ``i4/``
+    under both ``diffusion_models`` and ``unet`` is listed once."""
+    tensors = convert(tiny_weights[0], "bf16")
+    unet = models_dir.parent / "unet"
+    sys.modules["folder_paths"].folder_names_and_paths["unet"] = ([str(unet)], {".safetensors"})
+    for folder in (models_dir / "i4", unet / "i4", models_dir / ".cache"):
+        write_file(tensors, folder / "diffusion_pytorch_model.safetensors", "bf16")
+        (folder / "config.json").write_text(json.dumps({"_class_name": "Ideogram4Transformer2DModel"}))
+    (models_dir / ".cache" / "ideogram4-Q8_0.gguf").write_bytes(b"GGUF")
+    write_sharded(tensors, models_dir / ".cache" / "sharded", "bf16", stem="ideogram4")
+    (models_dir / "ideogram4-Q4_K.gguf").write_bytes(b"GGUF")
+    assert folders.list_folders("transformer", ["diffusion_models", "unet"]) == ["i4/"]
+    files = folders.list_files("diffusion_models", (".gguf", folders.INDEX_SUFFIX), hide_under=["i4/"])
+    assert files == ["ideogram4-Q4_K.gguf"]
+
+
+def test_an_unreadable_index_is_listed_and_hides_nothing(folders, models_dir, tiny_weights):
+    """Its own error comes when it is loaded; the listing neither fails nor hides a file for it."""
+    write_file(convert(tiny_weights[0], "bf16"), models_dir / "ideogram4_bf16.safetensors", "bf16")
+    (models_dir / "cut.safetensors.index.json").write_text('{"weight_map": {"input_proj.weight": "ideogram4_bf')
+    (models_dir / "list.safetensors.index.json").write_text('{"weight_map": ["ideogram4_bf16.safetensors"]}')
+    assert folders.list_files("diffusion_models", folders.DIT_EXTENSIONS) == [
+        "cut.safetensors.index.json", "ideogram4_bf16.safetensors", "list.safetensors.index.json"]
+    for name, problem in (("cut.safetensors.index.json", "not a safetensors index (needs a 'weight_map')"),
+                          ("list.safetensors.index.json", "not a safetensors index: its 'weight_map' must map each "
+                                                          "tensor name to a shard file name, got list")):
+        with pytest.raises(ValueError, match=re.escape(f"{models_dir / name}: {problem}")):
+            load_transformer(models_dir / name)

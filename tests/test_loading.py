@@ -11,8 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from model import load_transformer
-from model.checkpoints import QuantizedLinear
-from tools.make_test_checkpoints import convert, write_file, write_hf_folder, write_sharded
+from model.checkpoints import QuantizedLinear, detect_format, open_checkpoint
+from model.checkpoints.formats import QUANT_DESCRIPTIONS
+from model.dit import inspect_transformer
+from tools.make_test_checkpoints import (convert, quantize_linear, random_state_dict, tiny_config, write_file,
+                                         write_hf_folder, write_sharded)
 
 QUANT_TOL = {"fp32": 0.0, "bf16": 2 ** -8, "diffusers": 2 ** -8, "fp8": 0.07, "comfy_fp8_scaled": 0.07, "nf4": 0.15}
 EXPECTED_SCHEME = {"fp8": "fp8_rowwise", "comfy_fp8_scaled": "fp8_tensorwise", "nf4": "nf4"}
@@ -247,6 +250,7 @@ def test_image_only_load_skips_the_text_projection(fmt, tiny_files, tiny_cfg):
         return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
 
     assert not hasattr(lean, "llm_cond_proj") and not hasattr(lean, "llm_cond_norm")
+    assert lean.checkpoint_format == full.checkpoint_format + ", image-only (no text projection)"
     saved = nbytes(full) - nbytes(lean)
     expected = sum(t.numel() * t.element_size() for n, t in list(full.named_parameters()) + list(full.named_buffers())
                    if n.startswith(("llm_cond_norm.", "llm_cond_proj.")))
@@ -264,3 +268,153 @@ def test_nf4_state_with_other_blocksize_is_rejected(tmp_path, tiny_weights):
     sd[key] = torch.tensor(list(json.dumps({**state, "blocksize": 128}).encode()), dtype=torch.uint8)
     msg = _err(write_file(sd, tmp_path / "bs128.safetensors", "nf4"))
     assert "layers.0.attention.o is bitsandbytes nf4 with blocksize 128" in msg
+
+
+# ----------------------------------------------------------------------------- detection, config inference
+
+@pytest.mark.parametrize("fmt,naming,quantization,storage,description", [
+    ("fp32", "official", "none", torch.float32, "float32, official key names"),
+    ("bf16", "official", "none", torch.bfloat16, "bfloat16, official key names"),
+    ("diffusers", "diffusers", "none", torch.bfloat16, "bfloat16, diffusers key names"),
+    ("fp8", "official", "fp8_rowwise", torch.bfloat16, "official fp8 (per-row scales), official key names"),
+    ("comfy_fp8_scaled", "official", "fp8_tensorwise", torch.bfloat16,
+     "ComfyUI fp8_scaled (per-tensor scales), official key names"),
+    ("nf4", "official", "nf4", torch.bfloat16, "bitsandbytes nf4, official key names"),
+])
+def test_detected_format_of_every_file_kind(fmt, naming, quantization, storage, description, tiny_files):
+    """storage_dtype is the dtype of the unquantised floats only (fp8 weights are not counted)."""
+    found = detect_format(open_checkpoint(tiny_files[fmt]["cond"]))
+    assert (found.naming, found.quantization, found.prefix, found.storage_dtype, found.container, found.description) \
+        == (naming, quantization, "", storage, "safetensors", description)
+    if fmt == "diffusers":
+        base = "layers.1.attention."
+        assert found.sources[base + "qkv.weight"] == [base + "to_q.weight", base + "to_k.weight", base + "to_v.weight"]
+        assert found.sources[base + "o.weight"] == [base + "to_out.0.weight"]
+
+
+def test_config_is_read_off_the_tensor_shapes(tmp_path):
+    """Every size from the shapes alone: layers, heads (width / norm_q's head_dim), FFN, adaLN and text widths."""
+    cfg = tiny_config(num_layers=3, num_heads=4, head_dim=128, intermediate_size=768, adaln_dim=96, text_width=16)
+    path = write_file(convert(random_state_dict(cfg, 0), "bf16"), tmp_path / "other_size.safetensors", "bf16")
+    _, _, found = inspect_transformer(path)
+    assert found == cfg
+    assert (found.num_layers, found.num_heads, found.head_dim, found.emb_dim, found.intermediate_size,
+            found.adaln_dim, found.llm_features_dim) == (3, 4, 128, 512, 768, 96, 208)
+
+
+def test_a_whole_missing_layer_is_reported_missing(tmp_path):
+    """Layers 0 and 2 present, layer 1 gone: the model has 3 layers and layer 1's 13 tensors are missing."""
+    sd = convert(random_state_dict(tiny_config(num_layers=3), 0), "bf16")
+    sd = {k: v for k, v in sd.items() if not k.startswith("layers.1.")}
+    msg = _err(write_file(sd, tmp_path / "gap.safetensors", "bf16"))
+    assert "missing keys (13): layers.1.attention.qkv.weight, layers.1.attention.o.weight" in msg
+    assert "unexpected" not in msg
+
+
+def test_a_key_needed_for_the_size_is_named(tmp_path, tiny_weights):
+    sd = {k: v for k, v in convert(tiny_weights[0], "bf16").items() if k != "layers.0.attention.norm_q.weight"}
+    path = write_file(sd, tmp_path / "no_norm_q.safetensors", "bf16")
+    assert _err(path) == f"{path}: missing key layers.0.attention.norm_q.weight needed to determine the model size"
+
+
+def test_unknown_model_is_described_by_its_first_keys(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({k: torch.zeros(2) for k in ("e.w", "b.w", "d.w", "a.w", "c.w")}, str(path))
+    assert _err(path) == (f"{path}: not an Ideogram 4 diffusion model — it looks like an unknown model "
+                          "(first keys: a.w, b.w, c.w, d.w)")
+
+
+def test_a_tensor_under_two_names_is_refused(tmp_path, tiny_weights):
+    sd = dict(convert(tiny_weights[0], "bf16"))
+    sd["layers.0.attention.to_out.0.weight"] = sd["layers.0.attention.o.weight"].clone()
+    path = write_file(sd, tmp_path / "twice.safetensors", "bf16")
+    assert _err(path) == (f"{path}: tensor layers.0.attention.o.weight appears under two names "
+                          "(layers.0.attention.o.weight, layers.0.attention.to_out.0.weight)")
+
+
+def _split_quantised(sd: dict, scheme: str) -> dict:
+    """Diffusers names (to_q/to_k/to_v, to_out.0) with each of q, k, v quantised on its own, like a diffusers save."""
+    fmt = {"fp8_rowwise": "fp8", "fp8_tensorwise": "comfy_fp8_scaled", "nf4": "nf4"}[scheme]
+    out = {}
+    for key, value in sd.items():
+        base = key[: -len("qkv.weight")]
+        if key.endswith("attention.qkv.weight"):
+            for letter, part in zip("qkv", value.chunk(3)):
+                out.update(quantize_linear(f"{base}to_{letter}.weight", part.contiguous(), scheme))
+        elif key.endswith("attention.o.weight"):
+            out.update(quantize_linear(key[: -len("o.weight")] + "to_out.0.weight", value, scheme))
+        else:
+            out.update(convert({key: value}, fmt))
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["fp8_rowwise", "nf4"])
+def test_split_qkv_quantised_files_load_like_the_fused_file(scheme, tmp_path, tiny_files, tiny_weights):
+    """Naming and quantisation are independent: per-row fp8 / nf4 q, k, v parts fuse to the official file's layer
+    (the tiny rows are whole nf4 blocks, so the parts quantise exactly like the fused weight)."""
+    fmt = {"fp8_rowwise": "fp8", "nf4": "nf4"}[scheme]
+    path = write_file(_split_quantised(tiny_weights[0], scheme), tmp_path / f"split_{fmt}.safetensors", fmt)
+    split = load_transformer(path, dtype=torch.float32)
+    assert split.checkpoint_format == f"{QUANT_DESCRIPTIONS[scheme]}, diffusers key names"
+    fused = load_transformer(tiny_files[fmt]["cond"], dtype=torch.float32)
+    a, b = _effective_weights(split), _effective_weights(fused)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_split_qkv_fp8_with_per_tensor_scales_is_refused(tmp_path, tiny_weights):
+    path = write_file(_split_quantised(tiny_weights[0], "fp8_tensorwise"), tmp_path / "split_scaled.safetensors",
+                      "comfy_fp8_scaled")
+    assert _err(path) == (f"{path}: layers.0.attention.qkv: split q/k/v fp8 weights with per-tensor scales cannot "
+                          "be fused; use the official fused-qkv file")
+
+
+def _drop(sd, *keys):
+    return {k: v for k, v in sd.items() if k not in keys}
+
+
+@pytest.mark.parametrize("fmt,change,problem", [
+    ("nf4", lambda sd: _drop(sd, "layers.0.attention.o.weight.quant_state.bitsandbytes__nf4"),
+     "layers.0.attention.o.weight is packed uint8 without a bitsandbytes quant_state"),
+    ("nf4", lambda sd: _drop(sd, "layers.0.attention.o.weight.absmax"),
+     "nf4 layer layers.0.attention.o lacks its weight.absmax tensor"),
+    ("nf4", lambda sd: _drop(sd, "layers.0.attention.o.weight.quant_map"),
+     "nf4 layer layers.0.attention.o lacks its weight.quant_map tensor"),
+    ("fp8", lambda sd: _drop(sd, "layers.0.attention.o.weight_scale"),
+     "layers.0.attention.o.weight is float8 but has no weight_scale"),
+    ("bf16", lambda sd: {**sd, "input_proj.weight": sd["input_proj.weight"].to(torch.int32)},
+     "input_proj.weight has dtype torch.int32, expected a float, float8 or nf4 weight"),
+    ("comfy_fp8_scaled", lambda sd: {**sd, "layers.0.attention.o.weight": sd["layers.0.attention.o.weight"].view(torch.uint8)},
+     "layers.0.attention.o.weight stores float8 data as uint8 (legacy ComfyUI layout), which is not supported; "
+     "re-save it with float8_e4m3fn tensors"),
+])
+def test_a_layer_stored_wrongly_is_named_with_its_problem(fmt, change, problem, tmp_path, tiny_weights):
+    path = write_file(change(dict(convert(tiny_weights[0], fmt))), tmp_path / "bad_layer.safetensors", fmt)
+    assert _err(path) == f"{path}: {problem}"
+
+
+def _comfy_fp8_marker() -> torch.Tensor:
+    return torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("fmt,extra", [
+    ("bf16", {"input_proj.weight_scale": torch.ones(())}),  # a scale next to a float weight would never be applied
+    ("bf16", {"input_proj.comfy_quant": _comfy_fp8_marker(), "input_proj.weight_scale": torch.ones(())}),
+    ("bf16", {"layers.0.attention.o.weight.absmax": torch.ones(4)}),
+    ("fp8", {"embed_image_indicator.weight_scale": torch.ones(2)}),  # the embedding is not quantised
+    ("comfy_fp8_scaled", {"layers.0.ffn_norm1.input_scale": torch.ones(())}),
+    ("nf4", {"layers.9.attention.o.weight_scale": torch.ones(())}),  # no such layer at all
+])
+def test_a_quantisation_tensor_beside_an_unquantised_weight_is_reported(fmt, extra, tmp_path, tiny_weights):
+    path = write_file({**convert(tiny_weights[0], fmt), **extra}, tmp_path / "stray.safetensors", fmt)
+    assert f"unexpected keys ({len(extra)}): {', '.join(sorted(extra))}" in _err(path)
+
+
+def test_an_activation_scale_of_a_quantised_layer_is_accepted(tmp_path, tiny_weights, tiny_files):
+    """ComfyUI writes ``input_scale`` for fp8 layers calibrated for fp8 activations; the weight decode does not need
+    it, and the weights are the same as without it."""
+    sd = {**convert(tiny_weights[0], "comfy_fp8_scaled"), "layers.0.attention.o.input_scale": torch.tensor(0.5)}
+    model = load_transformer(write_file(sd, tmp_path / "with_input_scale.safetensors", "comfy_fp8_scaled"))
+    plain = load_transformer(tiny_files["comfy_fp8_scaled"]["cond"])
+    assert model.checkpoint_format == plain.checkpoint_format
+    a, b = model.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
