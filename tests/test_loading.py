@@ -409,6 +409,16 @@ def test_a_quantisation_tensor_beside_an_unquantised_weight_is_reported(fmt, ext
     assert f"unexpected keys ({len(extra)}): {', '.join(sorted(extra))}" in _err(path)
 
 
+def test_a_stray_key_beside_a_prefixed_model_is_named(tmp_path, tiny_weights):
+    """A legacy ``scaled_fp8`` marker (unprefixed) beside ``model.diffusion_model.*`` keys: the file is still seen as
+    Ideogram 4 and the odd key is reported by name."""
+    sd = {f"model.diffusion_model.{k}": v for k, v in convert(tiny_weights[0], "comfy_fp8_scaled").items()}
+    sd["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    path = write_file(sd, tmp_path / "prefixed_with_marker.safetensors", "comfy_fp8_scaled")
+    assert detect_format(open_checkpoint(path)).prefix == "model.diffusion_model."
+    assert "unexpected keys (1): scaled_fp8" in _err(path)
+
+
 def test_an_activation_scale_of_a_quantised_layer_is_accepted(tmp_path, tiny_weights, tiny_files):
     """ComfyUI writes ``input_scale`` for fp8 layers calibrated for fp8 activations; the weight decode does not need
     it, and the weights are the same as without it."""

@@ -21,6 +21,7 @@ from .nf4 import NF4_BLOCKSIZE, parse_nf4_quant_state
 from .reader import CheckpointReader, json_from_tensor
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+MODEL_MARKER = "embed_image_indicator.weight"  # a tensor only Ideogram 4's DiT has
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention\.)to_([qkv])\.(.+)$")
 _DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention\.)to_out\.0\.(.+)$")
 _NESTED_SUFFIXES = (".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__fp4")
@@ -96,10 +97,12 @@ def describe_other_family(keys: Sequence[str], families: Sequence[tuple] = _OTHE
 
 
 def _strip_prefix(keys: list[str]) -> str:
+    """The prefix every key has; else the one the model's own marker tensor has, so that a stray key beside a
+    prefixed model (e.g. a legacy ``scaled_fp8`` marker) is reported by name instead of hiding the model."""
     for p in PREFIXES:
         if keys and all(k.startswith(p) for k in keys):
             return p
-    return ""
+    return next((p for p in PREFIXES if p + MODEL_MARKER in keys), "")
 
 
 def _official_name(key: str) -> tuple[str, Optional[str]]:
@@ -256,8 +259,8 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
     if not raw_keys:
         raise ValueError(f"{label}: the checkpoint contains no tensors")
     prefix = _strip_prefix(raw_keys)
-    keys = [k[len(prefix):] for k in raw_keys]
-    if "embed_image_indicator.weight" not in keys or not any(k.startswith("llm_cond_proj.") for k in keys):
+    keys = [k[len(prefix):] if k.startswith(prefix) else k for k in raw_keys]
+    if MODEL_MARKER not in keys or not any(k.startswith("llm_cond_proj.") for k in keys):
         raise ValueError(f"{label}: not an Ideogram 4 diffusion model — it looks like {describe_other_family(keys)}")
     nested = [k for k in keys if k.endswith(_NESTED_SUFFIXES)]
     if nested:
