@@ -211,24 +211,21 @@ def _as_matrix(shape: Sequence[int]) -> tuple[int, int]:
     return int(shape[0]), int(math.prod(shape[1:])) if len(shape) > 1 else 1
 
 
-def _product_shape(members: Mapping[str, str], shapes, a: str, b: str, whole: str = "") -> Optional[tuple[int, int]]:
-    """Shape of ``a @ b`` (or of ``whole`` when the file stores the factor whole); None when neither is there."""
+def _product_shape(members: Mapping[str, str], shapes, a: str, b: str,
+                   whole: str = "") -> tuple[Optional[tuple[int, int]], Optional[str]]:
+    """(shape of ``a @ b`` or of ``whole`` when the file stores the factor whole — None when neither is there, the
+    problem — None when there is none): a factor stored both ways, or a product whose two factors' ranks differ."""
     if whole and whole in members:
         if a in members or b in members:  # ComfyUI would use the whole factor and drop the product's
-            raise _BadFactors(f"has both {whole[1:]} and {a[1:]}/{b[1:]}; keep one")
-        return _as_matrix(shapes[members[whole]])
+            return None, f"has both {whole[1:]} and {a[1:]}/{b[1:]}; keep one"
+        return _as_matrix(shapes[members[whole]]), None
     if a in members and b in members:
         (rows, inner), (inner_b, cols) = _as_matrix(shapes[members[a]]), _as_matrix(shapes[members[b]])
         if inner != inner_b:
-            raise _BadFactors(f"{a[1:]} {list(shapes[members[a]])} and {b[1:]} {list(shapes[members[b]])} disagree "
-                                "on the rank")
-        return rows, cols
-    return None
-
-
-class _BadFactors(ValueError):
-    """A factor stored both whole and as a product, or a product's two factors of different ranks (the message
-    names the tensors)."""
+            return None, (f"{a[1:]} {list(shapes[members[a]])} and {b[1:]} {list(shapes[members[b]])} disagree on "
+                          "the rank")
+        return (rows, cols), None
+    return None, None
 
 
 def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[int]], target: Target,
@@ -277,27 +274,23 @@ def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[i
             problems.append(f"diff_b is {list(got)}, the bias of {target.module} is {list(bias)}")
     if ".hada_w1_a" in members and ".hada_t1" not in members:
         for one in ("1", "2"):
-            try:
-                got = _product_shape(members, shapes, f".hada_w{one}_a", f".hada_w{one}_b")
-            except _BadFactors as exc:
-                problems.append(f"LoHa {exc}")
-                continue
-            if got is None:
+            got, problem = _product_shape(members, shapes, f".hada_w{one}_a", f".hada_w{one}_b")
+            if problem:
+                problems.append(f"LoHa {problem}")
+            elif got is None:
                 problems.append(f"LoHa factor hada_w{one}_a / hada_w{one}_b missing")
             elif got != want:
                 problems.append(f"LoHa hada_w{one}_a·hada_w{one}_b is {got[0]}×{got[1]}, {where} are {want[0]}×{want[1]}")
     if any(x.startswith(".lokr_") for x in members) and ".lokr_t2" not in members:
-        try:
-            w1 = _product_shape(members, shapes, ".lokr_w1_a", ".lokr_w1_b", ".lokr_w1")
-            w2 = _product_shape(members, shapes, ".lokr_w2_a", ".lokr_w2_b", ".lokr_w2")
-        except _BadFactors as exc:
-            problems.append(f"LoKr {exc}")
-        else:
-            if w1 is None or w2 is None:
-                problems.append("LoKr needs both factors (lokr_w1 or lokr_w1_a/b, lokr_w2 or lokr_w2_a/b)")
-            elif (w1[0] * w2[0], w1[1] * w2[1]) != want:
-                problems.append(f"LoKr kron(w1 {w1[0]}×{w1[1]}, w2 {w2[0]}×{w2[1]}) is {w1[0] * w2[0]}×"
-                                f"{w1[1] * w2[1]}, {where} are {want[0]}×{want[1]}")
+        (w1, p1), (w2, p2) = (_product_shape(members, shapes, f".lokr_w{n}_a", f".lokr_w{n}_b", f".lokr_w{n}")
+                              for n in "12")
+        if p1 or p2:
+            problems += [f"LoKr {p}" for p in (p1, p2) if p]
+        elif w1 is None or w2 is None:
+            problems.append("LoKr needs both factors (lokr_w1 or lokr_w1_a/b, lokr_w2 or lokr_w2_a/b)")
+        elif (w1[0] * w2[0], w1[1] * w2[1]) != want:
+            problems.append(f"LoKr kron(w1 {w1[0]}×{w1[1]}, w2 {w2[0]}×{w2[1]}) is {w1[0] * w2[0]}×{w1[1] * w2[1]}, "
+                            f"{where} are {want[0]}×{want[1]}")
     scale = members.get(".dora_scale") or members.get(".lora_magnitude_vector")
     if scale is not None:
         got = tuple(int(x) for x in shapes[scale])
