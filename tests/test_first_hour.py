@@ -90,6 +90,18 @@ def test_bundled_tokenizer_namespace_split_over_two_folders_and_regular_package(
     assert bt.find_bundled_tokenizer("i4fake_comfy_split")[0] == paths[1]
     regular = fake_comfy("i4fake_comfy_regular", regular=True)[0]
     assert bt.find_bundled_tokenizer("i4fake_comfy_regular")[0] == regular
+    # the tokenizer in the portion that comes LAST on sys.path (root0: root1 was prepended after it) is found too
+    paths = fake_comfy("i4fake_comfy_split_last", roots=2, tokenizer_in=0)
+    found, searched = bt.find_bundled_tokenizer("i4fake_comfy_split_last")
+    assert found == paths[0] and searched == [paths[1], paths[0]]
+
+
+def test_bundled_tokenizer_found_when_the_package_cannot_be_imported(pack, fake_comfy):
+    """A regular ``comfy`` whose ``__init__`` fails to import outside ComfyUI: its folder is still searched."""
+    bt = pack["bundled_tokenizer"]
+    want = fake_comfy("i4fake_comfy_broken", regular=True)[0]
+    (want.parents[2] / "i4fake_comfy_broken" / "__init__.py").write_text("raise ImportError('needs ComfyUI')\n")
+    assert bt.find_bundled_tokenizer("i4fake_comfy_broken") == (want, [want])
 
 
 def test_missing_bundled_tokenizer_says_which_folder_to_pick(pack, fake_comfy):

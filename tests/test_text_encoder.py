@@ -457,6 +457,128 @@ def test_other_shapes_layers_and_configs(layouts, tmp_path):
         load_text_encoder(folder, taps=TAPS)
 
 
+def _tiny_lm(prefix: str = "", **text) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The seed-0 tiny weights (those of every layout) with ``prefix`` on the language model, and the vision tower."""
+    lm, vis = mk.tiny_weights(mk.tiny_text_config(**text), mk.tiny_vision_config(), 0)
+    return {prefix + k: v for k, v in lm.items()}, vis
+
+
+def test_checkpoints_that_are_not_one_dense_qwen3vl_name_the_reason_and_tensor(tmp_path, tok_dir):
+    lm, _ = _tiny_lm("model.")
+    two = _save(tmp_path, "two.safetensors", {**{"language_model." + k[6:]: v for k, v in lm.items()},
+                                              **{"model.language_model." + k[6:]: v.clone() for k, v in lm.items()}})
+    with pytest.raises(ValueError, match=r"two\.safetensors: holds several language models \(prefixes "
+                                         r"'language_model\.', 'model\.language_model\.'\); expected one Qwen3-VL$"):
+        load_text_encoder(two, taps=TAPS, tokenizer=tok_dir)
+    moe = _save(tmp_path, "moe.safetensors", {**lm, "model.layers.0.mlp.experts.0.up_proj.weight": torch.zeros(4, 4)})
+    with pytest.raises(ValueError, match=r"moe\.safetensors: a mixture-of-experts Qwen3-VL; Ideogram 4 needs the dense "
+                                         r"Qwen3-VL-8B$"):
+        load_text_encoder(moe, taps=TAPS, tokenizer=tok_dir)
+    int8 = _save(tmp_path, "int8.safetensors", {**lm, "model.layers.1.self_attn.q_proj.SCB": torch.zeros(64)})
+    with pytest.raises(ValueError, match=r"int8\.safetensors: uses bitsandbytes 8-bit \(LLM\.int8\) "
+                                         r"\(model\.layers\.1\.self_attn\.q_proj\.SCB\), which is not supported"):
+        load_text_encoder(int8, taps=TAPS, tokenizer=tok_dir)
+    gap = _save(tmp_path, "gap.safetensors", {k: v for k, v in lm.items() if not k.startswith("model.layers.2.")})
+    with pytest.raises(ValueError, match=r"gap\.safetensors: decoder layers \[2\] are missing \(incomplete or damaged "
+                                         r"checkpoint\)$"):
+        load_text_encoder(gap, taps=TAPS, tokenizer=tok_dir)
+
+
+def test_bare_names_with_a_vision_tower_load_and_report_it(tmp_path, tok_dir, ref_features):
+    """``layers.*`` + ``visual.*`` (prefix ""): the vision tower is under the prefix, skipped and counted — not an
+    unexpected tensor, never silently dropped — and it confirms Qwen3-VL (no warning)."""
+    lm, vis = _tiny_lm()
+    path = _save(tmp_path, "bare_vl.safetensors", {**lm, **{"visual." + k: v for k, v in vis.items()}})
+    enc = load_text_encoder(path, taps=TAPS, tokenizer=tok_dir)
+    fmt = enc.checkpoint_format
+    assert fmt.prefix == "" and fmt.naming == "bare Qwen3-VL text-model names (layers.*)"
+    assert fmt.skipped == {"vision tower": len(vis), "final norm": 1, "in layers after the last tap": 11}
+    assert enc.warnings == ()
+    assert torch.equal(enc.encode(MORE, use_cache=False).features, ref_features.features)
+
+
+def test_inferred_config_uses_qwen3vl_constants(tmp_path, tok_dir):
+    """Without config.json the values the weights do not show are Qwen3-VL-8B's (its config.json)."""
+    lm, _ = _tiny_lm("model.", num_layers=2)
+    cfg = load_text_encoder(_save(tmp_path, "bare2.safetensors", lm), taps=(0, 1),
+                            tokenizer=tok_dir).language_model.config
+    assert (cfg.rope_parameters["rope_theta"], cfg.rms_norm_eps, cfg.max_position_embeddings) == (5e6, 1e-6, 262144)
+    assert cfg.rope_parameters["mrope_section"] == [4, 2, 2] and cfg.num_key_value_heads == 2
+
+
+def test_text_only_config_json_folder(tmp_path, ref_features):
+    """A folder with a ``qwen3_vl_text`` config.json (the text sub-config alone) and ``model.*`` weights."""
+    folder = tmp_path / "text_only"
+    folder.mkdir()
+    lm, _ = _tiny_lm("model.")
+    save_file(lm, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(mk.tiny_text_config()))
+    mk.write_tokenizer(folder)
+    enc = load_text_encoder(folder, taps=TAPS)
+    assert enc.warnings == ()  # config.json says Qwen3-VL
+    assert torch.equal(enc.encode(MORE, use_cache=False).features, ref_features.features)
+
+
+def test_bad_config_json_in_a_folder(layouts, tmp_path):
+    folder = tmp_path / "official"
+    shutil.copytree(layouts["official_bf16"], folder)
+    cfg_path = folder / "text_encoder" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text("{not json")
+    with pytest.raises(ValueError, match=rf"^{cfg_path}: unreadable config\.json \("):
+        load_text_encoder(folder, taps=TAPS)
+    cfg["text_config"]["num_hidden_layers"] = 6
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json says 6 decoder layers, the weights have 5$"):
+        load_text_encoder(folder, taps=TAPS)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"quant_method": "gptq"}, "quantization_config.quant_method 'gptq' is not supported (supported: bitsandbytes nf4, "
+                               "the official fp8 weight-only layout, ComfyUI fp8_scaled)"),
+    ({"load_in_8bit": True, "load_in_4bit": False}, "bitsandbytes 8-bit (LLM.int8) text encoders are not supported; "
+                                                    "use the nf4, fp8 or bf16 text encoder"),
+    ({"bnb_4bit_quant_type": "fp4"}, "bitsandbytes fp4 is not supported, only nf4")])
+def test_unsupported_quantization_config_is_named(layouts, tmp_path, change, message):
+    folder = tmp_path / "nf4"
+    shutil.copytree(layouts["official_nf4"], folder)
+    cfg_path = folder / "text_encoder" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"].update(change)
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as err:
+        load_text_encoder(folder, taps=TAPS)
+    assert str(err.value) == f"{folder} [text_encoder]: {message}"
+
+
+def test_tokenizer_resolution(layouts, tmp_path, tok_dir, bf16):
+    # tokenizer/ before the folder's root, and a tokenizer.json file stands for its folder
+    folder = tmp_path / "official"
+    shutil.copytree(layouts["official_bf16"], folder)
+    mk.write_tokenizer(folder, chat_template=None)
+    enc = load_text_encoder(folder, taps=TAPS)
+    assert enc.tokenizer.chat_template is not None  # tokenizer/'s, not the root's
+    enc = load_text_encoder(layouts["comfy_fp8_scaled"], taps=TAPS, tokenizer=tok_dir / "tokenizer.json")
+    assert enc.tokenize(MORE) == bf16.tokenize(MORE)
+    # a tokenizer that is not this model's: more tokens than embedding rows, or no Qwen chat tokens
+    lm, _ = _tiny_lm("model.", num_layers=2, vocab_size=290)
+    small = _save(tmp_path, "vocab290.safetensors", lm)
+    with pytest.raises(ValueError, match=r"vocab290\.safetensors: the tokenizer has 298 tokens but the model's embedding "
+                                         r"only 290 rows — tokenizer and text encoder do not belong together$"):
+        load_text_encoder(small, taps=(0, 1), tokenizer=tok_dir)
+
+    class BytesTokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(text.encode())}
+
+        def __len__(self):
+            return 256
+
+    with pytest.raises(ValueError, match=r"the tokenizer does not know the Qwen chat token <\|im_start\|> — it is not a "
+                                         r"Qwen tokenizer$"):
+        load_text_encoder(layouts["comfy_fp8_scaled"], taps=TAPS, tokenizer=BytesTokenizer())
+
+
 def test_unsupported_quantisation(layouts, tmp_path, tok_dir):
     folder = tmp_path / "nf4_dq"
     shutil.copytree(layouts["official_nf4"], folder)

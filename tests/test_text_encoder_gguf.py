@@ -106,28 +106,36 @@ def test_metadata_sets_the_rope_base_and_epsilon(tmp_path, folder, text):
     path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-other-rope.gguf", "BF16", text=other)
     cfg = load_text_encoder(path, taps=TAPS, tokenizer=folder).language_model.config
     assert cfg.rope_parameters["rope_theta"] == 10000.0 and cfg.rms_norm_eps == pytest.approx(1e-5)
+    assert cfg.max_position_embeddings == 4096  # qwen3vl.context_length
     # without the qwen3vl.* keys: Qwen3-VL's constants, and the same features as the full file
     bare = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-bare.gguf", "BF16", text=text, with_metadata=False)
     full = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-full.gguf", "BF16", text=text)
-    a = load_text_encoder(bare, taps=TAPS, tokenizer=folder).encode(CAPTIONS, use_cache=False)
+    bare_enc = load_text_encoder(bare, taps=TAPS, tokenizer=folder)
+    cfg = bare_enc.language_model.config
+    assert (cfg.rope_parameters["rope_theta"], cfg.rms_norm_eps, cfg.max_position_embeddings) == (5e6, 1e-6, 262144)
+    a = bare_enc.encode(CAPTIONS, use_cache=False)
     b = load_text_encoder(full, taps=TAPS, tokenizer=folder).encode(CAPTIONS, use_cache=False)
     assert torch.equal(a.features, b.features)
 
 
-def test_metadata_that_contradicts_the_weights_is_refused(tmp_path, folder, text):
+@pytest.mark.parametrize("key,weights_give", [
+    ("block_count", 5), ("embedding_length", 256), ("feed_forward_length", 512), ("attention.head_count", 4),
+    ("attention.head_count_kv", 2), ("attention.key_length", 64), ("attention.value_length", 64)])
+def test_metadata_that_contradicts_the_weights_is_refused(tmp_path, folder, text, key, weights_give):
     from model.checkpoints.gguf_reader import GGUFCheckpointReader
 
     path = write_llama_cpp_gguf(tmp_path / "Qwen3VL-tiny-Q8_0.gguf", "Q8_0", text=text)
     original = GGUFCheckpointReader.field
 
-    def field(self, key, default=None):
-        return 7 if key == "qwen3vl.attention.head_count" else original(self, key, default)
+    def field(self, name, default=None):
+        return 7 if name == f"qwen3vl.{key}" else original(self, name, default)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(GGUFCheckpointReader, "field", field)
-        with pytest.raises(ValueError, match=r"Q8_0\.gguf: GGUF metadata qwen3vl\.attention\.head_count is 7, but the "
-                                             r"weights give 4 \(a damaged or hand-edited file\)"):
+        with pytest.raises(ValueError) as err:
             load_text_encoder(path, taps=TAPS, tokenizer=folder)
+    assert str(err.value) == (f"{path}: GGUF metadata qwen3vl.{key} is 7, but the weights give {weights_give} "
+                              "(a damaged or hand-edited file)")
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, folder, text):
@@ -267,9 +275,13 @@ def test_a_short_token_list_or_a_tokenizer_object_without_a_vocabulary(folder, c
     tok = AutoTokenizer.from_pretrained(str(folder))
     full = vocabulary(320)
     assert tokenizer_problem(_TokenList(full), tok, "t.gguf") is None
+    assert tokenizer_problem(_TokenList([]), tok, "t.gguf") is None  # an empty list lists nothing to check against
     assert tokenizer_problem(_TokenList(full[:250]), tok, "t.gguf") == (
         "t.gguf: the GGUF lists 250 tokens, the tokenizer has ids up to 297 — they do not belong together; pick this "
         "model's tokenizer (auto: ComfyUI's bundled Qwen tokenizer)")
+    # one token short of the tokenizer's largest id (297) is short too
+    assert tokenizer_problem(_TokenList(full[:297]), tok, "t.gguf").startswith(
+        "t.gguf: the GGUF lists 297 tokens, the tokenizer has ids up to 297 — they do not belong together")
 
     class IdsOnly:  # a tokenizer object with convert_ids_to_tokens but no get_vocab: still checked
         def __len__(self):

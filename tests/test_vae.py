@@ -29,6 +29,7 @@ kernels round differently (the reference and ours agree bit for bit on each mach
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -143,6 +144,8 @@ def test_variants_hf_folder_prefix_encoder_toplevel_pqc(tmp_path, vaes):
     save_file(bundled, str(p))
     v = load_vae(p, dtype=torch.float32)
     assert v.bn_running_mean is None and "no bn" in v.checkpoint_format
+    fmt = detect_vae_format(list(bundled))
+    assert fmt.prefix == "first_stage_model." and fmt.skipped == ["model.diffusion_model.input_proj.weight"]
     torch.testing.assert_close(v.state_dict()["post_quant_conv.weight"], ref["post_quant_conv.weight"].bfloat16().float())
 
 
@@ -162,8 +165,20 @@ def test_detect_format_mapping():
     assert "mid.attn_1.q.weight" in fmt.linear_to_conv and "mid.attn_1.norm.weight" not in fmt.linear_to_conv
     assert set(fmt.bn) == {"running_mean", "running_var"} and not fmt.unknown
     assert any(k.startswith("encoder.") for k in fmt.skipped) and "quant_conv.weight" in fmt.skipped
+    assert "bn.num_batches_tracked" in fmt.skipped  # reported, never read
+    assert sorted(fmt.skipped) == sorted([k for k in diff if k.startswith(("encoder.", "quant_conv."))]
+                                         + ["bn.num_batches_tracked"])
     bfl = detect_vae_format(list(sd))
     assert bfl.naming == "bfl" and bfl.sources["post_quant_conv.bias"] == "decoder.post_quant_conv.bias"
+
+
+def test_other_families_are_named():
+    for keys, what in ((["layers.0.attention.to_q.weight", "layers.0.attention.to_k.weight"],
+                        "an Ideogram 4 DiT (transformer) checkpoint in diffusers naming"),
+                       (["layers.0.attention.qkv.weight"], "an Ideogram 4 DiT (transformer) checkpoint")):
+        with pytest.raises(ValueError) as err:
+            detect_vae_format(keys, "x.safetensors")
+        assert str(err.value) == f"x.safetensors: not a FLUX.2 VAE — looks like {what}"
 
 
 def test_config_inferred_from_real_shapes():
@@ -208,6 +223,39 @@ def test_wrong_files_raise_value_error(tmp_path, vae_files):
     save_file(sd, str(p))
     with pytest.raises(ValueError, match="wrong shapes"):
         load_vae(p)
+
+    # a key the decoder has no place for is reported, never dropped: top level, and under decoder.* (diffusers)
+    for naming, extra in (("bfl", "extra.weight"), ("diffusers", "decoder.mid_block.extra.weight")):
+        sd = load_file(str(vae_files[naming]))
+        sd[extra] = torch.zeros(1)
+        save_file(sd, str(p))
+        with pytest.raises(ValueError, match=rf"broken\.safetensors: not a loadable FLUX\.2 VAE decoder .*unexpected "
+                                             rf"keys \(1\): {re.escape(extra)}$"):
+            load_vae(p)
+
+    sd = load_file(str(vae_files["bfl"]))
+    del sd["bn.running_var"]
+    save_file(sd, str(p))
+    with pytest.raises(ValueError, match=r"broken\.safetensors: incomplete bn statistics \(has \['running_mean'\]\)$"):
+        load_vae(p)
+    sd = load_file(str(vae_files["bfl"]))
+    sd["bn.running_var"] = sd["bn.running_var"][:64].clone()
+    save_file(sd, str(p))
+    with pytest.raises(ValueError, match=r"broken\.safetensors: bn\.running_var has shape \[64\], expected \[128\]$"):
+        load_vae(p)
+
+    cfg4 = VAEDecoderConfig.from_ch_mult(ch=32, z_channels=4)
+    p4 = write_vae(tmp_path / "sdxl.safetensors", "bfl", cfg=cfg4, with_bn=False)
+    with pytest.raises(ValueError, match=r"sdxl\.safetensors: this is an SD1\.x/SDXL-style VAE \(4 latent channels\); "
+                                         r"Ideogram 4 needs the FLUX\.2 VAE \(32 latent channels\)$"):
+        load_vae(p4)
+
+    enc_only = tmp_path / "encoder_only.safetensors"
+    save_file({k: v for k, v in load_file(str(write_vae(tmp_path / "full.safetensors", "bfl", with_encoder=True))).items()
+               if k.startswith("encoder.")}, str(enc_only))
+    with pytest.raises(ValueError, match=r"encoder_only\.safetensors: not a FLUX\.2 VAE — looks like a VAE encoder "
+                                         r"without a decoder$"):
+        load_vae(enc_only)
 
     pkl = tmp_path / "vae.ckpt"
     torch.save({"a": torch.zeros(1)}, str(pkl))

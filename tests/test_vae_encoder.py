@@ -139,6 +139,25 @@ def test_broken_encoder_names_the_tensor(tmp_path, files):
         load_vae_encoder(tmp_path / "broken.safetensors")
 
 
+def test_encoder_tensor_without_a_place_is_reported(tmp_path, files):
+    sd = load_file(str(files["diffusers"]))
+    sd["encoder.mid_block.extra.weight"] = torch.zeros(1)
+    save_file(sd, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ValueError, match=r"extra\.safetensors: not a loadable FLUX\.2 VAE encoder .*unexpected keys "
+                                         r"\(1\): encoder\.mid_block\.extra\.weight$"):
+        load_vae_encoder(tmp_path / "extra.safetensors")
+
+
+def test_encoder_of_another_latent_width_is_refused(tmp_path):
+    from model.vae import VAEDecoderConfig
+
+    path = write_vae(tmp_path / "flux1.safetensors", "bfl", cfg=VAEDecoderConfig.from_ch_mult(ch=32, z_channels=16),
+                     with_encoder=True, with_bn=False)
+    with pytest.raises(ValueError, match=r"flux1\.safetensors: the encoder has 16 latent channels; Ideogram 4 needs the "
+                                         r"FLUX\.2 VAE \(32\)$"):
+        load_vae_encoder(path)
+
+
 def test_bad_image_shape_is_a_value_error(encoders):
     enc = encoders[("bfl", "fp32")]
     with pytest.raises(ValueError, match="multiples of 16"):
