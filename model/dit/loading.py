@@ -35,10 +35,14 @@ def _check_keys(fmt: CheckpointFormat, cfg: DiTConfig, label: str) -> None:
     quant_tails = ("weight_scale", "weight_scale_2", "input_scale", "comfy_quant", "weight.absmax", "weight.quant_map",
                    "weight.quant_state.bitsandbytes__nf4")
     quantised = {mod for mod, spec in fmt.linears.items() if spec.scheme}
-    # a quantisation sibling is used only beside a weight stored quantised: next to a float weight (or none) it would
-    # be silently ignored, so it is reported like any other tensor the model has no place for
-    extra = [k for k in fmt.sources if k not in want
-             and not (any(k.endswith("." + t) for t in quant_tails) and module_of(k)[0] in quantised)]
+
+    def used_sibling(key: str) -> bool:
+        """A quantisation sibling is used only beside a weight stored quantised: next to a float weight (or none) it
+        would be silently ignored, so it is reported like any other tensor the model has no place for."""
+        mod, tail = module_of(key)
+        return tail in quant_tails and mod in quantised
+
+    extra = [k for k in fmt.sources if k not in want and not used_sibling(k)]
     problems = key_problems(want, fmt.logical_shapes, extra)
     if problems:
         raise ValueError(f"{label}: not a loadable Ideogram 4 DiT checkpoint ({fmt.description}): " + " | ".join(problems))

@@ -249,11 +249,10 @@ def adapter_problems(members: Mapping[str, str], shapes: Mapping[str, Sequence[i
         problems.append("has LoRA matrices in " + " and ".join(f"{u[1:]}/{d[1:]}" for u, d in spellings)
                         + " spellings: ComfyUI would use one set and drop the other; keep one")
     elif spellings:
-        up, down = members.get(spellings[0][0]), members.get(spellings[0][1])
+        up, down = (members.get(x) for x in spellings[0])
         if up is None or down is None:
             problems.append("has only one of the two LoRA matrices")
-            up = down = None
-    if up is not None:
+    if up is not None and down is not None:
         (out_rows, up_rank), (down_rank, in_cols) = _as_matrix(shapes[up]), _as_matrix(shapes[down])
         if ".lora_mid.weight" in members:  # LoCon / Tucker: the middle factor joins the ranks
             in_cols = -1 if len(shapes[down]) < 2 else int(shapes[down][1])
