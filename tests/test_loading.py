@@ -428,3 +428,122 @@ def test_an_activation_scale_of_a_quantised_layer_is_accepted(tmp_path, tiny_wei
     assert model.checkpoint_format == plain.checkpoint_format
     a, b = model.state_dict(), plain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- the safetensors reader, byte by byte
+
+from model.checkpoints.reader import folder_checkpoint, json_from_tensor  # noqa: E402
+
+
+def _bytes_file(tmp_path, data: bytes, name="model.safetensors"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _header_file(tmp_path, header: bytes, payload: bytes = b"", name="model.safetensors"):
+    return _bytes_file(tmp_path, len(header).to_bytes(8, "little") + header + payload, name)
+
+
+@pytest.mark.parametrize("data,says", [
+    (pickle.dumps({"x": list(range(100))}), "a Python pickle (a PyTorch .bin/.ckpt checkpoint?)"),
+    (b"PK\x03\x04" + bytes(200), "a zip archive (a PyTorch .pt/.ckpt pickle checkpoint?)"),
+    (b"GGUF\x03\x00\x00\x00" + bytes(200), "a GGUF file"),
+    (bytes(200), "not a safetensors file"),  # header length 0
+    ((200).to_bytes(8, "little") + b"xx", "not a safetensors file"),  # a short file whose length is not a header's
+])
+def test_a_file_that_is_not_safetensors_says_what_it_looks_like(tmp_path, data, says):
+    path = _bytes_file(tmp_path, data)
+    with pytest.raises(ValueError) as info:
+        open_checkpoint(path)
+    assert str(info.value) == (f"{path}: {says}; only .safetensors checkpoints are supported "
+                               "(pickle checkpoints are never loaded)")
+
+
+def test_a_seven_byte_file_is_too_short(tmp_path):
+    path = _bytes_file(tmp_path, b"{}     ")
+    with pytest.raises(ValueError, match=r"file is 7 bytes — truncated or not a safetensors file"):
+        open_checkpoint(path)
+
+
+def test_a_file_ending_inside_its_header_is_truncated_by_any_amount(tmp_path):
+    path = _bytes_file(tmp_path, (100).to_bytes(8, "little") + b"{" + bytes(94))  # 95 of the header's 100 bytes
+    with pytest.raises(ValueError, match=r"truncated — header alone is 108 bytes, file has 103"):
+        open_checkpoint(path)
+
+
+@pytest.mark.parametrize("header", [b'{"\xff": 1}', b"[1, 2]"])
+def test_a_corrupt_header_is_a_value_error(tmp_path, header):
+    with pytest.raises(ValueError, match="corrupt safetensors header"):
+        open_checkpoint(_header_file(tmp_path, header))
+
+
+def test_a_file_missing_its_last_bytes_is_truncated(tmp_path):
+    path = tmp_path / "full.safetensors"
+    save_file({"a": torch.zeros(4), "b": torch.ones(8)}, str(path))
+    data = path.read_bytes()
+    cut = _bytes_file(tmp_path, data[:-4], "cut.safetensors")
+    with pytest.raises(ValueError, match=rf"truncated — header describes {len(data)} bytes, file has {len(data) - 4}"):
+        open_checkpoint(cut)
+
+
+def test_a_header_safetensors_cannot_read_is_named(tmp_path):
+    header = json.dumps({"a": {"dtype": "XX", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path = _header_file(tmp_path, header, bytes(4))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot be read as safetensors \("):
+        open_checkpoint(path)
+
+
+def test_reader_dtypes_metadata_and_size(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"e5": torch.zeros(2, dtype=torch.float8_e5m2), "e4": torch.zeros(2, dtype=torch.float8_e4m3fn),
+               "u16": torch.zeros(2, dtype=torch.uint16)}, str(path), metadata={"format": "pt", "note": "x"})
+    reader = open_checkpoint(path)
+    assert reader.dtype("e5") == torch.float8_e5m2 and reader.dtype("e4") == torch.float8_e4m3fn
+    assert reader.metadata == {"format": "pt", "note": "x"}
+    assert reader.file_size() == path.stat().st_size
+    with pytest.raises(ValueError, match=r"tensor u16 has unsupported dtype U16"):
+        reader.dtype("u16")
+
+
+def test_a_sharded_reader_sums_its_shards_and_labels_the_component(tmp_path, tiny_weights):
+    write_sharded(convert(tiny_weights[0], "bf16"), tmp_path / "transformer", "bf16", shards=3)
+    reader = open_checkpoint(tmp_path, "transformer")
+    assert len(reader.files) == 3 and reader.file_size() == sum(p.stat().st_size for p in reader.files)
+    assert reader.label == f"{tmp_path} [transformer]"
+
+
+def test_a_single_shard_checkpoint_loads_alone(tmp_path):
+    path = tmp_path / "model-00001-of-00001.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    assert open_checkpoint(path).keys() == ["a"]
+
+
+@pytest.mark.parametrize("index", ['[1, 2]', '{"weight_map": {"a": 1}}'])
+def test_a_malformed_index_is_named(tmp_path, index):
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text(index)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a safetensors index"):
+        open_checkpoint(path)
+
+
+def test_folder_checkpoint_prefers_the_index_and_keeps_to_its_stems(tmp_path):
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"):
+        (tmp_path / name).write_bytes(b"")
+    assert folder_checkpoint(tmp_path).name == "diffusion_pytorch_model.safetensors.index.json"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"")
+    assert folder_checkpoint(other, ("diffusion_pytorch_model",)) is None
+    assert folder_checkpoint(other).name == "model.safetensors"
+    variant = tmp_path / "variant"
+    variant.mkdir()
+    for name in ("model.bf16.safetensors", "model.safetensors.index.bf16.json"):
+        (variant / name).write_bytes(b"")
+    assert folder_checkpoint(variant).name == "model.safetensors.index.bf16.json"
+
+
+def test_json_from_tensor_reads_utf8_from_uint8_or_int8():
+    raw = torch.tensor(list('{"format": "é"}'.encode()), dtype=torch.uint8)
+    assert json_from_tensor(raw) == json_from_tensor(raw.view(torch.int8)) == {"format": "é"}
+
