@@ -547,3 +547,93 @@ def test_json_from_tensor_reads_utf8_from_uint8_or_int8():
     raw = torch.tensor(list('{"format": "é"}'.encode()), dtype=torch.uint8)
     assert json_from_tensor(raw) == json_from_tensor(raw.view(torch.int8)) == {"format": "é"}
 
+
+# ----------------------------------------------------------------------------- ComfyUI's older quantisation layouts
+
+def _comfy_fp8_tensors(tiny_weights, tmp_path):
+    from safetensors.torch import load_file
+    path = write_file(convert(tiny_weights[0], "comfy_fp8_scaled"), tmp_path / "today.safetensors", "comfy_fp8_scaled")
+    return path, load_file(str(path))
+
+
+def _same_weights(a, b):
+    wa, wb = _effective_weights(a), _effective_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_quantization_metadata_in_place_of_comfy_quant_tensors(tmp_path, tiny_weights, caplog):
+    """ComfyUI's ``_quantization_metadata`` header entry (``convert_old_quants``) loads like the comfy_quant tensors."""
+    today, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
+    layers = {k[:-len(".comfy_quant")]: json_from_tensor(v) for k, v in tensors.items() if k.endswith(".comfy_quant")}
+    assert layers
+    path = tmp_path / "metadata.safetensors"
+    save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
+              metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    with caplog.at_level("INFO"):
+        _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
+    assert f"per-layer quantisation from its _quantization_metadata ({len(layers)} layers)" in caplog.text
+    reader = open_checkpoint(path)
+    assert json_from_tensor(reader.get(next(iter(layers)) + ".comfy_quant")) == layers[next(iter(layers))]
+
+
+def test_legacy_scaled_fp8_layout_loads_like_fp8_scaled(tmp_path, tiny_weights, caplog):
+    """The first fp8_scaled files: a ``scaled_fp8`` marker, ``scale_weight`` / ``scale_input`` (ComfyUI still loads them)."""
+    today, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
+    legacy = {}
+    for key, value in tensors.items():
+        if key.endswith(".comfy_quant"):
+            continue
+        module, _, tail = key.rpartition(".")
+        legacy[f"{module}.scale_weight" if tail == "weight_scale" else key] = value
+        if tail == "weight_scale":
+            legacy[f"{module}.scale_input"] = torch.ones(())
+    legacy["scaled_fp8"] = torch.empty(2, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "legacy.safetensors"
+    save_file(legacy, str(path))
+    with caplog.at_level("INFO"):
+        _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
+    n = sum(k.endswith(".scale_weight") for k in legacy)
+    assert f"legacy ComfyUI scaled_fp8 layout (scale_weight / scale_input, {n} layers) read as fp8_scaled" in caplog.text
+    reader = open_checkpoint(path)
+    assert "scaled_fp8" not in reader and not any(k.endswith((".scale_weight", ".scale_input")) for k in reader.keys())
+    assert json_from_tensor(reader.get("adaln_proj.comfy_quant")) == {"format": "float8_e4m3fn",
+                                                                      "full_precision_matrix_mult": True}
+    assert torch.equal(reader.get("adaln_proj.weight_scale"), legacy["adaln_proj.scale_weight"])
+
+
+@pytest.mark.parametrize("metadata,says", [
+    ("not json", "is not ComfyUI's {\"layers\": {module: config}} JSON"),
+    (json.dumps({"layers": {"adaln_proj": "fp8"}}), "needs a {\"format\": ...} config for each layer; adaln_proj"),
+    (json.dumps({"layers": {"adaln_proj": {"format": "float8_e4m3fn"}}}), "adaln_proj has both a comfy_quant tensor"),
+])
+def test_bad_quantization_metadata_is_named(tmp_path, tiny_weights, metadata, says):
+    _, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={"_quantization_metadata": metadata})
+    msg = _err(path)
+    assert str(path) in msg and says in msg
+
+
+def test_a_legacy_key_beside_its_new_name_is_an_error(tmp_path, tiny_weights):
+    _, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}
+    tensors["adaln_proj.scale_weight"] = tensors["adaln_proj.weight_scale"].clone()
+    tensors["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "both.safetensors"
+    save_file(tensors, str(path))
+    assert "adaln_proj has both scale_weight (legacy scaled_fp8) and weight_scale" in _err(path)
+
+
+def test_quantization_metadata_of_a_comfy_kitchen_format(tmp_path, tiny_weights):
+    """int8 convrot: the Hadamard rotation is only named in the config, so the metadata must be read, not guessed."""
+    pytest.importorskip("comfy_kitchen")
+    from safetensors.torch import load_file
+    from tools.make_test_quantized import write_comfy
+    today = write_comfy(tiny_weights[0], tmp_path / "int8.safetensors", "int8_convrot")
+    tensors = load_file(str(today))
+    layers = {k[:-len(".comfy_quant")]: json_from_tensor(v) for k, v in tensors.items() if k.endswith(".comfy_quant")}
+    assert any(conf.get("convrot") for conf in layers.values())
+    path = tmp_path / "int8_metadata.safetensors"
+    save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
+              metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))

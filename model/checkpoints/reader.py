@@ -7,6 +7,7 @@ with a ``ValueError`` naming the file and what it looks like instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,10 @@ from typing import Iterable, Optional
 
 import torch
 from safetensors import safe_open
+
+from .comfy_legacy import legacy_quant_plan
+
+log = logging.getLogger(__name__)
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -139,9 +144,27 @@ class CheckpointReader:
             self.metadata.update(handle.metadata() or {})
             for key in handle.keys():
                 self._where[key] = path
+        self._file_key: dict[str, str] = {}  # presented key -> its name in the file, where they differ
+        self._virtual: dict[str, torch.Tensor] = {}  # tensors presented but not stored (legacy comfy_quant)
+        self.legacy_quant: Optional[str] = None  # how an older ComfyUI quantisation layout was read, if it was
+        self._read_legacy_quant()
+
+    def _read_legacy_quant(self) -> None:
+        plan = legacy_quant_plan(list(self._where), self.metadata, self.label, self.shape)
+        if plan is None:
+            return
+        for new, old in plan.renames.items():
+            self._where[new] = self._where.pop(old)
+            self._file_key[new] = old
+        for key in plan.consumed:
+            del self._where[key]
+        for module, conf in plan.layers.items():
+            self._virtual[f"{module}.comfy_quant"] = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
+        self.legacy_quant = plan.description
+        log.info("%s: %s", self.label, plan.description)
 
     def keys(self) -> list[str]:
-        return list(self._where)
+        return list(self._where) + list(self._virtual)
 
     @property
     def files(self) -> list[Path]:
@@ -149,15 +172,19 @@ class CheckpointReader:
         return list(self._handles)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._where
+        return key in self._where or key in self._virtual
 
     def _slice(self, key: str):
-        return self._handles[self._where[key]].get_slice(key)
+        return self._handles[self._where[key]].get_slice(self._file_key.get(key, key))
 
     def shape(self, key: str) -> tuple[int, ...]:
+        if key in self._virtual:
+            return tuple(self._virtual[key].shape)
         return tuple(self._slice(key).get_shape())
 
     def dtype(self, key: str) -> torch.dtype:
+        if key in self._virtual:
+            return self._virtual[key].dtype
         name = self._slice(key).get_dtype()
         if name not in _ST_DTYPES:
             raise ValueError(f"{self.label}: tensor {key} has unsupported dtype {name}")
@@ -168,7 +195,9 @@ class CheckpointReader:
         return None
 
     def get(self, key: str) -> torch.Tensor:
-        return self._handles[self._where[key]].get_tensor(key)
+        if key in self._virtual:
+            return self._virtual[key].clone()
+        return self._handles[self._where[key]].get_tensor(self._file_key.get(key, key))
 
     def file_size(self) -> int:
         return sum(p.stat().st_size for p in self._handles)
