@@ -80,3 +80,71 @@ test("inputValue: primitives and reroutes; unknown upstream values are null", ()
   assert.equal(inputValue(g, b, "width"), 1280);
   assert.equal(inputValue(g, b, "height"), null);
 });
+
+// -- edge cases pinned by mutation testing ------------------------------------
+
+test("isPackNode needs the prefix at the start; parseAspectChoice reads only a leading size (x or ×)", () => {
+  assert.equal(isPackNode("MyIdeogram4NativeNode"), false);
+  assert.deepEqual(parseAspectChoice("1024×768"), { width: 1024, height: 768 });
+  assert.equal(parseAspectChoice("custom (was 1024x768)"), null);
+});
+
+test("inertWidgets: no preset value (widget missing) marks nothing custom-only; latentLinked defaults off", () => {
+  assert.deepEqual(inertWidgets("Ideogram4NativeKSampler"), {});
+  assert.deepEqual(Object.keys(inertWidgets("Ideogram4NativeKSampler", { latentLinked: true })), ["width", "height", "batch_size"]);
+});
+
+test("inputValue: links via getLink() or a plain links object; a dangling link id is null (linked, unknown)", () => {
+  const prim = { id: 1, type: "PrimitiveInt", outputs: [{ name: "INT" }], inputs: [], widgets: [W("value", 1280)] };
+  const b = { id: 2, inputs: [{ name: "width", link: 7 }, { name: "height", link: 8 }] };
+  const link = { id: 7, origin_id: 1, origin_slot: 0 };
+  const nodes = { getNodeById: (id) => ({ 1: prim, 2: b })[id] ?? null };
+  assert.equal(inputValue({ ...nodes, getLink: (id) => (id === 7 ? link : undefined) }, b, "width"), 1280);
+  assert.equal(inputValue({ ...nodes, links: { 7: link } }, b, "width"), 1280);
+  assert.equal(inputValue({ ...nodes, links: { 7: link } }, b, "height"), null);
+});
+
+test("inputValue: a reroute loop ends as null instead of recursing forever", () => {
+  const r1 = { id: 1, type: "Reroute", outputs: [{ name: "" }], inputs: [{ name: "", link: 31 }] };
+  const r2 = { id: 2, type: "Reroute", outputs: [{ name: "" }], inputs: [{ name: "", link: 32 }] };
+  const b = { id: 3, inputs: [{ name: "width", link: 33 }] };
+  const g = graphOf([r1, r2, b], [
+    { id: 31, origin_id: 2, origin_slot: 0 },
+    { id: 32, origin_id: 1, origin_slot: 0 },
+    { id: 33, origin_id: 1, origin_slot: 0 },
+  ]);
+  assert.equal(inputValue(g, b, "width"), null);
+});
+
+test("inputValue: a widget converted to a linked input is followed upstream (Empty Latent custom, same-name widget)", () => {
+  const prim = { id: 1, type: "PrimitiveInt", outputs: [{ name: "INT" }], inputs: [], widgets: [W("value", 1792)] };
+  const latent = { id: 2, type: "Ideogram4NativeEmptyLatent", outputs: [{ name: "latent" }, { name: "width" }, { name: "height" }],
+    inputs: [{ name: "width", link: 41 }], widgets: [W("aspect_ratio", "custom"), W("width", 1024), W("height", 1024)] };
+  const passthru = { id: 3, type: "SizePassthrough", outputs: [{ name: "width" }, { name: "height" }],
+    inputs: [{ name: "width", link: 42 }], widgets: [W("width", 512), W("height", 512)] };
+  const b = { id: 4, inputs: [{ name: "width", link: 43 }, { name: "height", link: 44 }] };
+  const g = graphOf([prim, latent, passthru, b], [
+    { id: 41, origin_id: 1, origin_slot: 0 },
+    { id: 42, origin_id: 1, origin_slot: 0 },
+    { id: 43, origin_id: 2, origin_slot: 1 },
+    { id: 44, origin_id: 3, origin_slot: 0 },
+  ]);
+  assert.equal(inputValue(g, b, "width"), 1792);
+  assert.equal(inputValue(g, b, "height"), 1792);
+});
+
+test("inputValue: legacy PrimitiveNode (value + control widget); numeric strings; blanks, NaN and multi-output nodes are unknown", () => {
+  const legacy = { id: 1, type: "PrimitiveNode", outputs: [{ name: "INT" }], inputs: [],
+    widgets: [W("value", 896), W("control_after_generate", "fixed")] };
+  const str = { id: 2, type: "SomeStringInt", outputs: [{ name: "INT" }], inputs: [], widgets: [W("value", " 640 ")] };
+  const blank = { id: 3, type: "SomeStringInt", outputs: [{ name: "INT" }], inputs: [], widgets: [W("value", "  ")] };
+  const nan = { id: 4, type: "SomeFloat", outputs: [{ name: "FLOAT" }], inputs: [], widgets: [W("value", NaN)] };
+  const multi = { id: 5, type: "SomeMathNode", outputs: [{ name: "INT" }, { name: "FLOAT" }], inputs: [], widgets: [W("a", 3)] };
+  const b = { id: 6, inputs: [1, 2, 3, 4, 5].map((k) => ({ name: `in${k}`, link: 50 + k })) };
+  const g = graphOf([legacy, str, blank, nan, multi, b], [1, 2, 3, 4, 5].map((k) => ({ id: 50 + k, origin_id: k, origin_slot: 0 })));
+  assert.equal(inputValue(g, b, "in1"), 896);
+  assert.equal(inputValue(g, b, "in2"), 640);
+  assert.equal(inputValue(g, b, "in3"), null);
+  assert.equal(inputValue(g, b, "in4"), null);
+  assert.equal(inputValue(g, b, "in5"), null);
+});
