@@ -119,3 +119,101 @@ def test_uint8_tensor_is_scaled_like_its_numpy_array():
     """A (H, W, 3) uint8 torch tensor (the pipeline's decoded pixels) scores like the same numpy array."""
     arr = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
     assert placeholder_score(torch.from_numpy(arr)).features == placeholder_score(arr).features
+
+
+# -- the documented heuristic, feature by feature (module docstring) ---------------------------------------------
+
+
+def _canvas(h, w, level=0.5, patches=()):
+    """A float grey canvas in [0, 1]; ``patches``: (pixel count, luminance) laid out row-major after the background."""
+    flat = np.full((h * w, 3), level, np.float32)
+    start = h * w
+    for count, value in patches:
+        start -= count
+        flat[start:start + count] = value
+    return flat.reshape(h, w, 3)
+
+
+@pytest.mark.parametrize("level,expected", [
+    (0.05, 0.0), (0.15, 0.0), (0.20, 0.5), (0.25, 1.0), (0.5, 1.0), (0.80, 1.0), (0.85, 0.5), (0.90, 0.0), (0.97, 0.0)])
+def test_grey_level_ramps_between_015_025_and_080_090(level, expected):
+    f = placeholder_score(_canvas(64, 64, level)).features
+    assert f["background"] == pytest.approx(level, abs=1e-6)
+    assert f["grey_level"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_background_is_the_median_luminance_with_rec601_weights():
+    img = np.broadcast_to(np.array([0.2, 0.6, 0.9], np.float32), (32, 32, 3))
+    assert placeholder_score(img).features["background"] == pytest.approx(0.299 * 0.2 + 0.587 * 0.6 + 0.114 * 0.9,
+                                                                         abs=1e-6)
+
+
+def test_neutral_is_the_weaker_of_mean_chroma_and_its_99th_percentile():
+    tinted = _canvas(100, 100)
+    tinted[..., 0] += 0.055  # every pixel: chroma 0.055 → mean ramp (0.08 → 0.03) gives 0.5, p99 ramp gives 1
+    f = placeholder_score(tinted).features
+    assert f["mean_chroma"] == pytest.approx(0.055, abs=1e-6) and f["neutral"] == pytest.approx(0.5, abs=1e-4)
+    speckled = _canvas(100, 100)
+    speckled.reshape(-1, 3)[:200, 0] += 0.175  # 2 % of pixels at chroma 0.175: mean 0.0035, p99 ramp (0.25 → 0.10) 0.5
+    f = placeholder_score(speckled).features
+    assert f["p99_chroma"] == pytest.approx(0.175, abs=1e-6) and f["neutral"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_flat_counts_pixels_within_005_of_the_background():
+    # 72.5 % background, 26.5 % at +0.08 (neither background nor ink), 1 % ink: flat = (0.725 − 0.60) / 0.25
+    r = placeholder_score(_canvas(100, 100, 0.5, [(2650, 0.58), (100, 0.30)]))
+    assert r.features["background_fraction"] == 0.725 and r.features["ink_fraction"] == 0.01
+    assert r.features["flat"] == 0.5 and r.features["text"] == 1.0
+    assert r.score == THRESHOLD and r.blocked  # the threshold itself is flagged
+
+
+@pytest.mark.parametrize("ink_pixels,expected", [
+    (0, 0.3), (1, 0.3 + 0.7 * 0.0001 / 0.0005), (2, 0.3 + 0.7 * 0.0002 / 0.0005), (5, 1.0), (1500, 1.0),
+    (2250, 0.5), (3000, 0.0)])
+def test_text_ramps_up_to_005_percent_ink_and_down_from_15_to_30_percent(ink_pixels, expected):
+    # ink 0.15 below a 0.5 background: above the 0.12 ink threshold
+    f = placeholder_score(_canvas(100, 100, 0.5, [(ink_pixels, 0.35)])).features
+    assert f["ink_fraction"] == ink_pixels / 10000
+    assert f["text"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_faint_ink_trace_scores_below_the_threshold():
+    r = placeholder_score(_canvas(100, 100, 0.5, [(1, 0.35)]))  # 0.01 % ink: text 0.44, the only weak feature
+    assert r.score == pytest.approx(0.44) and not r.blocked and r.message == ""
+
+
+def test_large_arrays_are_box_downscaled_to_at_most_256_pixels():
+    stripes = np.where(np.arange(512) % 4 < 2, 0.4, 0.6).astype(np.float32)  # period 4: a step of 2 keeps them
+    img = np.broadcast_to(stripes[None, :, None], (512, 512, 3))
+    assert placeholder_score(img).features["background_fraction"] == 0.0
+    alternate = np.where(np.arange(300) % 2 == 0, 0.4, 0.6).astype(np.float32)  # 300 px: step ceil(300/256) = 2
+    img = np.broadcast_to(alternate[None, :, None], (300, 300, 3))
+    assert placeholder_score(img).features["background_fraction"] == 1.0
+
+
+def test_large_pil_images_are_box_resized_before_scoring():
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(np.repeat(rng.choice([102, 153], (1024, 1024, 1)).astype(np.uint8), 3, -1))
+    # every pixel is 0.1 from the median at full size; a 4×4 box average pulls most of them to the median
+    assert placeholder_score(noisy).features["background_fraction"] > 0.8
+
+
+@pytest.mark.parametrize("convert", [
+    lambda rgb: Image.fromarray(rgb).convert("L"),
+    lambda rgb: Image.fromarray(rgb).convert("RGBA"),
+    lambda rgb: rgb[..., 0],
+    lambda rgb: rgb[..., :1],
+    lambda rgb: np.concatenate([rgb, np.full_like(rgb[..., :1], 7)], -1),
+])
+def test_grey_alpha_and_single_channel_inputs_score_like_rgb(convert):
+    rgb = np.asarray(placeholder(200, 200, size=16))
+    assert placeholder_score(convert(rgb)).features == pytest.approx(placeholder_score(rgb).features, abs=2e-3)
+
+
+def test_out_of_range_float_pixels_are_clipped():
+    img = _canvas(32, 32, 0.5, [(100, 1.0), (100, 0.0)])
+    img.reshape(-1, 3)[-200:-100, 0] = 1.3  # overshoot past white: no colour once clipped
+    img.reshape(-1, 3)[-100:, 2] = -0.4  # undershoot past black
+    f = placeholder_score(img).features
+    assert f == placeholder_score(np.clip(img, 0.0, 1.0)).features
+    assert f["p99_chroma"] == 0.0 and f["mean_chroma"] == 0.0
