@@ -211,9 +211,9 @@ def test_grey_alpha_and_single_channel_inputs_score_like_rgb(convert):
 
 
 def test_out_of_range_float_pixels_are_clipped():
-    img = _canvas(32, 32, 0.5, [(100, 1.0), (100, 0.0)])
-    img.reshape(-1, 3)[-200:-100, 0] = 1.3  # overshoot past white: no colour once clipped
-    img.reshape(-1, 3)[-100:, 2] = -0.4  # undershoot past black
+    img = _canvas(32, 32, 0.5, [(100, 1.0), (100, 0.0)])  # white in the last 100 pixels, black in the 100 before
+    img.reshape(-1, 3)[-100:, 0] = 1.3  # overshoot past white: no colour once clipped
+    img.reshape(-1, 3)[-200:-100, 2] = -0.4  # undershoot past black
     f = placeholder_score(img).features
     assert f == placeholder_score(np.clip(img, 0.0, 1.0)).features
     assert f["p99_chroma"] == 0.0 and f["mean_chroma"] == 0.0
