@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.dit import DiTConfig, expected_shapes
-from model.checkpoints import NF4_CODE, nf4_quant_state_json, quantize_fp8_rowwise, quantize_fp8_tensorwise, quantize_nf4
+from model.checkpoints import NF4_CODE, json_to_tensor, nf4_quant_state_json, quantize_fp8_rowwise, quantize_fp8_tensorwise, quantize_nf4
 
 FORMATS = ("fp32", "bf16", "diffusers", "fp8", "comfy_fp8_scaled", "nf4")
 
@@ -80,8 +80,7 @@ def quantize_linear(key: str, weight: torch.Tensor, scheme: str) -> dict[str, to
     if scheme == "fp8_tensorwise":
         q, scale = quantize_fp8_tensorwise(weight)
         return {key: q, module + ".weight_scale": scale,
-                module + ".comfy_quant": torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
-                                                      dtype=torch.uint8)}
+                module + ".comfy_quant": json_to_tensor({"format": "float8_e4m3fn"})}
     if scheme == "nf4":
         packed, absmax = quantize_nf4(weight.to(torch.bfloat16))
         return {key: packed, key + ".absmax": absmax, key + ".quant_map": torch.tensor(NF4_CODE, dtype=torch.float32),

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
 
+from model.checkpoints import json_to_tensor
 from tools.make_test_checkpoints import _is_linear_weight, write_file
 
 COMFY_LAYOUTS = {"nvfp4": ("TensorCoreNVFP4Layout", {}), "mxfp8": ("TensorCoreMXFP8Layout", {}),
@@ -41,7 +41,7 @@ def comfy_quant_tensors(key: str, weight: torch.Tensor, fmt: str, dtype=torch.bf
     conf = {"format": {"fp8_scaled": "float8_e4m3fn", "int8_convrot": "int8_tensorwise"}.get(fmt, fmt)}
     if kwargs.get("convrot"):
         conf.update(convrot=True, convrot_groupsize=kwargs["convrot_groupsize"])
-    out[module + ".comfy_quant"] = torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
+    out[module + ".comfy_quant"] = json_to_tensor(conf)
     return {k: v.contiguous() for k, v in out.items()}
 
 

@@ -15,7 +15,7 @@ from .nf4 import (NF4_BLOCKSIZE, NF4_CODE, dequantize_nf4, dequantize_nf4_refere
                   parse_nf4_quant_state, quantize_nf4)
 from .ops import TorchOps
 from .packed_linear import SCHEMES, QuantizedLinear
-from .reader import (CheckpointReader, check_safetensors_file, json_from_tensor, open_checkpoint,
+from .reader import (CheckpointReader, check_safetensors_file, json_from_tensor, json_to_tensor, open_checkpoint,
                      resolve_checkpoint_files)
 
 __all__ = ["assign_weights", "key_problems", "replace_module", "set_tensor", "swap_quantized_linears",
@@ -23,4 +23,4 @@ __all__ = ["assign_weights", "key_problems", "replace_module", "set_tensor", "sw
            "detect_format", "module_of", "fp8_fused", "fused_decode", "gguf_fused", "nf4_fused", "FP8_DTYPE", "FP8_MAX", "dequantize_fp8", "quantize_fp8_rowwise",
            "quantize_fp8_tensorwise", "NF4_BLOCKSIZE", "NF4_CODE", "dequantize_nf4", "dequantize_nf4_reference",
            "nf4_quant_state_json", "parse_nf4_quant_state", "quantize_nf4", "TorchOps", "SCHEMES", "QuantizedLinear", "CheckpointReader",
-           "check_safetensors_file", "json_from_tensor", "open_checkpoint", "resolve_checkpoint_files"]
+           "check_safetensors_file", "json_from_tensor", "json_to_tensor", "open_checkpoint", "resolve_checkpoint_files"]

@@ -38,8 +38,10 @@ def _metadata_layers(raw: str, label: str) -> dict[str, dict]:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{label}: its {METADATA_KEY} is not ComfyUI's {{\"layers\": {{module: config}}}} JSON "
                          f"({exc})") from None
-    bad = [m for m, conf in layers.items() if not isinstance(conf, dict) or "format" not in conf] \
-        if isinstance(layers, dict) else ["layers"]
+    if not isinstance(layers, dict):
+        bad = ["layers"]
+    else:
+        bad = [m for m, conf in layers.items() if not isinstance(conf, dict) or "format" not in conf]
     if bad:
         raise ValueError(f"{label}: its {METADATA_KEY} needs a {{\"format\": ...}} config for each layer; "
                          f"{', '.join(map(str, bad[:5]))} has none")
@@ -50,7 +52,6 @@ def legacy_quant_plan(keys: Sequence[str], metadata: Mapping[str, str], label: s
                       shape: Callable[[str], tuple[int, ...]]) -> Optional[LegacyQuantPlan]:
     """How to present a file in an older ComfyUI quantisation layout as today's; None for any other file."""
     present = set(keys)
-    has_confs = any(k.endswith(".comfy_quant") for k in present)
     if METADATA_KEY in metadata:
         layers = _metadata_layers(metadata[METADATA_KEY], label)
         both = sorted(m for m in layers if f"{m}.comfy_quant" in present)
@@ -61,7 +62,7 @@ def legacy_quant_plan(keys: Sequence[str], metadata: Mapping[str, str], label: s
                                                f"({len(layers)} layers)")
     markers = tuple(k for k in present if k.rpartition(".")[2] == MARKER)
     scaled = [k for k in present if k.rpartition(".")[2] == "scale_weight"]
-    if not markers or not scaled or has_confs:
+    if not markers or not scaled or any(k.endswith(".comfy_quant") for k in present):
         return None
     renames = {}
     for key in present:
@@ -73,7 +74,7 @@ def legacy_quant_plan(keys: Sequence[str], metadata: Mapping[str, str], label: s
                                  "keep one of the two")
             renames[new] = key
     conf = {"format": "float8_e4m3fn"}
-    if any(len(shape(m)) == 1 and shape(m)[0] == 2 for m in markers):
+    if any(shape(m) == (2,) for m in markers):
         conf["full_precision_matrix_mult"] = True
     layers = {k.rpartition(".")[0]: dict(conf) for k in scaled}
     return LegacyQuantPlan(renames, markers, layers, f"legacy ComfyUI scaled_fp8 layout (scale_weight / "

@@ -13,14 +13,13 @@ default), else in chunks.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from typing import Optional
 
 import torch
 
 from . import nf4_fused
-from .reader import json_from_tensor
+from .reader import json_from_tensor, json_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +177,8 @@ def decode_note(device, dtype: torch.dtype = torch.bfloat16) -> str:
 
 def nf4_quant_state_json(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """The ``quant_state.bitsandbytes__nf4`` tensor bitsandbytes writes (UTF-8 JSON as uint8)."""
-    text = json.dumps({"quant_type": "nf4", "blocksize": NF4_BLOCKSIZE,
-                       "dtype": str(dtype).replace("torch.", ""), "shape": list(shape)})
-    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+    return json_to_tensor({"quant_type": "nf4", "blocksize": NF4_BLOCKSIZE,
+                           "dtype": str(dtype).replace("torch.", ""), "shape": list(shape)})
 
 
 parse_nf4_quant_state = json_from_tensor

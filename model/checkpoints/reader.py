@@ -146,7 +146,6 @@ class CheckpointReader:
                 self._where[key] = path
         self._file_key: dict[str, str] = {}  # presented key -> its name in the file, where they differ
         self._virtual: dict[str, torch.Tensor] = {}  # tensors presented but not stored (legacy comfy_quant)
-        self.legacy_quant: Optional[str] = None  # how an older ComfyUI quantisation layout was read, if it was
         self._read_legacy_quant()
 
     def _read_legacy_quant(self) -> None:
@@ -159,8 +158,7 @@ class CheckpointReader:
         for key in plan.consumed:
             del self._where[key]
         for module, conf in plan.layers.items():
-            self._virtual[f"{module}.comfy_quant"] = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
-        self.legacy_quant = plan.description
+            self._virtual[f"{module}.comfy_quant"] = json_to_tensor(conf)
         log.info("%s: %s", self.label, plan.description)
 
     def keys(self) -> list[str]:
@@ -266,3 +264,8 @@ def open_checkpoint(source: str | os.PathLike, component: Optional[str] = None, 
 def json_from_tensor(raw: torch.Tensor) -> dict:
     """UTF-8 JSON stored as a uint8 tensor (bitsandbytes quant_state, ComfyUI comfy_quant)."""
     return json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
+
+
+def json_to_tensor(obj) -> torch.Tensor:
+    """``obj`` as UTF-8 JSON in a uint8 tensor, as bitsandbytes and ComfyUI store it (``json_from_tensor`` reads it)."""
+    return torch.tensor(list(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)
