@@ -570,8 +570,11 @@ def test_quantization_metadata_in_place_of_comfy_quant_tensors(tmp_path, tiny_we
     save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
               metadata={"_quantization_metadata": json.dumps({"layers": layers})})
     with caplog.at_level("INFO"):
-        _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
-    assert f"per-layer quantisation from its _quantization_metadata ({len(layers)} layers)" in caplog.text
+        model = load_transformer(path, dtype=torch.float32)
+        _same_weights(model, load_transformer(today, dtype=torch.float32))
+    says = f"per-layer quantisation from its _quantization_metadata ({len(layers)} layers)"
+    assert says in caplog.text
+    assert model.checkpoint_format.endswith(f"key names; {says}")  # what the loader node shows
     reader = open_checkpoint(path)
     assert json_from_tensor(reader.get(next(iter(layers)) + ".comfy_quant")) == layers[next(iter(layers))]
 
@@ -591,9 +594,12 @@ def test_legacy_scaled_fp8_layout_loads_like_fp8_scaled(tmp_path, tiny_weights, 
     path = tmp_path / "legacy.safetensors"
     save_file(legacy, str(path))
     with caplog.at_level("INFO"):
-        _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
+        model = load_transformer(path, dtype=torch.float32)
+        _same_weights(model, load_transformer(today, dtype=torch.float32))
     n = sum(k.endswith(".scale_weight") for k in legacy)
-    assert f"legacy ComfyUI scaled_fp8 layout (scale_weight / scale_input, {n} layers) read as fp8_scaled" in caplog.text
+    says = f"legacy ComfyUI scaled_fp8 layout (scale_weight / scale_input, {n} layers) read as fp8_scaled"
+    assert says in caplog.text and model.checkpoint_format.endswith(f"key names; {says}")
+    assert load_transformer(today, dtype=torch.float32).checkpoint_format.endswith("key names")  # no note
     reader = open_checkpoint(path)
     assert "scaled_fp8" not in reader and not any(k.endswith((".scale_weight", ".scale_input")) for k in reader.keys())
     assert json_from_tensor(reader.get("adaln_proj.comfy_quant")) == {"format": "float8_e4m3fn",

@@ -8,7 +8,7 @@ meta-built models without copies.
 
 from .assign import assign_weights, key_problems, replace_module, set_tensor, swap_quantized_linears
 from .formats import (QUANT_DESCRIPTIONS, CheckpointFormat, LinearSpec, classify_modules, describe_other_family,
-                      detect_format, module_of)
+                      detect_format, module_of, reader_traits)
 from . import fp8_fused, fused_decode, gguf_fused, nf4_fused
 from .fp8 import FP8_DTYPE, FP8_MAX, dequantize_fp8, quantize_fp8_rowwise, quantize_fp8_tensorwise
 from .nf4 import (NF4_BLOCKSIZE, NF4_CODE, dequantize_nf4, dequantize_nf4_reference, nf4_quant_state_json,
@@ -20,7 +20,7 @@ from .reader import (CheckpointReader, check_safetensors_file, json_from_tensor,
 
 __all__ = ["assign_weights", "key_problems", "replace_module", "set_tensor", "swap_quantized_linears",
            "QUANT_DESCRIPTIONS", "CheckpointFormat", "LinearSpec", "classify_modules", "describe_other_family",
-           "detect_format", "module_of", "fp8_fused", "fused_decode", "gguf_fused", "nf4_fused", "FP8_DTYPE", "FP8_MAX", "dequantize_fp8", "quantize_fp8_rowwise",
+           "detect_format", "reader_traits", "module_of", "fp8_fused", "fused_decode", "gguf_fused", "nf4_fused", "FP8_DTYPE", "FP8_MAX", "dequantize_fp8", "quantize_fp8_rowwise",
            "quantize_fp8_tensorwise", "NF4_BLOCKSIZE", "NF4_CODE", "dequantize_nf4", "dequantize_nf4_reference",
            "nf4_quant_state_json", "parse_nf4_quant_state", "quantize_nf4", "TorchOps", "SCHEMES", "QuantizedLinear", "CheckpointReader",
            "check_safetensors_file", "json_from_tensor", "json_to_tensor", "open_checkpoint", "resolve_checkpoint_files"]

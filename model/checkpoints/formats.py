@@ -67,6 +67,7 @@ class CheckpointFormat:
     logical_shapes: dict[str, tuple[int, ...]] = field(repr=False, default_factory=dict)
 
     container: str = "safetensors"  # "safetensors" | "gguf"
+    layout_note: Optional[str] = None  # how an older layout was read (the reader's ``layout_note``), else None
 
     @property
     def storage_description(self) -> str:
@@ -79,7 +80,14 @@ class CheckpointFormat:
 
     @property
     def description(self) -> str:
-        return f"{self.storage_description}, {self.naming} key names"
+        note = f"; {self.layout_note}" if self.layout_note else ""
+        return f"{self.storage_description}, {self.naming} key names{note}"
+
+
+def reader_traits(reader) -> dict:
+    """The ``CheckpointFormat`` fields that come from the reader itself: its container and layout note."""
+    return {"container": "gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors",
+            "layout_note": reader.layout_note}
 
 
 def describe_other_family(keys: Sequence[str], families: Sequence[tuple] = _OTHER_FAMILIES, *,
@@ -288,6 +296,5 @@ def detect_format(reader: CheckpointReader) -> CheckpointFormat:
         raise ValueError(f"{label}: tensor {dup[0]} appears under two names ({', '.join(sources[dup[0]])})")
 
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
-    container = "gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors"
     return CheckpointFormat(naming=naming, quantization=quantization, prefix=prefix, storage_dtype=storage,
-                            sources=sources, linears=linears, logical_shapes=logical, container=container)
+                            sources=sources, linears=linears, logical_shapes=logical, **reader_traits(reader))

@@ -67,6 +67,7 @@ class GGUFCheckpointReader:
         error); ``hints``: architecture → what such a file is, for the error when it is another."""
         gguf = _gguf()
         self.label = label or str(path)
+        self.layout_note: Optional[str] = None  # GGUF has no older layouts read differently
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"{path}: file not found")

@@ -146,6 +146,7 @@ class CheckpointReader:
                 self._where[key] = path
         self._file_key: dict[str, str] = {}  # presented key -> its name in the file, where they differ
         self._virtual: dict[str, torch.Tensor] = {}  # tensors presented but not stored (legacy comfy_quant)
+        self.layout_note: Optional[str] = None  # how an older ComfyUI layout was read, shown with the format
         self._read_legacy_quant()
 
     def _read_legacy_quant(self) -> None:
@@ -159,6 +160,7 @@ class CheckpointReader:
             del self._where[key]
         for module, conf in plan.layers.items():
             self._virtual[f"{module}.comfy_quant"] = json_to_tensor(conf)
+        self.layout_note = plan.description
         log.info("%s: %s", self.label, plan.description)
 
     def keys(self) -> list[str]:

@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints import (CheckpointFormat, CheckpointReader, TorchOps, assign_weights, classify_modules,
-                           describe_other_family, key_problems, open_checkpoint, replace_module, swap_quantized_linears)
+                           describe_other_family, key_problems, open_checkpoint, reader_traits, replace_module,
+                           swap_quantized_linears)
 from ..checkpoints.gguf_reader import RenamedReader
 from ..cpu_math import warm_vector_math
 from ..dit.constants import MAX_TEXT_TOKENS, TEXT_ENCODER_TAPS
@@ -200,8 +201,7 @@ def detect_text_encoder_format(reader: CheckpointReader, *, keep_layers: Optiona
     linears, logical, quantization, storage = classify_modules(reader, label, sources)
     ckpt = CheckpointFormat(naming=naming or _NAMINGS.get(prefix, f"key prefix {prefix!r}"),
                             quantization=quantization, prefix=prefix, storage_dtype=storage, sources=sources,
-                            linears=linears, logical_shapes=logical,
-                            container="gguf" if any(p.suffix == ".gguf" for p in reader.files) else "safetensors")
+                            linears=linears, logical_shapes=logical, **reader_traits(reader))
     return TextEncoderFormat(label=label, num_layers=num_layers, kept_layers=kept, checkpoint=ckpt,
                              skipped=dict(skipped))
 
