@@ -104,3 +104,35 @@ def test_cuda_decode_equals_the_reference(policy, no_bitsandbytes):
     note = nf4.decode_note("cuda")
     print(note)
     assert torch.equal(got, nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16)), note
+
+
+def test_a_single_block_layer_takes_the_pure_torch_codec(policy, counted, no_bitsandbytes):
+    """One block's count would be specialised in the compiled kernel, so it is left to the pure-torch codec."""
+    policy("fused")
+    packed, absmax, code, shape = _packed(1, 64)
+    got = nf4.dequantize_nf4(packed, absmax, code, shape, torch.bfloat16)
+    assert torch.equal(got, nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16))
+    assert (torch.bfloat16, packed.numel()) not in counted
+
+
+def test_inside_a_compiled_model_the_decode_is_traced_not_dispatched(policy, counted, no_bitsandbytes):
+    """torch.compile of a layer traces the pure-torch codec (its own compiler fuses it) instead of calling the
+    separately compiled kernel from inside the graph: one graph, the reference's numbers."""
+    policy("fused")
+    packed, absmax, code, shape = _packed()
+    want = nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.float32)
+    counted.clear()
+    layer = torch.compile(lambda p, a, c: nf4.dequantize_nf4(p, a, c, shape, torch.float32), fullgraph=True,
+                          backend="eager")
+    assert torch.equal(layer(packed, absmax, code), want)
+    assert counted == []
+
+
+def test_compiled_decode_reads_packed_bytes_stored_as_int8(policy, counted, no_bitsandbytes):
+    """The kernel's nibble shifts need unsigned bytes: int8 storage (the same bytes) is viewed as uint8 first."""
+    policy("fused")
+    packed, absmax, code, shape = _packed()
+    assert packed.view(torch.int8).min() < 0
+    got = nf4.dequantize_nf4(packed.view(torch.int8), absmax, code, shape, torch.bfloat16)
+    assert counted[-1] == (torch.bfloat16, packed.numel())
+    assert torch.equal(got, nf4.dequantize_nf4_reference(packed, absmax, code, shape, torch.bfloat16))

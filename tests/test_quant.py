@@ -108,3 +108,153 @@ def test_bitsandbytes_branch_of_dequantize_nf4_matches_pure_torch():
     code = torch.tensor(NF4_CODE)
     via_bnb = dequantize_nf4(packed, absmax, code, (32, 128), torch.bfloat16, use_bitsandbytes=True)
     assert torch.equal(via_bnb, dequantize_nf4(packed, absmax, code, (32, 128), torch.bfloat16, use_bitsandbytes=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nf4_quantiser_matches_bitsandbytes_on_ties_zero_blocks_and_block_maxima(dtype):
+    """Values exactly between two codes take the lower one, an all-zero block code 0.0 with absmax 0, a block's
+    maximum code 1.0 — bitsandbytes' choices, byte for byte."""
+    code = torch.tensor(NF4_CODE)
+    ties = (code[:-1] + code[1:]) / 2  # exact midpoints: with absmax 1 (or 0.5) the scaled values are these
+    row = torch.cat([torch.tensor([1.0]), ties, -ties, torch.zeros(64 - 1 - 2 * len(ties))])
+    w = torch.stack([row, torch.zeros(64), row * 0.5, -row]).to(dtype)
+    packed, absmax = quantize_nf4(w)
+    bnb_packed, state = bnb_functional.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed, bnb_packed) and torch.equal(absmax, state.absmax)
+    assert absmax[1] == 0 and torch.all(packed[32:64] == 0x77)  # the zero block: code 7 (0.0) everywhere
+    if dtype == torch.float32:  # (bfloat16 rounds the midpoints off the ties)
+        codes = torch.stack([packed[:8, 0] >> 4, packed[:8, 0] & 0xF], 1).reshape(-1)
+        assert codes.tolist() == [15] + list(range(15))  # 1.0 → code 15; midpoint i → code i, the lower one
+
+
+def test_nf4_decode_reads_packed_bytes_stored_as_int8():
+    """A packed tensor stored as int8 (its bytes are the same) decodes like the uint8 one."""
+    w = _weight(8, 128)
+    packed, absmax = quantize_nf4(w)
+    code = torch.tensor(NF4_CODE)
+    want = dequantize_nf4_reference(packed, absmax, code, (8, 128), torch.float32)
+    assert packed.view(torch.int8).min() < 0  # some bytes ≥ 0x80, which int8 reads as negative
+    assert torch.equal(dequantize_nf4_reference(packed.view(torch.int8), absmax, code, (8, 128), torch.float32), want)
+
+
+@pytest.mark.parametrize("nbytes,shape", [(32, (2, 64)), (16, (1, 32))])
+def test_nf4_packed_bytes_that_cannot_hold_the_shape_in_whole_blocks_are_named(nbytes, shape):
+    packed = torch.zeros(nbytes, 1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=rf"nf4: {nbytes} packed bytes cannot hold a \[{shape[0]}, {shape[1]}\] "
+                                         r"weight in blocks of 64"):
+        dequantize_nf4_reference(packed, torch.ones(2), torch.tensor(NF4_CODE), shape, torch.float32)
+
+
+def test_nf4_chunk_temporaries_are_what_the_memory_plan_reserves(monkeypatch):
+    """The pure-torch decode's live temporaries beside its output, measured op by op, are the
+    ``NF4_CHUNK_TEMP_BYTES`` the memory plan reserves for it (per packed byte of a chunk)."""
+    import weakref
+    from torch.utils._python_dispatch import TorchDispatchMode
+    import model.checkpoints.nf4 as quant
+
+    per_byte = quant.NF4_CHUNK_TEMP_BYTES / quant._NF4_CHUNK_BYTES
+    chunk = 1 << 16
+    monkeypatch.setattr(quant, "_NF4_CHUNK_BYTES", chunk)
+    packed, absmax = quantize_nf4(_weight(48, 8192))  # 196608 bytes: three chunks
+    live, peak = {}, [0, 0]
+
+    class Live(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            schema = func._schema
+            fresh = not any(r.alias_info for r in schema.returns)  # not a view nor an in-place result
+            if fresh and isinstance(out, torch.Tensor):
+                key = id(out)
+                live[key] = out.untyped_storage().nbytes()
+                weakref.finalize(out, live.pop, key, None)
+                total = sum(live.values())
+                if total > peak[0]:
+                    peak[:] = [total, max(live.values())]
+            return out
+
+    with Live():
+        out = quant.dequantize_nf4_reference(packed, absmax, torch.tensor(NF4_CODE), (48, 8192), torch.bfloat16)
+    temporaries = peak[0] - out.numel() * out.element_size()  # the output is the caller's, not a temporary
+    assert per_byte * chunk <= temporaries <= per_byte * chunk + 16 * 1024  # + the 256-entry table and its parts
+
+
+@pytest.fixture
+def fresh_probe():
+    """bitsandbytes' probe forgotten before and after the test (it is cached per device type)."""
+    import model.checkpoints.nf4 as quant
+    quant._bnb_functional.cache_clear()
+    yield quant
+    quant._bnb_functional.cache_clear()
+
+
+def _wrong_in(dtype, *, cast_to=None):
+    """A bitsandbytes kernel that is one ulp off in ``dtype`` only, or (``cast_to``) returns that dtype instead."""
+    import model.checkpoints.nf4 as quant
+    real = quant._bnb_dequantize
+
+    def kernel(packed, absmax, shape, want):
+        out = real(packed, absmax, shape, want)
+        if want == dtype and cast_to is not None:
+            return out.to(cast_to)
+        if want == dtype:
+            out.view(torch.int16 if out.element_size() == 2 else torch.int32).view(-1)[3] += 1
+        return out
+    return kernel
+
+
+@pytest.mark.parametrize("kernel", [lambda: _wrong_in(torch.bfloat16), lambda: _wrong_in(torch.float32),
+                                    lambda: _wrong_in(torch.bfloat16, cast_to=torch.float32)],
+                         ids=["bf16-ulp", "fp32-ulp", "bf16-as-fp32"])
+def test_bitsandbytes_probe_checks_every_compute_dtype_and_the_result_dtype(fresh_probe, monkeypatch, caplog, kernel):
+    monkeypatch.setattr(fresh_probe, "_bnb_dequantize", kernel())
+    with caplog.at_level("WARNING"):
+        assert fresh_probe._bnb_functional("cpu") is None
+    assert "bitsandbytes is installed but not used for nf4 decoding on cpu" in caplog.text
+    assert "decode on cpu differs from the NF4 reference" in caplog.text
+
+
+def test_bitsandbytes_not_installed_is_not_a_warning(fresh_probe, monkeypatch, caplog):
+    import sys
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)  # `import` raises ImportError
+    with caplog.at_level("WARNING"):
+        assert fresh_probe._bnb_functional("cpu") is None
+    assert caplog.records == []
+    assert fresh_probe.decode_note("cpu").startswith("nf4 decode: pure torch in chunks (exact; bitsandbytes not used)")
+
+
+class _CudaStandIn:
+    """Just what ``dequantize_nf4`` asks a packed tensor before choosing a kernel, for a CUDA tensor."""
+    is_cuda = True
+    device = torch.device("cuda")
+
+
+def _choose(monkeypatch, quant, packed, shape, *, usable=True, **kwargs):
+    """Which decode ``dequantize_nf4`` runs: 'bitsandbytes' or 'pure torch' (both recorded, not run)."""
+    monkeypatch.setattr(quant, "bitsandbytes_decodes", lambda device_type: usable)
+    monkeypatch.setattr(quant, "_bnb_dequantize", lambda *a: "bitsandbytes")
+    monkeypatch.setattr(quant.nf4_fused, "fused_decoder", lambda device, dtype: (None, "off"))
+    monkeypatch.setattr(quant, "dequantize_nf4_reference", lambda *a: "pure torch")
+    return quant.dequantize_nf4(packed, None, None, shape, torch.bfloat16, **kwargs)
+
+
+def test_nf4_decode_choice_by_device_row_width_and_request(monkeypatch):
+    import model.checkpoints.nf4 as quant
+    cpu = torch.zeros(1, dtype=torch.uint8)
+    assert _choose(monkeypatch, quant, cpu, (8, 128)) == "bitsandbytes"  # CPU, rows of whole blocks
+    assert _choose(monkeypatch, quant, cpu, (8, 96)) == "pure torch"  # CPU, a row of 1.5 blocks
+    assert _choose(monkeypatch, quant, _CudaStandIn(), (8, 96)) == "bitsandbytes"  # CUDA: any row width
+    assert _choose(monkeypatch, quant, cpu, (8, 96), use_bitsandbytes=True) == "bitsandbytes"
+    assert _choose(monkeypatch, quant, cpu, (8, 128), use_bitsandbytes=False) == "pure torch"
+    assert _choose(monkeypatch, quant, _CudaStandIn(), (8, 128), usable=False) == "pure torch"
+    with pytest.raises(ValueError, match="use_bitsandbytes=True but bitsandbytes is not installed or has no usable"):
+        _choose(monkeypatch, quant, cpu, (8, 128), usable=False, use_bitsandbytes=True)
+
+
+def test_nf4_decode_note_names_the_kernel_per_device(monkeypatch):
+    import model.checkpoints.nf4 as quant
+    assert quant.decode_note("cpu") == ("nf4 decode: bitsandbytes' kernel (rows of whole 64-blocks; others: the "
+                                        "pure-torch codec), probed bit-identical to the reference's decode")
+    monkeypatch.setattr(quant, "bitsandbytes_decodes", lambda device_type: device_type == "cuda")
+    assert quant.decode_note("cuda") == "nf4 decode: bitsandbytes' kernel, probed bit-identical to the reference's decode"
+    monkeypatch.setattr(quant, "bitsandbytes_decodes", lambda device_type: True)  # a probe says yes everywhere
+    assert not quant.decode_note("mps").startswith("nf4 decode: bitsandbytes")  # bitsandbytes is only used on cuda/cpu

@@ -37,15 +37,19 @@ def _nf4_code(device) -> torch.Tensor:
     return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
 
 
-def quantize_nf4(weight: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """bitsandbytes-compatible NF4: returns (packed uint8 (n/2, 1), absmax float32 (n/blocksize,))."""
+def quantize_nf4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes-compatible NF4 (blocksize 64): returns (packed uint8 (n/2, 1), absmax float32 (n/64,)).
+
+    Each value takes the nearest code, a value exactly between two codes the lower one, an all-zero block code 7
+    (0.0) with absmax 0 — as bitsandbytes does.  A scaled value a rounding step beyond ±1 lands in the end code
+    (the buckets are open-ended), so it needs no clamp."""
     flat = weight.detach().reshape(-1).to(torch.float32)
     n = flat.numel()
-    if n % blocksize or n % 2:
-        raise ValueError(f"nf4 needs a weight whose size ({n}) is a multiple of the blocksize {blocksize}")
-    blocks = flat.view(-1, blocksize)
+    if n % NF4_BLOCKSIZE:
+        raise ValueError(f"nf4 needs a weight whose size ({n}) is a multiple of the blocksize {NF4_BLOCKSIZE}")
+    blocks = flat.view(-1, NF4_BLOCKSIZE)
     absmax = blocks.abs().amax(dim=1)
-    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1))).reshape(-1)
     code = _nf4_code(flat.device)
     bounds = (code[:-1] + code[1:]) / 2
     q = torch.bucketize(scaled, bounds, out_int32=True).to(torch.uint8)
@@ -92,11 +96,16 @@ def dequantize_nf4_reference(packed: torch.Tensor, absmax: torch.Tensor, quant_m
     step = _NF4_CHUNK_BYTES  # a multiple of NF4_BLOCKSIZE / 2, so chunks hold whole blocks
     for start in range(0, flat.numel(), step):
         chunk = flat[start:start + step]
-        values = table[chunk.long()].view(-1, NF4_BLOCKSIZE)  # (blocks, 64) float32
-        first_block = start * 2 // NF4_BLOCKSIZE
-        values *= scales[first_block:first_block + values.shape[0]].unsqueeze(1)
-        out[start * 2:start * 2 + values.numel()] = values.reshape(-1)
+        _decode_chunk(chunk, table, scales[start * 2 // NF4_BLOCKSIZE:], out[start * 2:start * 2 + chunk.numel() * 2])
     return out.view(shape)
+
+
+def _decode_chunk(chunk: torch.Tensor, table: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None:
+    """Decode one chunk of whole blocks into ``out``; its temporaries die on return, before the next chunk's
+    (so they are ``NF4_CHUNK_TEMP_BYTES``, not that plus the previous chunk's values)."""
+    values = table[chunk.long()].view(-1, NF4_BLOCKSIZE)  # (blocks, 64) float32
+    values *= scales[:values.shape[0]].unsqueeze(1)
+    out.copy_(values.reshape(-1))
 
 
 def _bnb_dequantize(packed, absmax, shape, dtype) -> torch.Tensor:
