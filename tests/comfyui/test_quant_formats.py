@@ -1,4 +1,5 @@
-"""ComfyUI nvfp4 / mxfp8 / int8 (convrot) / mixed and GGUF files inside a real ComfyUI (``--cpu``):
+"""ComfyUI nvfp4 / mxfp8 / int8 (convrot) / mixed, its two older fp8_scaled layouts, and GGUF files inside a real
+ComfyUI (``--cpu``):
 
 * partial loading streams the packed layers (``comfy_cast_weights``) and changes nothing, bit for bit;
 * ``model_size()`` counts packed bytes;
@@ -34,6 +35,23 @@ files = {f: write_comfy(sd, Path(out_dir) / f"{f}.safetensors", f) for f in ("nv
 files["mixed"] = write_comfy(sd, Path(out_dir) / "mixed.safetensors", mixed)
 files["gguf_Q4_K"] = write_gguf(sd, Path(out_dir) / "q4k.gguf", "Q4_K")
 files["gguf_Q8_0"] = write_gguf(sd, Path(out_dir) / "q8.gguf", "Q8_0")
+
+# ComfyUI's two older fp8_scaled layouts (comfy.utils.convert_old_quants still reads them), from today's file
+from safetensors.torch import load_file, save_file
+today = load_file(str(write_comfy(sd, Path(out_dir) / "fp8_scaled.safetensors", "fp8_scaled")))
+configs = {k[:-len(".comfy_quant")]: json.loads(bytes(v.tolist())) for k, v in today.items() if k.endswith(".comfy_quant")}
+untagged = {k: v for k, v in today.items() if not k.endswith(".comfy_quant")}
+files["legacy_metadata"] = Path(out_dir) / "legacy_metadata.safetensors"
+save_file(untagged, str(files["legacy_metadata"]), metadata={"_quantization_metadata": json.dumps({"layers": configs})})
+legacy = {"model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}
+for k, v in untagged.items():
+    if k.endswith(".weight_scale"):
+        legacy[k[:-len("weight_scale")] + "scale_weight"] = v
+        legacy[k[:-len("weight_scale")] + "scale_input"] = torch.ones(())
+    else:
+        legacy[k] = v
+files["legacy_scaled_fp8"] = Path(out_dir) / "legacy_scaled_fp8.safetensors"
+save_file(legacy, str(files["legacy_scaled_fp8"]))
 for name, path in files.items():
     p = cm.load_model_patcher(path, weight_dtype="bf16")
     p.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
@@ -45,9 +63,10 @@ for name, path in files.items():
     part = p.model.apply_model(x, sigma, c_crossattn=feats, ideogram4_velocity=True)
     p.detach()
     entry = {"equal": bool(torch.equal(full, part)), "quant_streamed": len(streamed), "size": int(p.model_size()),
-             "file": path.stat().st_size}
-    if path.suffix == ".safetensors":  # ComfyUI's own mixed-precision Linear on the same tensors
-        raw = comfy.utils.load_torch_file(str(path))
+             "file": path.stat().st_size, "format": p.ideogram4_info["format"]}
+    if path.suffix == ".safetensors":  # ComfyUI's own mixed-precision Linear on the same tensors, as it loads them
+        raw, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+        raw, _ = comfy.utils.convert_old_quants(raw, "model.diffusion_model.", metadata)
         ops = comfy.ops.mixed_precision_ops({}, compute_dtype=torch.bfloat16)
         same = []
         for mod_name, mod in p.model.diffusion_model.named_modules():
@@ -96,10 +115,23 @@ def test_partial_loading_streams_packed_layers_bit_exactly(worker_result, name):
     assert r["size"] < r["file"] * 1.2  # packed bytes, not decoded ones
 
 
-@pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "int8_convrot", "mixed"])
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "int8_convrot", "mixed", "legacy_metadata", "legacy_scaled_fp8"])
 def test_comfy_quant_layers_decode_like_comfyui_mixed_precision_ops(worker_result, name):
     same, total = worker_result[name]["comfy_equal"]
     assert total > 0 and same == total
+
+
+@pytest.mark.parametrize("name,says", [
+    ("legacy_metadata", "; per-layer quantisation from its _quantization_metadata ("),
+    ("legacy_scaled_fp8", "; legacy ComfyUI scaled_fp8 layout (scale_weight / scale_input, "),
+])
+def test_older_comfyui_layouts_load_and_the_loader_says_how(worker_result, name, says):
+    """Read as ComfyUI's ``convert_old_quants`` reads them (the decode test above), streamed bit-exactly, and the
+    Model Loader's format line names the older layout; today's files carry no such note."""
+    r = worker_result[name]
+    assert r["equal"] and r["quant_streamed"] > 0
+    assert r["format"].startswith("ComfyUI fp8_scaled (per-tensor scales), official key names" + says)
+    assert ";" not in worker_result["mixed"]["format"]
 
 
 def test_single_branch_guider(worker_result):
