@@ -258,3 +258,105 @@ def test_nf4_decode_note_names_the_kernel_per_device(monkeypatch):
     assert quant.decode_note("cuda") == "nf4 decode: bitsandbytes' kernel, probed bit-identical to the reference's decode"
     monkeypatch.setattr(quant, "bitsandbytes_decodes", lambda device_type: True)  # a probe says yes everywhere
     assert not quant.decode_note("mps").startswith("nf4 decode: bitsandbytes")  # bitsandbytes is only used on cuda/cpu
+
+
+def test_quantized_linear_refuses_an_unknown_scheme():
+    with pytest.raises(ValueError, match=r"unknown quantisation scheme 'fp6'; expected one of \('fp8_rowwise', "):
+        QuantizedLinear(64, 8, scheme="fp6")
+
+
+@pytest.mark.parametrize("scheme", ["fp8_rowwise", "fp8_tensorwise", "nf4"])
+def test_an_empty_quantized_linear_has_the_storage_shapes_its_codec_writes(scheme):
+    """Before any file is read, the layer's parameters and buffers have the shapes and dtypes the codec produces
+    (what ``state_dict`` sizes and ComfyUI's module-size accounting see), the bias the compute dtype."""
+    w = _weight(32, 128)
+    if scheme == "nf4":
+        packed, absmax = quantize_nf4(w)
+        want = {"weight": packed, "absmax": absmax, "quant_map": torch.tensor(NF4_CODE)}
+    else:
+        q, scale = (quantize_fp8_rowwise if scheme == "fp8_rowwise" else quantize_fp8_tensorwise)(w)
+        want = {"weight": q, "weight_scale": scale}
+    layer = QuantizedLinear(128, 32, bias=True, scheme=scheme, dtype=torch.float16)
+    got = {k: (tuple(v.shape), v.dtype) for k, v in layer.state_dict().items()}
+    assert got == {**{k: (tuple(v.shape), v.dtype) for k, v in want.items()}, "bias": ((32,), torch.float16)}
+
+
+def test_quantized_linear_keeps_its_own_copy_of_the_options_and_shows_them():
+    options = {"qtype": "Q8_0"}
+    layer = QuantizedLinear(64, 8, bias=False, scheme="gguf", options=options)
+    options["qtype"] = "Q4_K"  # the caller's dict changes later: the layer does not
+    assert layer.options == {"qtype": "Q8_0"}
+    assert repr(layer) == "QuantizedLinear(in_features=64, out_features=8, scheme=gguf, qtype=Q8_0)"
+
+
+def _packed_layer(scheme, w):
+    layer = QuantizedLinear(w.shape[1], w.shape[0], bias=False, scheme=scheme, dtype=torch.float32)
+    if scheme == "nf4":
+        packed, absmax = quantize_nf4(w)
+        layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
+    else:
+        q, s = (quantize_fp8_rowwise if scheme == "fp8_rowwise" else quantize_fp8_tensorwise)(w)
+        layer.weight.data, layer.weight_scale = q, s
+    return layer
+
+
+@pytest.mark.parametrize("scheme", ["fp8_rowwise", "nf4"])
+def test_dequantized_weight_decodes_on_the_device_asked_for(scheme):
+    """The packed tensors move to ``device`` and the decode runs there (``meta`` stands in for a GPU here)."""
+    layer = _packed_layer(scheme, _weight(32, 128))
+    got = layer.dequantized_weight(torch.bfloat16, device="meta")
+    assert got.device.type == "meta" and got.shape == (32, 128) and got.dtype == torch.bfloat16
+    assert layer.weight.device.type == "cpu"  # the layer's own storage stays where it is
+
+
+def test_float8_storage_travels_as_uint8_to_a_device_without_float8(monkeypatch):
+    import model.checkpoints.fp8 as fp8
+    import model.checkpoints.packed_linear as packed_linear
+    layer = _packed_layer("fp8_rowwise", _weight(32, 128))
+    want = layer.dequantized_weight(torch.bfloat16)
+    seen = []
+    real = packed_linear.dequantize_fp8
+    monkeypatch.setattr(packed_linear, "dequantize_fp8", lambda w, *a, **k: seen.append(w.dtype) or real(w, *a, **k))
+    monkeypatch.setattr(fp8, "NO_FP8_DEVICES", ("cpu",))  # as on MPS
+    got = layer.dequantized_weight(torch.bfloat16)
+    assert seen == [torch.uint8] and torch.equal(got, want)  # the table decode, the same numbers
+
+
+def test_the_fast_fp8_flag_leaves_other_schemes_exact():
+    """In a mixed file the opt-in fp8 matmul applies to its fp8 layers only; an nf4 layer stays dequantise + linear."""
+    layer = _packed_layer("nf4", _weight(32, 128))
+    layer.fast_fp8 = True
+    x = torch.randn(3, 128)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.dequantized_weight(torch.float32)))
+
+
+def test_the_bias_follows_the_input_dtype():
+    """A bias stored in the compute dtype (bfloat16) meets a float32 input as float32."""
+    w = _weight(32, 128)
+    layer = QuantizedLinear(128, 32, bias=True, scheme="nf4", dtype=torch.bfloat16)
+    packed, absmax = quantize_nf4(w)
+    layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
+    layer.bias.data = torch.randn(32).to(torch.bfloat16)
+    x = torch.randn(3, 128)
+    want = torch.nn.functional.linear(x, layer.dequantized_weight(torch.float32), layer.bias.float())
+    assert torch.equal(layer(x), want)
+
+
+def test_decode_notes_name_each_family_of_the_model_once():
+    from model.checkpoints.packed_linear import decode_notes
+
+    def model(*layers):
+        return torch.nn.Sequential(*layers)
+
+    gguf = lambda qtype: QuantizedLinear(256, 8, bias=False, scheme="gguf", options={"qtype": qtype})
+    nf4_layer = QuantizedLinear(128, 8, bias=False, scheme="nf4")
+    fp8_layer = QuantizedLinear(128, 8, bias=False, scheme="fp8_rowwise")
+    assert decode_notes(model(torch.nn.Linear(4, 4)), "cpu", torch.bfloat16) == []
+    only_nf4 = decode_notes(model(nf4_layer), "cpu", torch.bfloat16)
+    assert len(only_nf4) == 1 and only_nf4[0].startswith("nf4 decode: ")
+    only_fp8 = decode_notes(model(fp8_layer), "cpu", torch.bfloat16)
+    assert len(only_fp8) == 1 and only_fp8[0].startswith("fp8 decode: ")
+    (note,) = decode_notes(model(gguf("Q8_0"), gguf("Q4_K"), gguf("Q8_0")), "cpu", torch.bfloat16)
+    assert note.startswith("GGUF decode: Q4_K, Q8_0: ")  # each type once, sorted
+    assert [n.split(":")[0] for n in decode_notes(model(gguf("Q8_0"), nf4_layer, fp8_layer), "cpu", torch.bfloat16)] \
+        == ["fp8 decode", "nf4 decode", "GGUF decode"]
