@@ -177,3 +177,45 @@ def test_comfy_grid_names_the_input_and_the_expected_shape():
     with pytest.raises(ValueError, match=r"^the latent to decode must be an Ideogram 4 / Flux2 latent "
                                          r"\(B, 128, H/16, W/16\), got \(1, 16, 8, 8\); use X$"):
         L.comfy_grid(torch.zeros(1, 16, 8, 8), "the latent to decode", hint="use X")
+
+
+def test_odd_raw_latent_sizes_and_other_layouts_are_refused():
+    with pytest.raises(ValueError, match=r"with even H, W, got \(1, 32, 4, 5\)"):
+        L.patchify(torch.zeros(1, 32, 4, 5))
+    for convert in (L.ref_to_bn_space, L.bn_space_to_ref):
+        with pytest.raises(ValueError, match=r"expected \(B, 128, gh, gw\), got \(1, 64, 2, 2\)"):
+            convert(torch.zeros(1, 64, 2, 2), torch.zeros(128), torch.ones(128))
+
+
+def test_bn_eps_is_the_one_given():
+    mean, var = _bn()
+    z = _rand(1, 128, 2, 3, seed=8)
+    shift, scale = L.latent_norm(order="comfy")
+    want = (z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1) - mean.view(1, -1, 1, 1)) / \
+        torch.sqrt(var.view(1, -1, 1, 1) + 0.5)
+    assert torch.equal(L.ref_to_bn_space(z, mean, var, eps=0.5), want)
+
+
+def test_bn_vs_ref_reports_magnitudes_of_differences_either_way():
+    shift, scale = L.latent_norm(order="comfy")
+    mean = shift.clone()
+    mean[3] -= 0.5  # below the constant
+    std = scale.clone()
+    std[7] = scale[7] * 0.25  # a quarter of it: −0.75 relative
+    stats = L.bn_vs_ref(mean, std ** 2 - L.BN_EPS)
+    assert stats["max_abs_shift_diff"] == pytest.approx(0.5, abs=1e-6)
+    assert stats["max_abs_scale_diff"] == pytest.approx(float(scale[7] * 0.75), rel=1e-4)
+    assert stats["max_rel_scale_diff"] == pytest.approx(0.75, rel=1e-4)
+
+
+def test_a_damaged_latent_norm_file_is_named(tmp_path, monkeypatch):
+    bad = tmp_path / "latent_norm.json"
+    bad.write_text(json.dumps({"shift": [0.0] * 127, "scale": [1.0] * 128}))
+    monkeypatch.setattr(L, "LATENT_NORM_PATH", bad)
+    L._load_norm.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"latent_norm\.json: expected 128 shift and 128 scale values"):
+            L.latent_norm()
+    finally:
+        monkeypatch.undo()
+        L._load_norm.cache_clear()
