@@ -11,7 +11,7 @@ from model import load_transformer
 from model.checkpoints import QuantizedLinear, open_checkpoint
 from model.checkpoints.gguf_codec import GGUF_QTYPES, dequantize_gguf
 from tools.make_test_checkpoints import write_file
-from tools.make_test_quantized import gguf_tensors, random_blocks, write_gguf
+from tools.make_test_quantized import gguf_tensors, random_blocks, write_gguf, write_raw_gguf
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType
@@ -139,28 +139,11 @@ def test_gguf_errors_name_the_file_and_the_problem(tiny_weights, tmp_path):
         load_transformer(missing)
 
 
-def _write_raw(path, tensors, arrays=None):
-    """A GGUF of ``tensors`` (name → numpy array, or (byte array, ggml type) for block data) and ``arrays``
-    (metadata key → list), written by gguf's own GGUFWriter."""
-    writer = gguf.GGUFWriter(str(path), "ideogram4")
-    for key, values in (arrays or {}).items():
-        writer.add_array(key, values)
-    for name, data in tensors.items():
-        if isinstance(data, tuple):
-            writer.add_tensor(name, data[0], raw_shape=data[0].shape, raw_dtype=data[1])
-        else:
-            writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_comfyui_gguf_orig_shape_is_the_tensor_shape(tmp_path):
     """ComfyUI-GGUF stores some float tensors reshaped, with ``comfy.gguf.orig_shape.<name>``: read back in it."""
     values = np.arange(64, dtype=np.float16).reshape(4, 16)
-    path = _write_raw(tmp_path / "orig.gguf", {"a.weight": values}, {"comfy.gguf.orig_shape.a.weight": [2, 32]})
+    path = write_raw_gguf(tmp_path / "orig.gguf", {"a.weight": values},
+                          arrays={"comfy.gguf.orig_shape.a.weight": [2, 32]})
     reader = open_checkpoint(path)
     assert reader.shape("a.weight") == (2, 32)
     assert torch.equal(reader.get("a.weight"), torch.from_numpy(values.reshape(2, 32)))
@@ -173,17 +156,17 @@ def test_comfyui_gguf_orig_shape_is_the_tensor_shape(tmp_path):
                                                       r"its Q8_0 shape \[4, 64\]"),  # blocks cannot be reshaped
 ])
 def test_an_orig_shape_that_does_not_fit_is_named(tmp_path, tensor, orig, says):
-    path = _write_raw(tmp_path / "bad.gguf", {"a.weight": tensor}, {"comfy.gguf.orig_shape.a.weight": orig})
+    path = write_raw_gguf(tmp_path / "bad.gguf", {"a.weight": tensor}, arrays={"comfy.gguf.orig_shape.a.weight": orig})
     with pytest.raises(ValueError, match=r"bad\.gguf: tensor a\.weight: " + says):
         open_checkpoint(path)
 
 
 def test_gguf_files_the_reader_cannot_use_are_named(tmp_path):
-    ints = _write_raw(tmp_path / "ints.gguf", {"a.weight": np.zeros((4, 16), np.int32)})
+    ints = write_raw_gguf(tmp_path / "ints.gguf", {"a.weight": np.zeros((4, 16), np.int32)})
     with pytest.raises(ValueError, match=r"ints\.gguf: tensor a\.weight has GGUF type I32; supported: F32, F16, BF16, "
                                          r"Q4_0"):
         open_checkpoint(ints)
-    empty = _write_raw(tmp_path / "empty.gguf", {})
+    empty = write_raw_gguf(tmp_path / "empty.gguf", {})
     with pytest.raises(ValueError, match=r"empty\.gguf: the GGUF file contains no tensors"):
         open_checkpoint(empty)
     from model.checkpoints.gguf_reader import GGUFCheckpointReader
@@ -194,16 +177,16 @@ def test_gguf_files_the_reader_cannot_use_are_named(tmp_path):
 def test_bf16_tensors_read_back_bit_exactly(tmp_path):
     values = torch.randn(4, 48, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     bits = values.view(torch.int16).numpy().view(np.uint8).reshape(4, 96)  # gguf's raw byte shape for BF16
-    path = _write_raw(tmp_path / "bf16.gguf", {"a.weight": (bits, T.BF16)})
+    path = write_raw_gguf(tmp_path / "bf16.gguf", {"a.weight": (bits, T.BF16)})
     reader = open_checkpoint(path)
     assert reader.dtype("a.weight") == torch.bfloat16 and reader.shape("a.weight") == (4, 48)
     assert torch.equal(reader.get("a.weight").view(torch.int16), values.view(torch.int16))
 
 
 def test_metadata_arrays_and_renamed_readers(tmp_path):
-    path = _write_raw(tmp_path / "two.gguf", {"a.weight": np.zeros((2, 32), np.float32),
+    path = write_raw_gguf(tmp_path / "two.gguf", {"a.weight": np.zeros((2, 32), np.float32),
                                               "b.weight": np.zeros((2, 32), np.float32)},
-                      {"tokenizer.ggml.tokens": ["<a>", "<b>", "<c>"]})
+                          arrays={"tokenizer.ggml.tokens": ["<a>", "<b>", "<c>"]})
     reader = open_checkpoint(path)
     assert reader.array_length("tokenizer.ggml.tokens") == 3 and reader.array_length("no.such.key") is None
     assert reader.array_item("tokenizer.ggml.tokens", 2) == "<c>" and reader.array_item("tokenizer.ggml.tokens", 3) is None

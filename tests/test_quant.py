@@ -16,6 +16,20 @@ def _weight(out=96, inp=256, seed=0):
     return torch.randn(out, inp, generator=torch.Generator().manual_seed(seed)) * 0.7
 
 
+def _packed_layer(scheme, w, *, bias=None, dtype=torch.float32):
+    """A ``scheme`` QuantizedLinear holding ``w`` quantised (and ``bias``, if given, in ``dtype``)."""
+    layer = QuantizedLinear(w.shape[1], w.shape[0], bias=bias is not None, scheme=scheme, dtype=dtype)
+    if scheme == "nf4":
+        packed, absmax = quantize_nf4(w)
+        layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
+    else:
+        q, s = (quantize_fp8_rowwise if scheme == "fp8_rowwise" else quantize_fp8_tensorwise)(w)
+        layer.weight.data, layer.weight_scale = q, s
+    if bias is not None:
+        layer.bias.data = bias.to(dtype)
+    return layer
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nf4_quantise_and_dequantise_bit_exact_with_bitsandbytes(dtype):
     w = _weight().to(dtype)
@@ -65,14 +79,7 @@ def test_fp8_tensorwise_has_scalar_scale_and_small_error():
 @pytest.mark.parametrize("scheme", ["fp8_rowwise", "fp8_tensorwise", "nf4"])
 def test_quantized_linear_forward_is_dequantise_then_linear(scheme):
     w, b = _weight(64, 128), torch.randn(64)
-    layer = QuantizedLinear(128, 64, bias=True, scheme=scheme, dtype=torch.float32)
-    if scheme == "nf4":
-        packed, absmax = quantize_nf4(w)
-        layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
-    else:
-        q, s = (quantize_fp8_rowwise if scheme == "fp8_rowwise" else quantize_fp8_tensorwise)(w)
-        layer.weight.data, layer.weight_scale = q, s
-    layer.bias.data = b
+    layer = _packed_layer(scheme, w, bias=b)
     x = torch.randn(5, 128)
     wd = layer.dequantized_weight(torch.float32)
     assert torch.equal(layer(x), torch.nn.functional.linear(x, wd, b))
@@ -289,17 +296,6 @@ def test_quantized_linear_keeps_its_own_copy_of_the_options_and_shows_them():
     assert repr(layer) == "QuantizedLinear(in_features=64, out_features=8, scheme=gguf, qtype=Q8_0)"
 
 
-def _packed_layer(scheme, w):
-    layer = QuantizedLinear(w.shape[1], w.shape[0], bias=False, scheme=scheme, dtype=torch.float32)
-    if scheme == "nf4":
-        packed, absmax = quantize_nf4(w)
-        layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
-    else:
-        q, s = (quantize_fp8_rowwise if scheme == "fp8_rowwise" else quantize_fp8_tensorwise)(w)
-        layer.weight.data, layer.weight_scale = q, s
-    return layer
-
-
 @pytest.mark.parametrize("scheme", ["fp8_rowwise", "nf4"])
 def test_dequantized_weight_decodes_on_the_device_asked_for(scheme):
     """The packed tensors move to ``device`` and the decode runs there (``meta`` stands in for a GPU here)."""
@@ -332,14 +328,10 @@ def test_the_fast_fp8_flag_leaves_other_schemes_exact():
 
 def test_the_bias_follows_the_input_dtype():
     """A bias stored in the compute dtype (bfloat16) meets a float32 input as float32."""
-    w = _weight(32, 128)
-    layer = QuantizedLinear(128, 32, bias=True, scheme="nf4", dtype=torch.bfloat16)
-    packed, absmax = quantize_nf4(w)
-    layer.weight.data, layer.absmax, layer.quant_map = packed, absmax, torch.tensor(NF4_CODE)
-    layer.bias.data = torch.randn(32).to(torch.bfloat16)
+    layer = _packed_layer("nf4", _weight(32, 128), bias=torch.randn(32), dtype=torch.bfloat16)
     x = torch.randn(3, 128)
     want = torch.nn.functional.linear(x, layer.dequantized_weight(torch.float32), layer.bias.float())
-    assert torch.equal(layer(x), want)
+    assert layer.bias.dtype == torch.bfloat16 and torch.equal(layer(x), want)
 
 
 def test_decode_notes_name_each_family_of_the_model_once():

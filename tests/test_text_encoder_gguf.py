@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from model.text_encoder import load_text_encoder
 from tools import make_test_text_encoder as mk
+from tools.make_test_quantized import write_raw_gguf
 from tools.make_test_text_encoder_gguf import gguf_text_config, vocabulary, write_llama_cpp_gguf, write_mmproj
 
 gguf = pytest.importorskip("gguf")
@@ -223,17 +224,9 @@ def test_metadata_values_are_read_as_gguf_reads_them(tmp_path, text):
 
 def _rewritten(path, out, *, drop=(), extra=None):
     """``path``'s tensors (without metadata) in a new qwen3vl GGUF, ``drop`` left out, ``extra`` {name: array} added."""
-    writer = gguf.GGUFWriter(str(out), "qwen3vl")
-    for t in gguf.GGUFReader(str(path)).tensors:
-        if t.name not in drop:
-            data = np.asarray(t.data)  # as the reader maps it: elements, or block bytes (rows, bytes per row)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
-    for name, value in (extra or {}).items():
-        writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    kept = {t.name: (np.asarray(t.data), t.tensor_type)  # as the reader maps it: elements, or block bytes
+            for t in gguf.GGUFReader(str(path)).tensors if t.name not in drop}
+    write_raw_gguf(out, {**kept, **(extra or {})}, arch="qwen3vl")
     return out
 
 

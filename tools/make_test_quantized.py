@@ -105,16 +105,26 @@ def write_gguf(sd: Mapping[str, torch.Tensor], path: Path, qtype: str, *, arch: 
                prefix: str = "", seed: int = 0, every_2d: bool = False) -> Path:
     """A ComfyUI-GGUF-layout file: every tensor of ``sd`` under ``prefix + key`` (``every_2d``: see
     :func:`gguf_tensors`)."""
+    tensors = gguf_tensors(sd, qtype, seed, every_2d)
+    return write_raw_gguf(path, {prefix + key: (data if kind in ("F32", "F16") else (data, kind))
+                                 for key, (data, kind) in tensors.items()}, arch=arch)
+
+
+def write_raw_gguf(path: Path, tensors: Mapping, *, arch: str = "ideogram4", arrays: Optional[Mapping] = None) -> Path:
+    """A GGUF written by gguf's own GGUFWriter: ``tensors`` name → numpy array (its own type), or (array as gguf
+    maps it — block bytes (rows, bytes per row) or elements —, ggml type or its name); ``arrays`` metadata key → list."""
     import gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
-    for key, (data, kind) in gguf_tensors(sd, qtype, seed, every_2d).items():
-        t = gguf.GGMLQuantizationType[kind]
-        if kind == "F32" or kind == "F16":
-            writer.add_tensor(prefix + key, data)
+    for key, values in (arrays or {}).items():
+        writer.add_array(key, values)
+    for name, data in tensors.items():
+        if isinstance(data, tuple):
+            kind = data[1] if not isinstance(data[1], str) else gguf.GGMLQuantizationType[data[1]]
+            writer.add_tensor(name, data[0], raw_shape=data[0].shape, raw_dtype=kind)
         else:
-            writer.add_tensor(prefix + key, data, raw_shape=data.shape, raw_dtype=t)
+            writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
