@@ -1,6 +1,6 @@
 """Ideogram 4 end to end, without ComfyUI: caption → encode → sample → decode → PNG.
 
-    python -m tools.demo                              # tiny random models, ~seconds on a CPU
+    python -m tools.demo                              # tiny random models, ~seconds on a CPU (see README: Slow VAE)
     python -m tools.demo --models /path/to/ideogram-4 --caption caption.json --width 1024 --height 1024
     python -m tools.demo --transformer t.safetensors --unconditional u.safetensors \\
         --text-encoder /path/to/ideogram-4 --vae flux2-vae.safetensors --device cuda
