@@ -16,6 +16,7 @@ from model.checkpoints.formats import QUANT_DESCRIPTIONS
 from model.dit import inspect_transformer
 from tools.make_test_checkpoints import (convert, quantize_linear, random_state_dict, tiny_config, write_file,
                                          write_hf_folder, write_sharded)
+from tools.make_test_quantized import older_comfy_layout
 
 QUANT_TOL = {"fp32": 0.0, "bf16": 2 ** -8, "diffusers": 2 ** -8, "fp8": 0.07, "comfy_fp8_scaled": 0.07, "nf4": 0.15}
 EXPECTED_SCHEME = {"fp8": "fp8_rowwise", "comfy_fp8_scaled": "fp8_tensorwise", "nf4": "nf4"}
@@ -567,8 +568,10 @@ def test_quantization_metadata_in_place_of_comfy_quant_tensors(tmp_path, tiny_we
     layers = {k[:-len(".comfy_quant")]: json_from_tensor(v) for k, v in tensors.items() if k.endswith(".comfy_quant")}
     assert layers
     path = tmp_path / "metadata.safetensors"
-    save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
-              metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    untagged, metadata = older_comfy_layout(tensors, "quantization_metadata")
+    assert untagged.keys() == {k for k in tensors if not k.endswith(".comfy_quant")}
+    assert json.loads(metadata["_quantization_metadata"]) == {"layers": layers}
+    save_file(untagged, str(path), metadata=metadata)
     with caplog.at_level("INFO"):
         model = load_transformer(path, dtype=torch.float32)
         _same_weights(model, load_transformer(today, dtype=torch.float32))
@@ -582,15 +585,11 @@ def test_quantization_metadata_in_place_of_comfy_quant_tensors(tmp_path, tiny_we
 def test_legacy_scaled_fp8_layout_loads_like_fp8_scaled(tmp_path, tiny_weights, caplog):
     """The first fp8_scaled files: a ``scaled_fp8`` marker, ``scale_weight`` / ``scale_input`` (ComfyUI still loads them)."""
     today, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
-    legacy = {}
-    for key, value in tensors.items():
-        if key.endswith(".comfy_quant"):
-            continue
-        module, _, tail = key.rpartition(".")
-        legacy[f"{module}.scale_weight" if tail == "weight_scale" else key] = value
-        if tail == "weight_scale":
-            legacy[f"{module}.scale_input"] = torch.ones(())
-    legacy["scaled_fp8"] = torch.empty(2, dtype=torch.float8_e4m3fn)
+    legacy, metadata = older_comfy_layout(tensors, "scaled_fp8")
+    assert not metadata and legacy["scaled_fp8"].dtype == torch.float8_e4m3fn
+    assert all(torch.equal(legacy[k[:-len("weight_scale")] + "scale_weight"], v) and
+               legacy[k[:-len("weight_scale")] + "scale_input"].item() == 1.0
+               for k, v in tensors.items() if k.endswith(".weight_scale"))
     path = tmp_path / "legacy.safetensors"
     save_file(legacy, str(path))
     with caplog.at_level("INFO"):

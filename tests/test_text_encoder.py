@@ -618,6 +618,26 @@ def test_text_only_layout_loads_with_a_warning_that_it_may_not_be_qwen3vl(layout
         assert load_text_encoder(layouts[layout], taps=TAPS, tokenizer=tok).warnings == (), layout
 
 
+@pytest.mark.parametrize("layout,says", [
+    ("scaled_fp8", "; legacy ComfyUI scaled_fp8 layout (scale_weight / scale_input, "),
+    ("quantization_metadata", "; per-layer quantisation from its _quantization_metadata ("),
+])
+def test_older_comfyui_fp8_layouts_encode_the_same_and_the_loader_says_how(layouts, tok_dir, tmp_path, layout, says):
+    """ComfyUI's two older fp8_scaled layouts of the single-file text encoder: the same features bit for bit as
+    today's file, and the Text Encoder Loader's format line names the older layout (today's carries no note)."""
+    from tools.make_test_quantized import older_comfy_layout
+
+    tensors, metadata = older_comfy_layout(load_file(str(layouts["comfy_fp8_scaled"])), layout)
+    path = tmp_path / f"{layout}.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    older = load_text_encoder(path, taps=TAPS, tokenizer=tok_dir)
+    today = load_text_encoder(layouts["comfy_fp8_scaled"], taps=TAPS, tokenizer=tok_dir)
+    assert says in older.description and older.description.startswith(today.description + "; ")
+    assert "; " not in today.description
+    a, b = older.encode(MORE, device="cpu"), today.encode(MORE, device="cpu")
+    assert torch.equal(a.features, b.features) and torch.equal(a.attention_mask, b.attention_mask)
+
+
 def test_truncated_file(layouts, tmp_path, tok_dir):
     broken = tmp_path / "truncated.safetensors"
     data = Path(layouts["comfy_fp8_scaled"]).read_bytes()

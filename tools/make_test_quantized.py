@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
 
-from model.checkpoints import json_to_tensor
+from model.checkpoints import json_from_tensor, json_to_tensor
 from tools.make_test_checkpoints import _is_linear_weight, write_file
 
 COMFY_LAYOUTS = {"nvfp4": ("TensorCoreNVFP4Layout", {}), "mxfp8": ("TensorCoreMXFP8Layout", {}),
@@ -60,6 +61,30 @@ def convert_comfy(sd: Mapping[str, torch.Tensor], scheme: str | Callable[[str], 
 
 def write_comfy(sd, path: Path, scheme, prefix: str = "model.diffusion_model.") -> Path:
     return write_file(convert_comfy(sd, scheme, prefix), path, f"comfy_{scheme if isinstance(scheme, str) else 'mixed'}")
+
+
+def older_comfy_layout(tensors: Mapping[str, torch.Tensor], layout: str, *,
+                       marker: str = "scaled_fp8") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Today's ComfyUI fp8_scaled tensors (``<module>.comfy_quant`` tagged) → one of the two older layouts that
+    ``comfy.utils.convert_old_quants`` still reads, as ``(tensors, metadata)`` for ``save_file``:
+
+    * ``"quantization_metadata"``: untagged tensors and ``{"layers": {module: config}}`` in ``_quantization_metadata``;
+    * ``"scaled_fp8"``: a ``marker`` tensor (``scaled_fp8`` under the file's prefix), ``scale_weight`` for
+      ``weight_scale`` and a unit ``scale_input`` beside it, no configs.
+    """
+    configs = {k[:-len(".comfy_quant")]: json_from_tensor(v) for k, v in tensors.items() if k.endswith(".comfy_quant")}
+    untagged = {k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}
+    if layout == "quantization_metadata":
+        return untagged, {"_quantization_metadata": json.dumps({"layers": configs})}
+    if layout != "scaled_fp8":
+        raise ValueError(f"layout {layout!r}: choose 'quantization_metadata' or 'scaled_fp8'")
+    legacy = {marker: torch.empty(2, dtype=torch.float8_e4m3fn)}
+    for key, value in untagged.items():
+        module, _, tail = key.rpartition(".")
+        legacy[f"{module}.scale_weight" if tail == "weight_scale" else key] = value
+        if tail == "weight_scale":
+            legacy[f"{module}.scale_input"] = torch.ones(())
+    return legacy, {}
 
 
 def random_blocks(qtype: str, rows: int, cols: int, target: float, seed: int) -> np.ndarray:

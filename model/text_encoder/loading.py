@@ -117,7 +117,8 @@ class TextEncoderFormat:
 
     @property
     def description(self) -> str:
-        return f"Qwen3-VL text encoder, {self.checkpoint.storage_description}, {self.naming}"
+        note = f"; {self.checkpoint.layout_note}" if self.checkpoint.layout_note else ""
+        return f"Qwen3-VL text encoder, {self.checkpoint.storage_description}, {self.naming}{note}"
 
 
 def _describe_other(keys: Sequence[str]) -> str:

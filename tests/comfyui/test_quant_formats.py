@@ -23,7 +23,7 @@ import comfy.ops
 import comfy.utils
 cs = importlib.import_module("i4pack.nodes.host.comfy_sampling")
 settings = importlib.import_module("i4pack.nodes.host.sampler_settings")
-from tools.make_test_quantized import write_comfy, write_gguf
+from tools.make_test_quantized import older_comfy_layout, write_comfy, write_gguf
 x = torch.randn(1, 128, gh, gw, generator=g)
 feats = torch.randn(1, 7, cfg.llm_features_dim, generator=g)
 sigma = torch.tensor([0.7])
@@ -39,19 +39,10 @@ files["gguf_Q8_0"] = write_gguf(sd, Path(out_dir) / "q8.gguf", "Q8_0")
 # ComfyUI's two older fp8_scaled layouts (comfy.utils.convert_old_quants still reads them), from today's file
 from safetensors.torch import load_file, save_file
 today = load_file(str(write_comfy(sd, Path(out_dir) / "fp8_scaled.safetensors", "fp8_scaled")))
-configs = {k[:-len(".comfy_quant")]: json.loads(bytes(v.tolist())) for k, v in today.items() if k.endswith(".comfy_quant")}
-untagged = {k: v for k, v in today.items() if not k.endswith(".comfy_quant")}
-files["legacy_metadata"] = Path(out_dir) / "legacy_metadata.safetensors"
-save_file(untagged, str(files["legacy_metadata"]), metadata={"_quantization_metadata": json.dumps({"layers": configs})})
-legacy = {"model.diffusion_model.scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}
-for k, v in untagged.items():
-    if k.endswith(".weight_scale"):
-        legacy[k[:-len("weight_scale")] + "scale_weight"] = v
-        legacy[k[:-len("weight_scale")] + "scale_input"] = torch.ones(())
-    else:
-        legacy[k] = v
-files["legacy_scaled_fp8"] = Path(out_dir) / "legacy_scaled_fp8.safetensors"
-save_file(legacy, str(files["legacy_scaled_fp8"]))
+for layout, name in (("quantization_metadata", "legacy_metadata"), ("scaled_fp8", "legacy_scaled_fp8")):
+    files[name] = Path(out_dir) / f"{name}.safetensors"
+    tensors, metadata = older_comfy_layout(today, layout, marker="model.diffusion_model.scaled_fp8")
+    save_file(tensors, str(files[name]), metadata=metadata)
 for name, path in files.items():
     p = cm.load_model_patcher(path, weight_dtype="bf16")
     p.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
