@@ -131,8 +131,7 @@ def write_gguf(sd: Mapping[str, torch.Tensor], path: Path, qtype: str, *, arch: 
     """A ComfyUI-GGUF-layout file: every tensor of ``sd`` under ``prefix + key`` (``every_2d``: see
     :func:`gguf_tensors`)."""
     tensors = gguf_tensors(sd, qtype, seed, every_2d)
-    return write_raw_gguf(path, {prefix + key: (data if kind in ("F32", "F16") else (data, kind))
-                                 for key, (data, kind) in tensors.items()}, arch=arch)
+    return write_raw_gguf(path, {prefix + key: pair for key, pair in tensors.items()}, arch=arch)
 
 
 def write_raw_gguf(path: Path, tensors: Mapping, *, arch: str = "ideogram4", arrays: Optional[Mapping] = None) -> Path:
