@@ -160,6 +160,8 @@ def test_invariants_over_a_grid():
 def test_a_sliver_of_weights_on_the_device_is_partial_not_stream():
     plan = plan_memory(pair(FP8), 512 + NVIDIA.minimum_inference, 0, NVIDIA)
     assert plan.mode == "partial" and plan.weights_resident == 512
+    one = plan_memory(pair(FP8), 1 + NVIDIA.minimum_inference, 0, NVIDIA)
+    assert one.mode == "partial" and one.weights_resident == 1  # one byte resident is still partial
     assert plan_memory(pair(FP8), NVIDIA.minimum_inference, 0, NVIDIA).mode == "stream"
 
 
@@ -169,11 +171,21 @@ def test_already_loaded_parts_count_as_available():
     assert plan.mode == "resident"
 
 
+def test_an_exact_fit_is_resident_and_its_summary_streams_nothing():
+    reserve = plan_memory(pair(FP8), 0, act_1024(), NVIDIA).reserve
+    plan = plan_memory(pair(FP8), sum(FP8) + reserve, act_1024(), NVIDIA)
+    assert plan.mode == "resident" and plan.force_full_load and plan.streamed_per_step == 0
+    assert "streamed per step" not in plan.summary()
+    assert plan_memory(pair(FP8), sum(FP8) + reserve - 1, act_1024(), NVIDIA).mode == "partial"
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         plan_memory([], GiB, 0)
     with pytest.raises(ValueError):
         plan_memory(pair(FP8), -1, 0)
+    with pytest.raises(ValueError, match="available and activation must be >= 0"):
+        plan_memory(pair(FP8), GiB, -1)
     with pytest.raises(ValueError):
         ComfyMemoryConstants(vram_state="medium")
 
@@ -188,6 +200,11 @@ def test_text_encoder_plan():
     assert plan_text_encoder(te_fp8, te_fp8 + reserve, GiB, NVIDIA) == "device"
     assert plan_text_encoder(te_fp8, 80 * GiB, GiB, ComfyMemoryConstants(vram_state="disabled")) == "cpu"
     assert plan_text_encoder(te_fp8, GiB, GiB, ComfyMemoryConstants(vram_state="high")) == "device"
+    assert plan_text_encoder(te_fp8, GiB, GiB, ComfyMemoryConstants(vram_state="shared")) == "device"
+    # a small activation: the reserve is ComfyUI's minimum inference memory, not activation + extra_reserved
+    small = MiB
+    assert plan_text_encoder(te_fp8, te_fp8 + small + NVIDIA.extra_reserved, small, NVIDIA) == "partial"
+    assert plan_text_encoder(te_fp8, te_fp8 + NVIDIA.minimum_inference, small, NVIDIA) == "device"
 
 
 def test_vae_tile():
@@ -199,6 +216,14 @@ def test_vae_tile():
     assert vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=0) == 16
     assert vae_tile(20, 20, batch=4, bytes_per_latent_px=per, halo=8, available=1) == 16
     assert vae_tile(8, 12, batch=1, bytes_per_latent_px=per, halo=8, available=1) == 12  # never above the latent
+    # side = √(9e6 / 1250) − 16 = 68.8…: rounded down to a multiple of 8
+    assert vae_tile(256, 256, batch=1, bytes_per_latent_px=per, halo=8, available=9 * 10 ** 6) == 64
+    exact = 128 * 128 * per * 1.25  # the untiled decode exactly fits: no tiling
+    assert vae_tile(128, 128, batch=1, bytes_per_latent_px=per, halo=8, available=int(exact)) is None
+    assert vae_tile(128, 128, batch=1, bytes_per_latent_px=per, halo=8, available=int(exact) - 1) is not None
+    for bad in (dict(latent_h=0, latent_w=8, batch=1), dict(latent_h=8, latent_w=8, batch=0)):
+        with pytest.raises(ValueError, match="latent size and batch must be >= 1"):
+            vae_tile(**bad, bytes_per_latent_px=per, halo=8, available=1)
 
 
 # ----------------------------------------------------------------------------------- system RAM

@@ -78,9 +78,8 @@ class MemoryPlan:
 
     @property
     def streamed_per_step(self) -> int:
-        """Bytes copied to the device per sampling step (both passes together)."""
-        if self.mode == "cpu":
-            return 0
+        """Bytes copied to the device per sampling step (both passes together; none on the CPU, where every
+        weight counts as resident)."""
         return sum(self.totals[n] - self.resident.get(n, 0) for n in self.totals)
 
     @property
