@@ -34,7 +34,7 @@ def schedule_steps(steps: int, denoise: float) -> int:
     if not 0.0 < d <= 1.0:
         raise ValueError(f"denoise = {denoise!r} is outside the allowed range (0, 1] (1 = from pure noise; "
                          "0 would run no step)")
-    return max(int(steps), int(steps / d))
+    return int(steps / d)  # ≥ steps: a correctly rounded steps / d is never below steps for d ≤ 1
 
 
 def draw_noise(batch: int, grid_h: int, grid_w: int, seed: int, device: torch.device | str = "cpu",

@@ -3,6 +3,8 @@ reference loop started from the first time run; masks resized/grown/feathered; b
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,7 +92,13 @@ def test_inpainting_keeps_the_unmasked_region_exact_at_every_step(setup, denoise
     assert keep.any() and (~keep).any()
     times = time_grid(schedule_steps(n, denoise), settings.mu, settings.std, W, H).flip(0)[-(n + 1):].tolist()
     eps = draw_noise(2, GH, GW, seed=9)
-    seen = []
+    seen, first_input = [], []
+
+    class Recording(torch.nn.Module):  # the conditional model, recording the latent of the first step
+        def forward(self, z, *a, **k):
+            if not first_input:
+                first_input.append(z.clone())
+            return cond(z, *a, **k)
 
     def callback(k, total, z):
         s = times[k + 1]
@@ -98,9 +106,15 @@ def test_inpainting_keeps_the_unmasked_region_exact_at_every_step(setup, denoise
         assert torch.equal(z[keep], known[keep]), f"step {k}"
         seen.append(z.clone())
 
-    out = sample(cond, uncond, feats, height=H, width=W, settings=settings, seed=9, denoise=denoise, init_latent=x0,
-                 mask=mask, callback=callback)
+    out = sample(Recording(), uncond, feats, height=H, width=W, settings=settings, seed=9, denoise=denoise,
+                 init_latent=x0, mask=mask, callback=callback)
     assert len(seen) == n and torch.equal(out[keep], x0[keep])
+    # before the first step too: the kept region is the input noised to the first time run, the rest starts
+    # from noise (d = 1) or from the same noised input (d < 1)
+    t0 = times[0]
+    start = t0 * x0 + (1.0 - t0) * eps
+    assert torch.equal(first_input[0][keep], start[keep])
+    assert torch.equal(first_input[0][~keep], (eps if denoise == 1.0 else start)[~keep])
     # the masked region was regenerated (and, with token mixing, saw the kept region)
     plain = sample(cond, uncond, feats, height=H, width=W, settings=settings, seed=9, denoise=denoise, init_latent=x0)
     assert not torch.equal(out[~keep], x0[~keep]) and not torch.equal(out[~keep], plain[~keep])
@@ -155,6 +169,22 @@ def test_bad_input_is_a_clear_error(setup):
         latent_mask(torch.ones(1, 100, 105 * W // H), 1, GH, GW)
     with pytest.raises(ValueError, match=r"init_latent must be \(2, 320, 128\), got \(1, 320, 128\)"):
         sample(cond, uncond, feats, height=H, width=W, settings=settings, denoise=0.5, init_latent=x0[:1])
+    for bad in (torch.ones(2, GH * GW), torch.ones(2, GH * GW, 2), torch.ones(3, GH * GW, 1)):
+        with pytest.raises(ValueError, match=rf"mask must be \(B or 1, 320, 1\), got {re.escape(str(tuple(bad.shape)))}"):
+            sample(cond, uncond, feats, height=H, width=W, settings=settings, init_latent=x0, mask=bad)
+    with pytest.raises(ValueError, match=r"noise must be \(2, 320, 128\), got \(2, 320, 64\)"):
+        sample(cond, uncond, feats, height=H, width=W, settings=settings, noise=torch.zeros(2, GH * GW, 64))
+
+
+def test_float64_noise_and_mask_sample_in_float32(setup):
+    """The loop runs in float32 whatever the dtype of the noise and mask it is given (the reference's latents)."""
+    cond, uncond, feats, x0, settings = setup
+    eps = draw_noise(2, GH, GW, seed=4)
+    mask = torch.rand(1, GH * GW, 1, generator=torch.Generator().manual_seed(5))  # a feathered mask
+    kw = dict(height=H, width=W, settings=settings, denoise=0.6, init_latent=x0)
+    want = sample(cond, uncond, feats, noise=eps, mask=mask, **kw)
+    got = sample(cond, uncond, feats, noise=eps.double(), mask=mask.double(), **kw)
+    assert want.dtype == got.dtype == torch.float32 and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("size,mode,want", [((320, 256), "error", (320, 256)), ((300, 270), "crop", (288, 256)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import pytest
@@ -148,11 +150,18 @@ class _Recorder:
     """A stand-in model recording (t, has_text) and returning a constant velocity."""
 
     def __init__(self, value):
-        self.calls, self.value = [], value
+        self.calls, self.value, self.lengths, self.runs = [], value, [], []
 
     def __call__(self, x, t, text_features=None, *, grid_hw, text_lengths=None):
         self.calls.append((float(t[0]), text_features is not None, grid_hw))
+        self.lengths.append(text_lengths)
         return torch.full_like(x, self.value)
+
+    @contextlib.contextmanager
+    def sampling_run(self):  # what Ideogram4DiT offers: step-invariant inputs computed once per run
+        self.runs.append(len(self.calls))
+        yield
+        self.runs.append(len(self.calls))
 
 
 def test_loop_order_times_guidance_and_image_only_uncond():
@@ -169,6 +178,16 @@ def test_loop_order_times_guidance_and_image_only_uncond():
     # v = g·1 + (1−g)·0 = g: z = noise + Σ g_i (s_i − t_i)
     expected = sum(g * (float(t[i]) - float(t[i + 1])) for i, g in enumerate(PRESETS["V4_TURBO_12"].loop_order_guidance))
     assert torch.allclose(z - draw_noise(1, 16, 32, 0), torch.full_like(z, expected), atol=1e-5)
+
+
+def test_every_step_runs_inside_each_models_sampling_run_with_the_text_lengths():
+    cond, uncond = _Recorder(1.0), _Recorder(0.0)
+    sample(cond, uncond, torch.zeros(2, 6, 8), height=256, width=256, preset="V4_TURBO_12", text_lengths=[6, 3])
+    assert cond.runs == [0, 12] and uncond.runs == [0, 12]  # entered before the first step, left after the last
+    assert cond.lengths == [[6, 3]] * 12 and uncond.lengths == [None] * 12  # the image-only pass has no text
+    same = _Recorder(0.5)
+    sample(same, same, torch.zeros(1, 4, 8), height=256, width=256, preset="V4_TURBO_12")
+    assert same.runs == [0, 24]  # one model for both passes: one run
 
 
 def test_callback_can_interrupt():

@@ -27,3 +27,5 @@ def test_single_branch_needs_guidance_1(tiny_files):
     feats = torch.zeros(1, 5, cond.config.llm_features_dim)
     with pytest.raises(ValueError, match=r"unconditional: none\) needs guidance 1 at every step; got 7 at step 1 of 3"):
         sample(cond, None, feats, height=256, width=256, steps=3, mu=0.0, std=1.0, guidance=7.0)
+    with pytest.raises(ValueError, match=r"got 0.5 at step 2 of 3"):  # below 1 is not the conditional pass either
+        sample(cond, None, feats, height=256, width=256, steps=3, mu=0.0, std=1.0, guidance=[1.0, 0.5, 1.0])
