@@ -54,6 +54,22 @@ def test_custom_settings_from_widgets(pack):
     with pytest.raises(ValueError, match="numbers"):
         ss.settings_from_inputs("custom", steps=2, mu=0.0, std=1.0, guidance=5.0, polish_steps=0, polish_guidance=2.0,
                                 guidance_schedule="7, x")
+    for steps in (1001, 2.5):
+        with pytest.raises(ValueError, match=rf"steps = {steps} is outside the allowed range 1–1000"):
+            ss.settings_from_inputs("custom", steps=steps, mu=0.0, std=1.0, guidance=5.0, polish_steps=0,
+                                    polish_guidance=2.0)
+    assert ss.settings_from_inputs("custom", steps=1000, mu=0.0, std=1.0, guidance=5.0, polish_steps=0,
+                                   polish_guidance=2.0).steps == 1000
+
+
+@pytest.mark.parametrize("make", ["settings", "guider"])
+def test_an_unknown_preset_is_named_with_the_choices(pack, make):
+    ss = pack["sampler_settings"]
+    with pytest.raises(ValueError, match=r"preset 'V4_FAST' is not one of V4_QUALITY_48, V4_DEFAULT_20, V4_TURBO_12, custom"):
+        if make == "settings":
+            ss.settings_from_inputs("V4_FAST", steps=4, mu=0.0, std=1.0, guidance=5.0, polish_steps=0, polish_guidance=2.0)
+        else:
+            ss.GuidanceSpec.from_inputs("V4_FAST", 6.0, 0, 2.0)
 
 
 def test_guider_guidance_follows_the_sigmas_step_count(pack):
@@ -256,6 +272,8 @@ def test_connected_latent_skips_size_validation_and_reports_unused_widgets(pack)
     ss = pack["sampler_settings"]
     assert ss.unused_widgets_note("custom", ss.SCHEDULE_WIDGETS) is None
     assert ss.unused_widgets_note("custom", ss.GUIDANCE_WIDGETS, "") is None
+    assert ss.unused_widgets_note("custom", ss.GUIDANCE_WIDGETS, "  ") is None  # blank: no schedule (as _schedule)
+    assert ss.unused_widgets_note("custom", ss.SCHEDULE_WIDGETS, "7,3") is None  # a node without guidance widgets
     assert ss.unused_widgets_note("custom", ss.GUIDANCE_WIDGETS, "7,7,7,3") == (
         "guidance_schedule gives every step's guidance: guidance, polish_steps, polish_guidance not used")
     assert ss.unused_widgets_note("V4_TURBO_12", ss.SCHEDULE_WIDGETS + ss.GUIDANCE_WIDGETS) == (
