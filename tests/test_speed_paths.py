@@ -207,18 +207,21 @@ def test_staging_ring_grows_all_slots_at_once_after_their_uploads_and_accounts_f
     log, accounted, released = [], [], []
     ring = _ring(log, account=accounted.append, release=lambda: released.append(len(log)))
     copy = lambda t, *a, **k: t.clone()
-    small = [torch.zeros(600, dtype=torch.float16) for _ in range(3)]  # 1200 bytes → 2 KiB slots
+    small = [torch.zeros(600, dtype=torch.float16) for _ in range(4)]  # 1200 bytes → 2 KiB slots, all four used
     for t in small:
         upload(t, "cuda", "stream", True, copy, ring)
-    assert ring.slot_bytes == 2048 and ring.pinned_bytes == 3 * 2048 and sum(accounted) == ring.pinned_bytes
+    assert ring.slot_bytes == 2048 and ring.pinned_bytes == 4 * 2048 and sum(accounted) == ring.pinned_bytes
     big = torch.zeros(5000, dtype=torch.float16)  # 10 000 bytes → 16 KiB slots
     assert torch.equal(upload(big, "cuda", "stream", True, copy, ring), big)
     assert ring.slot_bytes == 16384
     waits = [e for e in log if e[0] == "wait"]
-    # every earlier upload finished before the buffers went and the pinned cache was emptied
-    assert len(waits) == 3 and released == [log.index(waits[-1]) + 1]
+    # every earlier upload (the last slot's too) finished before the buffers went and the pinned cache was
+    # emptied, and each was waited for once
+    assert len(waits) == 4 and released == [log.index(waits[-1]) + 1]
     assert [b.numel() for b in ring.buffers if b is not None] == [16384]  # old buffers gone, the new one allocated
-    assert sum(accounted) == ring.pinned_bytes == 16384  # ComfyUI's total follows: −3 × 2 KiB, +16 KiB
+    assert sum(accounted) == ring.pinned_bytes == 16384  # ComfyUI's total follows: −4 × 2 KiB, +16 KiB
+    between = torch.arange(12000, dtype=torch.float16)  # 24 000 bytes: over the 16 KiB slots, under twice that
+    assert torch.equal(upload(between, "cuda", "stream", True, copy, ring), between) and ring.slot_bytes == 32768
 
 
 def test_staging_ring_leaves_small_pinned_and_huge_tensors_to_comfyui():
@@ -231,6 +234,21 @@ def test_staging_ring_leaves_small_pinned_and_huge_tensors_to_comfyui():
         upload(t, "cuda", None, True, lambda t, *a, **k: seen.append(t) or t, ring)
     assert [s is t for s, t in zip(seen, (small, huge))] == [True, True] and len(seen) == 2
     assert ring.pinned_bytes == 0
+    pinned = torch.zeros(1024)
+    pinned.is_pinned = lambda: True  # already page-locked (ComfyUI pinned it): uploaded as it is
+    assert not ring.fits(pinned) and not ring.fits(torch.zeros(1024, device="meta"))  # on the CPU only
+    assert ring.fits(torch.zeros(256)) and ring.fits(torch.zeros(1 << 14))  # min_bytes and max_slot_bytes themselves
+
+
+def test_staging_ring_records_on_the_devices_current_stream_without_an_offload_stream(monkeypatch):
+    from nodes.host.staging_ring import upload
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"current stream of {device}")
+    upload(torch.zeros(512), "cuda:1", None, True, lambda t, *a, **k: t.clone(), _ring(log))
+    assert log == [("record", "current stream of cuda:1")]
+    strided = torch.randn(32, 24, generator=torch.Generator().manual_seed(1)).t()  # a transposed (strided) source
+    assert torch.equal(upload(strided, "cuda:1", None, True, lambda t, *a, **k: t.clone(), _ring(log)), strided)
 
 
 def test_torch_compile_traces_an_nf4_layer_without_graph_breaks():

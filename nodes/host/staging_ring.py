@@ -83,7 +83,7 @@ class StagingRing:
             self.buffers[i] = buf = self.allocate(self.slot_bytes)
             self.account(buf.numel())
         view = buf[:n].view(t.dtype).view(t.shape)
-        view.copy_(t.contiguous() if not t.is_contiguous() else t)
+        view.copy_(t)  # copy_ reads a strided source as it is
         return view, i
 
     def uploaded(self, slot: int, stream, device) -> None:
