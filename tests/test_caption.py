@@ -173,6 +173,32 @@ def test_canonical_json_and_pretty_json_from_dicts():
         '"compositional_deconstruction":{"background":"b","elements":[{"type":"obj","desc":"d"}]}}')
     assert json.loads(builders.pretty_json(shuffled)) == json.loads(builders.canonical_json(shuffled))
     assert "\n  " in builders.pretty_json(shuffled)
+    # the same key order, indented (json.loads keeps it)
+    assert builders.pretty_json(shuffled) == json.dumps(json.loads(builders.canonical_json(shuffled)), indent=2)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        builders.canonical_json({"compositional_deconstruction": {"background": float("nan"), "elements": []}})
+
+
+@pytest.mark.parametrize("style,order", [
+    ({"color_palette": ["#FF0000"], "art_style": "s", "medium": "m", "aesthetics": "a"},
+     ["aesthetics", "medium", "art_style", "color_palette"]),
+    ({"color_palette": ["#FF0000"], "photo": "p", "medium": "m", "lighting": "l"},
+     ["lighting", "photo", "medium", "color_palette"]),
+    # both (an error the checker names): the photo order, art_style after the known keys
+    ({"art_style": "s", "color_palette": [], "photo": "p", "medium": "m"}, ["photo", "medium", "color_palette", "art_style"]),
+])
+def test_canonical_order_of_a_style(style, order):
+    out = builders.canonical_order({"style_description": style})
+    assert list(out["style_description"]) == order
+
+
+def test_canonical_order_of_an_element_of_unknown_type_is_the_text_elements():
+    """Its keys in the text element's order (the fullest one), so the check's message lists them in the usual order."""
+    element = {"desc": "d", "text": "T", "type": "sticker", "bbox": [0, 0, 1, 1], "x": 1}
+    out = builders.canonical_order({"compositional_deconstruction": {"elements": [element, "not an object"]}})
+    assert out["compositional_deconstruction"]["elements"] == [
+        {"type": "sticker", "bbox": [0, 0, 1, 1], "text": "T", "desc": "d", "x": 1}, "not an object"]
+    assert list(out["compositional_deconstruction"]["elements"][0]) == ["type", "bbox", "text", "desc", "x"]
 
 
 # --------------------------------------------------------------------------- #
@@ -549,6 +575,8 @@ def test_summary_lines_prefixes():
     ('["#aabbcc", "#112233"]', ["#AABBCC", "#112233"]),
     ("ff0000; 00FF00", ["#FF0000", "#00FF00"]),
     ("#fff, red", ["#fff", "red"]),  # kept verbatim so validation names them
+    (", #ff0000,\n", ["#FF0000"]),  # separators at the ends
+    ('["", "#aabbcc"]', ["#AABBCC"]),  # an empty string in a JSON list
 ])
 def test_parse_palette(text, expected):
     assert builders.parse_palette(text) == expected
@@ -652,6 +680,14 @@ def test_compose_caption_rejects_an_unknown_style_mode():
     # with a palette too: still the one error, not a second "palette needs a style" one
     assert compose(style_mode="oil", color_palette="#FF0000").errors == [
         "style_mode: got 'oil'; expected photo, art_style or none"]
+
+
+def test_compose_caption_a_palette_alone_is_a_style():
+    report = compose(aesthetics="", lighting="", style_value="", medium="", color_palette="#00ff00")
+    # written with the schema's required keys, empty
+    assert report.errors == [] and report.data["style_description"] == {
+        "aesthetics": "", "lighting": "", "medium": "", "art_style": "", "color_palette": ["#00FF00"]}
+    assert not any("no style_description is written" in w for w in report.warnings)
 
 
 def test_compose_caption_medium_alone_is_not_a_style():
