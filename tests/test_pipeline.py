@@ -55,20 +55,56 @@ def test_demo_options(tmp_path):
 
 
 def test_pipeline_matches_manual_composition(pipe):
-    """generate() = encode(canonical caption) → sampling.sample → VAE decode with REF rounding."""
+    """generate() = encode(canonical captions) → sampling.sample (with the captions' lengths) → VAE decode with REF
+    rounding; a batch of two captions of different lengths, not square (320 wide, 256 high)."""
     canonical = prepare_caption(CAPTION)
     assert canonical != CAPTION and "\n" not in canonical
-    images = pipe.generate(CAPTION, width=256, height=256, settings=FAST, seed=5)
-    enc = pipe.text_encoder.encode([canonical])
-    z = sample(pipe.cond, pipe.uncond, enc.features, height=256, width=256, settings=FAST, seed=5,
+    images = pipe.generate([CAPTION, DEFAULT_CAPTION], width=320, height=256, settings=FAST, seed=5)
+    enc = pipe.text_encoder.encode([canonical, prepare_caption(DEFAULT_CAPTION)])
+    assert enc.lengths[0] != enc.lengths[1]  # padded: the lengths matter
+    z = sample(pipe.cond, pipe.uncond, enc.features, height=256, width=320, settings=FAST, seed=5,
                text_lengths=enc.lengths)
     import numpy as np
 
-    expect = pipe.vae.decode_to_uint8(z, 16, 16)
-    assert len(images) == 1 and images[0].size == (256, 256)
-    assert torch.equal(torch.from_numpy(np.array(images[0])), expect[0])
+    expect = pipe.vae.decode_to_uint8(z, 16, 20)
+    assert len(images) == 2 and images[0].size == (320, 256)
+    for image, want in zip(images, expect):
+        assert torch.equal(torch.from_numpy(np.array(image)), want)
     assert set(pipe.last_timings) == {"caption", "encode", "sample", "decode", "safety"}
-    assert len(pipe.last_safety) == 1
+    assert len(pipe.last_safety) == 2
+
+
+def test_generate_defaults_to_the_references_preset_and_passes_the_tile(pipe, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def first_step(k, n, z):
+        seen.append(n)
+        raise Stop
+
+    with pytest.raises(Stop):
+        pipe.generate(CAPTION, width=256, height=256, callback=first_step)
+    assert seen == [48]  # V4_QUALITY_48, run_inference.py's default
+    tiles = []
+    decode = pipe.vae.decode_to_uint8
+    monkeypatch.setattr(pipe.vae, "decode_to_uint8", lambda *a, tile=None, **k: tiles.append(tile) or decode(*a, tile=tile, **k))
+    pipe.generate(CAPTION, width=256, height=256, settings=FAST, tile=8)
+    assert tiles == [8]
+
+
+def test_a_safety_placeholder_is_logged_and_kept(pipe, monkeypatch, caplog):
+    """The grey placeholder is detected on the decoded pixels, logged and reported; the image is returned unchanged."""
+    import numpy as np
+    from test_safety import placeholder
+
+    grey = torch.from_numpy(np.asarray(placeholder(256, 256), dtype=np.uint8).copy())[None]
+    monkeypatch.setattr(pipe.vae, "decode_to_uint8", lambda *a, **k: grey)
+    with caplog.at_level("WARNING", logger="model.pipeline"):
+        images = pipe.generate(CAPTION, width=256, height=256, settings=FAST)
+    assert pipe.last_safety[0].blocked and "image 0: " in caplog.text
+    assert torch.equal(torch.from_numpy(np.array(images[0])), grey[0])
 
 
 def test_seed_and_batch(pipe):
@@ -96,6 +132,10 @@ def test_caption_and_size_errors_raise(pipe):
         pipe.generate(CAPTION, width=300, height=256, settings=FAST)
     assert prepare_caption("a cat", validate=False) == "a cat"
     assert prepare_caption(CAPTION, canonicalize=False) == CAPTION
+    with pytest.raises(ValueError, match="caption must be a string, got bytes"):
+        prepare_caption(CAPTION.encode())
+    with pytest.raises(ValueError, match="no caption given"):
+        pipe.generate([], width=256, height=256, settings=FAST)
 
 
 @dataclass
@@ -143,3 +183,9 @@ def test_load_pipeline_sources(tiny_models, tmp_path):
     p = load_pipeline({"transformer": tiny_models, "unconditional": tiny_models, "text_encoder": tiny_models,
                        "vae": tiny_models}, vae=vae_file, taps=range(TINY_TE_LAYERS), vae_dtype=torch.float32)
     assert "BFL" in p.vae.checkpoint_format and p.vae.dtype == torch.float32
+    assert p.uncond.image_only and not hasattr(p.uncond, "llm_cond_proj") and hasattr(p.cond, "llm_cond_proj")
+    assert p.text_encoder.dtype == torch.bfloat16  # the transformers' dtype unless told otherwise
+    fp32_te = load_pipeline(tiny_models, taps=range(TINY_TE_LAYERS), text_encoder_dtype=torch.float32)
+    assert fp32_te.text_encoder.dtype == torch.float32 and fp32_te.vae.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"no_tokenizer_here: no tokenizer there"):  # the one used
+        load_pipeline(tiny_models, taps=range(TINY_TE_LAYERS), tokenizer=tmp_path / "no_tokenizer_here")
