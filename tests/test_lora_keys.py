@@ -298,6 +298,13 @@ def test_adapter_shapes_are_checked_against_the_weight(tiny_cfg):
         "locon": ({f"{w1}.lora_down.weight": (4, e + 8, 1, 1), f"{w1}.lora_mid.weight": (4, 4, 1, 1),
                    f"{w1}.lora_up.weight": (i, 4, 1, 1)}, f"LoRA is {i}×{e + 8}"),
         "dora_cols": ({**ok, f"{w1}.dora_scale": (1, i)}, f"DoRA magnitude is [1, {i}]"),
+        "peft_dora": ({f"{w1}.lora_A.weight": (4, e), f"{w1}.lora_B.weight": (i, 4), f"{w1}.lora_magnitude_vector": (e,)},
+                      f"DoRA magnitude is [{e}]"),
+        "loha_w2": ({f"{w1}.hada_w1_a": (i, 4), f"{w1}.hada_w1_b": (4, e), f"{w1}.hada_w2_a": (e, 4),
+                     f"{w1}.hada_w2_b": (4, e)}, f"LoHa hada_w2_a·hada_w2_b is {e}×{e}"),
+        "loha_half": ({f"{w1}.hada_w1_a": (i, 4), f"{w1}.hada_w1_b": (4, e), f"{w1}.hada_w2_a": (i, 4)},
+                      "LoHa factor hada_w2_a / hada_w2_b missing"),
+        "lokr_half": ({f"{w1}.lokr_w1": (4, 8)}, "LoKr needs both factors"),
     }
     for name, (lora, want) in cases.items():
         msg = _problems(tiny_cfg, lora)
@@ -309,7 +316,9 @@ def test_adapter_shapes_are_checked_against_the_weight(tiny_cfg):
             "dora_cols": {**ok, f"{w1}.dora_scale": (1, e)},
             "locon": {f"{w1}.lora_down.weight": (4, e, 1, 1), f"{w1}.lora_mid.weight": (4, 4, 1, 1),
                       f"{w1}.lora_up.weight": (i, 4, 1, 1)},
-            "diff_b": {"diffusion_model.layers.0.adaln_modulation.diff_b": (4 * e,)}}
+            "diff_b": {"diffusion_model.layers.0.adaln_modulation.diff_b": (4 * e,)},
+            # a factor of any shape is flattened to (rows, the rest), as ComfyUI reshapes it
+            "flattened": {f"{w1}.lora_down.weight": (4, e // 2, 2), f"{w1}.lora_up.weight": (i, 4)}}
     for name, lora in good.items():
         assert _problems(tiny_cfg, lora) is None, name
 
@@ -322,14 +331,48 @@ def test_alpha_values_are_checked_and_explained(tiny_cfg):
     lora = {f"{w1}.lora_down.weight": (4, e), f"{w1}.lora_up.weight": (i, 4), f"{w1}.alpha": ()}
     mapping = map_lora(lora, tiny_cfg)
     assert alpha_notes({f"{w1}.alpha": 4.0}, mapping, "LoRA a") == []
-    with pytest.raises(ValueError, match=r"LoRA a: alpha is not a finite number in 1 modules .*feed_forward.w1.alpha"):
-        alpha_notes({f"{w1}.alpha": float("nan")}, mapping, "LoRA a")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=r"LoRA a: alpha is not a finite number in 1 modules .*feed_forward.w1.alpha"):
+            alpha_notes({f"{w1}.alpha": bad}, mapping, "LoRA a")
     assert "alpha = 0 in 1 modules" in alpha_notes({f"{w1}.alpha": 0.0}, mapping, "LoRA a")[0]
     bare = {k: v for k, v in lora.items() if not k.endswith(".alpha")}
     assert "1 LoRA modules carry no alpha" in alpha_notes({}, map_lora(bare, tiny_cfg), "LoRA a")[0]
     diff_only = {f"{w1}.diff": (i, e), "diffusion_model.layers.0.feed_forward.w2.lokr_w1": (2, 4),
                  "diffusion_model.layers.0.feed_forward.w2.lokr_w2": (e // 2, i // 4)}  # read no alpha
     assert alpha_notes({}, map_lora(diff_only, tiny_cfg), "LoRA a") == []
+
+
+def test_adapter_kinds_and_long_lists_are_cut_with_an_ellipsis(tiny_cfg):
+    from model.dit.lora_keys import alpha_notes
+
+    assert adapter_kind({".oft_blocks", ".alpha"}) == "OFT"
+    assert adapter_kind({".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight"}) == "GLoRA"
+    assert adapter_kind({".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"}) == "DoRA"
+    e, i = tiny_cfg.emb_dim, tiny_cfg.intermediate_size
+    mods = [f"diffusion_model.layers.{n}.feed_forward.{w}" for n in range(tiny_cfg.num_layers) for w in ("w1", "w2", "w3")]
+    assert len(mods) >= 6
+    lora = {}
+    for m in mods:
+        lora.update({f"{m}.lora_down.weight": (4, e if not m.endswith("w2") else i),
+                     f"{m}.lora_up.weight": (i if not m.endswith("w2") else e, 4), f"{m}.alpha": ()})
+    mapping = map_lora(lora, tiny_cfg)
+    zero = {f"{m}.alpha": 0.0 for m in mods}
+    three = alpha_notes(dict(list(zero.items())[:3]), mapping, "LoRA z")[0]
+    four = alpha_notes(dict(list(zero.items())[:4]), mapping, "LoRA z")[0]
+    assert "alpha = 0 in 3 modules" in three and " …" not in three and "alpha = 0 in 4 modules" in four and " …)" in four
+    for n, cut in ((8, False), (9, True)):  # unmapped keys: the first eight named
+        msg = _problems(tiny_cfg, {**lora, **{f"text_encoder.x{k}.lora_A.weight": (4, 4) for k in range(n)}})
+        assert f"{n} keys map nowhere" in msg and (" … (the rest" in msg) == cut, msg
+    wrong = {k: ((5, v[1]) if k.endswith("lora_down.weight") else v) for k, v in lora.items()}  # rank 5 vs 4
+    shape_errors = map_lora(wrong, tiny_cfg).shape_errors
+    assert len(shape_errors) >= 6
+    msg = _problems(tiny_cfg, wrong)
+    assert all(err in msg for err in shape_errors[:5]) and shape_errors[5] not in msg  # the first five
+
+
+def test_an_unknown_lora_layout_lists_its_first_keys_once(tiny_cfg):
+    msg = _problems(tiny_cfg, {"something.else.weight": (4, 4), "another.tensor": (2,)})
+    assert "no key of this LoRA maps onto the Ideogram 4 DiT" in msg and msg.count("first keys:") == 1, msg
 
 
 def test_other_families_are_named_right(tiny_cfg):

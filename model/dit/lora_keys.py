@@ -198,9 +198,7 @@ def map_lora(shapes: Mapping[str, Sequence[int]], cfg: DiTConfig) -> LoraMapping
         result.members[prefix] = members
         result.layouts.add(layout)
         result.adapters.add(adapter_kind(members))
-        bias = biases.get(target.module)
-        if bias is not None and target.offset is not None:
-            bias = (target.offset[2],)
+        bias = biases.get(target.module)  # no row-offset target (q/k/v of the fused qkv) has a bias
         result.shape_errors += [f"{prefix}: {p}" for p in adapter_problems(members, shapes, target, bias)]
     result.unmapped.sort()
     return result
