@@ -642,3 +642,45 @@ def test_quantization_metadata_of_a_comfy_kitchen_format(tmp_path, tiny_weights)
     save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
               metadata={"_quantization_metadata": json.dumps({"layers": layers})})
     _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- what classify_modules decides
+
+def test_per_tensor_scales_stored_with_shape_1_are_tensorwise(tmp_path, tiny_weights):
+    """A per-tensor fp8 scale saved as shape (1,) instead of () is still one scale per tensor."""
+    today, tensors = _comfy_fp8_tensors(tiny_weights, tmp_path)
+    path = tmp_path / "scales_1.safetensors"
+    save_file({k: (v.reshape(1) if k.endswith(".weight_scale") else v) for k, v in tensors.items()}, str(path))
+    assert detect_format(open_checkpoint(path)).quantization == "fp8_tensorwise"
+    _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
+
+
+def test_storage_dtype_is_the_one_holding_most_bytes(tmp_path, tiny_weights):
+    """bf16 weights with float32 biases and norms (every ComfyUI-GGUF F16 / BF16 file): a bf16 file."""
+    sd = convert(tiny_weights[0], "bf16")
+    path = tmp_path / "mixed_floats.safetensors"
+    first = sorted(sd)[0].rpartition(".")[0]  # and the first module whole, so the first tensor counted is float32
+    save_file({k: (v.float() if v.ndim == 1 or k.startswith(first + ".") else v) for k, v in sd.items()}, str(path))
+    reader = open_checkpoint(path)
+    assert all(reader.dtype(k) == torch.float32 for k in reader.keys() if k.startswith(first + "."))
+    assert detect_format(reader).storage_dtype == torch.bfloat16
+
+
+def test_the_image_indicator_alone_is_not_an_ideogram_4_dit(tmp_path, tiny_weights):
+    sd = {k: v for k, v in convert(tiny_weights[0], "bf16").items() if not k.startswith("llm_cond_proj.")}
+    path = tmp_path / "no_text_projection.safetensors"
+    save_file(sd, str(path))
+    assert "not an Ideogram 4 diffusion model" in _err(path)
+
+
+def test_split_qkv_gguf_weights_of_different_types_are_named(tmp_path, tiny_weights):
+    import numpy as np
+    from tools.make_test_quantized import gguf_tensors, write_raw_gguf
+
+    tensors = gguf_tensors(convert(tiny_weights[0], "diffusers"), "Q8_0")
+    key = next(k for k in tensors if k.endswith("attention.to_k.weight"))
+    data, kind = tensors[key]
+    assert kind == "Q8_0"
+    tensors[key] = (tiny_weights[0][key.replace("to_k", "qkv")].float().numpy()[:data.shape[0]].astype(np.float16), "F16")
+    path = write_raw_gguf(tmp_path / "mixed_qkv.gguf", tensors)
+    assert "split q/k/v GGUF weights of different types" in _err(path)
