@@ -79,9 +79,13 @@ class CheckpointFormat:
         return f"GGUF {text}" if self.container == "gguf" and self.quantization == "none" else text
 
     @property
+    def layout_suffix(self) -> str:
+        """``"; <layout note>"`` for a file read from an older layout, else ``""``: the end of a format line."""
+        return f"; {self.layout_note}" if self.layout_note else ""
+
+    @property
     def description(self) -> str:
-        note = f"; {self.layout_note}" if self.layout_note else ""
-        return f"{self.storage_description}, {self.naming} key names{note}"
+        return f"{self.storage_description}, {self.naming} key names{self.layout_suffix}"
 
 
 def reader_traits(reader) -> dict:

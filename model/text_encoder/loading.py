@@ -117,8 +117,8 @@ class TextEncoderFormat:
 
     @property
     def description(self) -> str:
-        note = f"; {self.checkpoint.layout_note}" if self.checkpoint.layout_note else ""
-        return f"Qwen3-VL text encoder, {self.checkpoint.storage_description}, {self.naming}{note}"
+        fmt = self.checkpoint
+        return f"Qwen3-VL text encoder, {fmt.storage_description}, {self.naming}{fmt.layout_suffix}"
 
 
 def _describe_other(keys: Sequence[str]) -> str:
