@@ -639,8 +639,9 @@ def test_quantization_metadata_of_a_comfy_kitchen_format(tmp_path, tiny_weights)
     layers = {k[:-len(".comfy_quant")]: json_from_tensor(v) for k, v in tensors.items() if k.endswith(".comfy_quant")}
     assert any(conf.get("convrot") for conf in layers.values())
     path = tmp_path / "int8_metadata.safetensors"
-    save_file({k: v for k, v in tensors.items() if not k.endswith(".comfy_quant")}, str(path),
-              metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    untagged, metadata = older_comfy_layout(tensors, "quantization_metadata")
+    assert json.loads(metadata["_quantization_metadata"]) == {"layers": layers}
+    save_file(untagged, str(path), metadata=metadata)
     _same_weights(load_transformer(path, dtype=torch.float32), load_transformer(today, dtype=torch.float32))
 
 
